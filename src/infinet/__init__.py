@@ -1,0 +1,52 @@
+"""infinet: infinite neural networks in PyTorch.
+
+One architecture description gives the finite ``torch.nn.Module`` (``net.build()``) and its exact
+infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
+"""
+
+from . import gaussian
+from .kernel import Kernel
+from .layers import (
+    ABRelu,
+    Abs,
+    Cos,
+    Dense,
+    Elementwise,
+    Elu,
+    Erf,
+    Exp,
+    FanInConcat,
+    FanInProd,
+    FanInSum,
+    FanOut,
+    Gaussian,
+    Gelu,
+    Identity,
+    Layer,
+    LeakyRelu,
+    Monomial,
+    Polynomial,
+    RectifiedMonomial,
+    Relu,
+    Sigmoid,
+    Sign,
+    Silu,
+    Sin,
+    Softplus,
+    Tanh,
+    parallel,
+    repeat,
+    serial,
+)
+from .montecarlo import MonteCarloKernel, monte_carlo_kernel
+from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
+    "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
+    "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
+    "Silu", "Sin", "Softplus", "Tanh", "compute_kernel", "gaussian", "kernel_tile", "monte_carlo_kernel",
+    "parallel", "repeat", "serial",
+]

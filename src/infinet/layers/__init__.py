@@ -1,0 +1,35 @@
+"""Layers and combinators: each knows its finite module and its infinite-width kernel transform."""
+
+from .activations import (
+    ABRelu,
+    Abs,
+    Activation,
+    Cos,
+    Elementwise,
+    Elu,
+    Erf,
+    Exp,
+    Gaussian,
+    Gelu,
+    LeakyRelu,
+    Monomial,
+    Polynomial,
+    RectifiedMonomial,
+    Relu,
+    Sigmoid,
+    Sign,
+    Silu,
+    Sin,
+    Softplus,
+    Tanh,
+)
+from .base import Layer, Spec
+from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, Serial, parallel, repeat, serial
+from .dense import Dense
+
+__all__ = [
+    "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
+    "FanInProd", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
+    "Parallel", "Polynomial", "RectifiedMonomial", "Relu", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
+    "Softplus", "Spec", "Tanh", "parallel", "repeat", "serial",
+]

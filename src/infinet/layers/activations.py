@@ -1,0 +1,389 @@
+"""Elementwise activations: the finite function and its kernel transform.
+
+The kernel transform of every activation is (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1)
+  K'(x, x') = E[phi(u) phi(v)],  Theta'(x, x') = E[phi'(u) phi'(v)] Theta(x, x'),
+with (u, v) ~ N(0, [[K(x, x), K(x, x')], [K(x, x'), K(x', x')]]). The expectations come from
+:mod:`infinet.gaussian` (closed forms, or quadrature for activations without one).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import gaussian
+from ..kernel import Kernel
+from .base import Context, Function, Layer, Spec, with_shape
+
+
+class Activation(Layer):
+    """Base class: subclasses define ``fn`` (finite) and ``expectations`` (infinite width)."""
+
+    def fn(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expectations(self, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> gaussian.Pair:
+        """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]); default: :func:`infinet.gaussian.quadrature`."""
+        return gaussian.quadrature(self.fn, cov, var1, var2, need_kdot, dfn=self.derivative())
+
+    def derivative(self) -> Callable[[Tensor], Tensor] | None:
+        """phi' if known in closed form; None lets quadrature use autograd."""
+        return None
+
+    def diagonal(self, var: Tensor) -> Tensor:
+        """E[phi(u)^2] for u ~ N(0, var)."""
+        return self.expectations(var, var, var, need_kdot=False)[0]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{v!r}" for v in self._args())
+        return f"{type(self).__name__}({args})"
+
+    def _args(self) -> tuple:
+        return ()
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if not spec.gaussian:
+            raise ValueError(
+                f"{self!r} needs a Gaussian input at infinite width: put a Dense (or other random affine) "
+                "layer before it, not another nonlinearity, a product, or the raw input"
+            )
+        return with_shape(spec, spec.shape, gaussian=False, fresh=None)
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        var1 = k.var1[:, None]
+        var2 = k.var2[None, :]
+        nngp, kdot = self.expectations(k.nngp, var1, var2, need_kdot=k.ntk is not None)
+        new_var1, new_var2 = k.map_variances(self.diagonal)
+        ntk = None if k.ntk is None else kdot * k.ntk
+        return k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
+
+    def module(self, spec, ctx) -> Function:
+        self.infer(spec, Context())
+        return Function(self.fn, repr(self))
+
+
+class _Quadrature(Activation):
+    """Activation without a closed form: bivariate quadrature (see :func:`infinet.gaussian.quadrature`)."""
+
+    def diagonal(self, var: Tensor) -> Tensor:
+        return gaussian.quadrature_diagonal(self.fn, var)
+
+
+# ---------------------------------------------------------------- ReLU family (arc-cosine kernels)
+class ABRelu(Activation):
+    """phi(x) = a min(x, 0) + b max(x, 0); closed form :func:`infinet.gaussian.abrelu`."""
+
+    def __init__(self, a: float, b: float):
+        self.a, self.b = float(a), float(b)
+
+    def _args(self):
+        return (self.a, self.b)
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * x + (self.b - self.a) * torch.relu(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.abrelu(self.a, self.b, cov, var1, var2, need_kdot)
+
+    def diagonal(self, var):
+        return 0.5 * (self.a**2 + self.b**2) * var
+
+
+class Relu(ABRelu):
+    """phi(x) = max(x, 0): arc-cosine kernel of order 1 (Cho and Saul 2009)."""
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def _args(self):
+        return ()
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+class LeakyRelu(ABRelu):
+    """phi(x) = max(x, 0) + alpha min(x, 0) = ABRelu(alpha, 1)."""
+
+    def __init__(self, alpha: float):
+        super().__init__(alpha, 1.0)
+
+    def _args(self):
+        return (self.a,)
+
+
+class Abs(ABRelu):
+    """phi(x) = |x| = ABRelu(-1, 1)."""
+
+    def __init__(self):
+        super().__init__(-1.0, 1.0)
+
+    def _args(self):
+        return ()
+
+
+class Sign(Activation):
+    """phi(x) = sign(x): nngp = (2/pi) arcsin(rho); kdot = 0 (see :func:`infinet.gaussian.sign`)."""
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.sign(cov, var1, var2, need_kdot)
+
+    def diagonal(self, var):
+        return (var > 0).to(var.dtype)
+
+
+class RectifiedMonomial(Activation):
+    """phi(x) = x^k 1(x > 0), any integer k >= 0: the arc-cosine kernel of order k (Cho and Saul 2009)."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"RectifiedMonomial degree must be an integer >= 0, got {degree!r}")
+        self.degree = degree
+
+    def _args(self):
+        return (self.degree,)
+
+    def fn(self, x: Tensor) -> Tensor:
+        if self.degree == 0:
+            return (x > 0).to(x.dtype)
+        return torch.relu(x) ** self.degree
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.rectified_monomial(self.degree, cov, var1, var2, need_kdot)
+
+
+# ---------------------------------------------------------------- other closed forms
+class Erf(Activation):
+    """phi(x) = a erf(b x) + c (Williams 1997); closed form :func:`infinet.gaussian.erf`."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a, self.b, self.c = float(a), float(b), float(c)
+
+    def _args(self):
+        return (self.a, self.b, self.c)
+
+    def fn(self, x):
+        return self.a * torch.erf(self.b * x) + self.c
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.erf(self.a, self.b, self.c, cov, var1, var2, need_kdot)
+
+
+class Gelu(Activation):
+    """phi(x) = x Phi(x), exact GELU; closed form :func:`infinet.gaussian.gelu`."""
+
+    def fn(self, x):
+        return F.gelu(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.gelu(cov, var1, var2, need_kdot)
+
+
+class Sin(Activation):
+    """phi(x) = a sin(b x + c); closed form :func:`infinet.gaussian.sin`."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a, self.b, self.c = float(a), float(b), float(c)
+
+    def _args(self):
+        return (self.a, self.b, self.c)
+
+    def fn(self, x):
+        return self.a * torch.sin(self.b * x + self.c)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.sin(self.a, self.b, self.c, cov, var1, var2, need_kdot)
+
+
+class Cos(Sin):
+    """phi(x) = a cos(b x + c) = a sin(b x + c + pi/2)."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        super().__init__(a, b, c)
+        self.phase = float(c)
+
+    def _args(self):
+        return (self.a, self.b, self.phase)
+
+    def fn(self, x):
+        return self.a * torch.cos(self.b * x + self.phase)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.sin(self.a, self.b, self.phase + math.pi / 2, cov, var1, var2, need_kdot)
+
+
+class Exp(Activation):
+    """phi(x) = a exp(b x); closed form :func:`infinet.gaussian.exp`."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0):
+        self.a, self.b = float(a), float(b)
+
+    def _args(self):
+        return (self.a, self.b)
+
+    def fn(self, x):
+        return self.a * torch.exp(self.b * x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.exp(self.a, self.b, cov, var1, var2, need_kdot)
+
+
+class Gaussian(Activation):
+    """phi(x) = a exp(b x^2); closed form :func:`infinet.gaussian.gaussian`."""
+
+    def __init__(self, a: float = 1.0, b: float = -1.0):
+        self.a, self.b = float(a), float(b)
+
+    def _args(self):
+        return (self.a, self.b)
+
+    def fn(self, x):
+        return self.a * torch.exp(self.b * x * x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.gaussian(self.a, self.b, cov, var1, var2, need_kdot)
+
+
+class Polynomial(Activation):
+    """phi(x) = sum_p coefficients[p] x^p, any degree; exact Hermite expansion :func:`infinet.gaussian.polynomial`."""
+
+    def __init__(self, coefficients: Sequence[float]):
+        coefficients = [float(c) for c in coefficients]
+        if not coefficients or not all(math.isfinite(c) for c in coefficients):
+            raise ValueError(f"Polynomial needs a non-empty list of finite coefficients, got {coefficients!r}")
+        self.coefficients = coefficients
+
+    def _args(self):
+        return (self.coefficients,)
+
+    def fn(self, x):
+        out = torch.zeros_like(x)
+        for c in reversed(self.coefficients):
+            out = out * x + c
+        return out
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.polynomial(self.coefficients, cov, var1, var2, need_kdot)
+
+
+class Monomial(Polynomial):
+    """phi(x) = x^k for any integer k >= 0 (exact)."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"Monomial degree must be an integer >= 0, got {degree!r}")
+        self.degree = degree
+        super().__init__([0.0] * degree + [1.0])
+
+    def _args(self):
+        return (self.degree,)
+
+    def fn(self, x):
+        return x**self.degree
+
+
+# ---------------------------------------------------------------- quadrature
+class Tanh(_Quadrature):
+    """phi = tanh; kernel by :func:`infinet.gaussian.quadrature` (no closed form)."""
+
+    def fn(self, x):
+        return torch.tanh(x)
+
+    def derivative(self):
+        return lambda x: 1.0 - torch.tanh(x) ** 2
+
+
+class Sigmoid(_Quadrature):
+    """phi = logistic sigmoid 1 / (1 + exp(-x)) (the true logistic, not an erf stand-in); by quadrature."""
+
+    def fn(self, x):
+        return torch.sigmoid(x)
+
+    def derivative(self):
+        return lambda x: torch.sigmoid(x) * torch.sigmoid(-x)
+
+
+class Softplus(_Quadrature):
+    """phi(x) = log(1 + exp(x)); by quadrature."""
+
+    def fn(self, x):
+        return torch.logaddexp(x, torch.zeros_like(x))
+
+    def derivative(self):
+        return torch.sigmoid
+
+
+class Silu(_Quadrature):
+    """phi(x) = x sigmoid(x) (SiLU / swish); by quadrature."""
+
+    def fn(self, x):
+        return F.silu(x)
+
+
+class Elu(_Quadrature):
+    """phi(x) = x for x > 0, alpha (exp(x) - 1) otherwise; by quadrature (its kink at 0 is a panel edge)."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = float(alpha)
+
+    def _args(self):
+        return (self.alpha,)
+
+    def fn(self, x):
+        return F.elu(x, self.alpha)
+
+
+class Elementwise(_Quadrature):
+    """Any elementwise torch function ``fn``.
+
+    Kernels by :func:`infinet.gaussian.quadrature` (phi' from autograd unless ``dfn`` is given), or from
+    a closed form ``nngp_fn(cov, var1, var2) = E[fn(u) fn(v)]`` when given, with ``kdot_fn`` or, without
+    it, kdot = d nngp_fn / d cov by Price's theorem (:func:`infinet.gaussian.price_kdot`).
+    ``fn`` must act elementwise and accept tensors.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        dfn: Callable[[Tensor], Tensor] | None = None,
+        nngp_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        kdot_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        name: str | None = None,
+    ):
+        if not callable(fn):
+            raise TypeError(f"Elementwise needs a callable fn, got {type(fn).__name__}")
+        self._fn, self._dfn, self.nngp_fn, self.kdot_fn = fn, dfn, nngp_fn, kdot_fn
+        self.name = name or getattr(fn, "__name__", "fn")
+
+    def __repr__(self) -> str:
+        return f"Elementwise({self.name})"
+
+    def fn(self, x):
+        return self._fn(x)
+
+    def derivative(self):
+        return self._dfn
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        if self.nngp_fn is None:
+            return super().expectations(cov, var1, var2, need_kdot)
+        cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
+        nngp = self.nngp_fn(cov, var1, var2)
+        if not need_kdot:
+            return nngp, None
+        if self.kdot_fn is not None:
+            return nngp, self.kdot_fn(cov, var1, var2)
+        return nngp, gaussian.price_kdot(self.nngp_fn, cov, var1, var2)
+
+    def diagonal(self, var):
+        if self.nngp_fn is None:
+            return super().diagonal(var)
+        return self.nngp_fn(var, var, var)

@@ -1,0 +1,302 @@
+"""Combinators: serial and parallel composition, fan-out and fan-in, identity, repeat.
+
+Each composes both meanings at once: the finite modules and the kernel transforms.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..kernel import Kernel
+from .base import Context, Layer, Spec, as_layer, with_shape
+
+
+def _pin(k):
+    if isinstance(k, tuple):
+        return tuple(_pin(x) for x in k)
+    return k.pin_diagonal()
+
+
+class Serial(Layer):
+    """Sequential composition: f = f_n o ... o f_1 in both meanings."""
+
+    def __init__(self, layers: Sequence[Layer]):
+        self.layers = tuple(as_layer(layer) for layer in layers)
+
+    def __repr__(self) -> str:
+        return "serial(" + ", ".join(map(repr, self.layers)) + ")"
+
+    def infer(self, spec, ctx: Context):
+        for layer in self.layers:
+            spec = layer.infer(spec, ctx)
+        return spec
+
+    def kernel_fn(self, k):
+        for layer in self.layers:
+            k = _pin(layer.kernel_fn(k))
+        return k
+
+    def module(self, spec, ctx: Context) -> nn.Module:
+        modules = []
+        for layer in self.layers:
+            modules.append(layer.module(spec, ctx))
+            spec = layer.infer(spec, Context())
+        return SerialModule(*modules)
+
+
+class SerialModule(nn.Sequential):
+    """nn.Sequential that also passes tuples (branches) between its children."""
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers in sequence (neural-tangents ``stax.serial``)."""
+    return Serial(layers)
+
+
+def repeat(layer: Layer, n: int) -> Serial:
+    """``layer`` applied ``n`` times in sequence, each copy with its own independent weights."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"repeat count must be an integer >= 0, got {n!r}")
+    return Serial([as_layer(layer)] * n)
+
+
+class Identity(Layer):
+    """The identity, f(x) = x; as a branch of a residual block it carries the skip connection."""
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+    def infer(self, spec, ctx):
+        return spec
+
+    def kernel_fn(self, k):
+        return k
+
+    def module(self, spec, ctx) -> nn.Module:
+        return nn.Identity()
+
+
+class Parallel(Layer):
+    """Apply the i-th layer to the i-th branch (input: a tuple of as many branches as layers)."""
+
+    def __init__(self, layers: Sequence[Layer]):
+        if not layers:
+            raise ValueError("parallel needs at least one layer")
+        self.layers = tuple(as_layer(layer) for layer in layers)
+
+    def __repr__(self) -> str:
+        return "parallel(" + ", ".join(map(repr, self.layers)) + ")"
+
+    def _branches(self, stream):
+        if not isinstance(stream, tuple) or len(stream) != len(self.layers):
+            got = len(stream) if isinstance(stream, tuple) else 1
+            raise ValueError(f"parallel of {len(self.layers)} layers needs {len(self.layers)} branches, got {got}; use FanOut({len(self.layers)}) first")
+        return stream
+
+    def infer(self, spec, ctx):
+        return tuple(layer.infer(s, ctx) for layer, s in zip(self.layers, self._branches(spec)))
+
+    def kernel_fn(self, k):
+        return tuple(layer.kernel_fn(x) for layer, x in zip(self.layers, k))
+
+    def module(self, spec, ctx) -> nn.Module:
+        branches = self._branches(spec)
+        return ParallelModule([layer.module(s, ctx) for layer, s in zip(self.layers, branches)])
+
+
+class ParallelModule(nn.ModuleList):
+    def forward(self, xs: tuple) -> tuple:
+        return tuple(m(x) for m, x in zip(self, xs))
+
+
+def parallel(*layers: Layer) -> Parallel:
+    """Apply layers to branches in parallel (neural-tangents ``stax.parallel``)."""
+    return Parallel(layers)
+
+
+class FanOut(Layer):
+    """Copy one input into ``n`` branches."""
+
+    def __init__(self, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"FanOut needs a positive integer number of branches, got {n!r}")
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"FanOut({self.n})"
+
+    def infer(self, spec, ctx):
+        self._single(spec)
+        return (spec,) * self.n
+
+    def kernel_fn(self, k):
+        return (k,) * self.n
+
+    def module(self, spec, ctx) -> nn.Module:
+        return FanOutModule(self.n)
+
+
+class FanOutModule(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: Tensor) -> tuple:
+        return (x,) * self.n
+
+
+class _FanIn(Layer):
+    """Join branches. Branches must be independent at infinite width (see :meth:`_check_independent`)."""
+
+    op = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def _check(self, stream) -> tuple:
+        if not isinstance(stream, tuple):
+            raise ValueError(f"{self!r} joins branches but got a single input; use FanOut and parallel first")
+        for i in range(len(stream)):
+            for j in range(i + 1, len(stream)):
+                self._check_independent(stream, i, j)
+        return stream
+
+    def _check_independent(self, stream, i: int, j: int) -> None:
+        """Two branches are uncorrelated when one is the output of fresh zero-mean random weights
+        the other does not depend on; then E[z_i z_j'] = 0 and the NTK's cross terms vanish."""
+        a, b = stream[i], stream[j]
+        if (a.fresh is not None and not (a.fresh & b.ancestry)) or (b.fresh is not None and not (b.fresh & a.ancestry)):
+            return
+        raise ValueError(
+            f"{self!r}: branches {i} and {j} are correlated (neither ends in a random layer of its own, "
+            "e.g. two Identity branches); their joint kernel needs a cross-covariance that the "
+            "infinite-width calculus here does not track. Put a Dense layer into one of them"
+        )
+
+    def _joined(self, branches, shape) -> Spec:
+        fresh = None
+        if all(b.fresh is not None for b in branches):
+            fresh = frozenset().union(*(b.fresh for b in branches))
+        ancestry = frozenset().union(*(b.ancestry for b in branches))
+        return Spec(shape, gaussian=self._gaussian(branches), fresh=fresh, ancestry=ancestry)
+
+    def _gaussian(self, branches) -> bool:
+        return all(b.gaussian for b in branches)
+
+
+def _same_shapes(layer, branches) -> tuple[int, ...] | None:
+    shapes = {b.shape for b in branches if b.shape is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"{layer!r}: branches have different feature shapes {sorted(shapes)}")
+    return shapes.pop() if shapes and all(b.shape is not None for b in branches) else None
+
+
+class FanInSum(_FanIn):
+    """Sum of branches: K = sum_i K_i, Theta = sum_i Theta_i (independent branches)."""
+
+    def infer(self, spec, ctx):
+        branches = self._check(spec)
+        return self._joined(branches, _same_shapes(self, branches))
+
+    def kernel_fn(self, ks):
+        first = ks[0]
+        return first.replace(
+            nngp=sum(k.nngp for k in ks),
+            ntk=None if first.ntk is None else sum(k.ntk for k in ks),
+            var1=sum(k.var1 for k in ks),
+            var2=first.var1 if first.var2 is first.var1 else sum(k.var2 for k in ks),
+        )
+
+    def module(self, spec, ctx) -> nn.Module:
+        self._check(spec)
+        return _Join("sum")
+
+
+class FanInProd(_FanIn):
+    """Elementwise product of branches: K = prod_i K_i, Theta = sum_i Theta_i prod_{j != i} K_j.
+
+    The product of independent Gaussians is not Gaussian, so a nonlinearity may not follow directly.
+    """
+
+    def infer(self, spec, ctx):
+        branches = self._check(spec)
+        joined = self._joined(branches, _same_shapes(self, branches))
+        return Spec(joined.shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry)
+
+    def kernel_fn(self, ks):
+        first = ks[0]
+        ntk = None
+        if first.ntk is not None:
+            ntk = sum(
+                ks[i].ntk * math.prod(ks[j].nngp for j in range(len(ks)) if j != i) for i in range(len(ks))
+            ) if len(ks) > 1 else first.ntk
+        var1 = math.prod(k.var1 for k in ks)
+        return first.replace(
+            nngp=math.prod(k.nngp for k in ks),
+            ntk=ntk,
+            var1=var1,
+            var2=var1 if first.var2 is first.var1 else math.prod(k.var2 for k in ks),
+        )
+
+    def module(self, spec, ctx) -> nn.Module:
+        self._check(spec)
+        return _Join("prod")
+
+
+class FanInConcat(_FanIn):
+    """Concatenate branches along the feature (channel) axis, dim 1.
+
+    The next layer averages over all n = sum_i n_i features, so K = sum_i (n_i / n) K_i and
+    Theta = sum_i (n_i / n) Theta_i, with n_i the finite widths of the branches.
+    """
+
+    def infer(self, spec, ctx):
+        branches = self._check(spec)
+        shapes = [b.shape for b in branches]
+        if any(s is None for s in shapes):
+            return self._joined(branches, None)
+        if len({s[1:] for s in shapes}) > 1:
+            raise ValueError(f"{self!r}: branches differ beyond the feature axis: {shapes}")
+        return self._joined(branches, (sum(s[0] for s in shapes),) + shapes[0][1:])
+
+    def kernel_fn(self, ks):
+        widths = [k.shape[0] for k in ks]
+        total = sum(widths)
+
+        def mix(get):
+            return sum(get(k) * (w / total) for k, w in zip(ks, widths))
+
+        first = ks[0]
+        var1 = mix(lambda k: k.var1)
+        return first.replace(
+            nngp=mix(lambda k: k.nngp),
+            ntk=None if first.ntk is None else mix(lambda k: k.ntk),
+            var1=var1,
+            var2=var1 if first.var2 is first.var1 else mix(lambda k: k.var2),
+            shape=(total,) + first.shape[1:],
+        )
+
+    def module(self, spec, ctx) -> nn.Module:
+        self._check(spec)
+        return _Join("concat")
+
+
+class _Join(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, xs: tuple) -> Tensor:
+        if self.how == "concat":
+            return torch.cat(xs, dim=1)
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x if self.how == "sum" else out * x
+        return out
+
+    def extra_repr(self) -> str:
+        return self.how

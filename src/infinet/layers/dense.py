@@ -1,0 +1,169 @@
+"""Fully-connected layer: finite module and kernel transform."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from ..kernel import Kernel
+from .base import Context, Layer, Spec, with_shape
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def check_std(name: str, value: float | None, allow_none: bool) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} must be a number, got None")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_parameterization(parameterization: str) -> str:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose from {PARAMETERIZATIONS}")
+    return parameterization
+
+
+class Dense(Layer):
+    """Fully-connected layer z = (w_std / sqrt(n)) W y + b_std b ('ntk') or z = W y + b ('standard').
+
+    'ntk' (default): W_ij, b_i ~ N(0, 1). 'standard': W_ij ~ N(0, w_std^2 / n), b_i ~ N(0, b_std^2).
+    n is the fan-in (number of input features). ``b_std=None`` means no bias, as in neural-tangents.
+
+    Kernel transform (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1):
+      NNGP  K' = w_std^2 K + b_std^2;
+      NTK   'ntk':      Theta' = K' + w_std^2 Theta;
+            'standard': Theta' = n K + w_std^2 Theta (+ 1 when there is a bias)
+                        (Sohl-Dickstein et al. 2020, "On the infinite width limit of neural networks
+                        with a standard parameterization", eq. 7 with width multiplier s = 1:
+                        the gradient with respect to W_ij is y_j, summing to n K over j; with respect
+                        to b_i it is 1). Here n is the finite fan-in, so this NTK depends on widths.
+    """
+
+    def __init__(
+        self,
+        out_features: int,
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+            raise ValueError(f"Dense out_features must be a positive integer, got {out_features!r}")
+        self.out_features = out_features
+        self.w_std = check_std("w_std", w_std, allow_none=False)
+        self.b_std = check_std("b_std", b_std, allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dense({self.out_features}, w_std={self.w_std:g}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r})"
+        )
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if spec.shape is not None and len(spec.shape) != 1:
+            raise ValueError(
+                f"{self!r} expects inputs of shape (N, features); got per-example shape {spec.shape}. "
+                "Flatten image inputs first"
+            )
+        token = ctx.token()
+        return with_shape(
+            spec, (self.out_features,), gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token}
+        )
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        w2 = self.w_std**2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        nngp = w2 * k.nngp + b2
+        var1, var2 = k.map_variances(lambda v: w2 * v + b2)
+        ntk = k.ntk
+        if ntk is not None:
+            if self.parameterization == "ntk":
+                ntk = nngp + w2 * ntk
+            else:
+                fan_in = k.shape[-1]
+                ntk = fan_in * k.nngp + w2 * ntk + (0.0 if self.b_std is None else 1.0)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(self.out_features,))
+
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        self.infer(spec, Context())
+        in_features = None if spec.shape is None else spec.shape[0]
+        return DenseModule(
+            self.out_features, self.w_std, self.b_std, self.parameterization, in_features, seed=ctx.seed()
+        )
+
+
+class DenseModule(LazyModuleMixin, nn.Module):
+    """Finite fully-connected module with the parameterization and initialization of :class:`Dense`.
+
+    Parameters are ``weight`` (out, in) and ``bias`` (out) (absent when b_std is None). With
+    ``in_features=None`` the weight is materialized at the first forward pass. Initialization draws
+    from a private generator seeded with ``seed``, so it is reproducible whether eager or lazy.
+    """
+
+    cls_to_become = None
+
+    def __init__(self, out_features, w_std, b_std, parameterization, in_features=None, seed=0):
+        super().__init__()
+        self.out_features = out_features
+        self.in_features = in_features
+        self.w_std = w_std
+        self.b_std = b_std
+        self.parameterization = parameterization
+        self.seed = seed
+        if in_features is None:
+            self.weight = UninitializedParameter()
+        else:
+            self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        if b_std is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.empty(out_features))
+        if in_features is not None:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        std_w, std_b = 1.0, 1.0
+        if self.parameterization == "standard":
+            std_w = self.w_std / math.sqrt(self.in_features)
+            std_b = self.b_std or 0.0
+        with torch.no_grad():
+            w = torch.randn(self.weight.shape, generator=gen, dtype=torch.float64) * std_w
+            self.weight.copy_(w.to(self.weight))
+            if self.bias is not None:
+                b = torch.randn(self.bias.shape, generator=gen, dtype=torch.float64) * std_b
+                self.bias.copy_(b.to(self.bias))
+
+    def initialize_parameters(self, x: Tensor) -> None:  # called by LazyModuleMixin
+        if self.has_uninitialized_params():
+            self.in_features = x.shape[-1]
+            with torch.no_grad():
+                self.weight.materialize((self.out_features, self.in_features), dtype=x.dtype, device=x.device)
+                if self.bias is not None and isinstance(self.bias, UninitializedParameter):
+                    self.bias.materialize((self.out_features,), dtype=x.dtype, device=x.device)
+            self.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"DenseModule expects input of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        if self.parameterization == "ntk":
+            out = x @ self.weight.T * (self.w_std / math.sqrt(self.in_features))
+            return out if self.bias is None else out + self.b_std * self.bias
+        out = x @ self.weight.T
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, w_std={self.w_std:g}, "
+            f"b_std={self.b_std}, parameterization={self.parameterization!r}"
+        )

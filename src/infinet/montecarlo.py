@@ -1,0 +1,120 @@
+"""Monte Carlo kernels: the empirical NNGP and NTK averaged over random finite networks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, jacrev
+
+from .kernel import as_input, check_pair, parse_get
+from .layers.combinators import Serial
+from .layers.dense import Dense
+
+
+@dataclass(frozen=True)
+class MonteCarloKernel:
+    """Sample means over ``n_samples`` random networks and their standard errors (std / sqrt(n))."""
+
+    nngp: Tensor | None
+    ntk: Tensor | None
+    nngp_stderr: Tensor | None
+    ntk_stderr: Tensor | None
+    n_samples: int
+
+
+def _readout(net):
+    """(body, readout Dense) when the description ends in a Dense layer, else None."""
+    if isinstance(net, Dense):
+        return None, net
+    if isinstance(net, Serial) and net.layers and isinstance(net.layers[-1], Dense):
+        return Serial(net.layers[:-1]), net.layers[-1]
+    return None
+
+
+def _nngp_sample(net, model, x1: Tensor, x2: Tensor) -> Tensor:
+    """One network's NNGP estimate.
+
+    If the network ends in Dense(w_std, b_std), its readout weights are integrated exactly:
+    K = w_std^2 h(x1) . h(x2) / n + b_std^2 from the last hidden features h (same in both
+    parameterizations); otherwise the output covariance f(x1) . f(x2) / n_out.
+    """
+    readout = _readout(net)
+    if readout is not None:
+        _, dense = readout
+        body = model[:-1] if isinstance(net, Serial) else (lambda x: x)
+        h1, h2 = body(x1), body(x2)
+        b2 = 0.0 if dense.b_std is None else dense.b_std**2
+        return dense.w_std**2 * (h1 @ h2.T) / h1.shape[1] + b2
+    f1, f2 = model(x1).reshape(len(x1), -1), model(x2).reshape(len(x2), -1)
+    return f1 @ f2.T / f1.shape[1]
+
+
+def _ntk_sample(model, x1: Tensor, x2: Tensor) -> Tensor:
+    """One network's empirical NTK, sum_p df(x1)/dp df(x2)/dp averaged over output units."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.cat([x1, x2])
+
+    def f(p):
+        return functional_call(model, p, (x,)).reshape(len(x), -1)
+
+    jac = jacrev(f)(params)
+    n1 = len(x1)
+    total = 0.0
+    outputs = None
+    for j in jac.values():
+        j = j.reshape(j.shape[0], j.shape[1], -1)
+        outputs = j.shape[1]
+        total = total + torch.einsum("iop,jop->ij", j[:n1], j[n1:])
+    return total / outputs
+
+
+def monte_carlo_kernel(
+    net,
+    x1,
+    x2=None,
+    n_samples: int = 64,
+    seed: int = 0,
+    get: str | Iterable[str] = ("nngp", "ntk"),
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> MonteCarloKernel:
+    """Empirical NNGP and NTK of ``n_samples`` finite networks ``net.build(seed=...)``, averaged.
+
+    NNGP: output covariance per network (readout weights integrated when the network ends in
+    Dense, see :func:`_nngp_sample`). NTK: Theta(x1, x2) = (1/O) sum_o sum_p d f_o(x1)/dp d f_o(x2)/dp
+    from parameter gradients (Jacot et al. 2018, eq. 2), computed with torch.func. Both converge to
+    :meth:`Layer.kernel` as widths grow (Lee et al. 2018; Jacot et al. 2018); the standard errors make
+    that comparison a statistical test. Seeds are derived from ``seed``: same seed, same numbers.
+    """
+    names = parse_get(get)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an integer >= 2 (for a standard error), got {n_samples!r}")
+    x1 = as_input(x1, "x1", dtype)
+    x2 = x1 if x2 is None else as_input(x2, "x2", dtype)
+    check_pair(x1, x2)
+    out_spec = net.check(x1.shape[1:])
+    if isinstance(out_spec, tuple):
+        raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
+    gen = torch.Generator().manual_seed(int(seed))
+    nngps, ntks = [], []
+    for _ in range(n_samples):
+        sample_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        model = net.build(x1.shape[1:], seed=sample_seed, dtype=dtype, device=x1.device)
+        with torch.no_grad():
+            if "nngp" in names:
+                nngps.append(_nngp_sample(net, model, x1, x2))
+        if "ntk" in names:
+            ntks.append(_ntk_sample(model, x1, x2))
+
+    def summary(samples):
+        if not samples:
+            return None, None
+        stack = torch.stack(samples)
+        return stack.mean(0), stack.std(0, unbiased=True) / n_samples**0.5
+
+    nngp, nngp_se = summary(nngps)
+    ntk, ntk_se = summary(ntks)
+    return MonteCarloKernel(nngp, ntk, nngp_se, ntk_se, n_samples)

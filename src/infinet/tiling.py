@@ -1,0 +1,138 @@
+"""Tiled kernel computation with bounded memory.
+
+:func:`kernel_tile` is the unit of work: a pure function of (architecture, x-rows, x-columns). The
+in-process driver :func:`compute_kernel` runs it over a grid of tiles with a progress bar; the same
+function is what a distributed driver (Dask, issue 9) ships to workers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from .kernel import Kernel, as_input, check_pair, input_kernel, parse_get
+
+#: bytes of working memory per kernel entry while a tile of a closed-form network is computed
+#: (nngp, ntk and about a dozen elementwise temporaries in float64)
+BYTES_PER_ENTRY = 128
+DEFAULT_MAX_MEMORY = 1 << 30
+#: tiles no larger than this keep each elementwise pass in cache (see benchmarks/fc_kernel.py)
+DEFAULT_TILE = 1024
+
+
+class NonFiniteKernelError(FloatingPointError):
+    """A tile produced NaN or inf. ``partial`` holds every tile finished before it (NaN elsewhere)."""
+
+    def __init__(self, message: str, partial: Kernel | None = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
+    """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
+
+    Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`.
+    """
+    out = layer.kernel_fn(input_kernel(x1, x2, need_ntk))
+    if isinstance(out, tuple):
+        raise ValueError(f"the network ends in {len(out)} branches; join them with a FanIn layer")
+    return out
+
+
+def tile_ranges(n: int, size: int) -> list[slice]:
+    """Split range(n) into consecutive slices of at most ``size`` (any n, no divisibility rule)."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def choose_tile_size(tile_size: int | None, max_memory: int | None) -> int:
+    """``tile_size`` if given, else the largest tile whose working set fits ``max_memory`` bytes
+    (default 1 GiB), capped at :data:`DEFAULT_TILE`."""
+    if tile_size is not None:
+        if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
+            raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+        return tile_size
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    if not isinstance(budget, int) or budget < BYTES_PER_ENTRY:
+        raise ValueError(f"max_memory must be an integer number of bytes >= {BYTES_PER_ENTRY}, got {max_memory!r}")
+    return max(1, min(DEFAULT_TILE, math.isqrt(budget // BYTES_PER_ENTRY)))
+
+
+def compute_kernel(
+    layer,
+    x1,
+    x2=None,
+    get: str | Iterable[str] = ("nngp", "ntk"),
+    *,
+    dtype: torch.dtype = torch.float64,
+    tile_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool | None = None,
+) -> Kernel:
+    """NNGP / NTK of ``layer`` between ``x1`` and ``x2``, tile by tile.
+
+    Memory: besides the (N1, N2) outputs, at most one tile's working set, about
+    ``BYTES_PER_ENTRY * tile_size**2`` bytes (activations without a closed form chunk their
+    quadrature to a fixed 32 MiB per temporary). When ``x2`` is None (or is ``x1``) only tiles on
+    or above the diagonal are computed and mirrored. ``progress=None`` shows a tqdm bar only on an
+    interactive terminal when there is more than one tile; True or False forces it.
+    """
+    names = parse_get(get)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float64 (default) or torch.float32, got {dtype}")
+    symmetric = x2 is None or x2 is x1
+    x1 = as_input(x1, "x1", dtype)
+    x2 = x1 if symmetric else as_input(x2, "x2", dtype)
+    check_pair(x1, x2)
+    out_spec = layer.check(x1.shape[1:])
+    if isinstance(out_spec, tuple):
+        raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
+    need_ntk = "ntk" in names
+    size = choose_tile_size(tile_size, max_memory)
+    rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
+    tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
+
+    def blank(*shape):
+        return torch.full(shape, math.nan, dtype=dtype, device=x1.device)
+
+    nngp, var1, var2 = blank(len(x1), len(x2)), blank(len(x1)), blank(len(x2))
+    ntk = blank(len(x1), len(x2)) if need_ntk else None
+    shape: tuple[int, ...] = ()
+    show = progress if progress is not None else (len(tasks) > 1 and sys.stderr.isatty())
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(tasks), desc="kernel tiles", disable=not show, leave=False) as bar:
+        for i, j in tasks:
+            r, c = rows[i], cols[j]
+            diagonal = symmetric and i == j
+            k = kernel_tile(layer, x1[r], None if diagonal else x2[c], need_ntk)
+            if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
+                k = k.replace(
+                    nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T)
+                )
+            bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not bool(torch.isfinite(t).all())]
+            if bad:
+                partial = Kernel(nngp, ntk, var1, var2 if not symmetric else var1, shape, symmetric)
+                raise NonFiniteKernelError(
+                    f"{' and '.join(bad)} overflowed to NaN/inf in rows {r.start}:{r.stop}, columns "
+                    f"{c.start}:{c.stop} (an activation such as Exp or a deep network with w_std too large); "
+                    "the tiles already computed are in the exception's .partial",
+                    partial,
+                )
+            nngp[r, c] = k.nngp
+            if ntk is not None:
+                ntk[r, c] = k.ntk
+            if symmetric and not diagonal:
+                nngp[c, r] = k.nngp.T
+                if ntk is not None:
+                    ntk[c, r] = k.ntk.T
+            var1[r] = k.var1
+            var2[c] = k.var2
+            shape = k.shape
+            bar.update()
+    if symmetric:
+        var2 = var1
+    return Kernel(nngp if "nngp" in names else None, ntk, var1, var2, shape, symmetric)

@@ -50,7 +50,7 @@ class Activation(Layer):
         if not spec.gaussian:
             raise ValueError(
                 f"{self!r} needs a Gaussian input at infinite width: put a Dense (or other random affine) "
-                "layer before it, not another nonlinearity, a product, or the raw input"
+                "layer before it, not another nonlinearity, a FanInProd or FanInConcat, or the raw input"
             )
         return with_shape(spec, spec.shape, gaussian=False, fresh=None)
 

@@ -44,7 +44,7 @@ class Serial(Layer):
         modules = []
         for layer in self.layers:
             modules.append(layer.module(spec, ctx))
-            spec = layer.infer(spec, Context())
+            spec = layer.infer(spec, ctx)
         return SerialModule(*modules)
 
 
@@ -204,11 +204,12 @@ class FanInSum(_FanIn):
 
     def kernel_fn(self, ks):
         first = ks[0]
+        var1 = sum(k.var1 for k in ks)
         return first.replace(
             nngp=sum(k.nngp for k in ks),
             ntk=None if first.ntk is None else sum(k.ntk for k in ks),
-            var1=sum(k.var1 for k in ks),
-            var2=first.var1 if first.var2 is first.var1 else sum(k.var2 for k in ks),
+            var1=var1,
+            var2=var1 if first.var2 is first.var1 else sum(k.var2 for k in ks),
         )
 
     def module(self, spec, ctx) -> nn.Module:
@@ -250,18 +251,22 @@ class FanInProd(_FanIn):
 class FanInConcat(_FanIn):
     """Concatenate branches along the feature (channel) axis, dim 1.
 
-    The next layer averages over all n = sum_i n_i features, so K = sum_i (n_i / n) K_i and
-    Theta = sum_i (n_i / n) Theta_i, with n_i the finite widths of the branches.
+    The next random affine layer averages over all n = sum_i n_i features, so K = sum_i (n_i / n) K_i
+    and Theta = sum_i (n_i / n) Theta_i, with n_i the finite widths of the branches. The features of
+    different branches have different kernels, so the concatenation is not one Gaussian process: a
+    nonlinearity may not follow directly (a Dense must come first).
     """
 
     def infer(self, spec, ctx):
         branches = self._check(spec)
         shapes = [b.shape for b in branches]
-        if any(s is None for s in shapes):
-            return self._joined(branches, None)
-        if len({s[1:] for s in shapes}) > 1:
-            raise ValueError(f"{self!r}: branches differ beyond the feature axis: {shapes}")
-        return self._joined(branches, (sum(s[0] for s in shapes),) + shapes[0][1:])
+        shape = None
+        if not any(s is None for s in shapes):
+            if len({s[1:] for s in shapes}) > 1:
+                raise ValueError(f"{self!r}: branches differ beyond the feature axis: {shapes}")
+            shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
+        joined = self._joined(branches, shape)
+        return Spec(shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry)
 
     def kernel_fn(self, ks):
         widths = [k.shape[0] for k in ks]

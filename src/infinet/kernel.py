@@ -96,12 +96,13 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = (f1 * f1).sum(1) / n_features
+    f2 = f1 if x2 is None else x2.reshape(len(x2), -1)
+    gram = torch.addmm(f1.new_zeros(()), f1, f2.T, beta=0.0, alpha=1.0 / n_features)
     if x2 is None:
-        nngp = torch.diagonal_scatter(f1 @ f1.T / n_features, var1)
+        nngp = torch.diagonal_scatter(gram, var1)
         var2 = var1
     else:
-        f2 = x2.reshape(len(x2), -1)
-        nngp = f1 @ f2.T / n_features
+        nngp = gram
         var2 = (f2 * f2).sum(1) / n_features
     ntk = torch.zeros_like(nngp) if need_ntk else None
     return Kernel(nngp, ntk, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None)

@@ -21,7 +21,7 @@ from .kernel import Kernel, as_input, check_pair, input_kernel, parse_get
 BYTES_PER_ENTRY = 128
 DEFAULT_MAX_MEMORY = 1 << 30
 #: tiles no larger than this keep each elementwise pass in cache (see benchmarks/fc_kernel.py)
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 384
 
 
 class NonFiniteKernelError(FloatingPointError):
@@ -41,6 +41,27 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
     if isinstance(out, tuple):
         raise ValueError(f"the network ends in {len(out)} branches; join them with a FanIn layer")
     return out
+
+
+def _all_finite(t: Tensor) -> bool:
+    """One reduction pass; the exact elementwise check only if the sum is not finite (or overflowed)."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done) -> Kernel:
+    """The kernel with every finished tile and NaN elsewhere (for NonFiniteKernelError.partial)."""
+    finished = torch.zeros(len(rows), len(cols), dtype=torch.bool)
+    for i, j in done:
+        finished[i, j] = True
+        if symmetric:
+            finished[j, i] = True
+    mask = torch.ones(nngp.shape, dtype=torch.bool, device=nngp.device)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if finished[i, j]:
+                mask[r, c] = False
+    keep = lambda t: None if t is None else t.masked_fill(mask, math.nan)  # noqa: E731
+    return Kernel(keep(nngp), keep(ntk), var1, var1 if symmetric else var2, shape, symmetric)
 
 
 def tile_ranges(n: int, size: int) -> list[slice]:
@@ -96,11 +117,12 @@ def compute_kernel(
     tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
 
     def blank(*shape):
-        return torch.full(shape, math.nan, dtype=dtype, device=x1.device)
+        return torch.empty(shape, dtype=dtype, device=x1.device)
 
     nngp, var1, var2 = blank(len(x1), len(x2)), blank(len(x1)), blank(len(x2))
     ntk = blank(len(x1), len(x2)) if need_ntk else None
     shape: tuple[int, ...] = ()
+    done: list[tuple[int, int]] = []
     show = progress if progress is not None else (len(tasks) > 1 and sys.stderr.isatty())
     from tqdm.auto import tqdm
 
@@ -113,9 +135,9 @@ def compute_kernel(
                 k = k.replace(
                     nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T)
                 )
-            bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not bool(torch.isfinite(t).all())]
+            bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not _all_finite(t)]
             if bad:
-                partial = Kernel(nngp, ntk, var1, var2 if not symmetric else var1, shape, symmetric)
+                partial = _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done)
                 raise NonFiniteKernelError(
                     f"{' and '.join(bad)} overflowed to NaN/inf in rows {r.start}:{r.stop}, columns "
                     f"{c.start}:{c.stop} (an activation such as Exp or a deep network with w_std too large); "
@@ -132,6 +154,7 @@ def compute_kernel(
             var1[r] = k.var1
             var2[c] = k.var2
             shape = k.shape
+            done.append((i, j))
             bar.update()
     if symmetric:
         var2 = var1

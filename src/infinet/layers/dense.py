@@ -83,12 +83,14 @@ class Dense(Layer):
     def kernel_fn(self, k: Kernel) -> Kernel:
         w2 = self.w_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        nngp = w2 * k.nngp + b2
+        nngp = k.nngp * w2
+        if b2:
+            nngp = nngp.add_(b2)  # in place on the fresh product only; k is never mutated
         var1, var2 = k.map_variances(lambda v: w2 * v + b2)
         ntk = k.ntk
         if ntk is not None:
             if self.parameterization == "ntk":
-                ntk = nngp + w2 * ntk
+                ntk = torch.add(nngp, ntk, alpha=w2)
             else:
                 fan_in = k.shape[-1]
                 ntk = fan_in * k.nngp + w2 * ntk + (0.0 if self.b_std is None else 1.0)

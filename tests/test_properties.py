@@ -1,0 +1,82 @@
+"""Property tests over random architectures and inputs (hypothesis)."""
+
+import math
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import infinet as inf
+
+ACTIVATIONS = [inf.Relu, lambda: inf.LeakyRelu(0.1), inf.Abs, inf.Erf, inf.Gelu, inf.Sin, inf.Cos, inf.Sign,
+               inf.Tanh, inf.Sigmoid, inf.Softplus, lambda: inf.RectifiedMonomial(2), lambda: inf.Monomial(2),
+               inf.Silu]
+
+
+@st.composite
+def architectures(draw):
+    depth = draw(st.integers(1, 3))
+    param = draw(st.sampled_from(["ntk", "standard"]))
+    layers = []
+    for _ in range(depth):
+        w = draw(st.floats(0.5, 2.0))
+        b = draw(st.one_of(st.none(), st.floats(0.0, 0.5)))
+        width = draw(st.integers(1, 64))
+        layers.append(inf.Dense(width, w, b, param))
+        act = draw(st.sampled_from(ACTIVATIONS))()
+        if draw(st.booleans()):  # residual block around the activation
+            layers.append(inf.serial(inf.FanOut(2), inf.parallel(inf.Identity(), inf.serial(act, inf.Dense(width, w, b, param))), inf.FanInSum()))
+        else:
+            layers.append(act)
+    layers.append(inf.Dense(draw(st.integers(1, 3)), draw(st.floats(0.5, 2.0)), 0.1, param))
+    return inf.serial(*layers)
+
+
+@st.composite
+def data(draw):
+    n = draw(st.integers(1, 9))
+    d = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31))
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if draw(st.booleans()) and n > 1:
+        x[0] = 0.0  # a zero row is legal
+    return x
+
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(architectures(), data(), st.integers(1, 4))
+def test_symmetric_psd_and_tiling_invariant(net, x, tile):
+    full = net.kernel(x, tile_size=10**6)
+    for k in (full.nngp, full.ntk):
+        assert torch.isfinite(k).all()
+        assert torch.equal(k, k.T)
+        eig = torch.linalg.eigvalsh(k)
+        assert float(eig.min()) >= -1e-10 * max(float(torch.trace(k)), 1e-300)
+    tiled = net.kernel(x, tile_size=tile)
+    scale = float(full.ntk.abs().max()) + float(full.nngp.abs().max()) + 1e-300
+    assert float((tiled.nngp - full.nngp).abs().max()) <= 1e-12 * scale
+    assert float((tiled.ntk - full.ntk).abs().max()) <= 1e-12 * scale
+    # rectangular kernels agree with the blocks of the symmetric one
+    if len(x) > 1:
+        rect = net.kernel(x[:1], x[1:], tile_size=tile)
+        assert float((rect.ntk - full.ntk[:1, 1:]).abs().max()) <= 1e-12 * scale
+
+
+@SETTINGS
+@given(architectures(), st.integers(0, 2**31))
+def test_float32_close_to_float64(net, seed):
+    # well-conditioned inputs: unit-norm rows with pairwise |cos| <= 0.9
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True) * math.sqrt(8)
+    cos = (x @ x.T / 8 - torch.eye(4, dtype=torch.float64)).abs().max()
+    if float(cos) > 0.9:
+        x[1:] = torch.linalg.qr(x[1:].T)[0].T[: 3] * math.sqrt(8)
+    k64 = net.kernel(x)
+    k32 = net.kernel(x.float(), dtype=torch.float32)
+    assert k32.ntk.dtype == torch.float32
+    for a, b in ((k32.nngp, k64.nngp), (k32.ntk, k64.ntk)):
+        scale = float(b.abs().max()) + 1e-30
+        assert float((a.double() - b).abs().max()) <= 1e-5 * scale

@@ -1,0 +1,72 @@
+"""Tiled computation: any N, each off-diagonal tile once, memory knob, progress, devices."""
+
+import pytest
+import torch
+
+import infinet as inf
+from infinet import tiling
+
+NET = inf.serial(inf.Dense(32, 1.4, 0.1), inf.Gelu(), inf.Dense(32, 1.4, 0.1), inf.Tanh(), inf.Dense(1))
+
+
+def test_any_n_and_symmetric_tiles_computed_once(monkeypatch):
+    x = torch.randn(7, 3, dtype=torch.float64)
+    calls = []
+    original = tiling.kernel_tile
+
+    def spy(layer, a, b, need_ntk):
+        calls.append((len(a), None if b is None else len(b)))
+        return original(layer, a, b, need_ntk)
+
+    monkeypatch.setattr(tiling, "kernel_tile", spy)
+    tiled = NET.kernel(x, tile_size=3)  # blocks of 3, 3, 1
+    assert len(calls) == 6  # 3 diagonal + 3 upper tiles, not 9
+    assert sum(b is None for _, b in calls) == 3
+    full = NET.kernel(x, tile_size=100)
+    assert torch.allclose(tiled.ntk, full.ntk, rtol=1e-13, atol=0)
+    calls.clear()
+    NET.kernel(x, x[:5], tile_size=3)
+    assert len(calls) == 3 * 2
+
+
+def test_max_memory_sets_tile_size():
+    assert tiling.choose_tile_size(None, 128 * 100**2) == 100
+    assert tiling.choose_tile_size(None, None) == tiling.DEFAULT_TILE
+    assert tiling.choose_tile_size(7, None) == 7
+    with pytest.raises(ValueError, match="max_memory"):
+        tiling.choose_tile_size(None, 10)
+    x = torch.randn(9, 2, dtype=torch.float64)
+    k = NET.kernel(x, max_memory=128 * 4**2)
+    assert torch.allclose(k.nngp, NET.kernel(x).nngp, rtol=1e-13)
+
+
+def test_progress_bar_when_asked(capsys):
+    x = torch.randn(6, 2, dtype=torch.float64)
+    NET.kernel(x, tile_size=2, progress=True)
+    assert "kernel tiles" in capsys.readouterr().err
+    NET.kernel(x, tile_size=2)  # not a terminal: quiet
+    assert capsys.readouterr().err == ""
+
+
+def test_kernel_tile_is_pure():
+    x = torch.randn(5, 3, dtype=torch.float64)
+    before = x.clone()
+    a = tiling.kernel_tile(NET, x[:2], x[2:], True)
+    b = tiling.kernel_tile(NET, x[:2], x[2:], True)
+    assert torch.equal(a.ntk, b.ntk) and torch.equal(x, before)
+
+
+def test_float64_default_and_float32_on_request():
+    x = torch.randn(3, 2)  # float32 inputs
+    assert NET.kernel(x).nngp.dtype == torch.float64
+    assert NET.kernel(x, dtype=torch.float32).nngp.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kernels_stay_on_cuda():
+    x = torch.randn(50, 4, device="cuda", dtype=torch.float64)
+    k = NET.kernel(x, tile_size=16)
+    assert k.ntk.device.type == "cuda"
+    assert torch.allclose(k.ntk.cpu(), NET.kernel(x.cpu(), tile_size=16).ntk, rtol=1e-10)
+    mc = inf.monte_carlo_kernel(NET, x[:3], n_samples=2)
+    assert mc.ntk.device.type == "cuda"

@@ -51,7 +51,8 @@ def test_forward_outputs_have_nngp_variance():
     # across many random networks, Var f(x) equals the NNGP diagonal (readout integrated out by sampling)
     x = torch.randn(1, 6, dtype=torch.float64)
     net = inf.serial(inf.Dense(512, 1.3, 0.2), inf.Tanh(), inf.Dense(1, 1.1, 0.3))
-    outs = torch.stack([net.build(6, seed=s, dtype=torch.float64)(x)[0, 0] for s in range(400)])
+    with torch.no_grad():
+        outs = torch.stack([net.build(6, seed=s, dtype=torch.float64)(x)[0, 0] for s in range(400)])
     k = float(net.kernel(x).nngp[0, 0])
     n = len(outs)
     assert abs(float((outs**2).mean()) - k) <= 4 * float((outs**2).std()) / math.sqrt(n)

@@ -18,7 +18,8 @@ class Kernel:
     """Infinite-width kernels between two batches of inputs at one point of a network.
 
     Attributes:
-        nngp: (N1, N2) covariance E[z(x1) z(x2)] of a pre-activation (the NNGP, Lee et al. 2018).
+        nngp: (N1, N2) covariance E[z(x1) z(x2)] of a pre-activation (the NNGP, Lee et al. 2018);
+            None only in a result computed with ``get=("ntk",)``.
         ntk: (N1, N2) neural tangent kernel (Jacot et al. 2018), or None when not requested.
         var1: (N1,) per-example variances E[z(x1)^2] (the diagonal of the x1-x1 NNGP).
         var2: (N2,) per-example variances of the second batch.
@@ -28,7 +29,7 @@ class Kernel:
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
-    nngp: Tensor
+    nngp: Tensor | None
     ntk: Tensor | None
     var1: Tensor
     var2: Tensor

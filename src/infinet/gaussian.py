@@ -364,7 +364,7 @@ def _graded_rule(panels: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ws)
 
 
-def _panels_for(scale: float, min_panels: int) -> int:  # noqa: D401
+def _panels_for(scale: float, min_panels: int) -> int:
     """Panels such that the innermost one is no wider than 1/scale (the activation's feature size)."""
     if scale * _HALF_WIDTH <= 1.0:
         return min_panels
@@ -375,11 +375,15 @@ def _as(a: np.ndarray, dtype, device) -> Tensor:
     return torch.as_tensor(a, dtype=dtype, device=device)
 
 
-@lru_cache(maxsize=None)
 def _half_line_rule(scale: float, nodes: int, extra_panels: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes on [0, 9]: [0, 1] graded toward 0 down to the activation's scale 1/scale,
     [1, 9] in equal panels of width 1 (fine enough for r^k exp(-r^2/2) at the accuracy claimed)."""
-    t, tw = _graded_rule(_panels_for(scale / _HALF_WIDTH, 2) + extra_panels, nodes)
+    return _half_line_template(_panels_for(scale / _HALF_WIDTH, 2) + extra_panels, nodes, extra_panels)
+
+
+@lru_cache(maxsize=None)
+def _half_line_template(graded_panels: int, nodes: int, extra_panels: int) -> tuple[np.ndarray, np.ndarray]:
+    t, tw = _graded_rule(graded_panels, nodes)
     x, w = np.polynomial.legendre.leggauss(nodes)
     edges = np.linspace(1.0, _HALF_WIDTH, 8 + 4 * extra_panels + 1)
     ut = np.concatenate([lo + (hi - lo) * (x + 1.0) / 2.0 for lo, hi in zip(edges[:-1], edges[1:])])

@@ -25,12 +25,12 @@ class MonteCarloKernel:
     n_samples: int
 
 
-def _readout(net):
-    """(body, readout Dense) when the description ends in a Dense layer, else None."""
+def _readout(net) -> Dense | None:
+    """The readout Dense layer when the description ends in one, else None."""
     if isinstance(net, Dense):
-        return None, net
+        return net
     if isinstance(net, Serial) and net.layers and isinstance(net.layers[-1], Dense):
-        return Serial(net.layers[:-1]), net.layers[-1]
+        return net.layers[-1]
     return None
 
 
@@ -41,9 +41,8 @@ def _nngp_sample(net, model, x1: Tensor, x2: Tensor) -> Tensor:
     K = w_std^2 h(x1) . h(x2) / n + b_std^2 from the last hidden features h (same in both
     parameterizations); otherwise the output covariance f(x1) . f(x2) / n_out.
     """
-    readout = _readout(net)
-    if readout is not None:
-        _, dense = readout
+    dense = _readout(net)
+    if dense is not None:
         body = model[:-1] if isinstance(net, Serial) else (lambda x: x)
         h1, h2 = body(x1), body(x2)
         b2 = 0.0 if dense.b_std is None else dense.b_std**2

@@ -120,10 +120,6 @@ def arccos_kernel(order: int, cov: Tensor, var1: Tensor, var2: Tensor) -> Tensor
 # ---------------------------------------------------------------------------------------------
 # Closed forms.
 # ---------------------------------------------------------------------------------------------
-def _rsqrt_or_zero(var: Tensor) -> Tensor:
-    return torch.where(var > 0, torch.rsqrt(torch.clamp(var, min=1e-300)), torch.zeros_like(var))
-
-
 def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pair:
     """(E[relu(u) relu(v)], P(u > 0, v > 0)) sharing one arccos: the hot path of ReLU networks.
 
@@ -186,6 +182,8 @@ def rectified_monomial(degree: int, cov: Tensor, var1: Tensor, var2: Tensor, nee
 
     Cho and Saul 2009, eqs. 6-7. For k = 0 (the step function) kdot = 0 (zero gradient a.e.).
     """
+    if degree == 1:  # ReLU: the fused path shared with abrelu
+        return arccos_order1(cov, var1, var2, need_kdot)
     nngp = arccos_kernel(degree, cov, var1, var2)
     if not need_kdot:
         return nngp, None

@@ -43,12 +43,25 @@ def data(draw):
     return x
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run (fixed seeds), so CI is reproducible
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
 @given(architectures(), data(), st.integers(1, 4))
 def test_symmetric_psd_and_tiling_invariant(net, x, tile):
+    _check_symmetric_psd_and_tiling_invariant(net, x, tile)
+
+
+def test_collinear_inputs_stay_psd():
+    # found by hypothesis: 1-D positive inputs are exactly collinear (rho = 1 for every pair)
+    net = inf.serial(inf.Dense(1, w_std=1.875), inf.Relu(), inf.Dense(1, w_std=1.0, b_std=0.1))
+    x = torch.tensor([[0.6614], [0.2669], [0.0617], [0.6213]], dtype=torch.float64)
+    _check_symmetric_psd_and_tiling_invariant(net, x, 1)
+
+
+def _check_symmetric_psd_and_tiling_invariant(net, x, tile):
     full = net.kernel(x, tile_size=10**6)
     for k in (full.nngp, full.ntk):
         assert torch.isfinite(k).all()

@@ -36,6 +36,17 @@ def _broadcast(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor,
     return torch.broadcast_tensors(cov, var1, var2)
 
 
+def clamp_unit(rho: Tensor) -> Tensor:
+    """Clamp a correlation to [-1, 1], treating |rho| within 4 ulps of 1 as exactly +-1.
+
+    Kernel entries determine rho only to a few ulps, and arccos amplifies an error d near rho = 1 to
+    sqrt(2 d) (1.5e-8 in float64 for d = 1 ulp), which would break the exact rank deficiency (and
+    positive semi-definiteness) of kernels of collinear inputs. Scaling by 1 + 4 eps before the
+    clamp snaps those values to +-1 and changes no other rho by more than 4 ulps.
+    """
+    return torch.clamp(rho * (1.0 + 4.0 * torch.finfo(rho.dtype).eps), -1.0, 1.0)
+
+
 def correlation(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(rho, sqrt(var1 * var2), nondegenerate)`` with rho clamped to [-1, 1].
 
@@ -47,7 +58,7 @@ def correlation(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor
     norm = torch.sqrt(torch.clamp(prod, min=0.0))
     safe = torch.where(nondegenerate, norm, torch.ones_like(norm))
     rho = torch.where(nondegenerate, cov / safe, torch.zeros_like(cov))
-    return torch.clamp(rho, -1.0, 1.0), norm, nondegenerate
+    return clamp_unit(rho), norm, nondegenerate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +145,7 @@ def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = Tru
     degenerate = bool((var1 <= 0).any()) or bool((var2 <= 0).any())
     norm = torch.mul(var1, var2).clamp_(min=0.0).sqrt_()
     safe = torch.where(norm > 0, norm, torch.ones_like(norm)) if degenerate else norm
-    rho = torch.div(cov, safe).clamp_(-1.0, 1.0)
+    rho = clamp_unit(torch.div(cov, safe))
     angle = torch.rsub(torch.arccos(rho), math.pi)  # pi - theta
     nngp = torch.addcmul(rho.new_ones(()), rho, rho, value=-1.0).sqrt_().addcmul_(angle, rho)
     nngp = nngp.mul_(norm).mul_(1.0 / _TWO_PI)

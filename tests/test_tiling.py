@@ -10,7 +10,7 @@ NET = inf.serial(inf.Dense(32, 1.4, 0.1), inf.Gelu(), inf.Dense(32, 1.4, 0.1), i
 
 
 def test_any_n_and_symmetric_tiles_computed_once(monkeypatch):
-    x = torch.randn(7, 3, dtype=torch.float64)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     calls = []
     original = tiling.kernel_tile
 
@@ -23,7 +23,9 @@ def test_any_n_and_symmetric_tiles_computed_once(monkeypatch):
     assert len(calls) == 6  # 3 diagonal + 3 upper tiles, not 9
     assert sum(b is None for _, b in calls) == 3
     full = NET.kernel(x, tile_size=100)
-    assert torch.allclose(tiled.ntk, full.ntk, rtol=1e-13, atol=0)
+    # Tanh uses quadrature whose panel count follows the largest variance in a tile, so tiles agree to
+    # the quadrature's accuracy (1e-11 of the scale), not bit for bit
+    assert torch.allclose(tiled.ntk, full.ntk, rtol=0, atol=1e-11 * float(full.ntk.abs().max()))
     calls.clear()
     NET.kernel(x, x[:5], tile_size=3)
     assert len(calls) == 3 * 2

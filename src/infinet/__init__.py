@@ -4,7 +4,7 @@ One architecture description gives the finite ``torch.nn.Module`` (``net.build()
 infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import gaussian
+from . import datasets, gaussian, predict
 from .kernel import Kernel
 from .layers import (
     ABRelu,
@@ -39,6 +39,7 @@ from .layers import (
     serial,
 )
 from .montecarlo import MonteCarloKernel, monte_carlo_kernel
+from .spec import SpecError, format_spec, parse_spec
 from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
 
 __version__ = "0.1.0"
@@ -47,6 +48,6 @@ __all__ = [
     "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
-    "Silu", "Sin", "Softplus", "Tanh", "compute_kernel", "gaussian", "kernel_tile", "monte_carlo_kernel",
-    "parallel", "repeat", "serial",
+    "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "format_spec", "gaussian",
+    "kernel_tile", "monte_carlo_kernel", "parallel", "parse_spec", "predict", "repeat", "serial",
 ]

@@ -52,22 +52,26 @@ def _nngp_sample(net, model, x1: Tensor, x2: Tensor) -> Tensor:
 
 
 def _ntk_sample(model, x1: Tensor, x2: Tensor) -> Tensor:
-    """One network's empirical NTK, sum_p df(x1)/dp df(x2)/dp averaged over output units."""
+    """One network's empirical NTK, sum_p df(x1)/dp df(x2)/dp averaged over output units.
+
+    Jacobians are formed one output unit at a time (memory N x P, not N x O x P), and once when
+    x2 is x1.
+    """
     params = {k: v.detach() for k, v in model.named_parameters()}
-    x = torch.cat([x1, x2])
+    same = x2 is x1
+    with torch.no_grad():
+        n_out = model(x1[:1]).reshape(1, -1).shape[1]
 
-    def f(p):
-        return functional_call(model, p, (x,)).reshape(len(x), -1)
+    def jacobian(x: Tensor, o: int):
+        return jacrev(lambda p: functional_call(model, p, (x,)).reshape(len(x), -1)[:, o])(params)
 
-    jac = jacrev(f)(params)
-    n1 = len(x1)
-    total = 0.0
-    outputs = None
-    for j in jac.values():
-        j = j.reshape(j.shape[0], j.shape[1], -1)
-        outputs = j.shape[1]
-        total = total + torch.einsum("iop,jop->ij", j[:n1], j[n1:])
-    return total / outputs
+    total = torch.zeros(len(x1), len(x2), dtype=x1.dtype, device=x1.device)
+    for o in range(n_out):
+        j1 = jacobian(x1, o)
+        j2 = j1 if same else jacobian(x2, o)
+        for name, a in j1.items():
+            total += a.reshape(len(x1), -1) @ j2[name].reshape(len(x2), -1).T
+    return total / n_out
 
 
 def monte_carlo_kernel(

@@ -23,6 +23,8 @@ def check_std(name: str, value: float | None, allow_none: bool) -> float | None:
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if value > 1e150:  # its square would overflow float64 in the kernel
+        raise ValueError(f"{name} must be at most 1e150 (its square must be a finite float64), got {value:g}")
     return value
 
 
@@ -64,7 +66,7 @@ class Dense(Layer):
 
     def __repr__(self) -> str:
         return (
-            f"Dense({self.out_features}, w_std={self.w_std:g}, b_std={self.b_std}, "
+            f"Dense({self.out_features}, w_std={self.w_std!r}, b_std={self.b_std!r}, "
             f"parameterization={self.parameterization!r})"
         )
 

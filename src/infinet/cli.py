@@ -1,0 +1,235 @@
+"""The ``infinet`` command line: the demo, experiments with reports, and kernel matrices of data sets.
+
+User errors (a bad spec, an unknown experiment or data set, an unreadable file) print one line
+starting with ``error:`` on stderr and exit with status 2, without a traceback; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="infinet",
+    help="infinet: exact infinite-width kernels (NNGP, NTK) of neural networks, checked against finite networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+_state = {"debug": False}
+EXIT_USER_ERROR = 2
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn the library's input errors into one line on stderr and exit status 2."""
+    from .tiling import NonFiniteKernelError
+
+    try:
+        yield
+    except (NonFiniteKernelError, ValueError, TypeError, OSError, FloatingPointError, KeyError) as e:
+        if _state["debug"]:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+) -> None:
+    """infinet: exact infinite-width kernels (NNGP, NTK) of neural networks, checked against finite networks."""
+    _state["debug"] = debug
+
+
+def _parse_params(items: List[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param expects key=value, got {item!r}")
+        params[key.strip()] = value
+    return params
+
+
+def _run_and_print(name: str, out: Optional[Path], seed: int, params: dict, quick: bool) -> None:
+    from .experiments import run_experiment
+
+    result, path = run_experiment(name, out, seed=seed, params=params, quick=quick, progress=True)
+    typer.echo(f"\n{result.title}\n")
+    for table in result.tables.values():
+        if table.caption:
+            typer.echo(table.caption)
+        typer.echo(table.to_text() + "\n")
+    if result.summary:
+        typer.echo(result.summary + "\n")
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports/demo"), "--out", "-o", help="Folder for the report."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same numbers."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller, faster variant."),
+) -> None:
+    """The main job: finite ReLU networks of widths 64-4096 trained on digits beside their exact NNGP and
+    NTK predictions, and Monte Carlo kernel error against width. Prints a table and writes a report."""
+    with user_errors():
+        _run_and_print("demo", out, seed, {}, quick)
+
+
+@app.command("list")
+def list_experiments() -> None:
+    """List the experiments, with one-line descriptions."""
+    from .experiments import registry
+
+    table = registry()
+    width = max(map(len, table), default=0)
+    for name, exp in table.items():
+        typer.echo(f"{name.ljust(width)}  {exp.description}")
+
+
+@app.command()
+def run(
+    experiment: str = typer.Argument(..., help="Experiment name (see `infinet list`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default reports/EXPERIMENT)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same numbers."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Override a parameter: key=value (repeatable); lists as 64,256."),
+    quick: bool = typer.Option(False, "--quick", help="The experiment's quick variant."),
+    show_params: bool = typer.Option(False, "--show-params", help="Print the experiment's parameters and exit."),
+) -> None:
+    """Run an experiment and write results.json, CSV tables, PNG figures and report.html."""
+    from .experiments import get
+
+    with user_errors():
+        exp = get(experiment)
+        if show_params:
+            typer.echo(f"{exp.name}: {exp.description}")
+            for key, p in exp.params.items():
+                typer.echo(f"  {key} = {p.default!r}  {p.help}")
+            return
+        _run_and_print(exp.name, out, seed, _parse_params(param), quick)
+
+
+@app.command()
+def data() -> None:
+    """List the built-in data sets and the user-folder formats (nothing is ever downloaded)."""
+    from .datasets import available
+
+    table = available()
+    width = max(map(len, table))
+    for name, desc in table.items():
+        typer.echo(f"{name.ljust(width)}  {desc}")
+    typer.echo(f"{'PATH.npz'.ljust(width)}  arrays x, y (or x_train, y_train, x_test, y_test)")
+    typer.echo(f"{'PATH.csv'.ljust(width)}  numeric columns, the last one the target (one header row allowed)")
+
+
+@app.command()
+def kernel(
+    arch: str = typer.Option(..., "--arch", "-a", help='Architecture spec, e.g. "Dense(512, w_std=1.5) > Relu() > Dense(10)".'),
+    data: str = typer.Option(..., "--data", "-d", help="Data set name, NAME:FOLDER, or a .npz/.csv path (see `infinet data`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz file."),
+    get: str = typer.Option("nngp,ntk", "--get", help="Comma-separated kernels: nngp, ntk."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Training examples (default: the data set's split)."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help="Test examples (default: the data set's split)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
+    dtype: str = typer.Option("float64", "--dtype", help="float64 or float32."),
+    tile_size: Optional[int] = typer.Option(None, "--tile-size", help="Rows and columns per tile (default: from the memory budget)."),
+) -> None:
+    """Compute the kernel matrices of an architecture over a data set and save them to an .npz file:
+    GET_train_train (N_train x N_train) and GET_test_train (N_test x N_train) for each kernel in --get,
+    with the targets, labels and the spec. Saved atomically; if a kernel overflows, the tiles already
+    finished are saved to FILE.partial.npz."""
+    with user_errors():
+        _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size)
+
+
+def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> None:
+    import numpy as np
+    import torch
+
+    from . import __version__
+    from .datasets import load
+    from .kernel import parse_get
+    from .spec import format_spec, parse_spec
+    from .tiling import NonFiniteKernelError
+
+    names = parse_get([g.strip() for g in get.split(",") if g.strip()])
+    dtypes = {"float64": torch.float64, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise ValueError(f"--dtype must be float64 or float32, got {dtype!r}")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must name a .npz file, got {str(out)!r}")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    net = parse_spec(arch)
+    ds = load(data, n_train=n_train, n_test=n_test, seed=seed)
+    ds = _fit_input(net, ds)
+    typer.echo(f"{ds!r}; architecture {format_spec(net)}", err=True)
+    arrays = {"y_train": ds.y_train.numpy(), "y_test": ds.y_test.numpy(), "arch": np.array(format_spec(net)),
+              "dataset": np.array(data), "infinet_version": np.array(__version__)}
+    if ds.labels_train is not None:
+        arrays.update(labels_train=ds.labels_train.numpy(), labels_test=ds.labels_test.numpy())
+    for split, (a, b) in {"train_train": (ds.x_train, None), "test_train": (ds.x_test, ds.x_train)}.items():
+        try:
+            k = net.kernel(a, b, get=names, dtype=dtypes[dtype], tile_size=tile_size, progress=True)
+        except NonFiniteKernelError as e:
+            for name in names:
+                part = getattr(e.partial, name, None)
+                if part is not None:
+                    arrays[f"{name}_{split}"] = part.cpu().numpy()
+            _save(out.with_suffix(".partial.npz"), arrays)
+            raise NonFiniteKernelError(f"{e} (finished tiles saved to {out.with_suffix('.partial.npz')})",
+                                       e.partial) from None
+        for name in names:
+            arrays[f"{name}_{split}"] = getattr(k, name).cpu().numpy()
+    _save(out, arrays)
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith(tuple(names)))
+    typer.echo(f"saved {out}: {shapes}")
+
+
+def _fit_input(net, ds):
+    """Flatten image inputs when the architecture takes vectors (e.g. starts with Dense)."""
+    if len(ds.input_shape) == 1:
+        net.check(ds.input_shape)
+        return ds
+    try:
+        net.check(ds.input_shape)
+        return ds
+    except ValueError as image_error:
+        flat = ds.flat()
+        try:
+            net.check(flat.input_shape)
+        except ValueError:
+            raise image_error from None
+        typer.echo(f"note: inputs of shape {ds.input_shape} flattened to {flat.input_shape} for this architecture",
+                   err=True)
+        return flat
+
+
+def _save(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    """Entry point of the ``infinet`` console script."""
+    app(prog_name="infinet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

@@ -1,0 +1,57 @@
+"""Small helpers shared by experiments: metrics, seeds, and a log-log slope fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def accuracy(f: Tensor, labels: Tensor) -> float:
+    """Fraction of rows whose largest output is the true class."""
+    return float((f.argmax(dim=1) == labels.to(f.device)).double().mean())
+
+
+def mse(f: Tensor, y: Tensor) -> float:
+    """Mean squared error per target entry, mean (f - y)^2."""
+    return float((f - y).pow(2).mean())
+
+
+def mean_and_stderr(values) -> tuple[float, float]:
+    """Sample mean and its standard error (std with ddof=1 over sqrt(n); 0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size < 2:
+        return float(a.mean()), 0.0
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(a.size))
+
+
+def loglog_slope(x, y) -> tuple[float, float]:
+    """Least-squares slope of log y against log x and its standard error."""
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+    if lx.size < 2:
+        return float("nan"), float("nan")
+    A = np.stack([lx, np.ones_like(lx)], axis=1)
+    coef, res, *_ = np.linalg.lstsq(A, ly, rcond=None)
+    if lx.size > 2:
+        sigma2 = float(np.sum((ly - A @ coef) ** 2)) / (lx.size - 2)
+        se = math.sqrt(sigma2 / float(np.sum((lx - lx.mean()) ** 2)))
+    else:
+        se = float("nan")
+    return float(coef[0]), se
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A reproducible seed for one sub-task, from the run's seed and integer keys."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, dtype=np.uint64)[0] >> 2)
+
+
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend (reports are written to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,80 @@
+"""Training finite networks with the loss normalization the kernel predictions assume.
+
+loss = 1 / (2 * y.numel()) * sum (f(x) - y)^2 (neural-tangents' convention), so ``steps`` of full-batch
+gradient descent with learning rate ``lr`` correspond to training time t = lr * steps in
+:func:`infinet.predict.gradient_descent_mse`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+def mse_loss(f: Tensor, y: Tensor) -> Tensor:
+    """1 / (2 * y.numel()) * sum (f - y)^2."""
+    return 0.5 * (f - y).pow(2).sum() / y.numel()
+
+
+@dataclass
+class TrainingRecord:
+    """Loss every ``record_every`` steps and the final outputs on the training and test inputs."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    f_train: Tensor | None = None
+    f_test: Tensor | None = None
+
+
+def train_gradient_descent(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    *,
+    x_test: Tensor | None = None,
+    y_test: Tensor | None = None,
+    record_every: int = 0,
+) -> TrainingRecord:
+    """Full-batch gradient descent on :func:`mse_loss` (plain SGD without momentum on the whole batch).
+
+    Trains ``model`` in place; raises ``FloatingPointError`` naming the step if the loss becomes NaN
+    or inf (a learning rate above the stable limit 2 m / lambda_max of the empirical NTK).
+    """
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    rec = TrainingRecord()
+
+    def record(step: int, loss: Tensor) -> None:
+        rec.steps.append(step)
+        rec.loss.append(float(loss))
+        if x_test is not None and y_test is not None:
+            with torch.no_grad():
+                rec.test_loss.append(float(mse_loss(model(x_test), y_test)))
+
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = mse_loss(model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); lower the learning rate")
+        if record_every and step % record_every == 0:
+            record(step, loss.detach())
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        rec.f_train = model(x)
+        final = mse_loss(rec.f_train, y)
+        if not torch.isfinite(final):
+            raise FloatingPointError(f"training diverged by step {steps}; lower the learning rate")
+        if record_every:
+            record(steps, final)
+        rec.f_test = model(x_test) if x_test is not None else None
+    return rec
+
+
+__all__ = ["TrainingRecord", "mse_loss", "train_gradient_descent"]

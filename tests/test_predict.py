@@ -1,0 +1,115 @@
+"""Kernel predictions and finite-network training, each checked against an independent computation."""
+
+import math
+
+import pytest
+import torch
+
+import infinet as inf
+from infinet.predict import KernelMatrixError, gp_inference, gradient_descent_mse, max_learning_rate
+from infinet.training import mse_loss, train_gradient_descent
+
+
+def kernels(n=30, n_test=12, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    xt = torch.randn(n_test, d, generator=g, dtype=torch.float64)
+    net = inf.serial(inf.Dense(64, w_std=1.4, b_std=0.1), inf.Relu(), inf.Dense(1, w_std=1.4, b_std=0.1))
+    return net.kernel(x), net.kernel(xt, x), net.kernel(xt), torch.randn(n, 3, generator=g, dtype=torch.float64)
+
+
+def test_gp_inference_matches_dense_solve():
+    k, ks, kss, y = kernels()
+    post = gp_inference(k.nngp, ks.nngp, y, kss.nngp, diag_reg=1e-3)
+    reg = k.nngp + 1e-3 * k.nngp.diagonal().mean() * torch.eye(len(k.nngp), dtype=torch.float64)
+    inv = torch.linalg.inv(reg)
+    assert torch.allclose(post.mean, ks.nngp @ inv @ y, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(post.cov, kss.nngp - ks.nngp @ inv @ ks.nngp.T, rtol=1e-9, atol=1e-10)
+    assert gp_inference(k.nngp, ks.nngp, y[:, 0], diag_reg=1e-3).mean.shape == (12,)
+    # on the training points with no noise, the posterior mean interpolates
+    fit = gp_inference(k.nngp, k.nngp, y).mean
+    assert torch.allclose(fit, y, atol=1e-6)
+
+
+def test_gradient_descent_matches_matrix_exponential():
+    k, ks, _, y = kernels()
+    theta, theta_s = k.ntk, ks.ntk
+    m = y.numel()
+    for t in (0.0, 3.0, 40.0):
+        expm = torch.linalg.matrix_exp(-theta * t / m)
+        expected = theta_s @ torch.linalg.solve(theta, (torch.eye(len(theta), dtype=torch.float64) - expm) @ y)
+        got = gradient_descent_mse(theta, theta_s, y, t)
+        assert torch.allclose(got, expected, rtol=1e-8, atol=1e-10), t
+    inf_pred = gradient_descent_mse(theta, theta_s, y, math.inf)
+    assert torch.allclose(inf_pred, theta_s @ torch.linalg.solve(theta, y), rtol=1e-8, atol=1e-10)
+    several = gradient_descent_mse(theta, theta_s, y, [0.0, math.inf])
+    assert several.shape == (2, 12, 3) and torch.all(several[0] == 0)
+
+
+def test_gradient_descent_equals_discrete_steps_in_the_small_step_limit():
+    """Euler steps of df/dt = -Theta (f - y) / m on the training set approach the closed form."""
+    k, _, _, y = kernels(n=10)
+    theta, m = k.ntk, y.numel()
+    f = torch.zeros_like(y)
+    t, steps = 5.0, 20000
+    for _ in range(steps):
+        f = f - (t / steps) * theta @ (f - y) / m
+    closed = gradient_descent_mse(theta, theta, y, t)
+    assert torch.allclose(f, closed, rtol=0, atol=5e-4 * float(y.abs().max()))
+
+
+def test_singular_kernel_uses_the_lambda_to_zero_limit():
+    v = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    theta = v @ v.T  # rank one
+    y = torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64)
+    pred = gradient_descent_mse(theta, theta, y, [1.0, math.inf])
+    assert torch.isfinite(pred).all()
+    proj = v @ v.T / 14.0  # at t = inf: the projection of y on the range of theta
+    assert torch.allclose(pred[1], proj @ y, atol=1e-12)
+
+
+def test_prediction_errors():
+    k, ks, _, y = kernels()
+    bad = k.nngp.clone()
+    bad[0, 1] = float("nan")
+    with pytest.raises(KernelMatrixError, match="NaN"):
+        gp_inference(bad, ks.nngp, y)
+    with pytest.raises(KernelMatrixError, match="square"):
+        gp_inference(ks.nngp, ks.nngp, y)
+    with pytest.raises(ValueError, match="y_train"):
+        gp_inference(k.nngp, ks.nngp, y[:5])
+    with pytest.raises(KernelMatrixError, match="not positive definite"):
+        gp_inference(-k.nngp, ks.nngp, y)
+    with pytest.raises(KernelMatrixError, match="not positive semi-definite"):
+        gradient_descent_mse(-k.ntk, ks.ntk, y)
+    with pytest.raises(ValueError, match="diag_reg"):
+        gp_inference(k.nngp, ks.nngp, y, diag_reg=-1.0)
+    with pytest.raises(ValueError, match="times"):
+        gradient_descent_mse(k.ntk, ks.ntk, y, -1.0)
+
+
+def test_max_learning_rate():
+    k, _, _, y = kernels()
+    lr = max_learning_rate(k.ntk, 3)
+    assert abs(lr - 2 * 30 * 3 / float(torch.linalg.eigvalsh(k.ntk).max())) < 1e-12 * lr
+
+
+def test_linear_model_training_matches_closed_form_iteration():
+    """Gradient descent on mse_loss for f(x) = x w: w <- w - lr X^T (X w - y) / m, exactly."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 4, generator=g, dtype=torch.float64), torch.randn(20, 2, generator=g, dtype=torch.float64)
+    model = torch.nn.Linear(4, 2, bias=False).double()
+    w = model.weight.detach().T.clone()
+    rec = train_gradient_descent(model, x, y, lr=0.5, steps=30, record_every=10)
+    for _ in range(30):
+        w = w - 0.5 * x.T @ (x @ w - y) / y.numel()
+    assert torch.allclose(model.weight.detach().T, w, atol=1e-12)
+    assert rec.steps == [0, 10, 20, 30] and rec.loss[-1] == pytest.approx(float(mse_loss(x @ w, y)), rel=1e-10)
+    assert rec.loss == sorted(rec.loss, reverse=True)
+
+
+def test_training_divergence_is_reported():
+    x = torch.randn(10, 3, dtype=torch.float64)
+    model = torch.nn.Linear(3, 1).double()
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train_gradient_descent(model, x, torch.zeros(10, 1, dtype=torch.float64), lr=1e6, steps=200)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-slow bench clean
+.PHONY: setup system-deps demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -15,21 +15,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-# Headless Chromium for the report's browser test: installed where apt-get and root (or sudo) allow;
-# elsewhere the test skips and says why.
-browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+# Debian packages for tests that use real programs and files: headless Chromium for the report's
+# browser test, Fashion-MNIST's IDX files for the loader. Installed where apt-get and root (or sudo)
+# allow; elsewhere those tests skip and say why.
+SYSTEM_PACKAGES := chromium chromium-driver dataset-fashion-mnist
+system-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -d /usr/share/datasets/fashion-mnist ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
-	  echo "installing Chromium for the report test (Debian packages chromium, chromium-driver)"; \
-	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
-	    || echo "could not install Chromium; the browser test will be skipped"; \
-	else echo "Chromium is not installed and cannot be installed here; the browser test will be skipped"; fi
+	  echo "installing Debian packages for the tests: $(SYSTEM_PACKAGES)"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); } >/dev/null 2>&1 \
+	    || echo "could not install $(SYSTEM_PACKAGES); the tests that need them will be skipped"; \
+	else echo "cannot install $(SYSTEM_PACKAGES) here; the tests that need them will be skipped"; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/infinet demo
 
-test: $(STAMP) browser
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-slow: $(STAMP)

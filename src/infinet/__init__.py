@@ -7,6 +7,15 @@ infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 from . import datasets, gaussian, predict
 from .kernel import Kernel
 from .layers import (
+    AvgPool,
+    Conv,
+    ConvTranspose,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    GlobalSumPool,
+    LayerNorm,
+    SumPool,
     ABRelu,
     Abs,
     Cos,
@@ -45,7 +54,8 @@ from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
 __version__ = "0.1.0"
 
 __all__ = [
-    "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
+    "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
+    "SumPool", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
     "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "format_spec", "gaussian",

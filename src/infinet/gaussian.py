@@ -143,15 +143,17 @@ def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = Tru
     # rho = cov / sqrt(var1 var2) is exactly 1 where cov = var1 = var2 (sqrt(fl(q^2)) = q in IEEE
     # arithmetic), which keeps arccos(rho) exact on the diagonal.
     degenerate = bool((var1 <= 0).any()) or bool((var2 <= 0).any())
-    norm = torch.mul(var1, var2).clamp_(min=0.0).sqrt_()
+    norm = torch.mul(var1, var2)
+    norm = (norm.clamp_(min=0.0) if degenerate else norm).sqrt_()
     safe = torch.where(norm > 0, norm, torch.ones_like(norm)) if degenerate else norm
-    rho = clamp_unit(torch.div(cov, safe))
+    rho = torch.div(cov, safe).mul_(1.0 + 4.0 * torch.finfo(cov.dtype).eps).clamp_(-1.0, 1.0)  # clamp_unit
     angle = torch.rsub(torch.arccos(rho), math.pi)  # pi - theta
-    nngp = torch.addcmul(rho.new_ones(()), rho, rho, value=-1.0).sqrt_().addcmul_(angle, rho)
-    nngp = nngp.mul_(norm).mul_(1.0 / _TWO_PI)
+    c = 1.0 / _TWO_PI  # folded into the passes: c sqrt(1 - rho^2) = sqrt(c^2 - c^2 rho^2)
+    nngp = torch.addcmul(rho.new_full((), c * c), rho, rho, value=-c * c).sqrt_().addcmul_(angle, rho, value=c)
+    nngp = nngp.mul_(norm)
     if not need_kdot:
         return nngp, None
-    kdot = angle.mul_(1.0 / _TWO_PI)
+    kdot = angle.mul_(c)
     if degenerate:
         kdot = torch.where(norm > 0, kdot, torch.zeros_like(kdot))
     return nngp, kdot

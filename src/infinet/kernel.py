@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -18,14 +19,18 @@ class Kernel:
     """Infinite-width kernels between two batches of inputs at one point of a network.
 
     Attributes:
-        nngp: (N1, N2) covariance E[z(x1) z(x2)] of a pre-activation (the NNGP, Lee et al. 2018);
-            None only in a result computed with ``get=("ntk",)``.
-        ntk: (N1, N2) neural tangent kernel (Jacot et al. 2018), or None when not requested.
-        var1: (N1,) per-example variances E[z(x1)^2] (the diagonal of the x1-x1 NNGP).
-        var2: (N2,) per-example variances of the second batch.
+        nngp: covariance E[z(x1) z(x2)] of a pre-activation (the NNGP, Lee et al. 2018); None only in
+            a result computed with ``get=("ntk",)``. Layout: (N1, N2) for vectors; for feature maps
+            with spatial shape S, (N1, N2, *S) holding only same-position pairs ("diagonal"), or
+            (N1, N2, *S, *S) holding every pixel pair (``full``).
+        ntk: neural tangent kernel (Jacot et al. 2018) in the same layout, or None when not requested.
+        var1: per-example self-covariances of the first batch: (N1,) for vectors, (N1, *S) per
+            position (diagonal layout), (N1, *S, *S) every position pair (full layout).
+        var2: the same for the second batch.
         shape: per-example feature shape of the finite network at this point (channels first);
-            widths enter the 'standard' parameterization and FanInConcat.
-        symmetric: True when the second batch is the first, so that nngp's diagonal equals var1.
+            widths enter the 'standard' parameterization and FanInConcat, ``shape[1:]`` is spatial.
+        symmetric: True when the second batch is the first, so that nngp[i, i] equals var1[i].
+        full: True for the full pixel-pair layout (needed below pooling), False for the diagonal one.
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -35,20 +40,84 @@ class Kernel:
     var2: Tensor
     shape: tuple[int, ...]
     symmetric: bool = False
+    full: bool = False
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
 
-    def pin_diagonal(self) -> "Kernel":
-        """For a symmetric kernel, make nngp's diagonal exactly var1 (guards arccos(rho ~ 1) against round-off)."""
-        if not self.symmetric:
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """Spatial shape of the features (empty for vectors)."""
+        return tuple(self.shape[1:])
+
+    def pin_diagonal(self, inplace: bool = False) -> "Kernel":
+        """For a symmetric kernel, make nngp[i, i] exactly var1[i] (guards arccos(rho ~ 1) against
+        round-off). ``inplace`` writes into nngp itself, for a tensor just made by the caller."""
+        if not self.symmetric or self.nngp is None:
             return self
-        return self.replace(nngp=torch.diagonal_scatter(self.nngp, self.var1))
+        if not self.spatial and not inplace:
+            return self.replace(nngp=torch.diagonal_scatter(self.nngp, self.var1))
+        nngp = self.nngp if inplace else self.nngp.clone()
+        idx = torch.arange(len(self.var1), device=nngp.device)
+        nngp[idx, idx] = self.var1
+        return self.replace(nngp=nngp)
 
     def map_variances(self, fn) -> tuple[Tensor, Tensor]:
         """Apply ``fn`` to var1 and var2, computing it once when the two batches are the same."""
         var1 = fn(self.var1)
         return var1, (var1 if self.var2 is self.var1 else fn(self.var2))
+
+    def _position_variances(self, var: Tensor) -> Tensor:
+        if not self.full:
+            return var
+        n, s = len(var), self.spatial
+        p = math.prod(s)
+        return var.reshape(n, p, p).diagonal(dim1=1, dim2=2).reshape(n, *s)
+
+    def pair_variances(self) -> tuple[Tensor, Tensor]:
+        """Variances of the two members of each nngp entry, broadcastable against nngp."""
+        d1, d2 = self._position_variances(self.var1), self._position_variances(self.var2)
+        ones = (1,) * len(self.spatial)
+        if self.full:
+            return d1.reshape(len(d1), 1, *self.spatial, *ones), d2.reshape(1, len(d2), *ones, *self.spatial)
+        return d1.unsqueeze(1), d2.unsqueeze(0)
+
+    def map_self(self, full_fn, diag_fn) -> tuple[Tensor, Tensor]:
+        """New self-covariances var1, var2 under an elementwise map of the kernel.
+
+        Full layout: ``full_fn(cov, var_a, var_b)`` on each example's (S, S) self-covariance with the
+        variances of both positions; otherwise ``diag_fn(var)``. Computed once when var2 is var1.
+        """
+        if not self.full:
+            return self.map_variances(diag_fn)
+
+        def one(var):
+            d = self._position_variances(var)
+            ones = (1,) * len(self.spatial)
+            return full_fn(var, d.reshape(len(d), *self.spatial, *ones), d.reshape(len(d), *ones, *self.spatial))
+
+        return self.map_variances(one)
+
+    def to_diagonal(self) -> "Kernel":
+        """The same kernel with only same-position pairs kept (full -> diagonal layout)."""
+        if not self.full:
+            return self
+        n1, n2, s = self.nngp_shape()[0], self.nngp_shape()[1], self.spatial
+        p = math.prod(s)
+
+        def diag(t, lead):
+            if t is None:
+                return None
+            return t.reshape(*lead, p, p).diagonal(dim1=-2, dim2=-1).reshape(*lead, *s)
+
+        var1 = diag(self.var1, (len(self.var1),))
+        var2 = var1 if self.var2 is self.var1 else diag(self.var2, (len(self.var2),))
+        return self.replace(nngp=diag(self.nngp, (n1, n2)), ntk=diag(self.ntk, (n1, n2)), var1=var1, var2=var2,
+                            full=False)
+
+    def nngp_shape(self) -> tuple[int, ...]:
+        t = self.nngp if self.nngp is not None else self.ntk
+        return tuple(t.shape)
 
 
 def parse_get(get: str | Iterable[str]) -> tuple[str, ...]:
@@ -89,11 +158,16 @@ def check_pair(x1: Tensor, x2: Tensor) -> None:
         raise ValueError(f"x1 is on {x1.device} but x2 is on {x2.device}; put both on one device")
 
 
-def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
-    """Kernel of the inputs themselves: nngp = x1 . x2 / d with d the number of features (design notes).
+def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False) -> Kernel:
+    """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
+    features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
+    pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
+    C x filter size, and it averages over the filter itself).
 
     The NTK of the inputs is 0 (inputs carry no parameters). ``x2=None`` means x2 is x1.
     """
+    if x1.ndim > 2:
+        return _spatial_input_kernel(x1, x2, need_ntk, full)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = (f1 * f1).sum(1) / n_features
@@ -107,3 +181,32 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
         var2 = (f2 * f2).sum(1) / n_features
     ntk = torch.zeros_like(nngp) if need_ntk else None
     return Kernel(nngp, ntk, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None)
+
+
+def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool) -> Kernel:
+    c, s = x1.shape[1], tuple(x1.shape[2:])
+    p = math.prod(s)
+    a = x1.reshape(len(x1), c, p)
+    b = a if x2 is None else x2.reshape(len(x2), c, p)
+
+    def self_cov(t):
+        if full:  # (N, P, P) per example
+            return (t.transpose(1, 2) @ t).div_(c).reshape(len(t), *s, *s)
+        return (t * t).sum(1).div_(c).reshape(len(t), *s)
+
+    if full:  # (N1 P, C) @ (C, N2 P) -> (N1, N2, P, P)
+        gram = a.transpose(1, 2).reshape(-1, c) @ b.transpose(1, 2).reshape(-1, c).T
+        nngp = gram.reshape(len(a), p, len(b), p).permute(0, 2, 1, 3).reshape(len(a), len(b), *s, *s) / c
+    elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension
+        nngp = a[:, None, 0] * b[None, :, 0]
+        for ch in range(1, c):
+            nngp.addcmul_(a[:, None, ch], b[None, :, ch])
+        nngp = nngp.div_(c).reshape(len(a), len(b), *s)
+    else:  # per position: (P, N1, C) @ (P, C, N2) -> (N1, N2, P)
+        gram = a.permute(2, 0, 1) @ b.permute(2, 1, 0)
+        nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c
+    var1 = self_cov(a)
+    var2 = var1 if x2 is None else self_cov(b)
+    k = Kernel(nngp.contiguous(), None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
+    k = k.pin_diagonal(inplace=True)
+    return k.replace(ntk=torch.zeros_like(k.nngp) if need_ntk else None)

@@ -14,6 +14,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from ._allocator import tune_allocator
+from .layers.base import apply_kernel, fit_layout
 from .kernel import Kernel, as_input, check_pair, input_kernel, parse_get
 
 #: bytes of working memory per kernel entry while a tile of a closed-form network is computed
@@ -22,6 +24,11 @@ BYTES_PER_ENTRY = 128
 DEFAULT_MAX_MEMORY = 1 << 30
 #: tiles no larger than this keep each elementwise pass in cache (see benchmarks/fc_kernel.py)
 DEFAULT_TILE = 384
+# Spatial kernels are elementwise work over (tile^2 x entries per pair) entries: tiles of about this
+# many entries stay in the CPU's L2 cache across a layer's passes (5-6x faster than one big tile;
+# measured with benchmarks/conv_kernel.py: 2^17 best for the diagonal layout, 2^19 for the full one,
+# whose tiles hold fewer pairs and so more per-tile overhead).
+CACHE_ENTRIES = {False: 1 << 17, True: 1 << 19}
 
 
 class NonFiniteKernelError(FloatingPointError):
@@ -37,9 +44,13 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
 
     Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`.
     """
-    out = layer.kernel_fn(input_kernel(x1, x2, need_ntk))
+    full = bool(layer.needs_full(False)) if x1.ndim > 2 else False
+    out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full), False), False)
     if isinstance(out, tuple):
         raise ValueError(f"the network ends in {len(out)} branches; join them with a FanIn layer")
+    if out.spatial:
+        raise ValueError(f"the network's output has spatial shape {out.shape}; end it with Flatten() or "
+                         "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
     return out
 
 
@@ -69,9 +80,12 @@ def tile_ranges(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def choose_tile_size(tile_size: int | None, max_memory: int | None) -> int:
-    """``tile_size`` if given, else the largest tile whose working set fits ``max_memory`` bytes
-    (default 1 GiB), capped at :data:`DEFAULT_TILE`."""
+def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_pair: int = 1,
+                     full: bool = False) -> int:
+    """``tile_size`` if given, else the largest tile whose working set, ``BYTES_PER_ENTRY x tile^2 x
+    entries_per_pair`` bytes, fits ``max_memory`` (default 1 GiB), capped at :data:`DEFAULT_TILE`
+    for vectors and at :data:`CACHE_ENTRIES` kernel entries for feature maps (``entries_per_pair``:
+    S pixels in the diagonal layout, S^2 in the full one, ``full`` saying which)."""
     if tile_size is not None:
         if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
             raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
@@ -79,7 +93,18 @@ def choose_tile_size(tile_size: int | None, max_memory: int | None) -> int:
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     if not isinstance(budget, int) or budget < BYTES_PER_ENTRY:
         raise ValueError(f"max_memory must be an integer number of bytes >= {BYTES_PER_ENTRY}, got {max_memory!r}")
-    return max(1, min(DEFAULT_TILE, math.isqrt(budget // BYTES_PER_ENTRY)))
+    cap = DEFAULT_TILE if entries_per_pair == 1 else math.isqrt(CACHE_ENTRIES[full] // entries_per_pair)
+    return max(1, min(cap, math.isqrt(budget // (BYTES_PER_ENTRY * entries_per_pair))))
+
+
+def spatial_cost(layer, input_shape: tuple[int, ...]) -> tuple[int, bool]:
+    """(kernel entries per pair of examples at the input, full layout?): 1 for vectors; S for feature
+    maps of S positions in the diagonal layout, S^2 when the architecture needs the full one (pooling)."""
+    if len(input_shape) < 2:
+        return 1, False
+    positions = math.prod(input_shape[1:])
+    full = bool(layer.needs_full(False))
+    return (positions**2 if full else positions), full
 
 
 def compute_kernel(
@@ -96,12 +121,15 @@ def compute_kernel(
     """NNGP / NTK of ``layer`` between ``x1`` and ``x2``, tile by tile.
 
     Memory: besides the (N1, N2) outputs, at most one tile's working set, about
-    ``BYTES_PER_ENTRY * tile_size**2`` bytes (activations without a closed form chunk their
+    ``BYTES_PER_ENTRY * tile_size**2 * E`` bytes with E = 1 for vectors and, for feature maps of S
+    positions, E = S (no pooling: diagonal layout) or S^2 (pooling: full layout), see
+    :func:`choose_tile_size` (activations without a closed form chunk their
     quadrature to a fixed 32 MiB per temporary). When ``x2`` is None (or is ``x1``) only tiles on
     or above the diagonal are computed and mirrored. ``progress=None`` shows a tqdm bar only on an
     interactive terminal when there is more than one tile; True or False forces it.
     """
     names = parse_get(get)
+    tune_allocator()
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float64 (default) or torch.float32, got {dtype}")
     symmetric = x2 is None or x2 is x1
@@ -111,8 +139,11 @@ def compute_kernel(
     out_spec = layer.check(x1.shape[1:])
     if isinstance(out_spec, tuple):
         raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
+    if len(out_spec.shape) > 1:
+        raise ValueError(f"the network's output has spatial shape {out_spec.shape}; end it with Flatten() or "
+                         "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
     need_ntk = "ntk" in names
-    size = choose_tile_size(tile_size, max_memory)
+    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:])))
     rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
     tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
 

@@ -25,10 +25,14 @@ from .activations import (
 )
 from .base import Layer, Spec
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, Serial, parallel, repeat, serial
+from .conv import Conv, ConvTranspose
 from .dense import Dense
+from .norm import Dropout, LayerNorm
+from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 
 __all__ = [
-    "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
+    "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
+    "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
     "Parallel", "Polynomial", "RectifiedMonomial", "Relu", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
     "Softplus", "Spec", "Tanh", "parallel", "repeat", "serial",

@@ -55,10 +55,10 @@ class Activation(Layer):
         return with_shape(spec, spec.shape, gaussian=False, fresh=None)
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        var1 = k.var1[:, None]
-        var2 = k.var2[None, :]
+        var1, var2 = k.pair_variances()
         nngp, kdot = self.expectations(k.nngp, var1, var2, need_kdot=k.ntk is not None)
-        new_var1, new_var2 = k.map_variances(self.diagonal)
+        new_var1, new_var2 = k.map_self(lambda c, a, b: self.expectations(c, a, b, need_kdot=False)[0],
+                                        self.diagonal)
         ntk = None if k.ntk is None else kdot * k.ntk
         return k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
 

@@ -77,6 +77,13 @@ class Layer:
     def module(self, spec: Stream, ctx: Context) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def needs_full(self, full_out):
+        """Whether this layer's input kernel must keep every pixel pair (full layout), given whether
+        its output must (``full_out``: a bool, or a tuple per branch). Layers that act on each pair of
+        positions separately (activations, convolutions, normalization) need what they give; pooling
+        needs full; Flatten, Dense and global pooling give vectors. Decides the spatial layout."""
+        return full_out
+
     # -- single-stream helpers -----------------------------------------------------------------
     def _single(self, stream) -> None:
         if isinstance(stream, tuple):
@@ -138,6 +145,23 @@ class Layer:
         if dtype is not None or device is not None:
             model = model.to(device=device, dtype=dtype)
         return model
+
+
+def fit_layout(k, need_full):
+    """Drop the off-diagonal pixel pairs of a kernel (or of each branch) whose consumer needs only
+    same-position pairs; never adds pairs (layouts only shrink along a network)."""
+    if isinstance(k, tuple):
+        needs = need_full if isinstance(need_full, tuple) else (need_full,) * len(k)
+        return tuple(fit_layout(x, n) for x, n in zip(k, needs))
+    need = any(need_full) if isinstance(need_full, tuple) else need_full
+    return k.to_diagonal() if k.full and not need else k
+
+
+def apply_kernel(layer: "Layer", k, full_out):
+    """``layer.kernel_fn`` told the layout its output must have, for combinators that plan layouts."""
+    if getattr(layer, "plans_layout", False):
+        return layer.kernel_fn(k, full_out=full_out)
+    return layer.kernel_fn(k)
 
 
 def as_layer(obj) -> Layer:

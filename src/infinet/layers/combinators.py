@@ -12,20 +12,34 @@ import torch
 from torch import Tensor, nn
 
 from ..kernel import Kernel
-from .base import Context, Layer, Spec, as_layer, with_shape
+from .base import Context, Layer, Spec, apply_kernel, as_layer, fit_layout, with_shape
 
 
-def _pin(k):
+def _pin(k, before=None):
+    """Pin the diagonal of symmetric kernels, in place on tensors the layer just made."""
     if isinstance(k, tuple):
-        return tuple(_pin(x) for x in k)
-    return k.pin_diagonal()
+        olds = before if isinstance(before, tuple) else (before,) * len(k)
+        return tuple(_pin(x, o) for x, o in zip(k, olds))
+    fresh = before is not None and not isinstance(before, tuple) and k.nngp is not before.nngp and k.spatial != ()
+    return k.pin_diagonal(inplace=fresh)
 
 
 class Serial(Layer):
-    """Sequential composition: f = f_n o ... o f_1 in both meanings."""
+    """Sequential composition: f = f_n o ... o f_1 in both meanings.
+
+    Its kernel transform plans spatial layouts backwards from the output: each layer receives the
+    full pixel-pair kernel only if it or a later layer needs it (pooling), else the diagonal.
+    """
+
+    plans_layout = True
 
     def __init__(self, layers: Sequence[Layer]):
         self.layers = tuple(as_layer(layer) for layer in layers)
+
+    def needs_full(self, full_out):
+        for layer in reversed(self.layers):
+            full_out = layer.needs_full(full_out)
+        return full_out
 
     def __repr__(self) -> str:
         return "serial(" + ", ".join(map(repr, self.layers)) + ")"
@@ -35,9 +49,14 @@ class Serial(Layer):
             spec = layer.infer(spec, ctx)
         return spec
 
-    def kernel_fn(self, k):
-        for layer in self.layers:
-            k = _pin(layer.kernel_fn(k))
+    def kernel_fn(self, k, full_out=True):
+        outs = []
+        for layer in reversed(self.layers):
+            outs.append(full_out)
+            full_out = layer.needs_full(full_out)
+        for layer, out in zip(self.layers, reversed(outs)):
+            k = fit_layout(k, layer.needs_full(out))
+            k = _pin(apply_kernel(layer, k, out), k)
         return k
 
     def module(self, spec, ctx: Context) -> nn.Module:
@@ -100,8 +119,18 @@ class Parallel(Layer):
     def infer(self, spec, ctx):
         return tuple(layer.infer(s, ctx) for layer, s in zip(self.layers, self._branches(spec)))
 
-    def kernel_fn(self, k):
-        return tuple(layer.kernel_fn(x) for layer, x in zip(self.layers, k))
+    plans_layout = True
+
+    def _outs(self, full_out):
+        return full_out if isinstance(full_out, tuple) else (full_out,) * len(self.layers)
+
+    def needs_full(self, full_out):
+        return tuple(layer.needs_full(o) for layer, o in zip(self.layers, self._outs(full_out)))
+
+    def kernel_fn(self, k, full_out=True):
+        outs = self._outs(full_out)
+        return tuple(apply_kernel(layer, fit_layout(x, layer.needs_full(o)), o)
+                     for layer, x, o in zip(self.layers, k, outs))
 
     def module(self, spec, ctx) -> nn.Module:
         branches = self._branches(spec)
@@ -132,6 +161,9 @@ class FanOut(Layer):
     def infer(self, spec, ctx):
         self._single(spec)
         return (spec,) * self.n
+
+    def needs_full(self, full_out):
+        return any(full_out) if isinstance(full_out, tuple) else full_out
 
     def kernel_fn(self, k):
         return (k,) * self.n

@@ -106,15 +106,18 @@ class Dense(Layer):
         )
 
 
-class DenseModule(LazyModuleMixin, nn.Module):
-    """Finite fully-connected module with the parameterization and initialization of :class:`Dense`.
+class AffineModule(LazyModuleMixin, nn.Module):
+    """Base of the finite random affine modules (Dense, Conv, ConvTranspose).
 
-    Parameters are ``weight`` (out, in) and ``bias`` (out) (absent when b_std is None). With
-    ``in_features=None`` the weight is materialized at the first forward pass. Initialization draws
-    from a private generator seeded with ``seed``, so it is reproducible whether eager or lazy.
+    'ntk': z = (w_std / sqrt(fan_in)) linear(x; W) + b_std b, W, b ~ N(0, 1); 'standard':
+    z = linear(x; W) + b with W ~ N(0, w_std^2 / fan_in), b ~ N(0, b_std^2). Parameters ``weight``
+    and ``bias`` (absent when b_std is None); with ``in_features=None`` the weight is materialized at
+    the first forward pass. Initialization draws from a private generator seeded with ``seed``, so
+    it is reproducible whether eager or lazy. Subclasses give the weight shape, fan-in and linear map.
     """
 
     cls_to_become = None
+    kind = "affine"
 
     def __init__(self, out_features, w_std, b_std, parameterization, in_features=None, seed=0):
         super().__init__()
@@ -127,7 +130,7 @@ class DenseModule(LazyModuleMixin, nn.Module):
         if in_features is None:
             self.weight = UninitializedParameter()
         else:
-            self.weight = nn.Parameter(torch.empty(out_features, in_features))
+            self.weight = nn.Parameter(torch.empty(self.weight_shape()))
         if b_std is None:
             self.register_parameter("bias", None)
         else:
@@ -135,11 +138,28 @@ class DenseModule(LazyModuleMixin, nn.Module):
         if in_features is not None:
             self.reset_parameters()
 
+    # -- what subclasses define ----------------------------------------------------------------------
+    def weight_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def fan_in(self) -> int:
+        return self.in_features
+
+    def input_features(self, x: Tensor) -> int:
+        raise NotImplementedError
+
+    def linear(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bias_view(self) -> Tensor:
+        return self.bias
+
+    # -- shared ----------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
         gen = torch.Generator().manual_seed(self.seed)
         std_w, std_b = 1.0, 1.0
         if self.parameterization == "standard":
-            std_w = self.w_std / math.sqrt(self.in_features)
+            std_w = self.w_std / math.sqrt(self.fan_in())
             std_b = self.b_std or 0.0
         with torch.no_grad():
             w = torch.randn(self.weight.shape, generator=gen, dtype=torch.float64) * std_w
@@ -150,24 +170,37 @@ class DenseModule(LazyModuleMixin, nn.Module):
 
     def initialize_parameters(self, x: Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():
-            self.in_features = x.shape[-1]
+            self.in_features = self.input_features(x)
             with torch.no_grad():
-                self.weight.materialize((self.out_features, self.in_features), dtype=x.dtype, device=x.device)
+                self.weight.materialize(self.weight_shape(), dtype=x.dtype, device=x.device)
                 if self.bias is not None and isinstance(self.bias, UninitializedParameter):
                     self.bias.materialize((self.out_features,), dtype=x.dtype, device=x.device)
             self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"DenseModule expects input of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        out = self.linear(x)
         if self.parameterization == "ntk":
-            out = x @ self.weight.T * (self.w_std / math.sqrt(self.in_features))
-            return out if self.bias is None else out + self.b_std * self.bias
-        out = x @ self.weight.T
-        return out if self.bias is None else out + self.bias
+            out = out * (self.w_std / math.sqrt(self.fan_in()))
+            return out if self.bias is None else out + self.b_std * self.bias_view()
+        return out if self.bias is None else out + self.bias_view()
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, w_std={self.w_std:g}, "
-            f"b_std={self.b_std}, parameterization={self.parameterization!r}"
+            f"in_features={self.in_features}, out_features={self.out_features}, w_std={self.w_std!r}, "
+            f"b_std={self.b_std!r}, parameterization={self.parameterization!r}"
         )
+
+
+class DenseModule(AffineModule):
+    """Finite fully-connected module of :class:`Dense`: weight (out, in), bias (out)."""
+
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
+
+    def input_features(self, x: Tensor) -> int:
+        return x.shape[-1]
+
+    def linear(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"DenseModule expects input of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        return x @ self.weight.T

@@ -4,7 +4,8 @@ One architecture description gives the finite ``torch.nn.Module`` (``net.build()
 infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import datasets, gaussian, predict
+from . import architectures, datasets, gaussian, predict
+from .architectures import cntk, myrtle, wide_resnet
 from .kernel import Kernel
 from .layers import (
     AvgPool,
@@ -55,7 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
-    "SumPool", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
+    "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
     "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "format_spec", "gaussian",

@@ -51,7 +51,8 @@ class SpecError(ValueError):
 
 def constructors() -> dict[str, Callable[..., Layer]]:
     """Every name a spec may call: the public layer classes and the ``serial``/``parallel``/``repeat``
-    combinators of :mod:`infinet.layers` (new layers become available by being exported there)."""
+    combinators of :mod:`infinet.layers` (new layers become available by being exported there), and
+    the ready-made architectures of :mod:`infinet.architectures` (``myrtle(5)``, ``cntk(8)``, ...)."""
     table: dict[str, Callable[..., Layer]] = {}
     for name in _layers.__all__:
         obj = getattr(_layers, name)
@@ -60,6 +61,9 @@ def constructors() -> dict[str, Callable[..., Layer]]:
         if inspect.isclass(obj) and issubclass(obj, Layer) and obj is not Layer:
             table[name] = obj
     table.update(serial=_layers.serial, parallel=_layers.parallel, repeat=_repeat)
+    from .architectures import ARCHITECTURES
+
+    table.update(ARCHITECTURES)
     return table
 
 

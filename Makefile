@@ -37,8 +37,10 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
+# NT_PYTHON=/path/to/venv/bin/python (neural-tangents 0.6.5, jax 0.4.23) adds the comparison.
 bench: $(STAMP)
 	$(PY) benchmarks/fc_kernel.py
+	$(PY) benchmarks/conv_kernel.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info reports

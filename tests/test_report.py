@@ -147,3 +147,14 @@ def test_statistics_helpers():
     assert mean_and_stderr([4.0]) == (4.0, 0.0)
     slope, err = loglog_slope([1, 10, 100], [1.0, 0.1, 0.01])
     assert abs(slope + 1) < 1e-12 and err < 1e-10
+
+
+def test_conv_kernels_experiment_runs(tmp_path):
+    result, path = run_experiment("conv-kernels", tmp_path, seed=1,
+                                  params={"train_sizes": "20,40", "n_test": "30"})
+    data = json.loads((path.parent / "results.json").read_text())
+    margins = data["numbers"]["best_conv_minus_fc_ntk_accuracy"]
+    assert set(margins) == {"20", "40"} and len(result.tables["accuracy"].rows) == 3 * 2 * 2
+    for arch in ("FC-2 (flattened)", "CNN-GAP-3", "Myrtle-5"):
+        acc = data["numbers"][arch]["NTK"]["40"]["test_accuracy"]
+        assert 0.1 < acc <= 1.0  # well above chance (0.1) on digits

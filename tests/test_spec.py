@@ -33,6 +33,11 @@ NETWORKS = [
                inf.Dense(3), inf.ABRelu(-0.5, 1.0), inf.Dense(3), inf.Sign(), inf.Dense(3), inf.Exp(0.5, 0.2),
                inf.Dense(3), inf.Monomial(3)),
     inf.serial(inf.Dense(4), inf.FanOut(2), inf.parallel(inf.Dense(4), inf.Dense(4)), inf.FanInProd()),
+    inf.serial(inf.Conv(8, (3, 2), stride=2, padding="CIRCULAR", dilation=(1, 2), w_std=1.3, b_std=0.1),
+               inf.LayerNorm("channels_space"), inf.Relu(), inf.Dropout(0.2), inf.ConvTranspose(4, 3, padding="VALID"),
+               inf.AvgPool(2, stride=1, padding="SAME"), inf.SumPool((2, 2)), inf.GlobalAvgPool(), inf.Dense(1)),
+    inf.serial(inf.Conv(4, 3, parameterization="standard"), inf.Relu(), inf.GlobalSumPool(), inf.Flatten()),
+    inf.myrtle(5, channels=8),
 ]
 
 

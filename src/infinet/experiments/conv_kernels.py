@@ -1,8 +1,8 @@
 """Convolutional vs fully-connected kernels on real images.
 
-The same training set, three architectures: a fully-connected ReLU network, a CNN-GAP (Arora et al.
+The same training sets, three architectures: a fully-connected ReLU network, a CNN-GAP (Arora et al.
 2019) and Myrtle-5 (Shankar et al. 2020); for each, the NNGP posterior mean and the NTK prediction at
-t = inf, their test accuracy and MSE, and the time to compute the kernels. Convolutional kernels
+t = inf, their test accuracy and MSE as the training set grows, and the time to compute the kernels. Convolutional kernels
 encode locality and (with pooling) translation invariance, which the fully-connected kernel lacks.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
@@ -29,55 +30,71 @@ def architectures(p: dict, n_out: int) -> dict:
 
 
 def run(p: dict, seed: int, progress: bool) -> Result:
-    data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed)
+    sizes = sorted(p["train_sizes"])
+    data = datasets.load(p["dataset"], n_train=sizes[-1], n_test=p["n_test"], seed=seed)
     if data.task != "classification" or len(data.input_shape) != 3:
         raise ValueError(f"conv-kernels needs an image classification data set; {p['dataset']!r} is not one")
-    table = Table(["architecture", "kernel", "test accuracy", "test MSE", "kernel seconds"],
-                  caption=f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
-                          f"{data.input_shape}, diag_reg {p['diag_reg']}")
+    n_max = sizes[-1]
+    images = torch.cat([data.x_train, data.x_test])  # one symmetric kernel serves every training size
+    test = slice(n_max, len(images))
+    table = Table(["architecture", "kernel", "n_train", "test accuracy", "test MSE"],
+                  caption=f"{data.name}: training sets are the first n of {n_max} stratified-shuffled images; "
+                          f"{len(data.x_test)} test images {data.input_shape}; diag_reg {p['diag_reg']}")
     numbers, timings = {}, {}
     for name, net in tqdm(architectures(p, data.n_classes).items(), desc="architectures", disable=not progress):
-        flat = name.startswith("FC")
-        x, xt = (data.x_train.flatten(1), data.x_test.flatten(1)) if flat else (data.x_train, data.x_test)
+        x = images.flatten(1) if name.startswith("FC") else images
         t0 = time.perf_counter()
-        k_train = net.kernel(x, progress=progress)
-        k_test = net.kernel(xt, x, progress=progress)
+        k = net.kernel(x, progress=progress)
         timings[name] = time.perf_counter() - t0
-        preds = {"NNGP": gp_inference(k_train.nngp, k_test.nngp, data.y_train, diag_reg=p["diag_reg"]).mean,
-                 "NTK": gradient_descent_mse(k_train.ntk, k_test.ntk, data.y_train, diag_reg=p["diag_reg"])}
         numbers[name] = {}
-        for kind, pred in preds.items():
-            acc, err = accuracy(pred, data.labels_test), mse(pred, data.y_test)
-            numbers[name][kind] = {"test_accuracy": acc, "test_mse": err}
-            table.add(name, kind, acc, err, round(timings[name], 2))
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+        for n in sizes:
+            train = slice(0, n)
+            preds = {"NNGP": gp_inference(k.nngp[train, train], k.nngp[test, train], data.y_train[:n],
+                                          diag_reg=p["diag_reg"]).mean,
+                     "NTK": gradient_descent_mse(k.ntk[train, train], k.ntk[test, train], data.y_train[:n],
+                                                 diag_reg=p["diag_reg"])}
+            for kind, pred in preds.items():
+                acc, err = accuracy(pred, data.labels_test), mse(pred, data.y_test)
+                numbers[name].setdefault(kind, {})[str(n)] = {"test_accuracy": acc, "test_mse": err}
+                table.add(name, kind, n, acc, err)
     names = list(numbers)
-    for i, kind in enumerate(("NNGP", "NTK")):
-        ax.bar([j + 0.38 * i for j in range(len(names))], [numbers[n][kind]["test_accuracy"] for n in names],
-               width=0.38, label=kind)
-    ax.set_xticks([j + 0.19 for j in range(len(names))], names)
-    low = min(numbers[n][k]["test_accuracy"] for n in names for k in ("NNGP", "NTK"))
-    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(names):
+        for kind, style in (("NTK", "-"), ("NNGP", "--")):
+            ax.plot(sizes, [numbers[name][kind][str(n)]["test_accuracy"] for n in sizes], style, marker="o",
+                    color=f"C{i}", label=f"{name} {kind}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"Infinite-width kernels on {data.name} ({len(data.x_train)} training images)")
-    ax.legend()
-    fc, best_conv = names[0], max(names[1:], key=lambda n: numbers[n]["NTK"]["test_accuracy"])
-    summary = (f"NTK test accuracy: {fc} {numbers[fc]['NTK']['test_accuracy']:.3f}, "
-               + ", ".join(f"{n} {numbers[n]['NTK']['test_accuracy']:.3f}" for n in names[1:])
-               + f"; the best convolutional kernel ({best_conv}) "
-               + ("beats" if numbers[best_conv]["NTK"]["test_accuracy"] > numbers[fc]["NTK"]["test_accuracy"]
-                  else "does not beat") + " the fully-connected one on the same training set.")
+    ax.set_title(f"Infinite-width kernels on {data.name}: accuracy vs training set size")
+    ax.legend(fontsize=8)
+    fc = names[0]
+    wins = {}
+    for n in sizes:
+        best = max(names[1:], key=lambda a: numbers[a]["NTK"][str(n)]["test_accuracy"])
+        lowest_mse = min(numbers[a]["NTK"][str(n)]["test_mse"] for a in names[1:])
+        wins[str(n)] = {"best_conv": best, "margin": numbers[best]["NTK"][str(n)]["test_accuracy"]
+                        - numbers[fc]["NTK"][str(n)]["test_accuracy"],
+                        "mse_ratio": lowest_mse / numbers[fc]["NTK"][str(n)]["test_mse"]}
+    numbers["best_conv_minus_fc_ntk_accuracy"] = wins
+    summary = ("NTK test accuracy, best convolutional kernel minus fully-connected, by training set size: "
+               + ", ".join(f"n={n}: {w['margin']:+.3f} ({w['best_conv']})" for n, w in wins.items())
+               + "; lowest convolutional test MSE over the fully-connected one: "
+               + ", ".join(f"{w['mse_ratio']:.2f}" for w in wins.values())
+               + f". The accuracy standard error of {len(data.x_test)} test images is about "
+               + f"{(0.05 * 0.95 / len(data.x_test)) ** 0.5:.3f} at 95% accuracy.")
     return Result(title=f"Convolutional vs fully-connected kernels on {data.name}", summary=summary,
-                  numbers=numbers, tables={"accuracy": table}, figures={"accuracy": fig}, timings=timings)
+                  numbers=numbers, tables={"accuracy": table}, figures={"accuracy_vs_n_train": fig}, timings=timings)
 
 
 EXPERIMENT = Experiment(
     name="conv-kernels",
-    description="Fully-connected vs CNN-GAP vs Myrtle-5 NNGP/NTK test accuracy on real images (digits)",
+    description="Fully-connected vs CNN-GAP vs Myrtle-5 NNGP/NTK test accuracy vs training set size on digits",
     params={
         "dataset": Param("digits", "image classification data set"),
-        "n_train": Param(500, "training images", quick=200),
+        "train_sizes": Param((25, 50, 100, 200, 400), "training set sizes (the largest is loaded)",
+                             quick=(25, 50, 100)),
         "n_test": Param(300, "test images", quick=150),
         "fc_depth": Param(2, "hidden layers of the fully-connected network"),
         "cnn_depth": Param(3, "Conv + Relu layers of the CNN-GAP"),

@@ -1,8 +1,9 @@
 """Convolutions over N x C x L, N x C x H x W and N x C x D x H x W inputs: finite modules and kernels.
 
-Kernel transform (Novak et al. 2019, eq. 7; Garriga-Alonso et al. 2019; fan-in = in_channels x filter
-size): with A the average over filter taps a of K(s p + d a, s q + d a), i.e. the same tap on both
-members of a pixel pair,
+Kernel transform (Novak et al. 2019, "Bayesian deep convolutional networks with many channels are
+Gaussian processes", Sec. 2; Garriga-Alonso et al. 2019; the NTK as in Arora et al. 2019, Sec. 4;
+fan-in = in_channels x filter size): with A the average over filter taps a of K(s p + d a, s q + d a),
+i.e. the same tap on both members of a pixel pair,
 
     NNGP  K' = w_std^2 A(K) + b_std^2,
     NTK   'ntk':      Theta' = K' + w_std^2 A(Theta),

@@ -4,7 +4,8 @@ Pooling sums each member of a pixel pair over its own window, so it needs the fu
 covariance below it: AvgPool K'(o, o') = (1/|W|^2) sum_{a, a'} K(s o + a, s o' + a') (SumPool without
 the 1/|W|^2); global pooling averages (sums) over all pairs; Flatten keeps the mean of the same-position
 pairs, the covariance of the flattened vector under the next layer's 1/fan_in (Novak et al. 2019,
-Sec. 3). Pooling and flattening have no parameters, so the NTK transforms as the NNGP.
+"Bayesian deep convolutional networks with many channels are Gaussian processes", Sec. 3; Arora et
+al. 2019 for CNTK-V and CNTK-GAP). Pooling and flattening have no parameters, so the NTK transforms as the NNGP.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from torch import Tensor, nn
 from ..kernel import Kernel
 from . import spatial as sp
 from .base import Context, Layer, Spec, with_shape
+
+
+def _map_linear(k: Kernel, fn, **changes) -> Kernel:
+    """Apply a linear map ``fn(tensor, n_batch_axes)`` to nngp, ntk and the self-covariances alike
+    (parameter-free linear layers transform all of them the same way)."""
+    var1 = fn(k.var1, 1)
+    return k.replace(nngp=None if k.nngp is None else fn(k.nngp, 2), ntk=None if k.ntk is None else fn(k.ntk, 2),
+                     var1=var1, var2=var1 if k.var2 is k.var1 else fn(k.var2, 1), **changes)
 
 
 def _spatial_input(layer, shape, minimum=1):
@@ -57,25 +66,20 @@ class _Pool(Layer):
     def needs_full(self, full_out):
         return True
 
-    def _pool(self, t: Tensor | None, lead: int, geo, full: bool) -> Tensor | None:
-        if t is None:
-            return None
+    def _pool(self, t: Tensor, lead: int, geo) -> Tensor:
         circular = self.padding == "CIRCULAR"
-        for axes, (w, s, before, after, _) in zip(sp.pair_axes(lead, len(geo), full), geo):
+        for axes, (w, s, before, after, _) in zip(sp.pair_axes(lead, len(geo), True), geo):
             for ax in axes:  # each member of a pair over its own window
                 t = sp.window_sum(t, (ax,), w, s, 1, before, after, circular)
         if self.scale_by_window:
-            t = t / math.prod(g[0] for g in geo) ** (2 if full else 1)
+            t = t / math.prod(g[0] for g in geo) ** 2
         return t
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         if not k.full:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (internal layout error)")
         geo = self.geometry(k.shape)
-        var1 = self._pool(k.var1, 1, geo, True)
-        return k.replace(nngp=self._pool(k.nngp, 2, geo, True), ntk=self._pool(k.ntk, 2, geo, True), var1=var1,
-                         var2=var1 if k.var2 is k.var1 else self._pool(k.var2, 1, geo, True),
-                         shape=(k.shape[0],) + tuple(g[4] for g in geo))
+        return _map_linear(k, lambda t, lead: self._pool(t, lead, geo), shape=(k.shape[0],) + tuple(g[4] for g in geo))
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
@@ -127,13 +131,8 @@ class GlobalAvgPool(Layer):
     def kernel_fn(self, k: Kernel) -> Kernel:
         n = len(k.spatial)
         scale = math.prod(k.spatial) ** 2 if self.sum_pool else 1.0
-
-        def reduce(t, lead):
-            return None if t is None else sp.global_mean(t, lead, n, k.full) * scale
-
-        var1 = reduce(k.var1, 1)
-        return k.replace(nngp=reduce(k.nngp, 2), ntk=reduce(k.ntk, 2), var1=var1,
-                         var2=var1 if k.var2 is k.var1 else reduce(k.var2, 1), shape=k.shape[:1], full=False)
+        return _map_linear(k, lambda t, lead: sp.global_mean(t, lead, n, k.full) * scale, shape=k.shape[:1],
+                           full=False)
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
@@ -175,13 +174,7 @@ class Flatten(Layer):
             return k
         k = k.to_diagonal()
         n = len(k.spatial)
-
-        def reduce(t, lead):
-            return None if t is None else sp.global_mean(t, lead, n, False)
-
-        var1 = reduce(k.var1, 1)
-        return k.replace(nngp=reduce(k.nngp, 2), ntk=reduce(k.ntk, 2), var1=var1,
-                         var2=var1 if k.var2 is k.var1 else reduce(k.var2, 1), shape=(math.prod(k.shape),))
+        return _map_linear(k, lambda t, lead: sp.global_mean(t, lead, n, False), shape=(math.prod(k.shape),))
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         return nn.Flatten(1)

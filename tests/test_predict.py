@@ -78,10 +78,20 @@ def test_prediction_errors():
         gp_inference(ks.nngp, ks.nngp, y)
     with pytest.raises(ValueError, match="y_train"):
         gp_inference(k.nngp, ks.nngp, y[:5])
-    with pytest.raises(KernelMatrixError, match="not positive definite"):
-        gp_inference(-k.nngp, ks.nngp, y)
+    evals, evecs = torch.linalg.eigh(k.nngp)
+    v = evecs[:, :1]  # push the smallest eigenvalue to -mean diagonal: positive diagonal, not PSD
+    non_psd = k.nngp - (evals[0] + k.nngp.diagonal().mean()) * (v @ v.T)
+    assert (non_psd.diagonal() > 0).all()
     with pytest.raises(KernelMatrixError, match="not positive semi-definite"):
-        gradient_descent_mse(-k.ntk, ks.ntk, y)
+        gp_inference(non_psd, ks.nngp, y)
+    with pytest.raises(KernelMatrixError, match="not positive semi-definite"):
+        gradient_descent_mse(non_psd, ks.ntk, y)
+    with pytest.raises(KernelMatrixError, match="mean diagonal"):
+        gp_inference(-k.nngp, ks.nngp, y)
+    with pytest.raises(ValueError, match="y_train contains NaN"):
+        gp_inference(k.nngp, ks.nngp, torch.full_like(y, float("nan")))
+    with pytest.raises(KernelMatrixError, match="not symmetric"):
+        gp_inference(k.nngp + torch.triu(torch.ones_like(k.nngp), 1), ks.nngp, y)
     with pytest.raises(ValueError, match="diag_reg"):
         gp_inference(k.nngp, ks.nngp, y, diag_reg=-1.0)
     with pytest.raises(ValueError, match="times"):

@@ -1,8 +1,10 @@
 """Predictions of infinitely wide networks from their kernels.
 
 ``gp_inference``: the NNGP (or any kernel used as a GP prior) posterior mean and covariance.
-``gradient_descent_mse``: the mean prediction, over random initializations, of an infinitely wide
-network trained by gradient flow on the MSE loss, at any training time (Lee et al. 2019).
+``gradient_descent_mse_ensemble``: mean and covariance over random initializations of infinitely wide
+networks trained by gradient flow on the MSE loss, at any list of times (Lee et al. 2019).
+``gradient_descent_mse``: its mean on test points (the NTK case). ``linearized_dynamics``: one
+network's linearized outputs under gradient flow, gradient descent or momentum.
 
 Conventions (as in neural-tangents): loss = 1 / (2 * y_train.numel()) * sum (f - y)^2, learning
 rate 1 unless given, so training time t equals learning rate x number of steps of gradient descent.
@@ -18,45 +20,46 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-
-class KernelMatrixError(ValueError):
-    """A kernel matrix that is not finite, not square or not positive (semi-)definite."""
+from .kernel import Kernel
+from .solve import KernelMatrixError, check_kernel_matrix, cholesky, eigh_psd
 
 
 @dataclass(frozen=True)
 class Posterior:
-    """GP posterior on the test points: ``mean`` (N_test, C) and ``cov`` (N_test, N_test) or None."""
+    """Posterior on the test points: ``mean`` (N_test, C) and ``cov`` (N_test, N_test) or None;
+    with several times, a leading time axis on both."""
 
     mean: Tensor
     cov: Tensor | None
 
 
-def _check(k_train_train: Tensor, k_test_train: Tensor, y_train: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
-    for name, m in (("k_train_train", k_train_train), ("k_test_train", k_test_train), ("y_train", y_train)):
-        if not isinstance(m, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
-        if not torch.isfinite(m).all():
-            raise KernelMatrixError(f"{name} contains NaN or inf")
-    n = k_train_train.shape[0]
-    if k_train_train.ndim != 2 or k_train_train.shape[1] != n:
-        raise KernelMatrixError(f"k_train_train must be square (N, N), got {tuple(k_train_train.shape)}")
-    if k_test_train.ndim != 2 or k_test_train.shape[1] != n:
-        raise KernelMatrixError(f"k_test_train must be (N_test, {n}), got {tuple(k_test_train.shape)}")
+def _targets(y_train: Tensor, n: int) -> tuple[Tensor, bool]:
+    if not isinstance(y_train, Tensor):
+        raise TypeError(f"y_train must be a torch.Tensor, got {type(y_train).__name__}")
     vector = y_train.ndim == 1
     y = y_train[:, None] if vector else y_train
     if y.ndim != 2 or y.shape[0] != n:
         raise ValueError(f"y_train must be ({n},) or ({n}, C), got {tuple(y_train.shape)}")
-    dtype = torch.promote_types(k_train_train.dtype, torch.float64)
-    return k_train_train.to(dtype), k_test_train.to(dtype), y.to(dtype), vector
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y_train contains NaN or inf")
+    return y.to(torch.promote_types(y.dtype, torch.float64)), vector
 
 
-def _regularize(k: Tensor, diag_reg: float) -> Tensor:
-    if not (diag_reg >= 0 and math.isfinite(diag_reg)):
-        raise ValueError(f"diag_reg must be a finite number >= 0, got {diag_reg!r}")
-    if diag_reg == 0:
-        return k
-    scale = k.diagonal().mean()
-    return k + diag_reg * scale * torch.eye(len(k), dtype=k.dtype, device=k.device)
+def _cross(k: Tensor, n: int, name: str) -> Tensor:
+    if not isinstance(k, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(k).__name__}")
+    if k.ndim != 2 or k.shape[1] != n:
+        raise KernelMatrixError(f"{name} must be (N_test, {n}), got {tuple(k.shape)}")
+    if not bool(torch.isfinite(k).all()):
+        raise KernelMatrixError(f"{name} contains NaN or inf")
+    return k.to(torch.promote_types(k.dtype, torch.float64))
+
+
+def _check(k_train_train: Tensor, k_test_train: Tensor, y_train: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
+    k = check_kernel_matrix(k_train_train, "k_train_train")
+    ks = _cross(k_test_train, len(k), "k_test_train")
+    y, vector = _targets(y_train, len(k))
+    return k, ks, y, vector
 
 
 def gp_inference(
@@ -70,24 +73,42 @@ def gp_inference(
 
     mean = K(x*, X) (K(X, X) + s I)^-1 Y,  cov = K(x*, x*) - K(x*, X) (K(X, X) + s I)^-1 K(X, x*),
 
-    with s = ``diag_reg`` x mean(diag K(X, X)). ``y_train`` is (N,) or (N, C) (outputs share the
-    kernel); the covariance is returned when ``k_test_test`` (N_test, N_test) is given. Solved by
-    Cholesky; a matrix that is not positive definite raises :class:`KernelMatrixError`.
+    with s = ``diag_reg`` x mean(diag K(X, X)) the observation noise. ``y_train`` is (N,) or (N, C)
+    (outputs share the kernel); the covariance is returned when ``k_test_test`` (N_test, N_test) is
+    given. Solved by Cholesky with jitter escalation (a warning says what was added); a kernel that
+    is not positive semi-definite or holds NaN raises :class:`KernelMatrixError`.
     """
     k, ks, y, vector = _check(k_train_train, k_test_train, y_train)
-    chol, info = torch.linalg.cholesky_ex(_regularize(k, diag_reg))
-    if int(info) != 0:
-        raise KernelMatrixError("k_train_train (+ diag_reg) is not positive definite; "
-                                "increase diag_reg (e.g. 1e-6 relative to the mean diagonal)")
-    alpha = torch.cholesky_solve(y, chol)
-    mean = ks @ alpha
+    chol, _ = cholesky(k, diag_reg, name="k_train_train")
+    mean = ks @ torch.cholesky_solve(y, chol)
     cov = None
     if k_test_test is not None:
-        if k_test_test.shape != (len(ks), len(ks)):
-            raise KernelMatrixError(f"k_test_test must be ({len(ks)}, {len(ks)}), got {tuple(k_test_test.shape)}")
+        kss = check_kernel_matrix(k_test_test, "k_test_test")
+        if kss.shape != (len(ks), len(ks)):
+            raise KernelMatrixError(f"k_test_test must be ({len(ks)}, {len(ks)}), got {tuple(kss.shape)}")
         v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
-        cov = k_test_test.to(k.dtype) - v.T @ v
+        cov = kss - v.T @ v
     return Posterior(mean[:, 0] if vector else mean, cov)
+
+
+def _times(t) -> tuple[Tensor, bool]:
+    single = isinstance(t, (int, float))
+    times = torch.as_tensor([t] if single else list(t), dtype=torch.float64)
+    if times.ndim != 1 or len(times) == 0 or bool(torch.isnan(times).any()) or bool((times < 0).any()):
+        raise ValueError(f"training times must be numbers >= 0 (inf allowed), got {t!r}")
+    return times, single
+
+
+def _flow_factor(evals: Tensor, time: float, rate: float) -> Tensor:
+    """g(lambda) = (1 - exp(-rate lambda t)) / lambda, with its limits rate t at lambda -> 0 and 1/lambda
+    (0 on the null space) at t = inf."""
+    tol = float(evals.max()) * len(evals) * torch.finfo(evals.dtype).eps if len(evals) else 0.0
+    small = evals <= tol
+    if math.isinf(time):
+        return torch.where(small, torch.zeros_like(evals), 1.0 / torch.where(small, torch.ones_like(evals), evals))
+    x = rate * time
+    return torch.where(small, torch.full_like(evals, x),
+                       -torch.expm1(-x * evals) / torch.where(small, torch.ones_like(evals), evals))
 
 
 def gradient_descent_mse(
@@ -106,37 +127,170 @@ def gradient_descent_mse(
     from one eigendecomposition Theta = V diag(lambda) V^T for all times: the factor is
     V diag(-expm1(-eta lambda t / m) / lambda) V^T, whose lambda -> 0 limit eta t / m is used for
     (near-)zero eigenvalues; at t = inf it is the pseudo-inverse. Returns (N_test, C) for one time,
-    (len(t), N_test, C) for a list (C dropped for vector targets).
+    (len(t), N_test, C) for a list (C dropped for vector targets). For covariances and the NNGP
+    (readout-only) case see :func:`gradient_descent_mse_ensemble`.
     """
     k, ks, y, vector = _check(ntk_train_train, ntk_test_train, y_train)
-    times = torch.as_tensor([t] if isinstance(t, (int, float)) else list(t), dtype=k.dtype)
-    if times.ndim != 1 or (times < 0).any() or torch.isnan(times).any():
-        raise ValueError(f"training times must be >= 0, got {t!r}")
+    times, single = _times(t)
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    k = _regularize(k, diag_reg)
-    evals, evecs = torch.linalg.eigh(k)
-    tol = evals.abs().max() * len(k) * torch.finfo(k.dtype).eps
-    if evals.min() < -tol * 1e3:
-        raise KernelMatrixError(f"ntk_train_train is not positive semi-definite (eigenvalue {float(evals.min()):.3g})")
-    evals = evals.clamp(min=0.0)
-    m = y.numel()
-    proj_test = ks @ evecs  # (N_test, N)
-    coeff_y = evecs.T @ y  # (N, C)
-    out = []
-    for time in times.tolist():
-        if math.isinf(time):
-            factor = torch.where(evals > tol, 1.0 / evals.clamp(min=tol), torch.zeros_like(evals))
-        else:
-            rate = learning_rate * time / m
-            small = evals <= tol
-            factor = torch.where(small, torch.full_like(evals, rate),
-                                 -torch.expm1(-rate * evals) / torch.where(small, torch.ones_like(evals), evals))
-        out.append(proj_test @ (factor[:, None] * coeff_y))
-    result = torch.stack(out)
+    from .solve import regularized
+
+    evals, evecs = eigh_psd(regularized(k, diag_reg), "ntk_train_train")
+    rate = learning_rate / y.numel()
+    proj_test, coeff_y = ks @ evecs, evecs.T @ y
+    result = torch.stack([proj_test @ (_flow_factor(evals, float(time), rate)[:, None] * coeff_y)
+                          for time in times.tolist()])
     if vector:
         result = result[..., 0]
-    return result[0] if isinstance(t, (int, float)) else result
+    return result[0] if single else result
+
+
+def gradient_descent_mse_ensemble(
+    k_train_train: Kernel,
+    y_train: Tensor,
+    t: float | Iterable[float] = math.inf,
+    k_test_train: Kernel | None = None,
+    k_test_test: Kernel | None = None,
+    *,
+    get: str = "ntk",
+    compute_cov: bool = False,
+    diag_reg: float = 0.0,
+    learning_rate: float = 1.0,
+) -> Posterior:
+    """Mean and covariance over random initializations of infinitely wide networks trained by gradient
+    flow on the MSE loss above, at every time in ``t`` (Lee et al. 2019, eqs. 14-16). With Theta the
+    NTK (``get='ntk'``: all layers train) or the NNGP K (``get='nngp'``: only the readout trains),
+    m = y_train.numel(), eta the learning rate and T_t = Theta^-1 (I - exp(-eta Theta t / m)):
+
+        mean_t(x*) = Theta(x*, X) T_t Y,
+        cov_t(x*, x*') = K(x*, x*') - Theta(x*, X) T_t K(X, x*') - K(x*, X) T_t Theta(X, x*')
+                         + Theta(x*, X) T_t K(X, X) T_t Theta(X, x*'),
+
+    which for Theta = K reduces to K** - K*X K^-1 (I - exp(-2 eta K t / m)) KX*. t = 0 gives the prior
+    (mean 0, cov K**), t = inf the kernel regression limit. One eigendecomposition Theta = V diag(l)
+    V^T serves all times. ``k_test_train``/``k_test_test`` as :class:`~infinet.Kernel` objects with the
+    kernels needed (both nngp and ntk for the NTK covariance); without them, predictions are on the
+    training points. Returns a :class:`Posterior` with ``mean`` (T, N*, C) and ``cov`` (T, N*, N*)
+    (no time axis for a single time; C dropped for vector targets).
+    """
+    if get not in ("ntk", "nngp"):
+        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+
+    def need(kernel, name, which):
+        value = None if kernel is None else getattr(kernel, which)
+        if value is None:
+            raise ValueError(f"{name}.{which} is needed (compute it with get=('nngp', 'ntk'))")
+        return value
+
+    from .solve import regularized
+
+    theta = check_kernel_matrix(need(k_train_train, "k_train_train", get), f"k_train_train.{get}")
+    n = len(theta)
+    y, vector = _targets(y_train, n)
+    times, single = _times(t)
+    on_train = k_test_train is None
+    theta_s = theta if on_train else _cross(need(k_test_train, "k_test_train", get), n, f"k_test_train.{get}")
+    evals, evecs = eigh_psd(regularized(theta, diag_reg), f"k_train_train.{get}")
+    rate = learning_rate / y.numel()
+    a = theta_s @ evecs  # Theta(x*, X) V
+    coeff_y = evecs.T @ y
+    if compute_cov:
+        k = check_kernel_matrix(need(k_train_train, "k_train_train", "nngp"), "k_train_train.nngp")
+        if on_train:
+            k_s, k_ss = k, k
+        else:
+            k_s = _cross(need(k_test_train, "k_test_train", "nngp"), n, "k_test_train.nngp")
+            k_ss = check_kernel_matrix(need(k_test_test, "k_test_test", "nngp"), "k_test_test.nngp")
+            if k_ss.shape != (len(k_s), len(k_s)):
+                raise KernelMatrixError(f"k_test_test must be ({len(k_s)}, {len(k_s)}), got {tuple(k_ss.shape)}")
+        b = evecs.T @ k @ evecs  # V^T K V
+        c = evecs.T @ k_s.T  # V^T K(X, x*)
+    means, covs = [], []
+    for time in times.tolist():
+        g = _flow_factor(evals, time, rate)
+        means.append(a @ (g[:, None] * coeff_y))
+        if compute_cov:
+            ag = a * g  # Theta(x*, X) T_t expressed in the eigenbasis
+            cross = ag @ c
+            covs.append(k_ss - cross - cross.T + (ag @ b) @ ag.T)
+    mean = torch.stack(means)
+    if vector:
+        mean = mean[..., 0]
+    cov = torch.stack(covs) if compute_cov else None
+    if single:
+        mean, cov = mean[0], (None if cov is None else cov[0])
+    return Posterior(mean, cov)
+
+
+def linearized_dynamics(
+    ntk_train_train: Tensor,
+    f0_train: Tensor,
+    y_train: Tensor,
+    *,
+    ntk_test_train: Tensor | None = None,
+    f0_test: Tensor | None = None,
+    t: float | Iterable[float] | None = None,
+    learning_rate: float = 1.0,
+    steps: int | Iterable[int] | None = None,
+    momentum: float = 0.0,
+) -> Tensor:
+    """Outputs of one linearized network f_lin(x; theta) = f0(x) + J(x)(theta - theta0) trained on the
+    MSE loss above, from its (empirical or analytic) NTK and its initial outputs (Lee et al. 2019,
+    eqs. 8-9). With r = f0(X) - Y and m = y.numel():
+
+    * gradient flow (``t`` given): f_t(X) = Y + exp(-eta Theta t / m) r and
+      f_t(x*) = f0(x*) - Theta(x*, X) Theta^-1 (I - exp(-eta Theta t / m)) r;
+    * gradient descent (``steps`` given, momentum 0): residuals r_k = (I - eta Theta / m)^k r and
+      f_k(x*) = f0(x*) - Theta(x*, X) sum_{j<k} (eta / m) r_j, by this recursion in Theta's eigenbasis;
+    * heavy-ball momentum beta: the velocity recursion v_{k+1} = beta v_k - (eta / m) r_k,
+      delta_{k+1} = delta_k + v_{k+1} in the eigenbasis (r_k = r + Theta delta_k).
+
+    Returns outputs at every requested time or step count: (T, N, C) on the test points if given,
+    else on the training points. Stable for eta < 2 m / lambda_max (:func:`max_learning_rate`).
+    """
+    theta = check_kernel_matrix(ntk_train_train, "ntk_train_train")
+    n = len(theta)
+    y, vector = _targets(y_train, n)
+    f0, _ = _targets(f0_train, n)
+    if (t is None) == (steps is None):
+        raise ValueError("give exactly one of t (gradient flow) or steps (gradient descent)")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)) or not 0 <= momentum < 1:
+        raise ValueError(f"need learning_rate > 0 and 0 <= momentum < 1, got {learning_rate!r}, {momentum!r}")
+    test = ntk_test_train is not None
+    if test and f0_test is None:
+        raise ValueError("f0_test (the network's initial outputs on the test points) is needed with ntk_test_train")
+    theta_s = _cross(ntk_test_train, n, "ntk_test_train") if test else theta
+    base = _targets(f0_test, len(theta_s))[0] if test else f0
+    evals, evecs = eigh_psd(theta, "ntk_train_train")
+    rate = learning_rate / y.numel()
+    r = evecs.T @ (f0 - y)  # initial residual in the eigenbasis
+    a = theta_s @ evecs
+    outs = []
+    if t is not None:
+        times, _ = _times(t)
+        for time in times.tolist():
+            outs.append(base - a @ (_flow_factor(evals, time, rate)[:, None] * r))
+    else:
+        counts = [steps] if isinstance(steps, int) else list(steps)
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in counts):
+            raise ValueError(f"steps must be integers >= 0, got {steps!r}")
+        # delta: accumulated parameter-space step mapped to coefficients, f = f0 - Theta V delta_coeff
+        delta, velocity, done = torch.zeros_like(r), torch.zeros_like(r), 0
+        lam = evals[:, None]
+        for target in sorted(set(counts)):
+            for _ in range(target - done):
+                residual = r - lam * delta
+                velocity = momentum * velocity + rate * residual
+                delta = delta + velocity
+            done = target
+            outs.append((target, base - a @ delta))
+        lookup = dict(outs)
+        outs = [lookup[k] for k in counts]
+    out = torch.stack(outs)
+    return out[..., 0] if vector else out
 
 
 def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
@@ -148,4 +302,5 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
     return 2.0 * ntk_train_train.shape[0] * n_outputs / lam
 
 
-__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_mse", "max_learning_rate"]
+__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_mse", "gradient_descent_mse_ensemble",
+           "linearized_dynamics", "max_learning_rate"]

@@ -41,6 +41,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/fc_kernel.py
 	$(PY) benchmarks/conv_kernel.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
+	$(PY) benchmarks/predict.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info reports

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .kernel import Kernel
-from .solve import KernelMatrixError, check_kernel_matrix, cholesky, eigh_psd
+from .solve import KernelMatrixError, check_kernel_matrix, cholesky, eigh_psd, regularized
 
 
 @dataclass(frozen=True)
@@ -130,20 +130,10 @@ def gradient_descent_mse(
     (len(t), N_test, C) for a list (C dropped for vector targets). For covariances and the NNGP
     (readout-only) case see :func:`gradient_descent_mse_ensemble`.
     """
-    k, ks, y, vector = _check(ntk_train_train, ntk_test_train, y_train)
-    times, single = _times(t)
-    if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    from .solve import regularized
-
-    evals, evecs = eigh_psd(regularized(k, diag_reg), "ntk_train_train")
-    rate = learning_rate / y.numel()
-    proj_test, coeff_y = ks @ evecs, evecs.T @ y
-    result = torch.stack([proj_test @ (_flow_factor(evals, float(time), rate)[:, None] * coeff_y)
-                          for time in times.tolist()])
-    if vector:
-        result = result[..., 0]
-    return result[0] if single else result
+    k = Kernel(None, ntk_train_train, None, None, (1,), symmetric=True)
+    ks = Kernel(None, ntk_test_train, None, None, (1,))
+    return gradient_descent_mse_ensemble(k, y_train, t, ks, get="ntk", diag_reg=diag_reg,
+                                         learning_rate=learning_rate).mean
 
 
 def gradient_descent_mse_ensemble(
@@ -184,8 +174,6 @@ def gradient_descent_mse_ensemble(
         if value is None:
             raise ValueError(f"{name}.{which} is needed (compute it with get=('nngp', 'ntk'))")
         return value
-
-    from .solve import regularized
 
     theta = check_kernel_matrix(need(k_train_train, "k_train_train", get), f"k_train_train.{get}")
     n = len(theta)

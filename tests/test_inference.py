@@ -194,3 +194,29 @@ def test_conjugate_gradient_errors():
         conjugate_gradient(k, torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="NaN"):
         conjugate_gradient(k, torch.full((5,), float("nan"), dtype=torch.float64))
+
+
+def test_cross_entropy_flow_equals_training_a_linear_model():
+    """f(x) = x W is its own linearization with NTK x x'^T: SGD with a tiny step on the mean
+    cross-entropy approximates the gradient flow the ODE solves, to O(step)."""
+    from infinet.predict import gradient_descent_cross_entropy
+
+    g = torch.Generator().manual_seed(3)
+    x, xt = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    labels = torch.arange(12) % 3
+    w = torch.zeros(5, 3, dtype=torch.float64, requires_grad=True)
+    lr, steps = 0.01, 2000
+    opt = torch.optim.SGD([w], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(x @ w, labels).backward()
+        opt.step()
+    got = gradient_descent_cross_entropy(x @ x.T, labels, [0.0, lr * steps], ntk_test_train=xt @ x.T)
+    assert torch.all(got[0] == 0)
+    assert torch.allclose(got[1], (xt @ w).detach(), atol=2e-3, rtol=0), (got[1], xt @ w)
+    train = gradient_descent_cross_entropy(x @ x.T, labels, [lr * steps])
+    assert torch.allclose(train[0], (x @ w).detach(), atol=2e-3)
+    probs = train[0].softmax(1)
+    assert (probs.argmax(1) == labels).double().mean() > 0.5
+    with pytest.raises(ValueError, match="no t = inf"):
+        gradient_descent_cross_entropy(x @ x.T, labels, math.inf)

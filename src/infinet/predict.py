@@ -281,6 +281,84 @@ def linearized_dynamics(
     return out[..., 0] if vector else out
 
 
+def gradient_descent_cross_entropy(
+    ntk_train_train: Tensor,
+    y_train: Tensor,
+    t: float | Iterable[float],
+    *,
+    ntk_test_train: Tensor | None = None,
+    f0_train: Tensor | None = None,
+    f0_test: Tensor | None = None,
+    learning_rate: float = 1.0,
+    diag_reg: float = 0.0,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+) -> Tensor:
+    """Outputs of an infinitely wide (or linearized) network trained by gradient flow on the softmax
+    cross-entropy loss L = (1/N) sum_i CE(softmax(f(x_i)), y_i), from its NTK and initial outputs
+    (default 0, the mean of the prior): df(X)/dt = -(eta / N) Theta (softmax(f(X)) - Y), solved by a
+    stiff implicit solver (scipy's BDF, Curtiss and Hirschfelder 1952) with the exact Jacobian
+    -(eta / N) Theta (x) (diag p - p p^T). Test outputs follow without another ODE:
+    f_t(x*) = f0(x*) + Theta(x*, X) Theta^+ (f_t(X) - f0(X)), since both integrate the same
+    Theta-weighted gradient (Theta^+ the pseudo-inverse: f_t(X) - f0(X) lies in Theta's range).
+
+    ``y_train``: (N, C) one-hot targets or (N,) integer labels. Returns logits (T, N, C) at the times
+    ``t`` on the test points when ``ntk_test_train`` is given, else on the training points; softmax
+    of them gives the predicted class probabilities.
+    """
+    import numpy as np
+    from scipy.integrate import solve_ivp
+
+    theta = check_kernel_matrix(ntk_train_train, "ntk_train_train")
+    n = len(theta)
+    if y_train.ndim == 1:
+        if y_train.dtype.is_floating_point or len(y_train) != n:
+            raise ValueError(f"y_train must be ({n},) integer labels or ({n}, C) one-hot targets")
+        y = torch.nn.functional.one_hot(y_train.long()).to(torch.float64)
+    else:
+        y, _ = _targets(y_train, n)
+    c = y.shape[1]
+    times, _ = _times(t)
+    if bool(torch.isinf(times).any()):
+        raise ValueError("cross-entropy training has no t = inf limit (the logits grow without bound); give finite times")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    f0 = torch.zeros(n, c, dtype=torch.float64) if f0_train is None else _targets(f0_train, n)[0]
+    rate = learning_rate / n
+    th, yy = theta.cpu().numpy(), y.cpu().numpy()
+
+    def softmax(f):
+        e = np.exp(f - f.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def rhs(_, z):
+        return (-rate * th @ (softmax(z.reshape(n, c)) - yy)).ravel()
+
+    def jac(_, z):
+        p = softmax(z.reshape(n, c))
+        s = np.einsum("jc,cd->jcd", p, np.eye(c)) - p[:, :, None] * p[:, None, :]  # per-example softmax Jacobian
+        return (-rate * th[:, None, :, None] * s[None, :, :, :].transpose(0, 2, 1, 3)).reshape(n * c, n * c)
+
+    order = torch.argsort(times)
+    sol = solve_ivp(rhs, (0.0, float(times.max())), f0.cpu().numpy().ravel(), method="BDF", jac=jac,
+                    t_eval=times[order].numpy(), rtol=rtol, atol=atol)
+    if not sol.success:
+        raise FloatingPointError(f"the ODE solver failed: {sol.message}")
+    f_train = torch.empty(len(times), n, c, dtype=torch.float64)
+    f_train[order] = torch.from_numpy(sol.y.T.reshape(-1, n, c).copy())
+    f_train = f_train.to(theta.device)
+    if ntk_test_train is None:
+        return f_train
+    theta_s = _cross(ntk_test_train, n, "ntk_test_train")
+    base = torch.zeros(len(theta_s), c, dtype=torch.float64, device=theta.device) if f0_test is None \
+        else _targets(f0_test, len(theta_s))[0]
+    evals, evecs = eigh_psd(regularized(theta, diag_reg), "ntk_train_train")
+    inverse = _flow_factor(evals, math.inf, 1.0)  # 1 / lambda, 0 on the null space (f_t - f0 lies in Theta's range)
+    delta = (f_train - f0.to(theta.device)).permute(1, 0, 2).reshape(n, -1)
+    coeff = (evecs @ (inverse[:, None] * (evecs.T @ delta))).reshape(n, len(times), c).permute(1, 0, 2)
+    return base + theta_s @ coeff
+
+
 def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
     """The largest stable gradient-descent step for the MSE loss above: 2 m / lambda_max(Theta),
     m = N x n_outputs (the linearized dynamics diverge beyond it; Lee et al. 2019, Sec. 2.3)."""
@@ -290,5 +368,6 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
     return 2.0 * ntk_train_train.shape[0] * n_outputs / lam
 
 
-__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_mse", "gradient_descent_mse_ensemble",
+__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_cross_entropy", "gradient_descent_mse",
+           "gradient_descent_mse_ensemble",
            "linearized_dynamics", "max_learning_rate"]

@@ -304,7 +304,8 @@ def gradient_descent_cross_entropy(
 
     ``y_train``: (N, C) one-hot targets or (N,) integer labels. Returns logits (T, N, C) at the times
     ``t`` on the test points when ``ntk_test_train`` is given, else on the training points; softmax
-    of them gives the predicted class probabilities.
+    of them gives the predicted class probabilities. The Jacobian is dense, (N C)^2 float64 entries:
+    meant for classification problems of up to a few thousand outputs N x C.
     """
     import numpy as np
     from scipy.integrate import solve_ivp

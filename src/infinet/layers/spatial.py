@@ -9,7 +9,6 @@ pooling sums over its window independently on each member (one axis at a time).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -164,7 +163,3 @@ def global_mean(t: Tensor, lead: int, n_spatial: int, full: bool) -> Tensor:
     """Mean over every spatial axis after ``lead`` batch axes."""
     axes = tuple(range(lead, lead + (2 if full else 1) * n_spatial))
     return t.mean(dim=axes) if axes else t
-
-
-def filter_size(kernel_size: Sequence[int]) -> int:
-    return math.prod(kernel_size)

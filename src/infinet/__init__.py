@@ -4,7 +4,7 @@ One architecture description gives the finite ``torch.nn.Module`` (``net.build()
 infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import architectures, datasets, gaussian, predict
+from . import architectures, datasets, fitting, gaussian, predict
 from .architectures import cntk, myrtle, wide_resnet
 from .kernel import Kernel
 from .layers import (
@@ -48,6 +48,7 @@ from .layers import (
     repeat,
     serial,
 )
+from .fitting import fit_hyperparameters
 from .montecarlo import MonteCarloKernel, monte_carlo_kernel
 from .spec import SpecError, format_spec, parse_spec
 from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
@@ -59,6 +60,6 @@ __all__ = [
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
-    "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "format_spec", "gaussian",
+    "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "fit_hyperparameters", "fitting", "format_spec", "gaussian",
     "kernel_tile", "monte_carlo_kernel", "parallel", "parse_spec", "predict", "repeat", "serial",
 ]

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 from torch import Tensor
 
 Pair = tuple[Tensor, Tensor | None]
@@ -55,7 +56,8 @@ def correlation(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor
     """
     prod = var1 * var2
     nondegenerate = prod > 0
-    norm = torch.sqrt(torch.clamp(prod, min=0.0))
+    # sqrt only of positive values, so that no 0 * inf reaches a gradient through the masked entries
+    norm = torch.where(nondegenerate, torch.sqrt(torch.where(nondegenerate, prod, 1.0)), 0.0)
     safe = torch.where(nondegenerate, norm, torch.ones_like(norm))
     rho = torch.where(nondegenerate, cov / safe, torch.zeros_like(cov))
     return clamp_unit(rho), norm, nondegenerate
@@ -139,6 +141,8 @@ def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = Tru
     Written as a dozen fused elementwise passes over ``cov``; both are 0 where a variance is 0
     (relu(0) = 0 and relu'(0) = 0 under autograd).
     """
+    if torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad):
+        return _arccos_order1_autograd(cov, var1, var2, need_kdot)
     # each step below is one elementwise pass; in-place ops touch only temporaries made here.
     # rho = cov / sqrt(var1 var2) is exactly 1 where cov = var1 = var2 (sqrt(fl(q^2)) = q in IEEE
     # arithmetic), which keeps arccos(rho) exact on the diagonal.
@@ -157,6 +161,49 @@ def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = Tru
     if degenerate:
         kdot = torch.where(norm > 0, kdot, torch.zeros_like(kdot))
     return nngp, kdot
+
+
+class _ReluCorrelation(torch.autograd.Function):
+    """J(rho) = sqrt(1 - rho^2) + (pi - arccos rho) rho, with dJ/drho = pi - arccos(rho): finite at
+    rho = +-1, where the derivatives of the two terms are infinite and cancel."""
+
+    @staticmethod
+    def forward(ctx, rho: Tensor) -> Tensor:
+        angle = math.pi - torch.arccos(rho)
+        ctx.save_for_backward(angle)
+        return torch.sqrt(torch.clamp(1.0 - rho * rho, min=0.0)) + angle * rho
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (angle,) = ctx.saved_tensors
+        return grad * angle
+
+
+class _ReluAngle(torch.autograd.Function):
+    """pi - arccos(rho), with derivative 1 / sqrt(1 - rho^2) inside (-1, 1) and 0 at rho = +-1 (where
+    only the diagonal, or exactly collinear inputs, sit: their rho does not move with hyperparameters)."""
+
+    @staticmethod
+    def forward(ctx, rho: Tensor) -> Tensor:
+        ctx.save_for_backward(rho)
+        return math.pi - torch.arccos(rho)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (rho,) = ctx.saved_tensors
+        inside = rho.abs() < 1.0
+        return torch.where(inside, grad / torch.sqrt(torch.where(inside, 1.0 - rho * rho, 1.0)), 0.0)
+
+
+def _arccos_order1_autograd(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool) -> Pair:
+    """:func:`arccos_order1` out of place with finite derivatives everywhere, for differentiating
+    kernels with respect to hyperparameters (:mod:`infinet.fitting`)."""
+    cov, var1, var2 = _broadcast(cov, var1, var2)
+    rho, norm, ok = correlation(cov, var1, var2)
+    nngp = torch.where(ok, norm * _ReluCorrelation.apply(rho) / _TWO_PI, 0.0)
+    if not need_kdot:
+        return nngp, None
+    return nngp, torch.where(ok, _ReluAngle.apply(rho) / _TWO_PI, 0.0)
 
 
 def abrelu(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pair:
@@ -426,6 +473,11 @@ def _arc_rule(scale: float, nodes: int, extra_panels: int, dtype, device) -> tup
 
 def _derivative(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     def dfn(x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # keep phi' differentiable (hyperparameter fitting)
+            y = fn(x)
+            if not y.requires_grad:
+                return torch.zeros_like(x)
+            return torch.autograd.grad(y.sum(), x, create_graph=True)[0]
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             y = fn(xg)
@@ -474,17 +526,22 @@ def quadrature(
     if cov_f.numel() == 0:
         empty = torch.zeros(shape, dtype=dtype, device=device)
         return empty, (empty.clone() if need_kdot else None)
-    scale = math.sqrt(max(float(var1_f.max()), float(var2_f.max()), 0.0))
+    scale = math.sqrt(max(float(var1_f.detach().max()), float(var2_f.detach().max()), 0.0))
     radius, radial_w = _radial_rule(scale, nodes, extra_panels, dtype, device)
     arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, dtype, device)
     derivative = dfn if dfn is not None else _derivative(fn)
+    differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
+    if differentiate:  # backward holds a chunk's graph (phi, phi' and their derivatives): smaller chunks
+        max_elements = max(1, max_elements // 4)
     chunk = max(1, max_elements // (radius.numel() * 4 * arc_t.numel()))
     nngp_parts, kdot_parts = [], []
     for start in range(0, cov_f.numel(), chunk):
         sl = slice(start, start + chunk)
-        n_val, k_val = _polar_chunk(
-            fn, derivative, need_kdot, cov_f[sl], var1_f[sl], var2_f[sl], radius, radial_w, arc_t, arc_w
-        )
+        args = (fn, derivative, need_kdot, cov_f[sl], var1_f[sl], var2_f[sl], radius, radial_w, arc_t, arc_w)
+        if differentiate:  # differentiating (hyperparameter fitting): keep only each chunk's inputs, recompute in backward
+            n_val, k_val = checkpoint(_polar_chunk, *args, use_reentrant=False)
+        else:
+            n_val, k_val = _polar_chunk(*args)
         nngp_parts.append(n_val)
         kdot_parts.append(k_val)
     nngp = torch.cat(nngp_parts).reshape(shape)
@@ -517,6 +574,6 @@ def quadrature_diagonal(
     """E[phi(u)^2] for u ~ N(0, var): Gauss-Legendre on [-9, 9] graded toward 0 (as in :func:`quadrature`)."""
     if var.numel() == 0:
         return torch.zeros_like(var)
-    z, w = _line_rule(math.sqrt(max(float(var.max()), 0.0)), nodes, extra_panels, var.dtype, var.device)
+    z, w = _line_rule(math.sqrt(max(float(var.detach().max()), 0.0)), nodes, extra_panels, var.dtype, var.device)
     u = torch.sqrt(torch.clamp(var, min=0.0))[..., None] * z
     return (fn(u) ** 2 * w).sum(-1)

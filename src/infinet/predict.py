@@ -5,6 +5,8 @@
 networks trained by gradient flow on the MSE loss, at any list of times (Lee et al. 2019).
 ``gradient_descent_mse``: its mean on test points (the NTK case). ``linearized_dynamics``: one
 network's linearized outputs under gradient flow, gradient descent or momentum.
+``log_marginal_likelihood`` and ``fit_hyperparameters`` (from :mod:`infinet.fitting`): the evidence
+of NNGP regression and its maximization over w_std, b_std and the noise.
 
 Conventions (as in neural-tangents): loss = 1 / (2 * y_train.numel()) * sum (f - y)^2, learning
 rate 1 unless given, so training time t equals learning rate x number of steps of gradient descent.
@@ -89,6 +91,26 @@ def gp_inference(
         v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
         cov = kss - v.T @ v
     return Posterior(mean[:, 0] if vector else mean, cov)
+
+
+def log_marginal_likelihood(k_train_train: Tensor, y_train: Tensor, diag_reg: float | Tensor = 0.0) -> Tensor:
+    """Log evidence of GP regression with kernel K and noise s I, s = ``diag_reg`` x mean(diag K)
+    (Rasmussen & Williams 2006, eq. 2.30), summed over the C columns of ``y_train`` (independent
+    outputs sharing the kernel, zero prior mean):
+
+        log p(Y | X) = -1/2 tr(Y^T (K + s I)^-1 Y) - C/2 log det(K + s I) - N C/2 log(2 pi).
+
+    A 0-dim tensor; differentiable with respect to K (and so, through the kernel computation, to
+    w_std and b_std given as tensors) and to a tensor ``diag_reg``. Factored by :func:`cholesky`
+    (jitter escalation with a warning; a non-PSD or non-finite K raises :class:`KernelMatrixError`).
+    """
+    k = check_kernel_matrix(k_train_train, "k_train_train")
+    y, _ = _targets(y_train, len(k))
+    chol, _ = cholesky(k, diag_reg, name="k_train_train")
+    alpha = torch.linalg.solve_triangular(chol, y, upper=False)  # L^-1 Y: tr(Y^T K^-1 Y) = |L^-1 Y|^2
+    n, c = y.shape
+    log_det = 2.0 * torch.log(torch.diagonal(chol)).sum()
+    return -0.5 * (alpha * alpha).sum() - 0.5 * c * log_det - 0.5 * n * c * math.log(2.0 * math.pi)
 
 
 def _times(t) -> tuple[Tensor, bool]:
@@ -372,3 +394,6 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
 __all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_cross_entropy", "gradient_descent_mse",
            "gradient_descent_mse_ensemble",
            "linearized_dynamics", "max_learning_rate"]
+
+
+from .fitting import FitResult, fit_hyperparameters  # noqa: E402  (fitting builds on the functions above)

@@ -42,17 +42,21 @@ def check_kernel_matrix(k: Tensor, name: str = "kernel") -> Tensor:
     if not bool(torch.isfinite(k).all()):
         raise KernelMatrixError(f"{name} contains NaN or inf")
     k = k.to(torch.promote_types(k.dtype, torch.float64))
-    scale = float(k.abs().max()) if k.numel() else 0.0
-    if k.numel() and float((k - k.T).abs().max()) > 1e-10 * max(scale, 1e-300):
-        raise KernelMatrixError(f"{name} is not symmetric (max |K - K^T| = {float((k - k.T).abs().max()):.3g})")
+    plain = k.detach()
+    scale = float(plain.abs().max()) if k.numel() else 0.0
+    if k.numel() and float((plain - plain.T).abs().max()) > 1e-10 * max(scale, 1e-300):
+        raise KernelMatrixError(f"{name} is not symmetric (max |K - K^T| = {float((plain - plain.T).abs().max()):.3g})")
     return k
 
 
-def regularized(k: Tensor, diag_reg: float) -> Tensor:
-    """K + diag_reg x mean(diag K) I (the design notes' relative diagonal regularization)."""
-    if not (isinstance(diag_reg, (int, float)) and math.isfinite(diag_reg) and diag_reg >= 0):
+def regularized(k: Tensor, diag_reg: float | Tensor) -> Tensor:
+    """K + diag_reg x mean(diag K) I (the design notes' relative diagonal regularization).
+
+    ``diag_reg`` may be a 0-dim tensor (differentiable, for hyperparameter fitting)."""
+    value = float(diag_reg.detach()) if isinstance(diag_reg, Tensor) and diag_reg.ndim == 0 else diag_reg
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ValueError(f"diag_reg must be a finite number >= 0, got {diag_reg!r}")
-    if diag_reg == 0:
+    if value == 0:
         return k
     return k + diag_reg * k.diagonal().mean() * torch.eye(len(k), dtype=k.dtype, device=k.device)
 
@@ -63,22 +67,23 @@ def cholesky(k: Tensor, diag_reg: float = 0.0, max_tries: int = 8, name: str = "
     added and multiplied by 10 until the factorization succeeds (at most ``max_tries`` times), with a
     :class:`JitterWarning`; a matrix with an eigenvalue below -1e-8 x lambda_max is rejected."""
     k = check_kernel_matrix(k, name)
-    mean_diag = float(k.diagonal().mean()) if len(k) else 1.0
+    mean_diag = float(k.detach().diagonal().mean()) if len(k) else 1.0
     if mean_diag <= 0 and len(k):
         raise KernelMatrixError(f"{name} has a non-positive mean diagonal ({mean_diag:.3g}); not a kernel matrix")
-    reg = diag_reg
+    base = float(diag_reg.detach()) if isinstance(diag_reg, Tensor) else diag_reg
+    jitter = 0.0
     for attempt in range(max_tries + 1):
-        chol, info = torch.linalg.cholesky_ex(regularized(k, reg))
+        chol, info = torch.linalg.cholesky_ex(regularized(k, diag_reg + jitter if jitter else diag_reg))
         if int(info) == 0:
-            if reg > diag_reg:
-                warnings.warn(f"{name}: added jitter {reg - diag_reg:.1e} x mean diagonal to factor it "
-                              f"(diag_reg={diag_reg}); pass a larger diag_reg to silence this", JitterWarning,
+            if jitter:
+                warnings.warn(f"{name}: added jitter {jitter:.1e} x mean diagonal to factor it "
+                              f"(diag_reg={base}); pass a larger diag_reg to silence this", JitterWarning,
                               stacklevel=3)
-            return chol, reg
+            return chol, base + jitter
         if attempt == 0:
-            _require_psd(k, name)
-        reg = max(diag_reg, 1e-12) * 10 ** (attempt + (0 if diag_reg < 1e-12 else 1))
-    raise KernelMatrixError(f"{name} could not be factored even with diag_reg {reg:.1e}")
+            _require_psd(k.detach(), name)
+        jitter = max(base, 1e-12) * 10 ** (attempt + (0 if base < 1e-12 else 1)) - base
+    raise KernelMatrixError(f"{name} could not be factored even with diag_reg {base + jitter:.1e}")
 
 
 def _require_psd(k: Tensor, name: str) -> None:

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..kernel import Kernel
 from . import spatial as sp
 from .base import Context, Layer, Spec, with_shape
-from .dense import AffineModule, check_parameterization, check_std
+from .dense import AffineModule, check_parameterization, check_std, std_repr
 
 
 class Conv(Layer):
@@ -65,7 +65,7 @@ class Conv(Layer):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.out_channels}, kernel_size={self.kernel_size!r}, stride={self.stride!r}, "
-                f"padding={self.padding!r}, dilation={self.dilation!r}, w_std={self.w_std!r}, b_std={self.b_std!r}, "
+                f"padding={self.padding!r}, dilation={self.dilation!r}, w_std={std_repr(self.w_std)}, b_std={std_repr(self.b_std)}, "
                 f"parameterization={self.parameterization!r})")
 
     # -- geometry ------------------------------------------------------------------------------------
@@ -121,9 +121,14 @@ class Conv(Layer):
         b2 = 0.0 if self.b_std is None else self.b_std**2
         alpha = w2 / size
 
+        def scaled_taps(t, lead):  # alpha x the sum over taps (a tensor alpha stays out of place, for autograd)
+            if isinstance(alpha, Tensor):
+                return self._tap_sum(t, lead, geo, k.full) * alpha
+            return self._tap_sum(t, lead, geo, k.full, scale=alpha)
+
         def affine(t, lead):  # w_std^2 A(t) + b_std^2, A the average over filter taps
-            out = self._tap_sum(t, lead, geo, k.full, scale=alpha)
-            return out.add_(b2) if b2 else out
+            out = scaled_taps(t, lead)
+            return out.add_(b2) if b2 else out  # in place on a fresh result (autograd keeps the product's inputs)
 
         var1 = affine(k.var1, 1)
         var2 = var1 if k.var2 is k.var1 else affine(k.var2, 1)
@@ -131,7 +136,7 @@ class Conv(Layer):
         if self.parameterization == "ntk":
             nngp = affine(k.nngp, 2)
             if ntk is not None:
-                ntk = self._tap_sum(ntk, 2, geo, k.full, scale=alpha).add_(nngp)
+                ntk = scaled_taps(ntk, 2).add_(nngp)
         else:
             sum_nngp = self._tap_sum(k.nngp, 2, geo, k.full)
             nngp = sum_nngp * alpha
@@ -139,7 +144,7 @@ class Conv(Layer):
                 nngp.add_(b2)
             if ntk is not None:
                 fan_in = k.shape[0] * size
-                ntk = torch.add(sum_nngp.mul_(fan_in / size), self._tap_sum(ntk, 2, geo, k.full), alpha=alpha)
+                ntk = scaled_taps(ntk, 2).add_(sum_nngp, alpha=fan_in / size)
                 if self.b_std is not None:
                     ntk.add_(1.0)
         shape = (self.out_channels,) + tuple(g[5] for g in geo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -15,17 +16,35 @@ from .base import Context, Layer, Spec, with_shape
 PARAMETERIZATIONS = ("ntk", "standard")
 
 
-def check_std(name: str, value: float | None, allow_none: bool) -> float | None:
+def check_std(name: str, value: float | Tensor | None, allow_none: bool) -> float | Tensor | None:
+    """Validate a weight or bias standard deviation: a finite number >= 0 (None allowed for b_std).
+
+    A 0-dim floating tensor is validated by value and kept as it is, so that kernels can be
+    differentiated with respect to it (``requires_grad=True``; see :mod:`infinet.fitting`).
+    """
     if value is None:
         if allow_none:
             return None
         raise ValueError(f"{name} must be a number, got None")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if value > 1e150:  # its square would overflow float64 in the kernel
-        raise ValueError(f"{name} must be at most 1e150 (its square must be a finite float64), got {value:g}")
+    if isinstance(value, Tensor):
+        if value.ndim != 0 or not value.is_floating_point():
+            raise ValueError(f"{name} given as a tensor must be a 0-dim floating tensor, got shape "
+                             f"{tuple(value.shape)} and dtype {value.dtype}")
+        number = float(value.detach())
+    else:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+        number = value = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {number}")
+    if number > 1e150:  # its square would overflow float64 in the kernel
+        raise ValueError(f"{name} must be at most 1e150 (its square must be a finite float64), got {number:g}")
     return value
+
+
+def std_repr(value: float | Tensor | None) -> str:
+    """repr of a standard deviation as a plain number (a tensor hyperparameter prints its value)."""
+    return repr(float(value.detach()) if isinstance(value, Tensor) else value)
 
 
 def check_parameterization(parameterization: str) -> str:
@@ -66,7 +85,7 @@ class Dense(Layer):
 
     def __repr__(self) -> str:
         return (
-            f"Dense({self.out_features}, w_std={self.w_std!r}, b_std={self.b_std!r}, "
+            f"Dense({self.out_features}, w_std={std_repr(self.w_std)}, b_std={std_repr(self.b_std)}, "
             f"parameterization={self.parameterization!r})"
         )
 
@@ -92,7 +111,7 @@ class Dense(Layer):
         ntk = k.ntk
         if ntk is not None:
             if self.parameterization == "ntk":
-                ntk = torch.add(nngp, ntk, alpha=w2)
+                ntk = nngp + ntk * w2 if isinstance(w2, Tensor) else torch.add(nngp, ntk, alpha=w2)
             else:
                 fan_in = k.shape[-1]
                 ntk = fan_in * k.nngp + w2 * ntk + (0.0 if self.b_std is None else 1.0)
@@ -186,8 +205,8 @@ class AffineModule(LazyModuleMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, w_std={self.w_std!r}, "
-            f"b_std={self.b_std!r}, parameterization={self.parameterization!r}"
+            f"in_features={self.in_features}, out_features={self.out_features}, w_std={std_repr(self.w_std)}, "
+            f"b_std={std_repr(self.b_std)}, parameterization={self.parameterization!r}"
         )
 
 

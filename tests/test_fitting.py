@@ -227,3 +227,12 @@ def test_every_restart_failing_is_an_error():
                      inf.Dense(1, w_std=900.0))
     with pytest.raises(KernelMatrixError, match="every restart failed"):
         fit_hyperparameters(net, x * 30, y, restarts=2, steps=3)
+
+
+@pytest.mark.parametrize("first", ["infinet", "infinet.fitting", "infinet.predict"])
+def test_import_order(first):
+    import subprocess
+    import sys
+
+    code = f"import {first}; from infinet.predict import fit_hyperparameters; import infinet; infinet.fit_hyperparameters"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -396,4 +396,11 @@ __all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_c
            "linearized_dynamics", "max_learning_rate"]
 
 
-from .fitting import FitResult, fit_hyperparameters  # noqa: E402  (fitting builds on the functions above)
+def __getattr__(name: str):
+    """``fit_hyperparameters`` and ``FitResult`` live in :mod:`infinet.fitting` (which builds on this
+    module) and are reachable from here too."""
+    if name in ("fit_hyperparameters", "FitResult"):
+        from . import fitting
+
+        return getattr(fitting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -153,3 +153,39 @@ def test_price_theorem_kdot_for_user_closed_form():
     _, kdot = act.expectations(c, v1, v2)
     _, exact = g.erf(1.0, 1.0, 0.0, c, v1, v2)
     assert torch.allclose(kdot, exact, rtol=1e-10)
+
+
+def _direct(monkeypatch, act, cov, var):
+    with monkeypatch.context() as patch:
+        patch.setattr(g, "UNIFORM_MIN_ENTRIES", 10**15)
+        return g.quadrature(act.fn, cov, var, var, True, dfn=act.derivative())
+
+
+@pytest.mark.parametrize("act", [inf.Tanh(), inf.Sigmoid(), inf.Softplus(), inf.Silu(),
+                                 inf.Elementwise(lambda x: torch.tanh(x) + 0.1 * x * x)], ids=repr)
+@pytest.mark.parametrize("variance", [1e-2, 1.0, 30.0])
+def test_uniform_variance_interpolation_matches_direct_quadrature(monkeypatch, act, variance):
+    monkeypatch.setattr(g, "UNIFORM_MIN_ENTRIES", 256)  # fewer entries for a quick direct reference
+    gen = torch.Generator().manual_seed(0)
+    rho = torch.cat([torch.rand(400, generator=gen, dtype=torch.float64) * 2 - 1,
+                     torch.tensor([1.0, -1.0, 1 - 1e-12, -1 + 1e-9, 0.0], dtype=torch.float64)])
+    cov, var = rho * variance, torch.full_like(rho, variance)
+    fast = g.quadrature(act.fn, cov, var, var, True, dfn=act.derivative())
+    slow = _direct(monkeypatch, act, cov, var)
+    for a, b in zip(fast, slow):
+        assert float((a - b).abs().max()) <= 1e-10 * float(b.abs().max())
+
+
+def test_uniform_variance_interpolation_declines_kinks_and_unequal_variances(monkeypatch):
+    kinked = inf.Elementwise(torch.relu)  # E[relu relu] has a (1 - rho)^(3/2) term: not resolved -> direct
+    monkeypatch.setattr(g, "UNIFORM_MIN_ENTRIES", 256)
+    gen = torch.Generator().manual_seed(1)
+    rho = torch.rand(400, generator=gen, dtype=torch.float64) * 2 - 1
+    var = torch.ones_like(rho)
+    assert g._uniform_variance(kinked.fn, rho, var, var, True, None, 8, 0) is None
+    unequal = var.clone()
+    unequal[0] = 1.0 + 1e-9
+    assert g._uniform_variance(inf.Tanh().fn, rho, unequal, var, True, None, 8, 0) is None
+    fast = g.quadrature(kinked.fn, rho, var, var, True)
+    slow = _direct(monkeypatch, kinked, rho, var)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])

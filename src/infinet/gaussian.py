@@ -28,6 +28,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from torch import Tensor
 
+from . import _chebyshev
+
 Pair = tuple[Tensor, Tensor | None]
 
 _TWO_PI = 2.0 * math.pi
@@ -521,6 +523,15 @@ def quadrature(
     (logarithmically) at large variance; chunked to ``max_elements`` evaluations at a time.
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
+    differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
+    if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
+        out = _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels)
+        if out is not None:
+            return out
+    return _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate)
+
+
+def _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate):
     shape, dtype, device = cov.shape, cov.dtype, cov.device
     cov_f, var1_f, var2_f = cov.reshape(-1), var1.reshape(-1), var2.reshape(-1)
     if cov_f.numel() == 0:
@@ -530,7 +541,6 @@ def quadrature(
     radius, radial_w = _radial_rule(scale, nodes, extra_panels, dtype, device)
     arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, dtype, device)
     derivative = dfn if dfn is not None else _derivative(fn)
-    differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
     if differentiate:  # backward holds a chunk's graph (phi, phi' and their derivatives): smaller chunks
         max_elements = max(1, max_elements // 4)
     chunk = max(1, max_elements // (radius.numel() * 4 * arc_t.numel()))
@@ -547,6 +557,50 @@ def quadrature(
     nngp = torch.cat(nngp_parts).reshape(shape)
     kdot = torch.cat(kdot_parts).reshape(shape) if need_kdot else None
     return nngp, kdot
+
+
+#: quadrature calls with at least this many entries try the uniform-variance interpolation first
+UNIFORM_MIN_ENTRIES = 256
+#: relative spread of the variances below which they count as one (its effect is of the same order)
+UNIFORM_VARIANCE_RTOL = 1e-13
+#: resolution asked of the interpolant: trailing Chebyshev coefficients below this x max value
+UNIFORM_TOL = 2e-11
+_UNIFORM_FITS: dict = {}  # recent fits (or None: not resolved), oldest first
+
+
+def _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels) -> Pair | None:
+    """When every variance is the same v (fully-connected layers on inputs of equal norm, as after the
+    usual projection to the sphere), E[phi(u) phi(v)] and E[phi'(u) phi'(v)] are functions of rho alone:
+    quadrature at Chebyshev-Lobatto points in rho, then Chebyshev interpolation (see
+    :mod:`infinet._chebyshev`), used only if the trailing coefficients show it resolved to
+    ``UNIFORM_TOL`` (smooth activations; a kink such as ELU's falls back to direct quadrature).
+    Cost: a few hundred quadratures plus a degree-n Clenshaw pass per entry, instead of ~1e4
+    evaluations per entry."""
+    low, high = torch.aminmax(torch.stack([var1.detach().amin(), var2.detach().amin(),
+                                           var1.detach().amax(), var2.detach().amax()]))
+    v = float(high)
+    if not (float(low) > 0 and v - float(low) <= UNIFORM_VARIANCE_RTOL * v):
+        return None
+
+    def values(rho: Tensor) -> Tensor:
+        var = torch.full_like(rho, v)
+        n_val, k_val = _direct_quadrature(fn, rho * v, var, var, need_kdot, dfn, nodes, extra_panels, 2**22, False)
+        return torch.stack([n_val, k_val]) if need_kdot else n_val[None]
+
+    # tiles of one layer share v up to round-off: one fit serves them all (keyed on fn: dfn is fn')
+    key = (fn, need_kdot, nodes, extra_panels, cov.dtype, str(cov.device), float(f"{v:.12e}"))
+    if key in _UNIFORM_FITS:
+        c = _UNIFORM_FITS[key]
+    else:
+        c = _chebyshev.fit(values, UNIFORM_TOL, dtype=cov.dtype, device=cov.device)
+        _UNIFORM_FITS[key] = c
+        if len(_UNIFORM_FITS) > 64:
+            _UNIFORM_FITS.pop(next(iter(_UNIFORM_FITS)))
+    if c is None:
+        return None
+    rho = clamp_unit(cov / v)
+    nngp = _chebyshev.evaluate(c[0], rho)
+    return nngp, (_chebyshev.evaluate(c[1], rho) if need_kdot else None)
 
 
 def _polar_chunk(fn, dfn, need_kdot, cov, var1, var2, radius, radial_w, arc_t, arc_w):

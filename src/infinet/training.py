@@ -8,6 +8,7 @@ gradient descent with learning rate ``lr`` correspond to training time t = lr * 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -77,4 +78,60 @@ def train_gradient_descent(
     return rec
 
 
-__all__ = ["TrainingRecord", "mse_loss", "train_gradient_descent"]
+def train_sgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    *,
+    batch_size: int = 100,
+    momentum: float = 0.0,
+    seed: int = 0,
+    monitor: Callable[[nn.Module], float] | None = None,
+    monitor_every: int = 0,
+) -> TrainingRecord:
+    """Minibatch SGD (optionally with heavy-ball momentum) on :func:`mse_loss` of each minibatch.
+
+    Each epoch visits the training set in a fresh random order (drawn from ``seed``); ``steps``
+    counts minibatches. ``monitor(model)`` (e.g. validation accuracy) is recorded every
+    ``monitor_every`` steps and at the end in ``record.steps`` / ``record.test_loss``. Trains in
+    place; raises ``FloatingPointError`` naming the step if the loss becomes NaN or inf.
+    """
+    if steps < 0 or lr <= 0 or batch_size < 1 or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"need steps >= 0, lr > 0, batch_size >= 1 and 0 <= momentum < 1; got steps={steps}, "
+                         f"lr={lr}, batch_size={batch_size}, momentum={momentum}")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(int(seed))
+    rec = TrainingRecord()
+    order = torch.empty(0, dtype=torch.long)
+    position = 0
+
+    def check(loss: Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); lower the learning rate")
+
+    for step in range(steps + 1):
+        if monitor is not None and ((monitor_every and step % monitor_every == 0) or step == steps):
+            with torch.no_grad():
+                rec.steps.append(step)
+                rec.test_loss.append(float(monitor(model)))
+        if step == steps:
+            break
+        if position >= len(order):
+            order, position = torch.randperm(len(x), generator=gen).to(x.device), 0
+        batch = order[position: position + batch_size]
+        position += batch_size
+        opt.zero_grad(set_to_none=True)
+        loss = mse_loss(model(x[batch]), y[batch])
+        check(loss, step)
+        rec.loss.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        rec.f_train = model(x)
+        check(mse_loss(rec.f_train, y), steps)
+    return rec
+
+
+__all__ = ["TrainingRecord", "mse_loss", "train_gradient_descent", "train_sgd"]

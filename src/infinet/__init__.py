@@ -4,7 +4,9 @@ One architecture description gives the finite ``torch.nn.Module`` (``net.build()
 infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import architectures, datasets, fitting, gaussian, predict
+from . import architectures, datasets, empirical, fitting, gaussian, linearization, predict
+from .empirical import empirical_nngp, empirical_ntk
+from .linearization import linearize, taylor_expand
 from .architectures import cntk, myrtle, wide_resnet
 from .kernel import Kernel
 from .layers import (
@@ -60,6 +62,6 @@ __all__ = [
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
-    "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "fit_hyperparameters", "fitting", "format_spec", "gaussian",
+    "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "empirical", "empirical_nngp", "empirical_ntk", "fit_hyperparameters", "linearization", "linearize", "taylor_expand", "fitting", "format_spec", "gaussian",
     "kernel_tile", "monte_carlo_kernel", "parallel", "parse_spec", "predict", "repeat", "serial",
 ]

@@ -7,8 +7,8 @@ from typing import Iterable
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, jacrev
 
+from .empirical import empirical_ntk
 from .kernel import as_input, check_pair, parse_get
 from .layers.combinators import Serial
 from .layers.dense import Dense
@@ -52,26 +52,9 @@ def _nngp_sample(net, model, x1: Tensor, x2: Tensor) -> Tensor:
 
 
 def _ntk_sample(model, x1: Tensor, x2: Tensor) -> Tensor:
-    """One network's empirical NTK, sum_p df(x1)/dp df(x2)/dp averaged over output units.
-
-    Jacobians are formed one output unit at a time (memory N x P, not N x O x P), and once when
-    x2 is x1.
-    """
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    same = x2 is x1
-    with torch.no_grad():
-        n_out = model(x1[:1]).reshape(1, -1).shape[1]
-
-    def jacobian(x: Tensor, o: int):
-        return jacrev(lambda p: functional_call(model, p, (x,)).reshape(len(x), -1)[:, o])(params)
-
-    total = torch.zeros(len(x1), len(x2), dtype=x1.dtype, device=x1.device)
-    for o in range(n_out):
-        j1 = jacobian(x1, o)
-        j2 = j1 if same else jacobian(x2, o)
-        for name, a in j1.items():
-            total += a.reshape(len(x1), -1) @ j2[name].reshape(len(x2), -1).T
-    return total / n_out
+    """One network's empirical NTK averaged over output units (:func:`infinet.empirical.empirical_ntk`
+    with ``trace=True``; its automatic choice of implementation)."""
+    return empirical_ntk(model, x1, None if x2 is x1 else x2, trace=True)
 
 
 def monte_carlo_kernel(

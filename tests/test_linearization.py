@@ -84,3 +84,22 @@ def test_linearized_trains_with_torch_optimizers():
     assert losses[-1] < 0.5 * losses[0]
     with pytest.raises(ValueError, match="order"):
         taylor_expand(model, -1)
+
+
+def test_train_and_track_network_and_linearization_agree_when_wide():
+    from infinet.training import train_and_track
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 5, generator=g, dtype=F64)
+    y = torch.randn(20, 1, generator=g, dtype=F64)
+    gaps, changes = [], []
+    for width in (64, 4096):
+        model = inf.serial(inf.Dense(width, w_std=1.4), inf.Relu(), inf.Dense(1, w_std=1.4)).build(5, seed=1, dtype=F64)
+        lin = linearize(model)
+        t_net = train_and_track(model, x, y, lr=1.0, steps=100, x_test=x[:5], record_every=50, ntk_inputs=x[:4])
+        t_lin = train_and_track(lin, x, y, lr=1.0, steps=100, x_test=x[:5], record_every=50)
+        assert t_net.steps == [0, 50, 100] and t_net.loss[-1] < t_net.loss[0]
+        gaps.append(float((t_net.f_test[-1] - t_lin.f_test[-1]).abs().max()))
+        changes.append((t_net.weight_change[-1], t_net.ntk_change[-1]))
+    assert gaps[1] < gaps[0] / 3  # the network approaches its linearization as width grows (theory: /8)
+    assert changes[1][0] < changes[0][0] and changes[1][1] < changes[0][1]

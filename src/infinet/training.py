@@ -159,16 +159,20 @@ def train_and_track(
     record_every: int = 10,
     ntk_inputs: Tensor | None = None,
     seed: int = 0,
+    weight_decay: float = 0.0,
 ) -> TrainingTrace:
     """Train ``model`` in place by full-batch gradient descent (``batch_size=None``) or minibatch SGD
     on :func:`mse_loss`, recording the quantities of :class:`TrainingTrace`. Pass a model and its
     :func:`infinet.linearize` with the same ``lr`` to compare a network with its linearization (Lee et
     al. 2019, sec. 2-3: both changes shrink as width^-1/2). The NTK change needs ``ntk_inputs``
-    (a few examples; traced empirical NTK)."""
+    (a few examples; traced empirical NTK). ``weight_decay`` lambda adds (lambda / 2) ||theta - theta_0||^2
+    to the loss (decay toward the initialization): the linearized network then converges to kernel
+    ridge regression f0 + Theta(x, X) (Theta + m lambda I)^-1 (Y - f0(X)), m = y.numel()."""
     from .empirical import empirical_ntk
 
-    if steps < 0 or lr <= 0 or record_every < 1:
-        raise ValueError(f"need steps >= 0, lr > 0 and record_every >= 1; got {steps}, {lr}, {record_every}")
+    if steps < 0 or lr <= 0 or record_every < 1 or weight_decay < 0:
+        raise ValueError(f"need steps >= 0, lr > 0, record_every >= 1 and weight_decay >= 0; got {steps}, {lr}, "
+                         f"{record_every}, {weight_decay}")
     trainable = [p for p in model.parameters() if p.requires_grad]
     theta0 = [p.detach().clone() for p in trainable]
     norm0 = float(torch.sqrt(sum((p * p).sum() for p in theta0)))
@@ -197,6 +201,8 @@ def train_and_track(
         loss = mse_loss(model(x[rows]), y[rows])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); lower the learning rate")
+        if weight_decay:
+            loss = loss + 0.5 * weight_decay * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, theta0))
         loss.backward()
         opt.step()
     record(steps)

@@ -17,12 +17,11 @@ from tqdm.auto import tqdm
 
 from .. import datasets
 from ..layers import Dense, Relu, serial
-from ..montecarlo import monte_carlo_kernel
 from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 from ..report import Result, Table
 from ..training import train_gradient_descent
 from . import Experiment, Param
-from ._common import accuracy, derived_seed, loglog_slope, mean_and_stderr, mse, pyplot
+from ._common import accuracy, derived_seed, kernel_error_vs_width, loglog_slope, mean_and_stderr, mse, pyplot
 
 
 def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float):
@@ -112,21 +111,14 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     # -- Monte Carlo kernel error vs width ------------------------------------------------------
     t0 = time.perf_counter()
     xs = x[: p["mc_points"]]
-    exact = net(1).kernel(xs)
     mc_table = Table(["width", "NNGP relative error", "NTK relative error"],
                      caption=f"Kernel of one random network vs the exact kernel, RMS over {p['mc_samples']} networks "
                              f"per width on {len(xs)} training inputs: sqrt(E||K_net - K||_F^2) / ||K||_F")
-    errs = {"nngp": [], "ntk": []}
-    for width in tqdm(p["widths"], desc="Monte Carlo kernels", disable=not progress):
-        mc = monte_carlo_kernel(net(width), xs, n_samples=p["mc_samples"], seed=derived_seed(seed, 7, width))
-        # one network's RMS error: E||K_s - K||^2 = ||mean - K||^2 + (S - 1) ||stderr||^2 over S samples
-        e_nngp, e_ntk = (float(((m - k).norm() ** 2 + (mc.n_samples - 1) * se.norm() ** 2).sqrt() / k.norm())
-                         for m, se, k in ((mc.nngp, mc.nngp_stderr, exact.nngp), (mc.ntk, mc.ntk_stderr, exact.ntk)))
-        errs["nngp"].append(e_nngp)
-        errs["ntk"].append(e_ntk)
-        mc_table.add(width, e_nngp, e_ntk)
+    study = kernel_error_vs_width(net, xs, p["widths"], p["mc_samples"], seed, progress)
+    errs, slopes = study["errors"], study["slopes"]
+    for i, width in enumerate(p["widths"]):
+        mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
     mc_time = time.perf_counter() - t0
-    slopes = {k: loglog_slope(p["widths"], v) for k, v in errs.items()}
     numbers["monte_carlo"] = {"widths": list(p["widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
                               "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
                               "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}

@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--implementations", default="structured,jacobian,ntvp,auto")
+    parser.add_argument("--nt-implementations", default="jacobian,ntvp,structured")
     args = parser.parse_args()
     rows = []
     for model in args.models.split(","):
@@ -105,7 +106,8 @@ def main() -> None:
                 results[f"infinet {impl}"] = run([sys.executable, "-c", TORCH_CASE, model, impl, str(int(trace)),
                                                   str(args.repeats), str(n)])
             if args.nt_python:
-                for impl, code in NT_IMPLEMENTATIONS.items():
+                for impl in args.nt_implementations.split(","):
+                    code = NT_IMPLEMENTATIONS[impl]
                     results[f"neural-tangents {impl}"] = run([args.nt_python, "-c", NT_CASE, model, str(code),
                                                               str(int(trace)), str(args.repeats), str(n)])
             ok = {k: v for k, v in results.items() if "seconds" in v}

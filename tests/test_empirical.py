@@ -141,3 +141,32 @@ def test_auto_prefers_structured_for_mlps_and_not_for_convolutions():
     mlp = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     x = torch.randn(64, 784)
     assert choose_implementation(mlp, x, x) == "structured"
+
+
+def _best_time(fn, repeats=3):
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_auto_picks_the_fastest_implementation_on_the_benchmark_models(model_name):
+    """The models of benchmarks/empirical_ntk.py (fewer inputs): the automatic choice must be the
+    fastest implementation measured here, up to timing noise (a factor 1.5)."""
+    torch.manual_seed(0)
+    if model_name == "mlp":
+        model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        x = torch.randn(16, 784)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(16 * 16 * 16, 10))
+        x = torch.randn(16, 1, 16, 16)
+    chosen = choose_implementation(model, x, x)
+    times = {impl: _best_time(lambda impl=impl: empirical_ntk(model, x, implementation=impl))
+             for impl in ("jacobian", "ntvp", "structured")}
+    assert times[chosen] <= 1.5 * min(times.values()), (chosen, times)

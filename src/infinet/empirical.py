@@ -270,29 +270,39 @@ def _ntk_structured(model, f, params, rest, x1, x2, same, trace, budget) -> Tens
 
 # ----------------------------------------------------------------------------------------- choice
 def estimate_costs(model: nn.Module, x1: Tensor, x2: Tensor, params: dict | None = None) -> dict[str, float]:
-    """Rough operation counts of each implementation (Novak et al. 2022, Table 1): with F the forward
-    FLOPs of one example, P parameters, O outputs: jacobian 3 F N O + N1 N2 O^2 P; ntvp N2 O (3 F +
-    3 F N1); structured 3 F N O + N1 N2 O^2 (fan-in + fan-out) per affine layer use + the Jacobian
-    contraction of the other parameters."""
+    """Rough operation counts of each implementation (after Novak et al. 2022, Table 1): with F the
+    forward FLOPs of one example, P parameters, O outputs, N = N1 + N2: jacobian 3 F N O + 2 N O P
+    (storing J) + N1 N2 O^2 P; ntvp N2 O (3 F + 3 F N1); structured the same backward passes, the
+    Jacobians of the parameters outside affine layers only, and N1 N2 O^2 (fan-in + fan-out + 1) x
+    rows^2 per affine layer (rows: positions it is applied to per example) instead of their P."""
     from torch.utils.flop_counter import FlopCounterMode
 
     _check_model(model)
     chosen, rest = _parameters(model, params)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        out = model(x1[:1])
+    sites = _affine_sites(model, chosen)
+    rows: dict = {name: 0 for name in sites}  # per example, how many rows each affine module is applied to
+    handles = [module.register_forward_hook(
+        lambda mod, args, out, name=name: rows.__setitem__(name, rows[name] + args[0].numel() // args[0].shape[-1]))
+        for name, (module, _, _) in sites.items()]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            out = model(x1[:1])
+    finally:
+        for h in handles:
+            h.remove()
     flops = max(1.0, float(counter.get_total_flops()))
     n_out = out.reshape(1, -1).shape[1]
     n1, n2 = len(x1), len(x2)
     total = sum(v.numel() for v in chosen.values())
-    sites = _affine_sites(model, chosen)
     covered = sum(chosen[w].numel() + (chosen[b].numel() if b else 0) for _, w, b in sites.values())
-    structured_pairs = sum(m.weight.shape[0] + m.weight.shape[1] for m, _, _ in sites.values())
-    positions = max(1.0, flops / max(1.0, 2.0 * total))  # how many times a weight is reused per example
+    pair_cost = sum((m.weight.shape[0] + m.weight.shape[1] + 1) * rows[name] ** 2 for name, (m, _, _) in sites.items())
+    backward = 3 * flops * (n1 + n2) * n_out  # a forward and O backward passes per example
+    def stored(params):  # writing and reading the Jacobians of ``params``
+        return 2 * (n1 + n2) * n_out * params
     return {
-        "jacobian": 3 * flops * (n1 + n2) * n_out + n1 * n2 * n_out**2 * total,
+        "jacobian": backward + stored(total) + n1 * n2 * n_out**2 * total,
         "ntvp": n2 * n_out * (3 * flops + 3 * flops * n1),
-        "structured": 3 * flops * (n1 + n2) * n_out / max(1.0, 1.0)
-        + n1 * n2 * n_out**2 * (structured_pairs * positions**2 + (total - covered)),
+        "structured": backward + stored(total - covered) + n1 * n2 * n_out**2 * (pair_cost + total - covered),
     }
 
 

@@ -5,7 +5,8 @@ E[phi'(u) phi'(v)] for unit-variance inputs at angle theta (from :mod:`infinet.g
 and NTK of a deeper network as functions of the angle between two inputs of equal norm (normalized
 by their value at theta = 0: how fast the kernel decorrelates distinct inputs), and on a real data
 set the test accuracy of the NNGP, the NTK (t = inf) and finite networks of each activation trained by
-full-batch gradient descent (mean and standard error over seeds).
+full-batch gradient descent, centered (f - f0, whose infinite-width limit is the NTK mean prediction;
+mean and standard error over seeds).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     table = Table(["activation", "NNGP accuracy", "NTK accuracy", "finite accuracy", "finite s.e.",
                    "NNGP correlation at 90 degrees", "NTK correlation at 90 degrees"],
                   caption=f"{data.name}: {len(x)} train / {len(xt)} test; depth {p['depth']}, w_std {p['w_std']}, b_std "
-                          f"{p['b_std']}; finite width {p['width']}, {p['steps']} steps of gradient descent at "
+                          f"{p['b_std']}; finite width {p['width']}, centered (f - f0), {p['steps']} steps of gradient descent at "
                           f"{p['lr_fraction']} x the stable learning rate, {p['seeds']} seeds; correlations at the "
                           "kernel's depth between two inputs of equal norm at a right angle")
     numbers: dict = {}
@@ -68,8 +69,10 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         finite = []
         for s in range(p["seeds"]):
             model = net.build(x.shape[1], seed=derived_seed(seed, s), dtype=torch.float32)
-            rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
-            finite.append(accuracy(rec.f_test.double(), data.labels_test))
+            with torch.no_grad():  # centered (f - f0): its infinite-width limit is the NTK mean prediction
+                f0, f0_test = model(x.float()), model(xt.float())
+            rec = train_gradient_descent(model, x.float(), y.float() + f0, lr, p["steps"], x_test=xt.float())
+            finite.append(accuracy((rec.f_test - f0_test).double(), data.labels_test))
         acc, se = mean_and_stderr(finite)
         c = curves[name]
         numbers[name] = {"nngp_accuracy": nngp_acc, "ntk_accuracy": ntk_acc, "finite_accuracy": acc,

@@ -33,6 +33,19 @@ def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float,
     return serial(*hidden, *tail, Dense(n_out, w_std=w_std, b_std=b_std))
 
 
+def noisy_targets(data, fraction: float, seed: int) -> torch.Tensor:
+    """The training targets with a ``fraction`` of the labels replaced by uniformly random classes (so
+    that regularization has something to do); the test targets stay clean."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"label_noise must be in [0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    labels = data.labels_train.clone()
+    flip = torch.rand(len(labels), generator=gen) < fraction
+    labels[flip] = torch.randint(0, data.n_classes, (int(flip.sum()),), generator=gen)
+    patterns = {int(c): data.y_train[int((data.labels_train == c).nonzero()[0, 0])] for c in data.labels_train.unique()}
+    return torch.stack([patterns[int(c)] for c in labels])
+
+
 def centered_network(net, x, y, xt, lr, steps, seed, record_every, weight_decay=0.0):
     """Train a fresh network on targets y + f0(X) (so that f - f0 starts at 0); return the trace and f0."""
     model = net.build(x.shape[1], seed=seed, dtype=torch.float64)
@@ -44,7 +57,8 @@ def centered_network(net, x, y, xt, lr, steps, seed, record_every, weight_decay=
 
 def run(p: dict, seed: int, progress: bool) -> Result:
     data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed).flat()
-    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    x, xt, yt = data.x_train, data.x_test, data.y_test
+    y = noisy_targets(data, p["label_noise"], derived_seed(seed, 3))
     n_out, m = y.shape[1], y.numel()
 
     def net(width, dropout=0.0):
@@ -111,13 +125,17 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     best_ridge = min(wd, key=lambda r: r["kernel_test_mse"])
     es = numbers["early_stopping"]
     dr = numbers["dropout"]
-    summary = (f"On {data.name}: weight decay toward the initialization reproduces NTK ridge regression, the RMS gap "
+    if min(es["kernel_test_mse"]) < ntk_inf:
+        stopping = (f"Early stopping helps: the NTK test MSE is lowest at t = {es['kernel_best_time']:.3g} "
+                    f"({min(es['kernel_test_mse']):.4f}, vs {ntk_inf:.4f} at t = inf)")
+    else:
+        stopping = (f"Early stopping does not help here: the NTK test MSE falls all the way to its t = inf value "
+                    f"{ntk_inf:.4f}")
+    summary = (f"On {data.name} with {p['label_noise']:.0%} of the training labels randomized: weight decay toward the initialization reproduces NTK ridge regression, the RMS gap "
                f"between the width-{p['width']} network and the kernel prediction being at most {worst:.1%} of the "
                f"network's RMS test error over diag_reg {p['ridges'][0]:g}-{p['ridges'][-1]:g} (best ridge "
-               f"{best_ridge['diag_reg']:g}: test MSE {best_ridge['kernel_test_mse']:.4f}). Early stopping: the NTK "
-               f"test MSE is lowest at t = {es['kernel_best_time']:.3g} ({min(es['kernel_test_mse']):.4f}, vs "
-               f"{ntk_inf:.4f} at t = inf) and the network's at t = {es['network_best_time']:.3g} "
-               f"({min(es['network_test_mse']):.4f}). Dropout before the readout changes the NNGP test MSE from "
+               f"{best_ridge['diag_reg']:g}: test MSE {best_ridge['kernel_test_mse']:.4f}). {stopping}; the network's is lowest at "
+               f"t = {es['network_best_time']:.3g} ({min(es['network_test_mse']):.4f}). Dropout before the readout changes the NNGP test MSE from "
                f"{dr[0]['test_mse']:.4f} (rate {dr[0]['rate']}) to {dr[-1]['test_mse']:.4f} (rate {dr[-1]['rate']}) and "
                f"equals ridge regression with its diagonal to {max(r['max_difference_to_ridge'] for r in dr):.1e}.")
     return Result(title="Regularization: weight decay, early stopping and dropout at infinite width", summary=summary,
@@ -156,6 +174,7 @@ EXPERIMENT = Experiment(
     description="Weight decay vs ridge, early stopping vs training time, and dropout's kernel effect",
     params={
         "dataset": Param("digits", "classification data set (one-hot targets, MSE)"),
+        "label_noise": Param(0.3, "fraction of training labels replaced by random classes"),
         "n_train": Param(100, "training examples"),
         "n_test": Param(300, "test examples", quick=200),
         "depth": Param(1, "hidden Dense > Relu blocks"),
@@ -163,10 +182,11 @@ EXPERIMENT = Experiment(
         "b_std": Param(0.1, "bias standard deviation"),
         "width": Param(2048, "finite network width", quick=1024),
         "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit"),
-        "ridges": Param((0.1, 0.3, 1.0, 3.0), "ridge values (relative to the mean NTK diagonal)", quick=(0.3, 1.0, 3.0)),
+        "ridges": Param((0.03, 0.1, 0.3, 1.0, 3.0), "ridge values (relative to the mean NTK diagonal)",
+                        quick=(0.1, 0.3, 1.0, 3.0)),
         "convergence": Param(8.0, "steps x lr x lambda for training with weight decay (e-folds of the slowest mode)"),
         "max_steps": Param(4000, "cap on those steps", quick=2000),
-        "time_steps": Param(1500, "steps of the early-stopping run", quick=800),
+        "time_steps": Param(3000, "steps of the early-stopping run", quick=1500),
         "records": Param(30, "recorded times of the early-stopping run"),
         "dropout_rates": Param((0.0, 0.1, 0.3, 0.5, 0.7), "dropout rates"),
         "diag_reg": Param(1e-4, "NNGP regularization for the dropout study"),

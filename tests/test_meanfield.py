@@ -1,0 +1,97 @@
+"""Mean-field theory: known cases, identities, two independent computations, and random networks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import infinet as inf
+from infinet import meanfield as mf
+
+
+@pytest.mark.parametrize("w_var,b_var", [(1.0, 0.0), (1.5, 0.1), (1.9, 0.5), (0.5, 0.2)])
+def test_relu_chi1_is_half_w_var(w_var, b_var):
+    r = mf.analyze("relu", w_var, b_var)
+    assert r.chi_1 == pytest.approx(w_var / 2, rel=1e-12)
+    if b_var > 0:
+        assert r.q_star == pytest.approx(b_var / (1 - w_var / 2), rel=1e-10)  # q = w q / 2 + b
+
+
+def test_relu_only_critical_point_is_2_0():
+    assert mf.edge_of_chaos("relu", 0.0) == pytest.approx(2.0, abs=1e-9)
+    for b_var in (1e-3, 0.05, 0.5):
+        assert math.isnan(mf.edge_of_chaos("relu", b_var))  # lengths diverge where chi_1 reaches 1
+    assert mf.analyze("relu", 2.0, 0.0).phase == "critical"
+    assert mf.analyze("relu", 2.5, 0.1).status == "diverges"
+
+
+def test_tanh_without_bias_is_critical_at_w_var_1():
+    assert mf.edge_of_chaos("tanh", 0.0) == pytest.approx(1.0, abs=1e-6)
+    assert mf.analyze("tanh", 0.9, 0.0).phase == "ordered"
+    assert mf.analyze("tanh", 1.2, 0.0).phase == "chaotic"
+
+
+def test_depth_scale_identities():
+    ordered = mf.analyze("tanh", 1.2, 0.3)
+    assert ordered.c_star == 1.0
+    assert ordered.xi_c == pytest.approx(-1 / math.log(ordered.chi_1), rel=1e-12)
+    # the correlation map's approach to c* = 1 decays as exp(-l / xi_c): fit it from iterating the map
+    c, q = 0.5, ordered.q_star
+    gaps = []
+    for _ in range(26):
+        c = float(mf.correlation_map("tanh", c, q, 1.2, 0.3))
+        gaps.append(1 - c)
+    slope = np.polyfit(np.arange(14, 26), np.log(gaps[14:26]), 1)[0]  # gaps 1e-3..1e-5: linear regime, above round-off
+    assert -1 / slope == pytest.approx(ordered.xi_c, rel=1e-3)
+    chaotic = mf.analyze("tanh", 2.5, 0.05)
+    assert chaotic.phase == "chaotic" and chaotic.c_star < 1.0
+    assert float(mf.correlation_map("tanh", chaotic.c_star, chaotic.q_star, 2.5, 0.05)) == pytest.approx(chaotic.c_star, abs=1e-12)
+    assert chaotic.chi_c < 1.0  # the fixed point below 1 is the stable one
+
+
+def test_closed_form_and_quadrature_agree():
+    closed = inf.Erf()  # closed form (Williams 1997)
+    quadrature = inf.Elementwise(torch.erf)  # the same function through bivariate quadrature
+    for w_var, b_var in ((1.5, 0.05), (3.0, 0.2)):
+        a, b = mf.analyze(closed, w_var, b_var), mf.analyze(quadrature, w_var, b_var)
+        for name in ("q_star", "c_star", "chi_1", "chi_c", "chi_q", "xi_q", "xi_c"):
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-8, abs=1e-10), name
+
+
+def test_chi_q_by_autograd_matches_finite_differences():
+    q, w = 0.7, 1.6
+    h = 1e-6
+    fd = (float(mf.length_map("tanh", q + h, w, 0.1)) - float(mf.length_map("tanh", q - h, w, 0.1))) / (2 * h)
+    assert mf.length_slope("tanh", q, w) == pytest.approx(fd, rel=1e-7)
+
+
+def test_no_fixed_point_and_bad_input():
+    assert mf.length_fixed_points("relu", 3.0, 0.1).status == "diverges"
+    r = mf.analyze("relu", 3.0, 0.1)
+    assert r.status == "diverges" and math.isnan(r.chi_1)
+    with pytest.raises(ValueError, match="w_var"):
+        mf.analyze("tanh", -1.0, 0.1)
+    with pytest.raises(ValueError, match="unknown activation"):
+        mf.analyze("swish-ish", 1.0, 0.1)
+
+
+@pytest.mark.parametrize("act,w_var,b_var", [("tanh", 1.5, 0.05), ("relu", 1.8, 0.1), ("erf", 2.5, 0.05)])
+def test_random_networks_follow_theory_for_20_layers(act, w_var, b_var):
+    sim = mf.simulate(act, 1.0, 0.3, w_var, b_var, depth=20, width=1000, n_networks=12, seed=1)
+    q, c = mf.propagate(act, 1.0, 0.3, w_var, b_var, 20)
+    # within standard errors: |z| < 4 for every layer (41 comparisons per case)
+    for name, theory in (("q", q), ("c", c)):
+        se = np.maximum(sim[f"{name}_se"][1:], 1e-12)
+        z = (sim[name][1:] - theory[1:]) / se
+        assert np.all(np.abs(z) < 4), (name, z)
+
+
+def test_gradients_grow_or_vanish_by_chi1_per_layer():
+    depth = 30
+    for w_var, b_var in ((1.2, 0.05), (3.0, 0.05)):
+        r = mf.analyze("tanh", w_var, b_var)
+        q0 = r.q_star
+        sim = mf.simulate("tanh", q0, 0.5, w_var, b_var, depth=depth, width=800, n_networks=6, seed=2)
+        slope = np.polyfit(np.arange(5, depth), np.log(sim["grad_norm2"][5:depth]), 1)[0]
+        assert slope == pytest.approx(-math.log(r.chi_1), abs=0.05)

@@ -95,3 +95,34 @@ def test_gradients_grow_or_vanish_by_chi1_per_layer():
         sim = mf.simulate("tanh", q0, 0.5, w_var, b_var, depth=depth, width=800, n_networks=6, seed=2)
         slope = np.polyfit(np.arange(5, depth), np.log(sim["grad_norm2"][5:depth]), 1)[0]
         assert slope == pytest.approx(-math.log(r.chi_1), abs=0.05)
+
+
+def _run(name, tmp_path, **params):
+    from infinet.experiments import run_experiment
+
+    result, _ = run_experiment(name, tmp_path / name, params=params, quick=True, progress=False)
+    return result
+
+
+def test_phase_diagram_experiment(tmp_path):
+    r = _run("phase-diagram", tmp_path, grid=5, grid_b=3, depth=12, width=300, networks=3)
+    edge = r.numbers["edge_of_chaos"]
+    assert edge["tanh"][0] == pytest.approx(1.0, abs=1e-6)  # b = 0
+    assert edge["relu"][0] == pytest.approx(2.0, abs=1e-9) and all(math.isnan(w) for w in edge["relu"][1:])
+    runs = r.numbers["depth_propagation"]
+    assert runs["ordered"]["c_star"] == 1.0 and runs["chaotic"]["c_star"] < 1.0
+    assert runs["critical"]["xi_c"] > max(runs["ordered"]["xi_c"], runs["chaotic"]["xi_c"])
+    assert "longer than both" in r.summary
+
+
+def test_gradients_experiment(tmp_path):
+    r = _run("gradients", tmp_path, depth=30, width=400, networks=3)
+    for phase, v in r.numbers["phases"].items():
+        assert v["measured_slope"] == pytest.approx(v["theory_slope"], abs=0.05), phase
+
+
+def test_trainability_experiment_fits_a_multiple(tmp_path):
+    r = _run("trainability", tmp_path, n_train=300, depths=(2, 8, 24), w_vars=(0.5, 1.76, 4.0), width=32, steps=150)
+    acc = np.array(r.numbers["train_accuracy"])
+    assert acc[0].min() > 0.5  # shallow networks train everywhere
+    assert 0.5 <= r.numbers["fitted_multiple"] <= 50 and r.numbers["agreement"] >= 0.6

@@ -214,7 +214,7 @@ def edge_of_chaos(act, b_var: float, w_range: tuple[float, float] = (0.05, 20.0)
             return float(brentq(excess, grid[i], grid[i + 1], xtol=1e-13, rtol=1e-12))
         if math.isfinite(a) and not math.isfinite(b):  # the stable length ends here: critical only if bounded
             lo, hi = grid[i], grid[i + 1]
-            for _ in range(60):
+            for _ in range(45):
                 mid = 0.5 * (lo + hi)
                 lo, hi = (mid, hi) if math.isfinite(excess(mid)) else (lo, mid)
             q_start, q_end = analyze(act, grid[i], b_var).q_star, analyze(act, lo, b_var).q_star

@@ -209,4 +209,37 @@ def train_and_track(
     return trace
 
 
-__all__ = ["TrainingRecord", "TrainingTrace", "mse_loss", "train_and_track", "train_gradient_descent", "train_sgd"]
+def train_classifier(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    steps: int,
+    *,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> float:
+    """Train ``model`` in place with Adam (Kingma and Ba 2015) on the softmax cross-entropy of random
+    minibatches for ``steps`` steps; return the final training accuracy. A loss that becomes NaN or
+    inf stops training early (the network is then untrainable at this budget) and returns the accuracy
+    reached so far, so that trainability studies can record it."""
+    if steps < 0 or lr <= 0 or batch_size < 1:
+        raise ValueError(f"need steps >= 0, lr > 0 and batch_size >= 1; got {steps}, {lr}, {batch_size}")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(int(seed))
+    for _ in range(steps):
+        rows = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x[rows]), labels[rows])
+        if not torch.isfinite(loss):
+            break
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = model(x)
+        if not bool(torch.isfinite(out).all()):
+            return 0.0
+        return float((out.argmax(1) == labels).double().mean())
+
+
+__all__ = ["TrainingRecord", "TrainingTrace", "train_classifier", "mse_loss", "train_and_track", "train_gradient_descent", "train_sgd"]

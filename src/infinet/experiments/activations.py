@@ -132,7 +132,7 @@ EXPERIMENT = Experiment(
         "depth": Param(3, "hidden Dense > activation blocks"),
         "w_std": Param(1.5, "weight standard deviation"),
         "b_std": Param(0.1, "bias standard deviation"),
-        "width": Param(1024, "width of the finite networks", quick=512),
+        "width": Param(512, "width of the finite networks", quick=256),
         "seeds": Param(3, "finite networks per activation", quick=2),
         "steps": Param(400, "gradient descent steps", quick=200),
         "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit"),

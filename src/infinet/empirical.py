@@ -13,7 +13,9 @@ NTK: Theta(x1, x2)[a, b, o, p] = sum_theta d f_o(x1_a) / d theta  d f_p(x2_b) / 
   output o is the outer product of the layer's output cotangent delta_o and its input x, so their block
   of Theta is (delta1 . delta2)(x1 . x2) (and delta1 . delta2 for the bias), summed over positions
   when the layer acts on sequences; other parameters by Jacobian contraction. Cost N1 N2 O^2 (fan-in +
-  fan-out) per layer instead of N1 N2 O^2 fan-in x fan-out.
+  fan-out) per layer instead of N1 N2 O^2 fan-in x fan-out. It assumes an affine module's weight
+  enters the output only through that module's forward calls (every call is counted, so shared
+  blocks are fine); a weight also used elsewhere (tied embeddings) needs ``'jacobian'``.
 
 ``'auto'`` estimates each one's cost from the model's parameter count and forward FLOPs (counted with
 ``torch.utils.flop_counter``) and picks the cheapest. Results are (N1, N2, O, O), or (N1, N2) with

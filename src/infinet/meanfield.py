@@ -32,7 +32,8 @@ from .layers.activations import Activation
 Q_GRID = np.logspace(-10, 10, 201)
 CRITICAL_TOLERANCE = 1e-6
 ACTIVATIONS = {"relu": _acts.Relu, "tanh": _acts.Tanh, "erf": _acts.Erf, "gelu": _acts.Gelu, "sigmoid": _acts.Sigmoid,
-               "softplus": _acts.Softplus, "silu": _acts.Silu, "elu": _acts.Elu, "sin": _acts.Sin}
+               "softplus": _acts.Softplus, "silu": _acts.Silu, "elu": _acts.Elu, "sin": _acts.Sin,
+               "identity": lambda: _acts.Monomial(1)}
 
 
 def activation(act: Activation | str) -> Activation:

@@ -1,0 +1,69 @@
+"""Infinite depth at finite width: closed forms against simulations of residual networks and the SDE."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from infinet import depth
+
+
+@pytest.mark.parametrize("width", [2, 3, 8])
+def test_identity_log_norm_matches_geometric_brownian_motion(width):
+    sim = depth.simulate_resnet("identity", width, 400, 4000, sigma_w=1.3, seed=width)
+    ratio = (sim["y"][-1].norm(dim=1) / sim["y"][0].norm(dim=1)).log().numpy()
+    mean, var = depth.identity_log_norm_moments(width, 1.3, 1.0)
+    n = len(ratio)
+    assert abs(ratio.mean() - mean) < 3 * ratio.std(ddof=1) / math.sqrt(n)
+    var_se = ratio.var(ddof=1) * math.sqrt(2.0 / (n - 1))
+    assert abs(ratio.var(ddof=1) - var) < 3 * var_se + 2 * var / 400  # + the O(1/L) discretization bias
+
+
+def test_identity_second_moment_grows_exponentially():
+    sim = depth.simulate_resnet("identity", 4, 200, 20000, sigma_w=0.8, seed=3, record_every=50)
+    sq = (sim["y"].norm(dim=2) ** 2 / sim["y"][0].norm(dim=1) ** 2).numpy()  # (T, R)
+    for i, t in enumerate(sim["t"]):
+        # a network of depth L has E|Y_l|^2 = (1 + sigma^2 / L)^l |Y_0|^2 exactly, -> exp(sigma^2 t)
+        exact = (1 + 0.8**2 / 200) ** (t * 200)
+        assert abs(sq[i].mean() - exact) < 4 * sq[i].std(ddof=1) / math.sqrt(sq.shape[1]) + 1e-12
+        assert exact == pytest.approx(math.exp(0.8**2 * t), rel=0.8**4 * t / 200 + 1e-12)
+
+
+def test_relu_width_one_is_exponential_brownian_motion():
+    # X_t = X_0 exp(B_t - t/2): log(X_1 / X_0) ~ N(-1/2, 1) for X_0 > 0
+    sim = depth.simulate_resnet("relu", 1, 1000, 6000, sigma_w=1.0, x=torch.ones(1, dtype=torch.float64), seed=5)
+    y0, y1 = sim["y"][0, :, 0], sim["y"][-1, :, 0]
+    logs = (y1[y0 > 0] / y0[y0 > 0]).log().numpy()
+    n = len(logs)
+    assert abs(logs.mean() + 0.5) < 3 / math.sqrt(n) + 0.5 / 1000
+    assert abs(logs.var(ddof=1) - 1.0) < 3 * math.sqrt(2.0 / n) + 2 / 1000
+
+
+def test_relu_covariance_ode_closed_forms():
+    q0 = np.array([1.0, 0.3, 2.0])
+    sol = depth.covariance_ode("relu", q0, 1.0, times=[0.25, 0.5, 1.0])
+    q = sol["q"]
+    assert np.allclose(q[:, 0], 1.0 * np.exp(np.array([0.25, 0.5, 1.0]) / 2), rtol=1e-10)
+    assert np.allclose(q[:, 2], 2.0 * np.exp(np.array([0.25, 0.5, 1.0]) / 2), rtol=1e-10)
+    # the correlation from an independent high-accuracy solve of its closed-form ODE
+    ref = solve_ivp(lambda t, c: [depth.relu_correlation_rhs(c[0])], (0, 1.0), [0.3 / math.sqrt(2.0)],
+                    method="DOP853", rtol=1e-13, atol=1e-15, t_eval=[0.25, 0.5, 1.0])
+    c = q[:, 1] / np.sqrt(q[:, 0] * q[:, 2])
+    assert np.max(np.abs(c - ref.y[0])) < 1e-9
+
+
+def test_covariance_ode_is_accurate_for_smooth_activations():
+    coarse = depth.covariance_ode("tanh", np.array([1.0, 0.5, 1.5]), 1.0, times=[1.0], rtol=1e-10)["q"][-1]
+    fine = depth.covariance_ode("tanh", np.array([1.0, 0.5, 1.5]), 1.0, times=[1.0], rtol=1e-13)["q"][-1]
+    assert np.max(np.abs(coarse - fine)) < 1e-9
+
+
+def test_relu_post_activation_regime_change_between_width_3_and_4():
+    exact = {n: depth.relu_post_activation_drift(n) for n in range(1, 9)}
+    assert all(exact[n] < 0 for n in (1, 2, 3)) and all(exact[n] > 0 for n in range(4, 9))
+    for n in (3, 4):  # simulated from the first layer of 200,000 random networks
+        mean, se = depth.post_activation_drift_estimate("relu", n, 200000, depth=1000, seed=n)
+        assert abs(mean - exact[n]) < 4 * se + 0.01 * abs(exact[n])
+        assert (mean - 3 * se > 0) if n == 4 else (mean + 3 * se < 0)  # the confidence interval excludes zero

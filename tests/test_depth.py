@@ -67,3 +67,31 @@ def test_relu_post_activation_regime_change_between_width_3_and_4():
         mean, se = depth.post_activation_drift_estimate("relu", n, 200000, depth=1000, seed=n)
         assert abs(mean - exact[n]) < 4 * se + 0.01 * abs(exact[n])
         assert (mean - 3 * se > 0) if n == 4 else (mean + 3 * se < 0)  # the confidence interval excludes zero
+
+
+def test_euler_maruyama_weak_order_one():
+    r = depth.weak_error_identity(4, [4, 8, 16, 32, 64, 128], 100000, sigma_w=1.0, seed=0)
+    assert 0.85 < r["order"] < 1.15
+    for mean, se, em in zip(r["means"], r["stderrs"], r["em_exact"]):
+        assert abs(mean - em) < 4 * se  # the simulation has the law of the scheme
+    assert abs(r["errors"][-1]) < abs(r["errors"][0]) / 10
+
+
+def test_euler_maruyama_function_matches_network_law():
+    x0 = torch.zeros(50000, 3, dtype=torch.float64)
+    x0[:, 0] = 1.0
+    x = depth.euler_maruyama("identity", x0, sigma_w=1.0, t_end=1.0, steps=50, seed=1)
+    sq = (x.norm(dim=1) ** 2).numpy()
+    assert abs(sq.mean() - (1 + 1 / 50) ** 50) < 4 * sq.std() / math.sqrt(len(sq))
+
+
+def test_width_then_depth_and_depth_then_width_agree_with_scaling():
+    xs = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64) * math.sqrt(2.0)  # |x|^2/d = 1, x.x'/d = 0.6
+    ode = depth.covariance_ode("relu", np.array([1.0, 0.6, 1.0]), 1.0, times=[1.0])["q"][-1]
+    sim = depth.simulate_resnet("relu", 128, 100, 64, x=xs, seed=2)
+    y = sim["y"][-1]  # (R, n, 2)
+    q12 = (y[..., 0] * y[..., 1]).mean(1)
+    mean, se = float(q12.mean()), float(q12.std() / math.sqrt(len(q12)))
+    assert abs(mean - ode[1]) < 4 * se + 0.02 * ode[1]  # O(1/n) + O(1/L) corrections at width 128, depth 100
+    unscaled = depth.simulate_resnet("relu", 256, 40, 8, x=xs, seed=3, branch_scale=1.0)
+    assert float((unscaled["y"][-1] ** 2).mean()) > 1e5  # without 1/sqrt(L) the variance explodes with depth

@@ -32,13 +32,17 @@ from .meanfield import activation as _activation
 
 
 def simulate_resnet(act, width: int, depth: int, n_networks: int, *, sigma_w: float = 1.0, x: torch.Tensor | None = None,
-                    seed: int = 0, dtype: torch.dtype = torch.float64, device=None, record_every: int = 1) -> dict:
-    """Simulate ``n_networks`` independent residual networks (the model in the module docstring) on one
-    input ``x`` (default: a fixed unit vector in R^width with d = width, so that Y_0 ~ N(0, |x|^2/d I)).
+                    seed: int = 0, dtype: torch.dtype = torch.float64, device=None, record_every: int = 1,
+                    branch_scale: float | None = None) -> dict:
+    """Simulate ``n_networks`` independent residual networks (the model in the module docstring) on the
+    inputs ``x``: one input (d,) or several (m, d) sharing each network's weights (default: the single
+    input of ones in R^width, so that Y_0 ~ N(0, |x|^2/d I) with |x|^2/d = 1).
 
-    Vectorized over networks: one batched matrix-vector product per layer. Returns ``t`` (l / L at the
-    recorded layers), ``y`` (recorded pre-activations, (T, R, n)) and ``post_norm`` (|phi(Y_l)| at every
-    recorded layer, (T, R)).
+    ``branch_scale`` multiplies each residual branch: L^(-1/2) by default (the scaling under which the
+    depth limit exists); pass 1.0 to see what happens without it. Vectorized over networks: one batched
+    product per layer. Returns ``t`` (l / L at the recorded layers), ``y`` (pre-activations,
+    (T, R, n) for one input, (T, R, n, m) for several) and ``post_norm`` (|phi(Y_l)| per input, (T, R) or
+    (T, R, m)).
     """
     act = _activation(act)
     if width < 1 or depth < 1 or n_networks < 1:
@@ -47,19 +51,24 @@ def simulate_resnet(act, width: int, depth: int, n_networks: int, *, sigma_w: fl
     if x is None:
         x = torch.ones(width, dtype=dtype)  # |x|^2 / d = 1
     x = x.to(dtype)
-    d = x.numel()
+    single = x.ndim == 1
+    xs = x[None] if single else x  # (m, d)
+    d = xs.shape[1]
     w_in = torch.randn(n_networks, width, d, generator=gen, dtype=dtype) / math.sqrt(d)
-    y = (w_in @ x).to(device)
-    scale = sigma_w / math.sqrt(width * depth)
+    y = (w_in @ xs.T).to(device)  # (R, n, m)
+    scale = sigma_w / math.sqrt(width) * (1.0 / math.sqrt(depth) if branch_scale is None else branch_scale)
     ts, ys, norms = [0.0], [y.clone()], [act.fn(y).norm(dim=1)]
     for l in range(1, depth + 1):
         w = torch.randn(n_networks, width, width, generator=gen, dtype=dtype).to(device)
-        y = y + scale * (w @ act.fn(y)[..., None])[..., 0]
+        y = y + scale * (w @ act.fn(y))
         if l % record_every == 0 or l == depth:
             ts.append(l / depth)
             ys.append(y.clone())
             norms.append(act.fn(y).norm(dim=1))
-    return {"t": np.array(ts), "y": torch.stack(ys), "post_norm": torch.stack(norms)}
+    y_out, n_out = torch.stack(ys), torch.stack(norms)
+    if single:
+        y_out, n_out = y_out[..., 0], n_out[..., 0]
+    return {"t": np.array(ts), "y": y_out, "post_norm": n_out}
 
 
 def euler_maruyama(act, x0: torch.Tensor, *, sigma_w: float = 1.0, t_end: float = 1.0, steps: int = 100,
@@ -75,6 +84,45 @@ def euler_maruyama(act, x0: torch.Tensor, *, sigma_w: float = 1.0, t_end: float 
         xi = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         x = x + sigma_w / math.sqrt(n) * act.fn(x).norm(dim=-1, keepdim=True) * math.sqrt(h) * xi
     return x
+
+
+def weak_error_identity(width: int, steps: Sequence[int], n_paths: int, *, sigma_w: float = 1.0, t_end: float = 1.0,
+                        seed: int = 0) -> dict:
+    """Weak convergence of Euler-Maruyama (equivalently, of depth-L networks with L = steps / t_end) for
+    phi = identity, measured on E|X_T|^2 / |X_0|^2, whose exact value is exp(sigma_w^2 T): Monte Carlo
+    estimates for each number of steps on common Brownian paths (coarse increments are sums of the
+    finest), their errors against the exact value, and the order fitted from the differences between
+    successive levels (which the common paths make nearly free of Monte Carlo noise; differences of
+    an O(h^p) error scale as h^p). Euler-Maruyama has weak order 1 (Kloeden and Platen 1992,
+    Thm. 14.5.2); here E|X_T^h|^2 = (1 + sigma_w^2 h)^(T/h) exactly, for comparison."""
+    steps = sorted(steps)
+    finest = steps[-1]
+    if len(steps) < 3 or any(finest % s for s in steps):
+        raise ValueError(f"give at least 3 numbers of steps, each dividing the largest ({finest}); got {steps}")
+    gen = torch.Generator().manual_seed(int(seed))
+    dw = torch.randn(finest, n_paths, width, generator=gen, dtype=torch.float64) * math.sqrt(t_end / finest)
+    means, stderrs = [], []
+    for s in steps:
+        inc = dw.reshape(s, finest // s, n_paths, width).sum(1)  # the same paths at step t_end / s
+        x = torch.zeros(n_paths, width, dtype=torch.float64)
+        x[:, 0] = 1.0
+        log_sq = torch.zeros(n_paths, dtype=torch.float64)
+        for k in range(s):  # X <- X + (sigma/sqrt(n)) |X| dB, renormalized each step (the map is scale-free)
+            x = x + sigma_w / math.sqrt(width) * x.norm(dim=1, keepdim=True) * inc[k]
+            norm = x.norm(dim=1, keepdim=True)
+            log_sq += 2 * norm[:, 0].log()
+            x = x / norm
+        g = log_sq.exp()
+        means.append(float(g.mean()))
+        stderrs.append(float(g.std(unbiased=True) / math.sqrt(n_paths)))
+    exact = math.exp(sigma_w**2 * t_end)
+    h = np.array([t_end / s for s in steps])
+    diffs = np.abs(np.diff(means))
+    finer = slice(max(0, len(diffs) - 3), len(diffs))  # the asymptotic regime: the three finest differences
+    order = float(np.polyfit(np.log(h[:-1][finer]), np.log(diffs[finer]), 1)[0])
+    return {"steps": steps, "h": h.tolist(), "means": means, "stderrs": stderrs, "exact": exact,
+            "errors": [m - exact for m in means], "em_exact": [(1 + sigma_w**2 * t) ** (t_end / t) for t in h],
+            "order": order}
 
 
 def identity_log_norm_moments(width: int, sigma_w: float, t: float) -> tuple[float, float]:
@@ -142,5 +190,5 @@ def relu_correlation_rhs(c: float, sigma_w: float = 1.0) -> float:
     return sigma_w**2 * ((math.sqrt(1 - c * c) + (math.pi - math.acos(c)) * c) / (2 * math.pi) - 0.5 * c)
 
 
-__all__ = ["covariance_ode", "euler_maruyama", "post_activation_drift_estimate", "identity_log_norm_moments", "relu_correlation_rhs",
+__all__ = ["covariance_ode", "euler_maruyama", "post_activation_drift_estimate", "weak_error_identity", "identity_log_norm_moments", "relu_correlation_rhs",
            "relu_post_activation_drift", "simulate_resnet"]

@@ -95,3 +95,18 @@ def test_width_then_depth_and_depth_then_width_agree_with_scaling():
     assert abs(mean - ode[1]) < 4 * se + 0.02 * ode[1]  # O(1/n) + O(1/L) corrections at width 128, depth 100
     unscaled = depth.simulate_resnet("relu", 256, 40, 8, x=xs, seed=3, branch_scale=1.0)
     assert float((unscaled["y"][-1] ** 2).mean()) > 1e5  # without 1/sqrt(L) the variance explodes with depth
+
+
+def test_infinite_depth_experiment(tmp_path):
+    from infinet.experiments import run_experiment
+
+    params = {"depth": 100, "networks": 3000, "drift_networks": 100000, "long_networks": 300, "weak_paths": 30000,
+              "seq_widths": (8, 32), "seq_depth": 60, "seq_networks": 800, "unscaled_depths": (5, 20)}
+    result, _ = run_experiment("infinite-depth", tmp_path / "d", params=params, quick=True, progress=False)
+    n = result.numbers
+    assert n["regime"]["3"]["simulated"] < 0 < n["regime"]["4"]["simulated"]
+    assert "changes sign between widths 3 and 4" in result.summary
+    assert 0.8 < n["weak_convergence"]["order"] < 1.2
+    assert n["unscaled_variance"]["mean_square"][-1] > 100 * n["unscaled_variance"]["mean_square"][0]
+    for v in n["identity"].values():
+        assert v["ks_pvalue"] > 1e-3

@@ -132,3 +132,23 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: ")
     assert "column 8" in proc.stderr
+
+
+def test_kernel_store_and_solve(tmp_path):
+    store = tmp_path / "st"
+    args = ["kernel", "--arch", "Dense(64, w_std=1.4, b_std=0.1) > Relu() > Dense(10, w_std=1.4, b_std=0.1)",
+            "--data", "digits", "--n-train", "120", "--n-test", "40", "--store", str(store), "--workers", "0",
+            "--tile-size", "50"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "6 tiles computed, 0 already there" in result.output  # 3 x 3 tiles, symmetric
+    again = invoke(*args)
+    assert "0 tiles computed, 6 already there" in again.output  # resumed: nothing left to do
+    solved = invoke("solve", "--store", str(store), "--diag-reg", "1e-4", "--out", str(tmp_path / "p.npz"))
+    assert solved.exit_code == 0, solved.output
+    assert "converged" in solved.output and "test accuracy" in solved.output
+    assert np.load(tmp_path / "p.npz")["predictions"].shape == (40, 10)
+    both = invoke("kernel", "--arch", "Dense(8)", "--data", "digits", "--store", str(store), "--out", str(tmp_path / "x.npz"))
+    assert both.exit_code == 2 and "exactly one of --out" in both.output
+    mismatch = invoke(*args[:2], "Dense(64, w_std=2.0) > Relu() > Dense(10)", *args[3:])
+    assert mismatch.exit_code == 2 and "different job" in mismatch.output

@@ -136,20 +136,95 @@ def data() -> None:
 def kernel(
     arch: str = typer.Option(..., "--arch", "-a", help='Architecture spec, e.g. "Dense(512, w_std=1.5) > Relu() > Dense(10)".'),
     data: str = typer.Option(..., "--data", "-d", help="Data set name, NAME:FOLDER, or a .npz/.csv path (see `infinet data`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .npz file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .npz file (or use --store)."),
     get: str = typer.Option("nngp,ntk", "--get", help="Comma-separated kernels: nngp, ntk."),
     n_train: Optional[int] = typer.Option(None, "--n-train", help="Training examples (default: the data set's split)."),
     n_test: Optional[int] = typer.Option(None, "--n-test", help="Test examples (default: the data set's split)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
     dtype: str = typer.Option("float64", "--dtype", help="float64 or float32."),
     tile_size: Optional[int] = typer.Option(None, "--tile-size", help="Rows and columns per tile (default: from the memory budget)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Write resumable zarr stores PATH/train and PATH/test (Dask tiles) instead of an .npz."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler (with --store)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (with --store; 0: this process; default: all cores)."),
 ) -> None:
     """Compute the kernel matrices of an architecture over a data set and save them to an .npz file:
     GET_train_train (N_train x N_train) and GET_test_train (N_test x N_train) for each kernel in --get,
     with the targets, labels and the spec. Saved atomically; if a kernel overflows, the tiles already
     finished are saved to FILE.partial.npz."""
     with user_errors():
-        _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size)
+        if (out is None) == (store is None):
+            raise ValueError("give exactly one of --out FILE.npz and --store PATH")
+        if store is not None:
+            _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers)
+        else:
+            _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size)
+
+
+def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers) -> None:
+    import numpy as np
+
+    from .datasets import load
+    from .scale import kernel_to_store
+    from .spec import parse_spec
+
+    names = [g.strip() for g in get.split(",") if g.strip()]
+    net = parse_spec(arch)
+    ds = _fit_input(net, load(data, n_train=n_train, n_test=n_test, seed=seed))
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    for split, (a, b) in {"train": (ds.x_train, None), "test": (ds.x_test, ds.x_train)}.items():
+        typer.echo(f"{split}: {len(a)} x {len(ds.x_train)} into {store / split}", err=True)
+        report = kernel_to_store(net, a, store / split, x2=b, get=names, dtype=dtype, tile_size=tile_size,
+                                 scheduler=scheduler, workers=workers, progress=True)
+        typer.echo(f"{split}: {report.tiles_computed} tiles computed, {report.tiles_skipped} already there, "
+                   f"{report.seconds:.1f} s", err=True)
+    targets = {"y_train": ds.y_train.numpy(), "y_test": ds.y_test.numpy()}
+    if ds.labels_train is not None:
+        targets.update(labels_train=ds.labels_train.numpy(), labels_test=ds.labels_test.numpy())
+    _save(store / "targets.npz", targets)
+    typer.echo(f"saved {store} (train, test, targets.npz); solve with: infinet solve --store {store}")
+
+
+@app.command()
+def solve(
+    store: Path = typer.Option(..., "--store", help="A store written by `infinet kernel --store`."),
+    kernel_name: str = typer.Option("nngp", "--kernel", help="nngp (GP posterior mean) or ntk (t = inf prediction)."),
+    diag_reg: float = typer.Option(1e-4, "--diag-reg", help="Regularization relative to the mean kernel diagonal."),
+    targets: Optional[Path] = typer.Option(None, "--targets", help="A .npy of training targets (default: STORE/targets.npz)."),
+    tol: float = typer.Option(1e-10, "--tol", help="Relative residual of conjugate gradients."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the test predictions to this .npz."),
+) -> None:
+    """Kernel regression over a stored kernel by preconditioned conjugate gradients streaming the tiles
+    (bounded memory), then predictions on the stored test points; prints the convergence report and the
+    test accuracy / MSE when the targets are known."""
+    with user_errors():
+        import numpy as np
+        import torch
+
+        from .scale import predict_from_store, solve_store
+
+        store = Path(store)
+        saved = np.load(store / "targets.npz") if (store / "targets.npz").exists() else None
+        if targets is not None:
+            y = np.load(targets)
+        elif saved is not None:
+            y = saved["y_train"]
+        else:
+            raise ValueError(f"no targets: {store / 'targets.npz'} is missing; pass --targets FILE.npy")
+        alpha, report = solve_store(store / "train", torch.from_numpy(np.asarray(y, dtype=np.float64)),
+                                    kernel=kernel_name, diag_reg=diag_reg, tol=tol)
+        typer.echo(f"conjugate gradients: {report.iterations} iterations, relative residual {report.residuals[-1]:.2e}, "
+                   f"{'converged' if report.converged else 'NOT converged'} (preconditioner rank {report.preconditioner_rank})")
+        pred = predict_from_store(store / "test", alpha, kernel=kernel_name)
+        if saved is not None and "y_test" in saved:
+            y_test = torch.from_numpy(saved["y_test"])
+            line = f"test MSE {float(((pred - y_test) ** 2).mean()):.5f}"
+            if "labels_test" in saved:
+                acc = float((pred.argmax(1) == torch.from_numpy(saved["labels_test"])).double().mean())
+                line += f", test accuracy {acc:.4f}"
+            typer.echo(line)
+        if out is not None:
+            _save(Path(out), {"predictions": pred.numpy()})
 
 
 def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> None:

@@ -1,0 +1,286 @@
+"""Kernels larger than one machine's patience: tiles as Dask tasks into a resumable zarr store, and
+solvers that stream the store.
+
+:func:`kernel_to_store` computes the kernel of an architecture over a data set tile by tile with the
+core engine's pure tile function (:func:`infinet.tiling.kernel_tile`, unchanged), as Dask tasks on an
+in-process ``LocalCluster`` sized to the machine, on any existing cluster (``scheduler`` address or a
+``distributed.Client``), or in this process (``workers=0``). Each tile is written into chunk-aligned
+zarr v3 arrays (``nngp``, ``ntk``), then marked done in a separate ``done`` array (one chunk per tile):
+a tile whose mark is missing is recomputed, so a killed run restarted with the same call computes
+only the missing tiles. A symmetric kernel computes each off-diagonal tile once and writes both
+mirror chunks. The store's metadata (architecture spec, data fingerprint, dtype, tile size, kernels,
+library version) must match the request, or the store is refused.
+
+:func:`solve_store` solves (K + s I) alpha = Y by preconditioned conjugate gradients whose products
+stream the stored tiles (:class:`infinet.solve.TiledKernel`), and :func:`predict_from_store` applies
+alpha to test/train tiles of a second store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .kernel import as_input, parse_get
+from .solve import CGReport, TiledKernel, conjugate_gradient
+from .tiling import DEFAULT_TILE, kernel_tile, tile_ranges
+
+FORMAT = 1
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class StoreMismatchError(ValueError):
+    """A store that was made for a different job (architecture, data, dtype, tiling or kernels)."""
+
+
+@dataclass
+class StoreReport:
+    """What :func:`kernel_to_store` did: tiles in the job, computed now, already present, seconds."""
+
+    path: str
+    tiles_total: int
+    tiles_computed: int
+    tiles_skipped: int
+    seconds: float
+    metadata: dict = field(default_factory=dict)
+
+
+def fingerprint(*arrays: torch.Tensor) -> str:
+    """SHA-256 of the arrays' shapes, dtypes and bytes (identifies the data set of a store)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        t = a.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _metadata(net, x1, x2, names, dtype: str, tile: int) -> dict:
+    from . import __version__
+    from .spec import format_spec
+
+    return {"infinet_store": FORMAT, "architecture": format_spec(net), "data": fingerprint(x1, x2),
+            "shape": [len(x1), len(x1) if x2 is None else len(x2)], "symmetric": x2 is None, "dtype": dtype,
+            "tile_size": tile, "kernels": list(names), "version": __version__}
+
+
+def _open(path: str, meta: dict):
+    import zarr
+
+    group = zarr.open_group(path, mode="a")
+    existing = dict(group.attrs)
+    if existing:
+        if existing.get("infinet_store") != FORMAT:
+            raise StoreMismatchError(f"{path} is not an infinet kernel store (or a different format)")
+        diffs = [f"{k}: store has {existing.get(k)!r}, job has {meta[k]!r}" for k in
+                 ("architecture", "data", "shape", "symmetric", "dtype", "tile_size", "kernels") if existing.get(k) != meta[k]]
+        if diffs:
+            raise StoreMismatchError(f"{path} holds a different job; refusing to mix results ({'; '.join(diffs)}). "
+                                     "Use a new store path, or delete this one to start over")
+        return group
+    n1, n2 = meta["shape"]
+    tile = meta["tile_size"]
+    for name in meta["kernels"]:
+        group.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=meta["dtype"], fill_value=float("nan"))
+    rows, cols = math.ceil(n1 / tile), math.ceil(n2 / tile)
+    group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0)
+    group.attrs.update(meta)  # written last: a store without attributes is re-initialized
+    return group
+
+
+def _missing(group, symmetric: bool) -> list[tuple[int, int]]:
+    done = group["done"][...]
+    return [(i, j) for i in range(done.shape[0]) for j in range(done.shape[1])
+            if not done[i, j] and (not symmetric or j >= i)]
+
+
+def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i: int, j: int) -> tuple[int, int]:
+    """One task: the (i, j) tile of the job stored at ``path`` (rows/columns from the store's tile size),
+    written into its chunks (and the mirror chunk when symmetric), then marked done."""
+    import zarr
+
+    from .spec import parse_spec
+
+    group = zarr.open_group(path, mode="r+")
+    meta = dict(group.attrs)
+    tile, dtype, symmetric = meta["tile_size"], DTYPES[meta["dtype"]], meta["symmetric"]
+    rows = slice(i * tile, min((i + 1) * tile, meta["shape"][0]))
+    cols = slice(j * tile, min((j + 1) * tile, meta["shape"][1]))
+    a = torch.as_tensor(x1[rows], dtype=dtype)
+    b = None if (symmetric and i == j) else torch.as_tensor((x1 if symmetric else x2)[cols], dtype=dtype)
+    k = kernel_tile(parse_spec(spec), a, b, "ntk" in meta["kernels"])
+    for name in meta["kernels"]:
+        t = getattr(k, name)
+        if symmetric and i == j:
+            t = 0.5 * (t + t.T)
+        if not bool(torch.isfinite(t).all()):
+            raise FloatingPointError(f"{name} tile ({i}, {j}) overflowed to NaN/inf; nothing was marked done")
+        values = t.cpu().numpy()
+        group[name][rows, cols] = values
+        if symmetric and i != j:
+            group[name][cols, rows] = values.T
+    group["done"][i, j] = 1
+    if symmetric and i != j:
+        group["done"][j, i] = 1
+    return i, j
+
+
+def kernel_to_store(
+    net,
+    x1,
+    path: str | os.PathLike,
+    x2=None,
+    *,
+    get: str | Iterable[str] = ("nngp", "ntk"),
+    dtype: str = "float64",
+    tile_size: int | None = None,
+    client=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> StoreReport:
+    """Compute ``net``'s kernels between ``x1`` and ``x2`` (None: x1 with itself) into the zarr store at
+    ``path``, tile by tile (see the module docstring). ``client``/``scheduler``: run on that Dask cluster;
+    else ``workers`` processes of an in-process LocalCluster (default: the machine's cores), or ``workers=0``
+    for this process only. Tasks are retried twice if a worker dies. Resumes an existing store of the
+    same job; refuses (:class:`StoreMismatchError`) one made for another."""
+    from .spec import format_spec, parse_spec
+
+    net = parse_spec(net) if isinstance(net, str) else net
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    names = parse_get(get)
+    x1 = as_input(x1, "x1", DTYPES[dtype])
+    x2 = None if x2 is None else as_input(x2, "x2", DTYPES[dtype])
+    net.check(tuple(x1.shape[1:]))
+    tile = tile_size or DEFAULT_TILE
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+    path = str(path)
+    meta = _metadata(net, x1, x2, names, dtype, tile)
+    group = _open(path, meta)
+    symmetric = x2 is None
+    total = len(_all_tiles(meta))
+    todo = _missing(group, symmetric)
+    start = time.perf_counter()
+    spec = format_spec(net)
+    a = x1.cpu().numpy()
+    b = None if x2 is None else x2.cpu().numpy()
+    if todo:
+        if workers == 0 and client is None and scheduler is None:
+            for n, (i, j) in enumerate(todo):
+                compute_tile(path, spec, a, b, i, j)
+                _progress(progress, n + 1, len(todo), start)
+        else:
+            _run_distributed(todo, path, spec, a, b, client, scheduler, workers, progress, start)
+    return StoreReport(path, total, len(todo), total - len(todo), time.perf_counter() - start, meta)
+
+
+def _all_tiles(meta: dict) -> list[tuple[int, int]]:
+    rows = tile_ranges(meta["shape"][0], meta["tile_size"])
+    cols = tile_ranges(meta["shape"][1], meta["tile_size"])
+    return [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not meta["symmetric"] or j >= i]
+
+
+def _progress(show: bool, done: int, total: int, start: float) -> None:
+    if not show:
+        return
+    elapsed = time.perf_counter() - start
+    rate = done / max(elapsed, 1e-9)
+    eta = (total - done) / max(rate, 1e-9)
+    print(f"\rtiles {done}/{total}  {rate:.2f} tiles/s  ETA {eta:.0f} s", end="" if done < total else "\n", flush=True,
+          file=sys.stderr)
+
+
+def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, progress, start) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    own = None
+    if client is None:
+        if scheduler is not None:
+            client = own = Client(scheduler)
+        else:
+            n = workers or os.cpu_count() or 1
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = own = Client(cluster)
+    try:
+        data_a = client.scatter(a, broadcast=True)
+        data_b = None if b is None else client.scatter(b, broadcast=True)
+        futures = [client.submit(compute_tile, path, spec, data_a, data_b, i, j, retries=2, pure=False) for i, j in todo]
+        for n, future in enumerate(as_completed(futures)):
+            future.result()  # re-raises a task's error (after its retries)
+            _progress(progress, n + 1, len(todo), start)
+    finally:
+        if own is not None:
+            cluster = getattr(own, "cluster", None)
+            own.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def open_store(path: str | os.PathLike):
+    """The zarr group of a kernel store, checked complete (every tile marked done)."""
+    import zarr
+
+    path = str(path)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no kernel store at {path}")
+    group = zarr.open_group(path, mode="r")
+    meta = dict(group.attrs)
+    if meta.get("infinet_store") != FORMAT:
+        raise StoreMismatchError(f"{path} is not an infinet kernel store")
+    missing = _missing(group, meta["symmetric"])
+    if missing:
+        raise StoreMismatchError(f"{path} is incomplete: {len(missing)} of {len(_all_tiles(meta))} tiles missing; "
+                                 "rerun the same kernel command to finish it")
+    return group
+
+
+def stored_kernel(path, name: str = "nngp") -> TiledKernel:
+    """A :class:`~infinet.solve.TiledKernel` reading the stored symmetric kernel chunk by chunk."""
+    group = open_store(path)
+    meta = dict(group.attrs)
+    if not meta["symmetric"]:
+        raise StoreMismatchError(f"{path} holds a cross kernel; solving needs the symmetric train/train store")
+    if name not in meta["kernels"]:
+        raise StoreMismatchError(f"{path} has no {name!r} kernel (it has {meta['kernels']})")
+    array = group[name]
+    return TiledKernel(lambda r, c: torch.from_numpy(np.asarray(array[r, c])).to(torch.float64), meta["shape"][0],
+                       tile=meta["tile_size"])
+
+
+def solve_store(path, y: torch.Tensor, *, kernel: str = "nngp", diag_reg: float = 0.0, tol: float = 1e-10,
+                max_iter: int | None = None, preconditioner_rank: int = 100) -> tuple[torch.Tensor, CGReport]:
+    """alpha = (K + s I)^-1 Y for the stored train/train ``kernel``, s = diag_reg x mean diag K, by
+    pivoted-Cholesky preconditioned CG (:func:`infinet.solve.conjugate_gradient`) whose products stream
+    the store (memory: one tile and the vectors). K alpha is the GP posterior mean / NTK t = inf
+    prediction on the training points; :func:`predict_from_store` gives it on test points."""
+    return conjugate_gradient(stored_kernel(path, kernel), torch.as_tensor(y, dtype=torch.float64), diag_reg, tol=tol,
+                              max_iter=max_iter, preconditioner_rank=preconditioner_rank)
+
+
+def predict_from_store(path, alpha: torch.Tensor, *, kernel: str = "nngp") -> torch.Tensor:
+    """K(test, train) alpha, streaming the row tiles of a test/train store."""
+    group = open_store(path)
+    meta = dict(group.attrs)
+    array = group[kernel]
+    n1, tile = meta["shape"][0], meta["tile_size"]
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    parts = [torch.from_numpy(np.asarray(array[r, :])).to(torch.float64) @ alpha for r in tile_ranges(n1, tile)]
+    return torch.cat(parts)
+
+
+__all__ = ["StoreMismatchError", "StoreReport", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
+           "predict_from_store", "solve_store", "stored_kernel"]

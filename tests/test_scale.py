@@ -1,0 +1,147 @@
+"""Distributed, resumable kernel stores (real LocalCluster, small N) and CG over streamed tiles."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import infinet as inf
+from infinet import scale
+
+F64 = torch.float64
+NET = inf.serial(inf.Dense(64, w_std=1.4, b_std=0.1), inf.Relu(), inf.Dense(1, w_std=1.4, b_std=0.1))
+SLOW_SPEC = "Dense(32, w_std=1.5, b_std=0.1) > Tanh() > Dense(1, w_std=1.5, b_std=0.1)"  # quadrature: slow tiles
+
+
+def data(n=150, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=F64)
+
+
+def stored(path, name):
+    return torch.from_numpy(scale.open_store(path)[name][...])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(c)
+    yield client
+    client.close()
+    c.close()
+
+
+def test_distributed_equals_in_process(tmp_path, cluster):
+    x = data()
+    local = scale.kernel_to_store(NET, x, tmp_path / "a", tile_size=40, workers=0)
+    dist = scale.kernel_to_store(NET, x, tmp_path / "b", tile_size=40, client=cluster)
+    assert local.tiles_total == dist.tiles_total == 10  # 4 x 4 tiles, symmetric: 10 computed once
+    ref = NET.kernel(x)
+    for name in ("nngp", "ntk"):
+        a, b = stored(tmp_path / "a", name), stored(tmp_path / "b", name)
+        assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())
+        assert float((a - getattr(ref, name)).abs().max()) <= 1e-12 * float(a.abs().max())
+    cross = scale.kernel_to_store(NET, x[:50], tmp_path / "c", x2=x, tile_size=40, client=cluster)
+    assert cross.tiles_total == 2 * 4
+    assert torch.allclose(stored(tmp_path / "c", "nngp"), NET.kernel(x[:50], x).nngp, rtol=1e-12, atol=0)
+
+
+def test_mismatched_store_is_refused_and_nothing_is_mixed(tmp_path):
+    x = data(60)
+    scale.kernel_to_store(NET, x, tmp_path / "s", tile_size=30, workers=0)
+    before = stored(tmp_path / "s", "nngp")
+    other = inf.serial(inf.Dense(64, w_std=1.0), inf.Relu(), inf.Dense(1))
+    for kwargs, what in ((dict(net=other, x1=x), "architecture"), (dict(net=NET, x1=x + 1), "data"),
+                         (dict(net=NET, x1=x, dtype="float32"), "dtype"), (dict(net=NET, x1=x, tile_size=20), "tile_size")):
+        kwargs.setdefault("tile_size", 30)
+        with pytest.raises(scale.StoreMismatchError, match=what):
+            scale.kernel_to_store(path=tmp_path / "s", workers=0, **kwargs)
+    assert torch.equal(stored(tmp_path / "s", "nngp"), before)
+
+
+def _done(path):
+    import zarr
+
+    try:
+        return int(np.asarray(zarr.open_group(str(path), mode="r")["done"][...]).sum())
+    except Exception:
+        return 0
+
+
+def test_killed_client_resumes_computing_only_missing_tiles(tmp_path):
+    x = data(160)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = (f"import numpy as np, torch; from infinet import scale; x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'));"
+            f"scale.kernel_to_store({SLOW_SPEC!r}, x, r'{tmp_path / 'k'}', tile_size=20, workers=0)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while _done(tmp_path / "k") < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    marked = _done(tmp_path / "k")  # each off-diagonal tile marks two chunks
+    import zarr
+
+    done = np.asarray(zarr.open_group(str(tmp_path / "k"), mode="r")["done"][...])
+    finished = int(np.triu(done).sum())
+    assert 0 < marked and finished < 36  # killed part-way (8 x 8 tiles: 36 to compute)
+    resumed = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "k", tile_size=20, workers=0)
+    assert resumed.tiles_skipped == finished and resumed.tiles_computed == 36 - finished
+    clean = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "clean", tile_size=20, workers=0)
+    assert clean.tiles_computed == 36
+    for name in ("nngp", "ntk"):
+        assert torch.equal(stored(tmp_path / "k", name), stored(tmp_path / "clean", name))
+
+
+def test_killed_worker_is_retried(tmp_path, cluster):
+    x = data(160, seed=1)
+    result = {}
+
+    def job():
+        result["report"] = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "w", tile_size=20, client=cluster)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.time() + 120
+    while _done(tmp_path / "w") < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    pids = cluster.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert "report" in result and result["report"].tiles_computed == 36
+    clean = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "clean", tile_size=20, workers=0)
+    for name in ("nngp", "ntk"):
+        assert torch.equal(stored(tmp_path / "w", name), stored(tmp_path / "clean", name))
+
+
+def test_cg_over_the_store_matches_a_dense_solve(tmp_path):
+    x, xt = data(200), data(30, seed=5)
+    scale.kernel_to_store(NET, x, tmp_path / "train", tile_size=64, workers=0)
+    scale.kernel_to_store(NET, xt, tmp_path / "test", x2=x, tile_size=64, workers=0)
+    y = torch.randn(200, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    alpha, report = scale.solve_store(tmp_path / "train", y, diag_reg=1e-3, tol=1e-12)
+    k = NET.kernel(x).nngp
+    dense = torch.linalg.solve(k + 1e-3 * k.diagonal().mean() * torch.eye(200, dtype=F64), y)
+    assert report.converged
+    assert float((alpha - dense).norm() / dense.norm()) < 1e-8
+    pred = scale.predict_from_store(tmp_path / "test", alpha)
+    assert torch.allclose(pred, NET.kernel(xt, x).nngp @ dense, rtol=1e-8, atol=1e-10)
+
+
+def test_incomplete_store_is_not_solved(tmp_path):
+    x = data(60)
+    scale.kernel_to_store(NET, x, tmp_path / "s", tile_size=30, workers=0)
+    import zarr
+
+    zarr.open_group(str(tmp_path / "s"), mode="r+")["done"][0, 1] = 0
+    with pytest.raises(scale.StoreMismatchError, match="incomplete"):
+        scale.solve_store(tmp_path / "s", torch.zeros(60, dtype=F64))

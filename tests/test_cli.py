@@ -144,7 +144,7 @@ def test_kernel_store_and_solve(tmp_path):
     assert "6 tiles computed, 0 already there" in result.output  # 3 x 3 tiles, symmetric
     again = invoke(*args)
     assert "0 tiles computed, 6 already there" in again.output  # resumed: nothing left to do
-    solved = invoke("solve", "--store", str(store), "--diag-reg", "1e-4", "--out", str(tmp_path / "p.npz"))
+    solved = invoke("solve", "--store", str(store), "--diag-reg", "1e-4", "--out", str(tmp_path / "p.npz"), "--workers", "2")
     assert solved.exit_code == 0, solved.output
     assert "converged" in solved.output and "test accuracy" in solved.output
     assert np.load(tmp_path / "p.npz")["predictions"].shape == (40, 10)

@@ -145,3 +145,16 @@ def test_incomplete_store_is_not_solved(tmp_path):
     zarr.open_group(str(tmp_path / "s"), mode="r+")["done"][0, 1] = 0
     with pytest.raises(scale.StoreMismatchError, match="incomplete"):
         scale.solve_store(tmp_path / "s", torch.zeros(60, dtype=F64))
+
+
+def test_cg_with_products_on_the_workers(tmp_path, cluster):
+    x = data(180, seed=7)
+    scale.kernel_to_store(NET, x, tmp_path / "train", tile_size=50, workers=0)
+    y = torch.randn(180, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    local, _ = scale.solve_store(tmp_path / "train", y, diag_reg=1e-3, tol=1e-12)
+    dist, report = scale.solve_store(tmp_path / "train", y, diag_reg=1e-3, tol=1e-12, client=cluster)
+    k = NET.kernel(x).nngp
+    dense = torch.linalg.solve(k + 1e-3 * k.diagonal().mean() * torch.eye(180, dtype=F64), y)
+    assert report.converged
+    assert float((dist - dense).norm() / dense.norm()) < 1e-8
+    assert float((dist - local).norm() / local.norm()) < 1e-10

@@ -193,6 +193,8 @@ def solve(
     targets: Optional[Path] = typer.Option(None, "--targets", help="A .npy of training targets (default: STORE/targets.npz)."),
     tol: float = typer.Option(1e-10, "--tol", help="Relative residual of conjugate gradients."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the test predictions to this .npz."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the products on this Dask scheduler."),
+    workers: int = typer.Option(0, "--workers", help="Run the products on N local worker processes (0: this process)."),
 ) -> None:
     """Kernel regression over a stored kernel by preconditioned conjugate gradients streaming the tiles
     (bounded memory), then predictions on the stored test points; prints the convergence report and the
@@ -211,8 +213,21 @@ def solve(
             y = saved["y_train"]
         else:
             raise ValueError(f"no targets: {store / 'targets.npz'} is missing; pass --targets FILE.npy")
-        alpha, report = solve_store(store / "train", torch.from_numpy(np.asarray(y, dtype=np.float64)),
-                                    kernel=kernel_name, diag_reg=diag_reg, tol=tol)
+        client = None
+        if scheduler is not None or workers > 0:
+            from distributed import Client, LocalCluster
+
+            client = Client(scheduler) if scheduler else Client(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+        try:
+            alpha, report = solve_store(store / "train", torch.from_numpy(np.asarray(y, dtype=np.float64)),
+                                        kernel=kernel_name, diag_reg=diag_reg, tol=tol, client=client)
+        finally:
+            if client is not None:
+                cluster = getattr(client, "cluster", None)
+                client.close()
+                if cluster is not None and scheduler is None:
+                    cluster.close()
         typer.echo(f"conjugate gradients: {report.iterations} iterations, relative residual {report.residuals[-1]:.2e}, "
                    f"{'converged' if report.converged else 'NOT converged'} (preconditioner rank {report.preconditioner_rank})")
         pred = predict_from_store(store / "test", alpha, kernel=kernel_name)

@@ -261,13 +261,41 @@ def stored_kernel(path, name: str = "nngp") -> TiledKernel:
                        tile=meta["tile_size"])
 
 
+def _row_product(path: str, name: str, rows: tuple[int, int], v: np.ndarray) -> np.ndarray:
+    """One task of a distributed product: K[rows, :] @ v read from the store."""
+    import zarr
+
+    block = np.asarray(zarr.open_group(path, mode="r")[name][rows[0]:rows[1], :], dtype=np.float64)
+    return block @ v
+
+
+class DistributedStoreKernel(TiledKernel):
+    """A stored kernel whose products K v run as one Dask task per row tile (each reads its row of
+    chunks; the workers share the reading and the arithmetic)."""
+
+    def __init__(self, path: str, name: str, client, base: TiledKernel):
+        super().__init__(base.block, base.n, base.tile, base.dtype, base.device)
+        self.path, self.name, self.client = str(path), name, client
+
+    def matmul(self, v: torch.Tensor) -> torch.Tensor:
+        arr = v.detach().cpu().numpy()
+        shared = self.client.scatter(arr, broadcast=True)
+        futures = [self.client.submit(_row_product, self.path, self.name, (r.start, r.stop), shared, pure=False, retries=2)
+                   for r in self._slices()]
+        return torch.from_numpy(np.concatenate(self.client.gather(futures))).to(v)
+
+
 def solve_store(path, y: torch.Tensor, *, kernel: str = "nngp", diag_reg: float = 0.0, tol: float = 1e-10,
-                max_iter: int | None = None, preconditioner_rank: int = 100) -> tuple[torch.Tensor, CGReport]:
+                max_iter: int | None = None, preconditioner_rank: int = 100, client=None) -> tuple[torch.Tensor, CGReport]:
     """alpha = (K + s I)^-1 Y for the stored train/train ``kernel``, s = diag_reg x mean diag K, by
     pivoted-Cholesky preconditioned CG (:func:`infinet.solve.conjugate_gradient`) whose products stream
-    the store (memory: one tile and the vectors). K alpha is the GP posterior mean / NTK t = inf
-    prediction on the training points; :func:`predict_from_store` gives it on test points."""
-    return conjugate_gradient(stored_kernel(path, kernel), torch.as_tensor(y, dtype=torch.float64), diag_reg, tol=tol,
+    the store (memory: one tile and the vectors), in this process or, given a ``distributed.Client``,
+    as one task per row tile on its workers. K alpha is the GP posterior mean / NTK t = inf prediction on
+    the training points; :func:`predict_from_store` gives it on test points."""
+    operator = stored_kernel(path, kernel)
+    if client is not None:
+        operator = DistributedStoreKernel(str(path), kernel, client, operator)
+    return conjugate_gradient(operator, torch.as_tensor(y, dtype=torch.float64), diag_reg, tol=tol,
                               max_iter=max_iter, preconditioner_rank=preconditioner_rank)
 
 
@@ -282,5 +310,5 @@ def predict_from_store(path, alpha: torch.Tensor, *, kernel: str = "nngp") -> to
     return torch.cat(parts)
 
 
-__all__ = ["StoreMismatchError", "StoreReport", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
+__all__ = ["DistributedStoreKernel", "StoreMismatchError", "StoreReport", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
            "predict_from_store", "solve_store", "stored_kernel"]

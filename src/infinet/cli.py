@@ -161,8 +161,6 @@ def kernel(
 
 
 def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers) -> None:
-    import numpy as np
-
     from .datasets import load
     from .scale import kernel_to_store
     from .spec import parse_spec

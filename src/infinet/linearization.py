@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 
-import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 

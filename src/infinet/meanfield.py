@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
+from .gaussian import _derivative as _gaussian_derivative
 from .layers import activations as _acts
 from .layers.activations import Activation
 
@@ -249,21 +250,6 @@ def gradient_growth(act, w_var: float, b_var: float, depth: int) -> np.ndarray:
     return np.array([mf.chi_1 ** (depth - l) for l in range(depth + 1)])
 
 
-def _derivative(act: Activation):
-    """phi' as a tensor function: the activation's closed form, else autograd through phi."""
-    closed = act.derivative()
-    if closed is not None:
-        return closed
-
-    def dfn(x: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(act.fn(xg).sum(), xg)
-        return g
-
-    return dfn
-
-
 def simulate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int, width: int = 1000,
              n_networks: int = 8, seed: int = 0, device=None, dtype: torch.dtype = torch.float32) -> dict:
     """Propagate a pair of inputs with length q0 and correlation c0 through ``n_networks`` independent
@@ -280,7 +266,7 @@ def simulate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int, 
     act = activation(act)
     if n_networks < 2:
         raise ValueError(f"n_networks must be >= 2 for standard errors, got {n_networks}")
-    dphi = _derivative(act)
+    dphi = act.derivative() or _gaussian_derivative(act.fn)
     r, n = n_networks, width
     base = torch.Generator().manual_seed(int(seed))
     layer_seeds = torch.randint(0, 2**62, (depth + 2,), generator=base).tolist()

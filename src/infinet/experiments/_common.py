@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from torch import Tensor
 
 
@@ -40,6 +39,23 @@ def loglog_slope(x, y) -> tuple[float, float]:
     else:
         se = float("nan")
     return float(coef[0]), se
+
+
+def fully_connected(width: int, depth: int, n_out: int, w_std: float, b_std: float | None, *, activation=None,
+                    parameterization: str = "ntk", readout_w_std: float | None = None, dropout: float = 0.0):
+    """``depth`` hidden Dense(width) > activation blocks (ReLU unless ``activation``, a layer class, is
+    given), Dropout(dropout) when positive, and a Dense(n_out) readout; every Dense has (w_std, b_std)
+    in ``parameterization`` (the readout ``readout_w_std`` when given). The experiments' one network."""
+    from ..layers import Dense, Dropout, Relu, serial
+
+    act = activation or Relu
+
+    def dense(n, w):
+        return Dense(n, w_std=w, b_std=b_std, parameterization=parameterization)
+
+    hidden = [layer for _ in range(depth) for layer in (dense(width, w_std), act())]
+    tail = [Dropout(dropout)] if dropout > 0 else []
+    return serial(*hidden, *tail, dense(n_out, w_std if readout_w_std is None else readout_w_std))
 
 
 def derived_seed(seed: int, *keys: int) -> int:

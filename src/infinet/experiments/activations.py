@@ -17,19 +17,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Erf, Gelu, Relu, Sigmoid, Tanh, serial
+from ..layers import Erf, Gelu, Relu, Sigmoid, Tanh
 from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 from ..report import Result, Table
 from ..training import train_gradient_descent
 from . import Experiment, Param
-from ._common import accuracy, derived_seed, mean_and_stderr, pyplot
+from ._common import accuracy, derived_seed, fully_connected, mean_and_stderr, pyplot
 
 ACTIVATIONS = {"ReLU": Relu, "tanh": Tanh, "sigmoid": Sigmoid, "erf": Erf, "GELU": Gelu}
 
 
 def architecture(activation: str, width: int, depth: int, n_out: int, w_std: float, b_std: float):
-    hidden = [layer for _ in range(depth) for layer in (Dense(width, w_std=w_std, b_std=b_std), ACTIVATIONS[activation]())]
-    return serial(*hidden, Dense(n_out, w_std=w_std, b_std=b_std))
+    return fully_connected(width, depth, n_out, w_std, b_std, activation=ACTIVATIONS[activation])
 
 
 def angle_kernels(p: dict) -> dict:

@@ -23,16 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Relu, serial
 from ..predict import gradient_descent_mse_ensemble
 from ..report import Result, Table
 from . import Experiment, Param
-from ._common import derived_seed, pyplot
+from ._common import derived_seed, fully_connected, pyplot
 
 
 def architecture(depth: int, n_out: int, w_std: float, b_std: float):
-    hidden = [layer for _ in range(depth) for layer in (Dense(512, w_std=w_std, b_std=b_std), Relu())]
-    return serial(*hidden, Dense(n_out, w_std=w_std, b_std=b_std))
+    return fully_connected(512, depth, n_out, w_std, b_std)
 
 
 def decompose(means: torch.Tensor, variances: torch.Tensor, y: torch.Tensor) -> dict:

@@ -16,18 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Relu, serial
 from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 from ..report import Result, Table
 from ..training import train_gradient_descent
 from . import Experiment, Param
-from ._common import accuracy, derived_seed, kernel_error_vs_width, loglog_slope, mean_and_stderr, mse, pyplot
+from ._common import accuracy, derived_seed, fully_connected, kernel_error_vs_width, loglog_slope, mean_and_stderr, mse, pyplot
 
 
 def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float):
     """``depth`` hidden Dense(width) > Relu() blocks and a Dense(n_out) readout."""
-    hidden = [layer for _ in range(depth) for layer in (Dense(width, w_std=w_std, b_std=b_std), Relu())]
-    return serial(*hidden, Dense(n_out, w_std=w_std, b_std=b_std))
+    return fully_connected(width, depth, n_out, w_std, b_std)
 
 
 def run(p: dict, seed: int, progress: bool) -> Result:

@@ -20,15 +20,13 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Relu, serial
 from ..report import Result, Table
 from . import Experiment, Param
-from ._common import derived_seed, kernel_error_vs_width, loglog_slope, pyplot
+from ._common import derived_seed, fully_connected, kernel_error_vs_width, loglog_slope, pyplot
 
 
 def architecture(width: int, depth: int, w_std: float, b_std: float):
-    hidden = [layer for _ in range(depth) for layer in (Dense(width, w_std=w_std, b_std=b_std), Relu())]
-    return serial(*hidden, Dense(1, w_std=w_std, b_std=b_std))
+    return fully_connected(width, depth, 1, w_std, b_std)
 
 
 def moments(z: np.ndarray) -> dict:

@@ -15,18 +15,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Relu, serial
 from ..linearization import linearize
 from ..predict import linearized_dynamics, max_learning_rate
 from ..report import Result, Table
 from ..training import train_and_track
 from . import Experiment, Param
-from ._common import derived_seed, loglog_slope, mean_and_stderr, pyplot
+from ._common import derived_seed, fully_connected, loglog_slope, mean_and_stderr, pyplot
 
 
 def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float):
-    hidden = [layer for _ in range(depth) for layer in (Dense(width, w_std=w_std, b_std=b_std), Relu())]
-    return serial(*hidden, Dense(n_out, w_std=w_std, b_std=b_std))
+    return fully_connected(width, depth, n_out, w_std, b_std)
 
 
 def rms(a, b) -> float:

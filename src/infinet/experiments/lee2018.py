@@ -18,12 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Relu, Tanh, serial
+from ..layers import Relu, Tanh
 from ..predict import gp_inference, gradient_descent_mse
 from ..report import Result, Table
 from ..training import train_sgd
 from . import Experiment, Param
 from ._common import accuracy, derived_seed, pyplot
+from ._common import fully_connected as _fc
 
 ACTIVATIONS = {"ReLU": Relu, "tanh": Tanh}
 #: the accuracies Lee et al. 2018 report in Table 1 for MNIST with 1,000 training images
@@ -34,9 +35,8 @@ def fully_connected(activation: str, depth: int, w2: float, b2: float, n_out: in
                     readout_scale: float = 1.0):
     """``depth`` hidden Dense(width) + activation layers and a Dense readout, all with w_std^2 = w2 and
     b_std^2 = b2 (the readout's w_std times ``readout_scale``)."""
-    w, b = math.sqrt(w2), math.sqrt(b2)
-    hidden = [layer for _ in range(depth) for layer in (Dense(width, w_std=w, b_std=b), ACTIVATIONS[activation]())]
-    return serial(*hidden, Dense(n_out, w_std=w * readout_scale, b_std=b))
+    w = math.sqrt(w2)
+    return _fc(width, depth, n_out, w, math.sqrt(b2), activation=ACTIVATIONS[activation], readout_w_std=w * readout_scale)
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,18 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ..layers import Dense, Dropout, Relu, serial
 from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 from ..report import Result, Table
 from ..training import train_and_track
 from . import Experiment, Param
-from ._common import accuracy, derived_seed, mse, pyplot
+from ._common import accuracy, derived_seed, fully_connected, mse, pyplot
 
 
 def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float, dropout: float = 0.0):
-    hidden = [layer for _ in range(depth) for layer in (Dense(width, w_std=w_std, b_std=b_std), Relu())]
-    tail = [Dropout(dropout)] if dropout > 0 else []
-    return serial(*hidden, *tail, Dense(n_out, w_std=w_std, b_std=b_std))
+    return fully_connected(width, depth, n_out, w_std, b_std, dropout=dropout)
 
 
 def noisy_targets(data, fraction: float, seed: int) -> torch.Tensor:

@@ -18,18 +18,16 @@ from tqdm.auto import tqdm
 
 from .. import datasets
 from .. import meanfield as mf
-from ..layers import Dense, Tanh, serial
+from ..layers import Tanh
 from ..report import Result, Table
 from ..training import train_classifier
 from . import Experiment, Param
-from ._common import derived_seed, pyplot
+from ._common import derived_seed, fully_connected, pyplot
 
 
 def architecture(depth: int, width: int, n_out: int, w_var: float, b_var: float):
-    w, b = math.sqrt(w_var), math.sqrt(b_var)
-    hidden = [layer for _ in range(depth)
-              for layer in (Dense(width, w_std=w, b_std=b, parameterization="standard"), Tanh())]
-    return serial(*hidden, Dense(n_out, w_std=w, b_std=b, parameterization="standard"))
+    return fully_connected(width, depth, n_out, math.sqrt(w_var), math.sqrt(b_var), activation=Tanh,
+                           parameterization="standard")
 
 
 def fit_multiple(depths, w_vars, trainable: np.ndarray, xi: np.ndarray) -> tuple[float, float]:

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from infinet.cli import app
@@ -152,3 +151,39 @@ def test_kernel_store_and_solve(tmp_path):
     assert both.exit_code == 2 and "exactly one of --out" in both.output
     mismatch = invoke(*args[:2], "Dense(64, w_std=2.0) > Relu() > Dense(10)", *args[3:])
     assert mismatch.exit_code == 2 and "different job" in mismatch.output
+
+
+def test_kernel_and_solve_on_an_existing_scheduler(tmp_path):
+    """--scheduler ADDRESS: the same job on a cluster this process did not start (here a LocalCluster
+    reached over TCP), identical to the in-process store."""
+    from distributed import LocalCluster
+
+    arch = "Dense(32, w_std=1.4, b_std=0.1) > Relu() > Dense(10, w_std=1.4, b_std=0.1)"
+    common = ["--arch", arch, "--data", "digits", "--n-train", "90", "--n-test", "30", "--tile-size", "40"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = invoke("kernel", *common, "--store", str(tmp_path / "remote"), "--scheduler", cluster.scheduler_address)
+        assert remote.exit_code == 0, remote.output
+        assert "6 tiles computed" in remote.output
+        solved = invoke("solve", "--store", str(tmp_path / "remote"), "--diag-reg", "1e-3", "--scheduler",
+                        cluster.scheduler_address, "--out", str(tmp_path / "remote.npz"))
+        assert solved.exit_code == 0, solved.output
+        from distributed import Client
+
+        with Client(cluster) as client:  # the commands did not close a cluster they did not start
+            assert client.submit(sum, [1, 2]).result() == 3
+    local = invoke("kernel", *common, "--store", str(tmp_path / "local"), "--workers", "0")
+    assert local.exit_code == 0, local.output
+    import zarr
+
+    for split in ("train", "test"):
+        a = zarr.open_group(str(tmp_path / "remote" / split), mode="r")["ntk"][...]
+        b = zarr.open_group(str(tmp_path / "local" / split), mode="r")["ntk"][...]
+        assert np.array_equal(a, b)
+    plain = invoke("solve", "--store", str(tmp_path / "local"), "--diag-reg", "1e-3", "--preconditioner",
+                   "pivoted-cholesky", "--rank", "20", "--out", str(tmp_path / "local.npz"))
+    assert plain.exit_code == 0, plain.output
+    assert "pivoted-cholesky preconditioner of rank 20" in plain.output
+    assert np.allclose(np.load(tmp_path / "remote.npz")["predictions"], np.load(tmp_path / "local.npz")["predictions"],
+                       rtol=1e-7, atol=1e-9)
+    one_line_error(invoke("solve", "--store", str(tmp_path / "local"), "--preconditioner", "ilu"),
+                   "preconditioner must be one of")

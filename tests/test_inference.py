@@ -9,7 +9,7 @@ import torch
 
 import infinet as inf
 from infinet.predict import gradient_descent_mse_ensemble, linearized_dynamics, max_learning_rate
-from infinet.solve import JitterWarning, KernelMatrixError, TiledKernel, cholesky, conjugate_gradient
+from infinet.solve import JitterWarning, KernelMatrixError, TiledKernel, cholesky, conjugate_gradient, nystrom_factor
 
 NET = inf.serial(inf.Dense(512, w_std=1.4, b_std=0.1), inf.Relu(), inf.Dense(1, w_std=1.4, b_std=0.1))
 
@@ -172,7 +172,8 @@ def test_cholesky_jitter_escalation_and_errors():
 
 
 @pytest.mark.parametrize("tiled", [False, True])
-def test_conjugate_gradient_matches_cholesky(tiled):
+@pytest.mark.parametrize("preconditioner", ["nystrom", "pivoted-cholesky"])
+def test_conjugate_gradient_matches_cholesky(tiled, preconditioner):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(300, 10, generator=g, dtype=torch.float64)
     b = torch.randn(300, 4, generator=g, dtype=torch.float64)
@@ -180,12 +181,41 @@ def test_conjugate_gradient_matches_cholesky(tiled):
     chol, _ = cholesky(k, diag_reg=1e-4)
     direct = torch.cholesky_solve(b, chol)
     op = TiledKernel(lambda r, c: NET.kernel(x[r], x[c], get="nngp").nngp, 300, tile=64) if tiled else k
-    sol, report = conjugate_gradient(op, b, diag_reg=1e-4, tol=1e-12, preconditioner_rank=60)
-    assert report.converged and report.iterations < 150
+    sol, report = conjugate_gradient(op, b, diag_reg=1e-4, tol=1e-12, preconditioner_rank=60,
+                                     preconditioner=preconditioner)
+    assert report.converged and report.iterations < 150 and report.preconditioner == preconditioner
     assert float((sol - direct).norm() / direct.norm()) < 1e-8
-    plain, plain_report = conjugate_gradient(k, b, diag_reg=1e-4, tol=1e-12, preconditioner_rank=0)
-    assert plain_report.iterations > report.iterations  # the preconditioner pays
+    plain, plain_report = conjugate_gradient(k, b, diag_reg=1e-4, tol=1e-12, preconditioner="none")
+    assert plain_report.preconditioner_rank == 0
+    assert plain_report.iterations > 2 * report.iterations  # the preconditioner pays
     assert float((plain - direct).norm() / direct.norm()) < 1e-8
+
+
+def test_nystrom_factor_is_exact_at_full_rank_and_near_optimal_below():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    k = NET.kernel(x).nngp
+    full = nystrom_factor(lambda v: k @ v, 200, 200)
+    assert torch.allclose(full @ full.T, k, rtol=0, atol=1e-10 * float(k.diagonal().max()))
+    evals = torch.linalg.eigvalsh(k)
+    for rank in (10, 40):
+        low = nystrom_factor(lambda v: k @ v, 200, rank)
+        assert low.shape[1] <= rank
+        resid = torch.linalg.eigvalsh(k - low @ low.T)
+        assert float(resid.min()) > -1e-10 * float(evals[-1])  # K - L L^T stays PSD (Tropp et al. 2017)
+        best = float(evals[:-rank].sum())  # trace error of the best rank-r approximation
+        assert best <= float(resid.sum()) <= 3 * best  # randomized: within a small factor of optimal
+    assert torch.equal(nystrom_factor(lambda v: k @ v, 200, 30), nystrom_factor(lambda v: k @ v, 200, 30))  # seeded
+    with pytest.raises(KernelMatrixError, match="not PSD"):
+        nystrom_factor(lambda v: -(k @ v), 200, 10)
+
+
+def test_conjugate_gradient_progress_line(capsys):
+    k = NET.kernel(torch.randn(80, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).nngp
+    conjugate_gradient(k, torch.ones(80, dtype=torch.float64), diag_reg=1e-3, tol=1e-10, progress=True)
+    err = capsys.readouterr().err
+    assert "CG iteration" in err and "s/iteration" in err and "ETA" in err
+    assert "building the nystrom preconditioner of rank" in err
 
 
 def test_conjugate_gradient_errors():
@@ -194,6 +224,10 @@ def test_conjugate_gradient_errors():
         conjugate_gradient(k, torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="NaN"):
         conjugate_gradient(k, torch.full((5,), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError, match="preconditioner must be one of"):
+        conjugate_gradient(k, torch.ones(5, dtype=torch.float64), preconditioner="jacobi")
+    with pytest.raises(ValueError, match="preconditioner_rank"):
+        conjugate_gradient(k, torch.ones(5, dtype=torch.float64), preconditioner_rank=-1)
 
 
 def test_cross_entropy_flow_equals_training_a_linear_model():

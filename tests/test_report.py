@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from infinet.experiments import Experiment, ExperimentError, Param, convert, get, registry, run_experiment
+from infinet.experiments import Experiment, ExperimentError, convert, get, registry, run_experiment
 from infinet.experiments._common import loglog_slope, mean_and_stderr, pyplot
 from infinet.report import Result, Table, write_report
 

@@ -118,7 +118,7 @@ def test_killed_worker_is_retried(tmp_path, cluster):
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
     assert "report" in result and result["report"].tiles_computed == 36
-    clean = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "clean", tile_size=20, workers=0)
+    scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "clean", tile_size=20, workers=0)
     for name in ("nngp", "ntk"):
         assert torch.equal(stored(tmp_path / "w", name), stored(tmp_path / "clean", name))
 
@@ -158,3 +158,57 @@ def test_cg_with_products_on_the_workers(tmp_path, cluster):
     assert report.converged
     assert float((dist - dense).norm() / dense.norm()) < 1e-8
     assert float((dist - local).norm() / local.norm()) < 1e-10
+
+
+@pytest.mark.parametrize("on_workers", [False, True])
+def test_products_read_only_the_upper_triangle(tmp_path, cluster, on_workers):
+    """K v from the upper triangle equals the dense product even when every chunk below the diagonal is
+    overwritten with NaN (so nothing there is read); uneven last tile."""
+    import zarr
+
+    x = data(170, seed=3)
+    scale.kernel_to_store(NET, x, tmp_path / "s", tile_size=40, workers=0)
+    k = NET.kernel(x).nngp
+    array = zarr.open_group(str(tmp_path / "s"), mode="r+")["nngp"]
+    for i in range(5):
+        for j in range(i):
+            array[i * 40:(i + 1) * 40, j * 40:(j + 1) * 40] = np.nan
+    v = torch.randn(170, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    op = scale.stored_kernel(tmp_path / "s", "nngp", client=cluster if on_workers else None)
+    assert torch.allclose(op.matmul(v), k @ v, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(op.matmul(v[:, 0]), k @ v[:, 0], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(op.column(57), k[:, 57], rtol=1e-12, atol=0)
+
+
+def test_pivoted_cholesky_preconditioner_over_the_store(tmp_path):
+    x = data(150, seed=9)
+    scale.kernel_to_store(NET, x, tmp_path / "s", get="nngp", tile_size=64, workers=0)
+    y = torch.randn(150, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    k = NET.kernel(x).nngp
+    dense = torch.linalg.solve(k + 1e-3 * k.diagonal().mean() * torch.eye(150, dtype=F64), y)
+    for kind in ("pivoted-cholesky", "none"):
+        alpha, report = scale.solve_store(tmp_path / "s", y, diag_reg=1e-3, tol=1e-12, preconditioner=kind,
+                                          preconditioner_rank=30)
+        assert report.converged and report.preconditioner == kind
+        assert float((alpha - dense).norm() / dense.norm()) < 1e-8
+
+
+def test_tile_device_choice(tmp_path):
+    with pytest.raises(ValueError, match="device must be one of"):
+        scale.kernel_to_store(NET, data(20), tmp_path / "s", device="tpu", workers=0)
+    assert scale.tile_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert scale.tile_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            scale.tile_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_tiles_equal_cpu_tiles(tmp_path):
+    x = data(130)
+    scale.kernel_to_store(NET, x, tmp_path / "cpu", tile_size=50, workers=0, device="cpu")
+    scale.kernel_to_store(NET, x, tmp_path / "gpu", tile_size=50, workers=0, device="cuda")
+    for name in ("nngp", "ntk"):
+        a, b = stored(tmp_path / "cpu", name), stored(tmp_path / "gpu", name)
+        assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())

@@ -146,6 +146,7 @@ def kernel(
     store: Optional[Path] = typer.Option(None, "--store", help="Write resumable zarr stores PATH/train and PATH/test (Dask tiles) instead of an .npz."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler (with --store)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (with --store; 0: this process; default: all cores)."),
+    device: str = typer.Option("auto", "--device", help="Where workers compute tiles (with --store): auto (a worker's GPU if it has one), cpu, cuda."),
 ) -> None:
     """Compute the kernel matrices of an architecture over a data set and save them to an .npz file:
     GET_train_train (N_train x N_train) and GET_test_train (N_test x N_train) for each kernel in --get,
@@ -155,12 +156,12 @@ def kernel(
         if (out is None) == (store is None):
             raise ValueError("give exactly one of --out FILE.npz and --store PATH")
         if store is not None:
-            _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers)
+            _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers, device)
         else:
             _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size)
 
 
-def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers) -> None:
+def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers, device) -> None:
     from .datasets import load
     from .scale import kernel_to_store
     from .spec import parse_spec
@@ -173,7 +174,7 @@ def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_siz
     for split, (a, b) in {"train": (ds.x_train, None), "test": (ds.x_test, ds.x_train)}.items():
         typer.echo(f"{split}: {len(a)} x {len(ds.x_train)} into {store / split}", err=True)
         report = kernel_to_store(net, a, store / split, x2=b, get=names, dtype=dtype, tile_size=tile_size,
-                                 scheduler=scheduler, workers=workers, progress=True)
+                                 scheduler=scheduler, workers=workers, device=device, progress=True)
         typer.echo(f"{split}: {report.tiles_computed} tiles computed, {report.tiles_skipped} already there, "
                    f"{report.seconds:.1f} s", err=True)
     targets = {"y_train": ds.y_train.numpy(), "y_test": ds.y_test.numpy()}
@@ -190,6 +191,9 @@ def solve(
     diag_reg: float = typer.Option(1e-4, "--diag-reg", help="Regularization relative to the mean kernel diagonal."),
     targets: Optional[Path] = typer.Option(None, "--targets", help="A .npy of training targets (default: STORE/targets.npz)."),
     tol: float = typer.Option(1e-10, "--tol", help="Relative residual of conjugate gradients."),
+    max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Most CG iterations (default: 10 N)."),
+    preconditioner: str = typer.Option("nystrom", "--preconditioner", help="nystrom, pivoted-cholesky or none."),
+    rank: int = typer.Option(100, "--rank", help="Rank of the preconditioner."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the test predictions to this .npz."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the products on this Dask scheduler."),
     workers: int = typer.Option(0, "--workers", help="Run the products on N local worker processes (0: this process)."),
@@ -219,7 +223,9 @@ def solve(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
         try:
             alpha, report = solve_store(store / "train", torch.from_numpy(np.asarray(y, dtype=np.float64)),
-                                        kernel=kernel_name, diag_reg=diag_reg, tol=tol, client=client)
+                                        kernel=kernel_name, diag_reg=diag_reg, tol=tol, max_iter=max_iter,
+                                        preconditioner=preconditioner, preconditioner_rank=rank, client=client,
+                                        progress=True)
         finally:
             if client is not None:
                 cluster = getattr(client, "cluster", None)
@@ -227,7 +233,8 @@ def solve(
                 if cluster is not None and scheduler is None:
                     cluster.close()
         typer.echo(f"conjugate gradients: {report.iterations} iterations, relative residual {report.residuals[-1]:.2e}, "
-                   f"{'converged' if report.converged else 'NOT converged'} (preconditioner rank {report.preconditioner_rank})")
+                   f"{'converged' if report.converged else 'NOT converged'} ({report.preconditioner} preconditioner of "
+                   f"rank {report.preconditioner_rank}, {report.setup_seconds:.1f} s; iterations {report.seconds:.1f} s)")
         pred = predict_from_store(store / "test", alpha, kernel=kernel_name)
         if saved is not None and "y_test" in saved:
             y_test = torch.from_numpy(saved["y_test"])

@@ -12,7 +12,7 @@ mirror chunks. The store's metadata (architecture spec, data fingerprint, dtype,
 library version) must match the request, or the store is refused.
 
 :func:`solve_store` solves (K + s I) alpha = Y by preconditioned conjugate gradients whose products
-stream the stored tiles (:class:`infinet.solve.TiledKernel`), and :func:`predict_from_store` applies
+stream the stored upper triangle (:class:`StoreKernel`), and :func:`predict_from_store` applies
 alpha to test/train tiles of a second store.
 """
 
@@ -93,7 +93,9 @@ def _open(path: str, meta: dict):
     n1, n2 = meta["shape"]
     tile = meta["tile_size"]
     for name in meta["kernels"]:
-        group.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=meta["dtype"], fill_value=float("nan"))
+        # uncompressed: kernel values barely compress (~15% with zstd) and every CG iteration re-reads them
+        group.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=meta["dtype"], fill_value=float("nan"),
+                           compressors=None)
     rows, cols = math.ceil(n1 / tile), math.ceil(n2 / tile)
     group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0)
     group.attrs.update(meta)  # written last: a store without attributes is re-initialized
@@ -106,20 +108,38 @@ def _missing(group, symmetric: bool) -> list[tuple[int, int]]:
             if not done[i, j] and (not symmetric or j >= i)]
 
 
-def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i: int, j: int) -> tuple[int, int]:
-    """One task: the (i, j) tile of the job stored at ``path`` (rows/columns from the store's tile size),
-    written into its chunks (and the mirror chunk when symmetric), then marked done."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def tile_device(device: str = "auto") -> torch.device:
+    """Where a worker computes its tiles: ``"auto"`` is the worker's GPU when torch sees one (each worker
+    process uses its ``torch.cuda.current_device()``, which dask-cuda sets per worker), else the CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but this worker has no CUDA device visible to torch")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i: int, j: int,
+                 device: str = "auto") -> tuple[int, int]:
+    """One task: the (i, j) tile of the job stored at ``path`` (rows/columns from the store's tile size)
+    computed on :func:`tile_device` ``(device)``, written into its chunks (and the mirror chunk when
+    symmetric), then marked done."""
     import zarr
 
     from .spec import parse_spec
 
+    where = tile_device(device)
     group = zarr.open_group(path, mode="r+")
     meta = dict(group.attrs)
     tile, dtype, symmetric = meta["tile_size"], DTYPES[meta["dtype"]], meta["symmetric"]
     rows = slice(i * tile, min((i + 1) * tile, meta["shape"][0]))
     cols = slice(j * tile, min((j + 1) * tile, meta["shape"][1]))
-    a = torch.as_tensor(x1[rows], dtype=dtype)
-    b = None if (symmetric and i == j) else torch.as_tensor((x1 if symmetric else x2)[cols], dtype=dtype)
+    a = torch.as_tensor(x1[rows], dtype=dtype, device=where)
+    b = None if (symmetric and i == j) else torch.as_tensor((x1 if symmetric else x2)[cols], dtype=dtype, device=where)
     k = kernel_tile(parse_spec(spec), a, b, "ntk" in meta["kernels"])
     for name in meta["kernels"]:
         t = getattr(k, name)
@@ -149,13 +169,15 @@ def kernel_to_store(
     client=None,
     scheduler: str | None = None,
     workers: int | None = None,
+    device: str = "auto",
     progress: bool = False,
 ) -> StoreReport:
     """Compute ``net``'s kernels between ``x1`` and ``x2`` (None: x1 with itself) into the zarr store at
     ``path``, tile by tile (see the module docstring). ``client``/``scheduler``: run on that Dask cluster;
     else ``workers`` processes of an in-process LocalCluster (default: the machine's cores), or ``workers=0``
-    for this process only. Tasks are retried twice if a worker dies. Resumes an existing store of the
-    same job; refuses (:class:`StoreMismatchError`) one made for another."""
+    for this process only. Tasks are retried twice if a worker dies. ``device``: where each worker
+    computes its tiles (:func:`tile_device`; ``"auto"``: its GPU if it has one). Resumes an existing store
+    of the same job; refuses (:class:`StoreMismatchError`) one made for another."""
     from .spec import format_spec, parse_spec
 
     net = parse_spec(net) if isinstance(net, str) else net
@@ -168,6 +190,8 @@ def kernel_to_store(
     tile = tile_size or DEFAULT_TILE
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     path = str(path)
     meta = _metadata(net, x1, x2, names, dtype, tile)
     group = _open(path, meta)
@@ -181,10 +205,10 @@ def kernel_to_store(
     if todo:
         if workers == 0 and client is None and scheduler is None:
             for n, (i, j) in enumerate(todo):
-                compute_tile(path, spec, a, b, i, j)
+                compute_tile(path, spec, a, b, i, j, device)
                 _progress(progress, n + 1, len(todo), start)
         else:
-            _run_distributed(todo, path, spec, a, b, client, scheduler, workers, progress, start)
+            _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, progress, start)
     return StoreReport(path, total, len(todo), total - len(todo), time.perf_counter() - start, meta)
 
 
@@ -204,7 +228,7 @@ def _progress(show: bool, done: int, total: int, start: float) -> None:
           file=sys.stderr)
 
 
-def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, progress, start) -> None:
+def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, progress, start) -> None:
     from distributed import Client, LocalCluster, as_completed
 
     own = None
@@ -218,7 +242,8 @@ def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, progres
     try:
         data_a = client.scatter(a, broadcast=True)
         data_b = None if b is None else client.scatter(b, broadcast=True)
-        futures = [client.submit(compute_tile, path, spec, data_a, data_b, i, j, retries=2, pure=False) for i, j in todo]
+        futures = [client.submit(compute_tile, path, spec, data_a, data_b, i, j, device, retries=2,
+                                 pure=False) for i, j in todo]
         for n, future in enumerate(as_completed(futures)):
             future.result()  # re-raises a task's error (after its retries)
             _progress(progress, n + 1, len(todo), start)
@@ -248,55 +273,98 @@ def open_store(path: str | os.PathLike):
     return group
 
 
-def stored_kernel(path, name: str = "nngp") -> TiledKernel:
-    """A :class:`~infinet.solve.TiledKernel` reading the stored symmetric kernel chunk by chunk."""
-    group = open_store(path)
-    meta = dict(group.attrs)
-    if not meta["symmetric"]:
-        raise StoreMismatchError(f"{path} holds a cross kernel; solving needs the symmetric train/train store")
-    if name not in meta["kernels"]:
-        raise StoreMismatchError(f"{path} has no {name!r} kernel (it has {meta['kernels']})")
-    array = group[name]
-    return TiledKernel(lambda r, c: torch.from_numpy(np.asarray(array[r, c])).to(torch.float64), meta["shape"][0],
-                       tile=meta["tile_size"])
+def _upper_row_product(array, i: int, tile: int, n: int, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row tile i's share of K v read from the upper triangle only, chunk by chunk (j >= i): returns
+    (K[r_i, start_i:] v[start_i:], K[r_i, after r_i]^T v[r_i]) -- the second is the mirrored lower
+    triangle's contribution to the rows after r_i. Each chunk is cast to float64 into one reused buffer."""
+    r0, r1 = i * tile, min((i + 1) * tile, n)
+    own = np.zeros((r1 - r0,) + v.shape[1:])
+    mirror = np.zeros((n - r1,) + v.shape[1:])
+    buffer = np.empty((r1 - r0, tile))
+    for c0 in range(r0, n, tile):
+        c1 = min(c0 + tile, n)
+        block = buffer[:, :c1 - c0]
+        np.copyto(block, array[r0:r1, c0:c1])
+        own += block @ v[c0:c1]
+        if c0 >= r1:
+            mirror[c0 - r1:c1 - r1] += block.T @ v[r0:r1]
+    return own, mirror
 
 
-def _row_product(path: str, name: str, rows: tuple[int, int], v: np.ndarray) -> np.ndarray:
-    """One task of a distributed product: K[rows, :] @ v read from the store."""
+def _store_row_product(path: str, name: str, i: int, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Dask task of a distributed product: :func:`_upper_row_product` reading the store at ``path``."""
     import zarr
 
-    block = np.asarray(zarr.open_group(path, mode="r")[name][rows[0]:rows[1], :], dtype=np.float64)
-    return block @ v
+    array = zarr.open_group(path, mode="r")[name]
+    return _upper_row_product(array, i, array.chunks[0], array.shape[0], v)
 
 
-class DistributedStoreKernel(TiledKernel):
-    """A stored kernel whose products K v run as one Dask task per row tile (each reads its row of
-    chunks; the workers share the reading and the arithmetic)."""
+class StoreKernel(TiledKernel):
+    """A stored symmetric kernel as a :class:`~infinet.solve.TiledKernel`. Products K v read only the
+    upper triangle, one row tile at a time (each stored entry is read once per product and used twice),
+    in this process or, given a ``distributed.Client``, as one task per row tile on its workers (largest
+    first; the workers share the reading and the arithmetic). Memory: one row tile and the vectors."""
 
-    def __init__(self, path: str, name: str, client, base: TiledKernel):
-        super().__init__(base.block, base.n, base.tile, base.dtype, base.device)
-        self.path, self.name, self.client = str(path), name, client
+    def __init__(self, path: str, name: str, client=None):
+        group = open_store(path)
+        meta = dict(group.attrs)
+        if not meta["symmetric"]:
+            raise StoreMismatchError(f"{path} holds a cross kernel; solving needs the symmetric train/train store")
+        if name not in meta["kernels"]:
+            raise StoreMismatchError(f"{path} has no {name!r} kernel (it has {meta['kernels']})")
+        self.array, self.path, self.name, self.client = group[name], str(path), name, client
+        super().__init__(lambda r, c: torch.from_numpy(np.asarray(self.array[r, c])).to(torch.float64),
+                         meta["shape"][0], tile=meta["tile_size"])
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
-        arr = v.detach().cpu().numpy()
-        shared = self.client.scatter(arr, broadcast=True)
-        futures = [self.client.submit(_row_product, self.path, self.name, (r.start, r.stop), shared, pure=False, retries=2)
-                   for r in self._slices()]
-        return torch.from_numpy(np.concatenate(self.client.gather(futures))).to(v)
+        arr = np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float64)
+        out = np.zeros_like(arr)
+
+        def add(i, parts):  # each row tile's parts are summed in as they come, then dropped
+            r1 = min((i + 1) * self.tile, self.n)
+            out[i * self.tile:r1] += parts[0]
+            out[r1:] += parts[1]
+
+        rows = range(len(self._slices()))
+        if self.client is None:
+            for i in rows:
+                add(i, _upper_row_product(self.array, i, self.tile, self.n, arr))
+        else:
+            from distributed import as_completed
+
+            shared = self.client.scatter(arr, broadcast=True, hash=False)  # a fresh key per product
+            futures = {self.client.submit(_store_row_product, self.path, self.name, i, shared, pure=False, retries=2): i
+                       for i in rows}  # row 0 (the longest) first
+            for future in as_completed(futures):  # a result is dropped (freed on the worker) once added in
+                add(futures.pop(future), future.result())
+            del shared
+        return torch.from_numpy(out).to(v)
+
+    def column(self, j: int) -> torch.Tensor:
+        """K[:, j] from the upper triangle: K[:t, j] above j's row tile, then row j (= column j) from there."""
+        t0 = (j // self.tile) * self.tile
+        parts = (np.asarray(self.array[:t0, j]), np.asarray(self.array[j, t0:]))
+        return torch.from_numpy(np.concatenate(parts).astype(np.float64))
+
+
+def stored_kernel(path, name: str = "nngp", client=None) -> StoreKernel:
+    """The stored symmetric ``name`` kernel as a :class:`StoreKernel` (products streamed from disk)."""
+    return StoreKernel(str(path), name, client)
 
 
 def solve_store(path, y: torch.Tensor, *, kernel: str = "nngp", diag_reg: float = 0.0, tol: float = 1e-10,
-                max_iter: int | None = None, preconditioner_rank: int = 100, client=None) -> tuple[torch.Tensor, CGReport]:
+                max_iter: int | None = None, preconditioner_rank: int = 100, preconditioner: str = "nystrom",
+                client=None, progress: bool = False) -> tuple[torch.Tensor, CGReport]:
     """alpha = (K + s I)^-1 Y for the stored train/train ``kernel``, s = diag_reg x mean diag K, by
-    pivoted-Cholesky preconditioned CG (:func:`infinet.solve.conjugate_gradient`) whose products stream
-    the store (memory: one tile and the vectors), in this process or, given a ``distributed.Client``,
-    as one task per row tile on its workers. K alpha is the GP posterior mean / NTK t = inf prediction on
-    the training points; :func:`predict_from_store` gives it on test points."""
-    operator = stored_kernel(path, kernel)
-    if client is not None:
-        operator = DistributedStoreKernel(str(path), kernel, client, operator)
-    return conjugate_gradient(operator, torch.as_tensor(y, dtype=torch.float64), diag_reg, tol=tol,
-                              max_iter=max_iter, preconditioner_rank=preconditioner_rank)
+    preconditioned CG (:func:`infinet.solve.conjugate_gradient`; randomized Nystrom preconditioner by
+    default, built from one extra pass) whose products stream the store's upper triangle (memory: one
+    row tile and the vectors), in this process or, given a ``distributed.Client``, as one task per row
+    tile on its workers. K alpha is the GP posterior mean (Rasmussen and Williams 2006, eq. 2.25) / the
+    NTK t = inf prediction (Jacot et al. 2018) on the training points; :func:`predict_from_store` gives
+    it on test points."""
+    return conjugate_gradient(stored_kernel(path, kernel, client), torch.as_tensor(y, dtype=torch.float64), diag_reg,
+                              tol=tol, max_iter=max_iter, preconditioner_rank=preconditioner_rank,
+                              preconditioner=preconditioner, progress=progress)
 
 
 def predict_from_store(path, alpha: torch.Tensor, *, kernel: str = "nngp") -> torch.Tensor:
@@ -310,5 +378,5 @@ def predict_from_store(path, alpha: torch.Tensor, *, kernel: str = "nngp") -> to
     return torch.cat(parts)
 
 
-__all__ = ["DistributedStoreKernel", "StoreMismatchError", "StoreReport", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
-           "predict_from_store", "solve_store", "stored_kernel"]
+__all__ = ["DEVICES", "StoreKernel", "StoreMismatchError", "StoreReport", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
+           "predict_from_store", "solve_store", "stored_kernel", "tile_device"]

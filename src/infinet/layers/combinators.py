@@ -11,8 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..kernel import Kernel
-from .base import Context, Layer, Spec, apply_kernel, as_layer, fit_layout, with_shape
+from .base import Context, Layer, Spec, apply_kernel, as_layer, fit_layout
 
 
 def _pin(k, before=None):

@@ -111,11 +111,15 @@ def _missing(group, symmetric: bool) -> list[tuple[int, int]]:
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def _check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+
+
 def tile_device(device: str = "auto") -> torch.device:
     """Where a worker computes its tiles: ``"auto"`` is the worker's GPU when torch sees one (each worker
     process uses its ``torch.cuda.current_device()``, which dask-cuda sets per worker), else the CPU."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    _check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but this worker has no CUDA device visible to torch")
     if device == "cpu" or not torch.cuda.is_available():
@@ -190,8 +194,7 @@ def kernel_to_store(
     tile = tile_size or DEFAULT_TILE
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    _check_device(device)  # here, before any task: the workers' devices are only known on the workers
     path = str(path)
     meta = _metadata(net, x1, x2, names, dtype, tile)
     group = _open(path, meta)

@@ -267,8 +267,10 @@ def conjugate_gradient(
         print(f"building the {preconditioner} preconditioner of rank {rank} ...", end="", file=sys.stderr, flush=True)
     if preconditioner == "pivoted-cholesky":
         low = pivoted_cholesky(diag, lambda j: column(j).to(b), rank)
-    else:
+    elif preconditioner == "nystrom":
         low = nystrom_factor(matmul, n, rank, dtype=b.dtype, device=b.device)
+    else:
+        low = b.new_zeros(n, 0)
     inner = torch.linalg.cholesky(p_shift * torch.eye(low.shape[1], dtype=b.dtype, device=b.device) + low.T @ low)
 
     def precondition(v):

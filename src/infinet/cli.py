@@ -34,12 +34,33 @@ def user_errors():
 
     try:
         yield
-    except (NonFiniteKernelError, ValueError, TypeError, OSError, FloatingPointError, KeyError) as e:
+    except (NonFiniteKernelError, ValueError, TypeError, OSError, FloatingPointError, LookupError) as e:
         if _state["debug"]:
             raise
         message = " ".join(str(e).split()) or type(e).__name__
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as e:  # anything else still gets one line; --debug shows where it came from
+        if _state["debug"]:
+            raise
+        message = " ".join(str(e).split())
+        typer.echo(f"error: {type(e).__name__}{': ' + message if message else ''} (run with --debug for the "
+                   "traceback)", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _check_range(option: str, value, minimum: float | None = None, strict: bool = False) -> None:
+    """A numeric command-line option: finite and >= minimum (> with ``strict``), else a ValueError."""
+    import math
+
+    if value is None:
+        return
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{option} must be a finite number, got {value!r}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{option} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
 
 
 @app.callback()
@@ -83,6 +104,7 @@ def demo(
     """The main job: finite ReLU networks of widths 64-4096 trained on digits beside their exact NNGP and
     NTK predictions, and Monte Carlo kernel error against width. Prints a table and writes a report."""
     with user_errors():
+        _check_seed(seed)
         _run_and_print("demo", out, seed, {}, quick)
 
 
@@ -95,6 +117,10 @@ def list_experiments() -> None:
     width = max(map(len, table), default=0)
     for name, exp in table.items():
         typer.echo(f"{name.ljust(width)}  {exp.description}")
+
+
+def _check_seed(seed: int) -> None:
+    _check_range("--seed", seed, 0)
 
 
 @app.command()
@@ -110,6 +136,7 @@ def run(
     from .experiments import get
 
     with user_errors():
+        _check_seed(seed)
         exp = get(experiment)
         if show_params:
             typer.echo(f"{exp.name}: {exp.description}")
@@ -153,6 +180,11 @@ def kernel(
     with the targets, labels and the spec. Saved atomically; if a kernel overflows, the tiles already
     finished are saved to FILE.partial.npz."""
     with user_errors():
+        for option, value, low in (("--n-train", n_train, 1), ("--n-test", n_test, 1), ("--tile-size", tile_size, 1),
+                                   ("--workers", workers, 0), ("--seed", seed, 0)):
+            _check_range(option, value, low)
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
         if (out is None) == (store is None):
             raise ValueError("give exactly one of --out FILE.npz and --store PATH")
         if store is not None:
@@ -167,6 +199,11 @@ def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_siz
     from .spec import parse_spec
 
     names = [g.strip() for g in get.split(",") if g.strip()]
+    if device == "cuda" and scheduler is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no CUDA device on this machine (use auto or cpu)")
     net = parse_spec(arch)
     ds = _fit_input(net, load(data, n_train=n_train, n_test=n_test, seed=seed))
     store = Path(store)
@@ -207,7 +244,16 @@ def solve(
 
         from .scale import predict_from_store, solve_store
 
+        _check_range("--diag-reg", diag_reg, 0.0)
+        _check_range("--tol", tol, 0.0, strict=True)
+        _check_range("--max-iter", max_iter, 1)
+        _check_range("--rank", rank, 0)
+        _check_range("--workers", workers, 0)
         store = Path(store)
+        for part in ("train", "test"):
+            if not (store / part).is_dir():
+                raise FileNotFoundError(f"no kernel store at {store / part}; write one with "
+                                        f"`infinet kernel --store {store} ...`")
         saved = np.load(store / "targets.npz") if (store / "targets.npz").exists() else None
         if targets is not None:
             y = np.load(targets)
@@ -236,6 +282,9 @@ def solve(
                    f"{'converged' if report.converged else 'NOT converged'} ({report.preconditioner} preconditioner of "
                    f"rank {report.preconditioner_rank}, {report.setup_seconds:.1f} s; iterations {report.seconds:.1f} s)")
         pred = predict_from_store(store / "test", alpha, kernel=kernel_name)
+        if not bool(torch.isfinite(pred).all()):
+            raise FloatingPointError("the test predictions contain NaN or inf; no accuracy is reported "
+                                     "(check the stores with infinet.scale.check_store)")
         if saved is not None and "y_test" in saved:
             y_test = torch.from_numpy(saved["y_test"])
             line = f"test MSE {float(((pred - y_test) ** 2).mean()):.5f}"

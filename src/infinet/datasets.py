@@ -309,8 +309,8 @@ def _npz(path) -> _Raw:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise DatasetError(f"{path}: cannot read .npz file ({e})") from None
+    except Exception as e:  # OSError, ValueError, EOFError, zipfile.BadZipFile (truncated), ...
+        raise DatasetError(f"{path}: cannot read .npz file ({type(e).__name__}: {e})") from None
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         return _Raw(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
     for xk, yk in (("x", "y"), ("X", "y"), ("data", "labels"), ("data", "target")):
@@ -332,6 +332,21 @@ BUILTIN = {
 }
 
 
+_FROM_FOLDER = {"mnist", "fashion_mnist", "cifar10"}
+
+
+def _checked_raw(source: str, raw: "_Raw") -> "_Raw":
+    """Refuse inputs without examples or features (their kernels would divide by zero) and NaN/inf."""
+    for x in (raw.x, getattr(raw, "x_test", None)):
+        if x is None:
+            continue
+        x = np.asarray(x)
+        if x.ndim < 2 or len(x) == 0 or x[0].size == 0:
+            raise DatasetError(f"{source}: the inputs must have at least one example and one feature, "
+                               f"got shape {x.shape}")
+    return raw
+
+
 def available() -> dict[str, str]:
     """Names accepted by :func:`load` with one-line descriptions (plus any ``.npz``/``.csv`` path)."""
     return {name: desc for name, (_, desc) in BUILTIN.items()}
@@ -343,13 +358,16 @@ def _read(source: str) -> tuple[str, _Raw]:
     name, _, path = source.partition(":")
     key = name.lower().replace("-", "_")
     if key in BUILTIN:
+        if path and key not in _FROM_FOLDER:
+            raise DatasetError(f"{name} is built in and reads no folder or file, but {path!r} was given; "
+                               f"write just {name!r} (folders are for {', '.join(sorted(_FROM_FOLDER))})")
         reader = BUILTIN[key][0]
-        return key, reader(path or None)
+        return key, _checked_raw(source, reader(path or None))
     lower = source.lower()
     if lower.endswith(".npz"):
-        return Path(source).stem, _npz(_existing(source))
+        return Path(source).stem, _checked_raw(source, _npz(_existing(source)))
     if lower.endswith(".csv") or lower.endswith(".csv.gz"):
-        return Path(source).stem, _csv(_existing(source))
+        return Path(source).stem, _checked_raw(source, _csv(_existing(source)))
     raise DatasetError(f"unknown data set {source!r}: use one of {', '.join(BUILTIN)} or a path to a .npz or .csv file")
 
 

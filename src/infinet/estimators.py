@@ -16,6 +16,7 @@ architectures.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -56,9 +57,9 @@ class _KernelEstimator(BaseEstimator):
         raise TypeError(f"architecture must be an infinet layer or a spec string, got {type(self.architecture).__name__}")
 
     def _check_params(self) -> None:
-        if not (isinstance(self.t, (int, float)) and not isinstance(self.t, bool) and self.t >= 0):
+        if not (isinstance(self.t, numbers.Real) and not isinstance(self.t, bool) and self.t >= 0):
             raise ValueError(f"t must be a number >= 0 (inf allowed), got {self.t!r}")
-        if not (isinstance(self.diag_reg, (int, float)) and math.isfinite(self.diag_reg) and self.diag_reg >= 0):
+        if not (isinstance(self.diag_reg, numbers.Real) and math.isfinite(self.diag_reg) and self.diag_reg >= 0):
             raise ValueError(f"diag_reg must be a finite number >= 0, got {self.diag_reg!r}")
 
     def _fit_targets(self, X, Y: np.ndarray):
@@ -113,6 +114,8 @@ class _Classifier(ClassifierMixin, _KernelEstimator):
         check_classification_targets(y)
         self._encoder = LabelEncoder().fit(y)
         self.classes_ = self._encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes in y, got only {self.classes_.tolist()}")
         codes = self._encoder.transform(y)
         c = max(len(self.classes_), 2)
         targets = np.full((len(codes), c), -1.0 / c)

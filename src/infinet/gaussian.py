@@ -50,19 +50,52 @@ def clamp_unit(rho: Tensor) -> Tensor:
     return torch.clamp(rho * (1.0 + 4.0 * torch.finfo(rho.dtype).eps), -1.0, 1.0)
 
 
+def pair_norm(var1: Tensor, var2: Tensor) -> Tensor:
+    """sqrt(var1 var2) without overflow or underflow of the product.
+
+    Inside the safe range it is sqrt(fl(var1 var2)), which is exactly q when var1 = var2 = q (IEEE
+    arithmetic), so that rho = 1 exactly on the diagonal; where a variance is so large (or so small)
+    that the product would overflow (or lose precision), sqrt(var1) sqrt(var2) instead. Negative
+    variances count as 0.
+    """
+    var1, var2 = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
+    fi = torch.finfo(var1.dtype)
+    high, low = math.sqrt(fi.max) / 4.0, math.sqrt(fi.tiny) * 4.0
+    risky = lambda v: bool(((v > high) | ((v > 0) & (v < low))).any())  # noqa: E731
+    if risky(var1) or risky(var2):
+        return torch.sqrt(var1) * torch.sqrt(var2)
+    return torch.sqrt(var1 * var2)
+
+
 def correlation(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(rho, sqrt(var1 * var2), nondegenerate)`` with rho clamped to [-1, 1].
 
     Where a variance is zero, ``rho`` is 0 and ``nondegenerate`` is False, so that formulas written in
     rho stay finite; callers mask those entries with their exact limit.
     """
-    prod = var1 * var2
-    nondegenerate = prod > 0
-    # sqrt only of positive values, so that no 0 * inf reaches a gradient through the masked entries
-    norm = torch.where(nondegenerate, torch.sqrt(torch.where(nondegenerate, prod, 1.0)), 0.0)
+    norm = pair_norm(var1, var2)
+    nondegenerate = norm > 0
     safe = torch.where(nondegenerate, norm, torch.ones_like(norm))
     rho = torch.where(nondegenerate, cov / safe, torch.zeros_like(cov))
     return clamp_unit(rho), norm, nondegenerate
+
+
+def bounded_covariance(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(cov', rho, norm)`` with cov' = rho sqrt(var1 var2) and rho from :func:`correlation`.
+
+    Every closed form written in ``cov`` goes through this first, so that |cov'| <= sqrt(var1 var2)
+    (Cauchy-Schwarz) holds exactly: entries that round-off put a few ulps outside it (identical
+    inputs whose Gram entry and norms were summed in different orders) become exactly +-sqrt(var1 var2).
+    In the chaotic phase (chi_1 > 1) the correlation map amplifies such errors by chi_1 per layer, so
+    without this a deep kernel loses positive semi-definiteness and eventually overflows.
+    """
+    rho, norm, _ = correlation(cov, var1, var2)
+    return rho * norm, rho, norm
+
+
+def _one_minus_r2(rho: Tensor, e1: Tensor, e2: Tensor) -> Tensor:
+    """1 - rho^2 (1 - e1)(1 - e2) without cancellation: (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2)."""
+    return torch.clamp((1.0 - rho) * (1.0 + rho) + rho * rho * (e1 + e2 - e1 * e2), min=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,8 +182,7 @@ def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = Tru
     # rho = cov / sqrt(var1 var2) is exactly 1 where cov = var1 = var2 (sqrt(fl(q^2)) = q in IEEE
     # arithmetic), which keeps arccos(rho) exact on the diagonal.
     degenerate = bool((var1 <= 0).any()) or bool((var2 <= 0).any())
-    norm = torch.mul(var1, var2)
-    norm = (norm.clamp_(min=0.0) if degenerate else norm).sqrt_()
+    norm = pair_norm(var1, var2)
     safe = torch.where(norm > 0, norm, torch.ones_like(norm)) if degenerate else norm
     rho = torch.div(cov, safe).mul_(1.0 + 4.0 * torch.finfo(cov.dtype).eps).clamp_(-1.0, 1.0)  # clamp_unit
     angle = torch.rsub(torch.arccos(rho), math.pi)  # pi - theta
@@ -259,15 +291,27 @@ def erf(a: float, b: float, c: float, cov: Tensor, var1: Tensor, var2: Tensor, n
 
     nngp = a^2 (2/pi) arcsin(2 b^2 cov / sqrt((1 + 2 b^2 var1)(1 + 2 b^2 var2))) + c^2,
     kdot = a^2 b^2 (4/pi) / sqrt((1 + 2 b^2 var1)(1 + 2 b^2 var2) - 4 b^4 cov^2).
+    Evaluated in overflow-free form: with e_i = 1 / (1 + 2 b^2 var_i), the arcsin argument is
+    r = 2 b^2 cov sqrt(e1 e2) and 1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2), so the result
+    stays finite for every finite variance (erf is bounded) and exact near rho = +-1.
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, rho, _ = bounded_covariance(cov, var1, var2)
     b2 = b * b
-    prod = (1.0 + 2.0 * b2 * var1) * (1.0 + 2.0 * b2 * var2)
-    root = torch.sqrt(torch.clamp(prod - 4.0 * b2 * b2 * cov * cov, min=0.0))
-    nngp = a * a * (2.0 / math.pi) * torch.atan2(2.0 * b2 * cov, root) + c * c
+    x1, x2 = 2.0 * b2 * torch.clamp(var1, min=0.0), 2.0 * b2 * torch.clamp(var2, min=0.0)
+    e1, e2 = 1.0 / (1.0 + x1), 1.0 / (1.0 + x2)
+    root_e = torch.sqrt(e1) * torch.sqrt(e2)
+    if bool(torch.isfinite(x1).all()) and bool(torch.isfinite(x2).all()):
+        r = cov * torch.sqrt(e1) * torch.sqrt(e2) * (2.0 * b2)  # no factor overflows: |2 b^2 cov| <= max x
+    else:  # 2 b^2 var beyond the float range: r = rho sqrt(x1 e1 x2 e2), with x e = 1 where x is inf
+        ge = lambda x, e: torch.sqrt(torch.where(torch.isinf(x), 1.0, x * e))  # noqa: E731
+        r = rho * ge(x1, e1) * ge(x2, e2)
+    r = torch.clamp(r, -1.0, 1.0)
+    root = torch.sqrt(_one_minus_r2(rho, e1, e2))
+    nngp = a * a * (2.0 / math.pi) * torch.atan2(r, root) + c * c
     if not need_kdot:
         return nngp, None
-    kdot = a * a * b2 * (4.0 / math.pi) / root
+    kdot = a * a * b2 * (4.0 / math.pi) * root_e / root
     return nngp, kdot
 
 
@@ -278,17 +322,26 @@ def gelu(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pai
     (Tsuchida et al. 2021, "Avoiding kernel fixed points", sec. 3; as in neural-tangents):
     nngp = cov / 4 + [cov A + (cov^2 + P D^2) / (P1 D)] / (2 pi),
     kdot = 1/4 + A / (2 pi) + cov (1/D^2 + (1 - P)/P1 + 1) / (2 pi D).
+    Evaluated without forming P, P1 or cov^2 (which overflow at variances near 1e154 while the result,
+    of the order of the variance, is representable): with e_i = 1 / (1 + var_i) and r = cov sqrt(e1 e2),
+    (cov^2 + P D^2) / (P1 D) = r^2 / D + var1 e1 var2 e2 D, D = sqrt(1 - r^2) / sqrt(e1 e2) and
+    1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2).
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
-    prod = var1 * var2
-    prod1 = (1.0 + var1) * (1.0 + var2)
-    delta2 = torch.clamp(prod1 - cov * cov, min=0.0)
-    delta = torch.sqrt(delta2)
-    angle = torch.atan2(cov, delta)
-    nngp = 0.25 * cov + (cov * angle + (cov * cov + prod * delta2) / (prod1 * delta)) / _TWO_PI
+    cov, rho, _ = bounded_covariance(cov, var1, var2)
+    v1, v2 = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
+    e1, e2 = 1.0 / (1.0 + v1), 1.0 / (1.0 + v2)
+    root_e = torch.sqrt(e1) * torch.sqrt(e2)
+    r = torch.clamp(cov * torch.sqrt(e1) * torch.sqrt(e2), -1.0, 1.0)
+    root = torch.sqrt(_one_minus_r2(rho, e1, e2))
+    delta = root / root_e
+    angle = torch.atan2(r, root)
+    ratio = (v1 * e1) * (v2 * e2)  # P / P1
+    nngp = 0.25 * cov + (cov * angle + r * r / delta + ratio * delta) / _TWO_PI
     if not need_kdot:
         return nngp, None
-    kdot = 0.25 + angle / _TWO_PI + cov * (1.0 / delta2 + (1.0 - prod) / prod1 + 1.0) / (_TWO_PI * delta)
+    t = cov / delta
+    kdot = 0.25 + angle / _TWO_PI + t * (1.0 / (delta * delta) + e1 * e2 - ratio + 1.0) / _TWO_PI
     return nngp, kdot
 
 
@@ -296,20 +349,27 @@ def sin(a: float, b: float, c: float, cov: Tensor, var1: Tensor, var2: Tensor, n
     """phi(x) = a sin(b x + c), from E[cos(w)] = exp(-Var(w)/2) for Gaussian w.
 
     nngp = (a^2/2) [exp(-b^2 (var1 + var2 - 2 cov)/2) - cos(2c) exp(-b^2 (var1 + var2 + 2 cov)/2)],
-    kdot = (a^2 b^2/2) [exp(-b^2 (var1 + var2 - 2 cov)/2) + cos(2c) exp(-b^2 (var1 + var2 + 2 cov)/2)].
+    kdot = (a^2 b^2/2) [exp(-b^2 (var1 + var2 - 2 cov)/2) + cos(2c) exp(-b^2 (var1 + var2 + 2 cov)/2)],
+    with cov kept within +-sqrt(var1 var2) (:func:`bounded_covariance`; identical inputs then have
+    var1 + var2 - 2 cov = 0 exactly) and the halves formed without overflow.
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
-    total = var1 + var2
-    minus = torch.exp(-0.5 * b * b * (total - 2.0 * cov))
-    plus = math.cos(2.0 * c) * torch.exp(-0.5 * b * b * (total + 2.0 * cov))
+    cov, _, _ = bounded_covariance(cov, var1, var2)
+    half = 0.5 * torch.clamp(var1, min=0.0) + 0.5 * torch.clamp(var2, min=0.0)
+    minus = torch.exp(-b * b * torch.clamp(half - cov, min=0.0))
+    plus = math.cos(2.0 * c) * torch.exp(-b * b * torch.clamp(half + cov, min=0.0))
     nngp = 0.5 * a * a * (minus - plus)
     return nngp, (0.5 * a * a * b * b * (minus + plus) if need_kdot else None)
 
 
 def exp(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pair:
-    """phi(x) = a exp(b x): nngp = a^2 exp(b^2 (var1 + var2 + 2 cov) / 2), kdot = b^2 nngp (log-normal moments)."""
+    """phi(x) = a exp(b x): nngp = a^2 exp(b^2 (var1 + var2 + 2 cov) / 2), kdot = b^2 nngp (log-normal moments).
+
+    Grows without bound with the variances; an overflow is reported by the kernel driver.
+    """
     cov, var1, var2 = _broadcast(cov, var1, var2)
-    nngp = a * a * torch.exp(0.5 * b * b * (var1 + var2 + 2.0 * cov))
+    cov, _, _ = bounded_covariance(cov, var1, var2)
+    nngp = a * a * torch.exp(b * b * (0.5 * var1 + 0.5 * var2 + cov))
     return nngp, (b * b * nngp if need_kdot else None)
 
 
@@ -317,18 +377,27 @@ def gaussian(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_k
     """phi(x) = a exp(b x^2), with D = (1 - 2 b var1)(1 - 2 b var2) - 4 b^2 cov^2.
 
     nngp = a^2 / sqrt(D) and kdot = 4 a^2 b^2 cov / D^(3/2) (Gaussian integral of exp of a quadratic
-    form, det(I - 2 b Sigma)^(-1/2)). Finite only where 1 - 2 b var > 0; otherwise a ValueError.
+    form, det(I - 2 b Sigma)^(-1/2)). With e_i = 1 / (1 - 2 b var_i), D = (1 - r^2) / (e1 e2) where
+    1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2) for either sign of b, evaluated so that
+    nothing overflows. For b > 0, E[phi(u)^2] = a^2 / sqrt(1 - 4 b var) is finite only for
+    var < 1 / (4 b); otherwise a ValueError.
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
-    if b > 0 and bool(torch.any(torch.maximum(var1, var2) >= 1.0 / (2.0 * b))):
+    if b > 0 and bool(torch.any(torch.maximum(var1, var2) >= 1.0 / (4.0 * b))):
         raise ValueError(
-            f"Gaussian(b={b}): E[exp(2 b u^2)] is infinite for input variance >= 1/(2b) = {1 / (2 * b):g}; "
+            f"Gaussian(b={b}): E[exp(2 b u^2)] is infinite for input variance >= 1/(4b) = {1 / (4 * b):g}; "
             "lower the variance or use b < 0"
         )
-    det = (1.0 - 2.0 * b * var1) * (1.0 - 2.0 * b * var2) - 4.0 * b * b * cov * cov
-    root = torch.sqrt(torch.clamp(det, min=0.0))
-    nngp = a * a / root
-    return nngp, (4.0 * a * a * b * b * cov / (root * root * root) if need_kdot else None)
+    cov, rho, _ = bounded_covariance(cov, var1, var2)
+    e1 = 1.0 / (1.0 - 2.0 * b * torch.clamp(var1, min=0.0))
+    e2 = 1.0 / (1.0 - 2.0 * b * torch.clamp(var2, min=0.0))
+    root_e = torch.sqrt(e1) * torch.sqrt(e2)
+    q = _one_minus_r2(rho, e1, e2)
+    nngp = a * a * root_e / torch.sqrt(q)
+    if not need_kdot:
+        return nngp, None
+    kdot = 4.0 * a * a * b * b * (cov * torch.sqrt(e1) * torch.sqrt(e2)) * (e1 * e2) / (q * torch.sqrt(q))
+    return nngp, kdot
 
 
 @lru_cache(maxsize=None)
@@ -381,6 +450,7 @@ def polynomial(
     kdot is the same moment of the derivative polynomial sum_p p coefficients[p] x^(p-1).
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, _, _ = bounded_covariance(cov, var1, var2)
     coefficients = [float(c) for c in coefficients] or [0.0]
     nngp = _polynomial_moment(coefficients, cov, var1, var2)
     if not need_kdot:
@@ -523,12 +593,29 @@ def quadrature(
     (logarithmically) at large variance; chunked to ``max_elements`` evaluations at a time.
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
+    check_quadrature_range(var1, var2)
     differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
     if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
         out = _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels)
         if out is not None:
             return out
     return _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate)
+
+
+#: largest variance at which :func:`quadrature` is verified (tests/test_gaussian.py: tanh against its
+#: large-variance asymptotics to 1e-11 up to 1e40); beyond it a ValueError, never a silent value
+QUADRATURE_MAX_VARIANCE = 1e40
+
+
+def check_quadrature_range(*variances: Tensor) -> None:
+    """Raise a ValueError naming the accurate range when a variance exceeds :data:`QUADRATURE_MAX_VARIANCE`."""
+    for var in variances:
+        if var.numel() and not bool((var.detach() <= QUADRATURE_MAX_VARIANCE).all()):
+            worst = float(var.detach().max())
+            raise ValueError(
+                f"pre-activation variance {worst:.3g} is outside the accurate range of bivariate quadrature "
+                f"(variances 0 to {QUADRATURE_MAX_VARIANCE:.0e}); lower w_std or b_std"
+            )
 
 
 def _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate):
@@ -628,6 +715,7 @@ def quadrature_diagonal(
     """E[phi(u)^2] for u ~ N(0, var): Gauss-Legendre on [-9, 9] graded toward 0 (as in :func:`quadrature`)."""
     if var.numel() == 0:
         return torch.zeros_like(var)
+    check_quadrature_range(var)
     z, w = _line_rule(math.sqrt(max(float(var.detach().max()), 0.0)), nodes, extra_panels, var.dtype, var.device)
     u = torch.sqrt(torch.clamp(var, min=0.0))[..., None] * z
     return (fn(u) ** 2 * w).sum(-1)

@@ -158,6 +158,92 @@ def check_pair(x1: Tensor, x2: Tensor) -> None:
         raise ValueError(f"x1 is on {x1.device} but x2 is on {x2.device}; put both on one device")
 
 
+_HASH_MULTIPLIERS: dict = {}
+
+
+def row_keys(x: Tensor) -> Tensor:
+    """An int64 key per row (example) of ``x``, equal for rows with bitwise-equal values.
+
+    The bits of each value times a fixed odd random multiplier, summed in wrapping integer arithmetic:
+    exact and independent of summation order, so equal rows always get equal keys (unequal rows collide
+    with probability ~2^-64; callers confirm equality).
+    """
+    flat = x.reshape(len(x), -1)
+    if flat.dtype == torch.float64:
+        bits = flat.contiguous().view(torch.int64)
+    elif flat.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        bits = flat.contiguous().view({torch.float32: torch.int32, torch.float16: torch.int16,
+                                       torch.bfloat16: torch.int16}[flat.dtype]).to(torch.int64)
+    else:
+        bits = flat.to(torch.int64)
+    d = flat.shape[1]
+    key = (d, str(x.device))
+    if key not in _HASH_MULTIPLIERS:
+        g = torch.Generator().manual_seed(0x1F2E3D4C)
+        _HASH_MULTIPLIERS[key] = (torch.randint(-(2**62), 2**62, (d,), generator=g) * 2 + 1).to(x.device)
+    return (bits * _HASH_MULTIPLIERS[key]).sum(1)
+
+
+def unique_rows(x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(first, inverse)`` with ``x[first][inverse]`` equal to ``x`` when ``x`` has repeated rows, else None."""
+    if len(x) < 2:
+        return None
+    keys = row_keys(x)
+    groups, inverse = torch.unique(keys, return_inverse=True)
+    if len(groups) == len(x):
+        return None
+    first = torch.full((len(groups),), len(x), dtype=torch.long, device=x.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(x), device=x.device), reduce="amin")
+    if not torch.equal(x[first][inverse], x):  # a hash collision (probability ~2^-64): exact grouping
+        _, inverse = torch.unique(x.reshape(len(x), -1), dim=0, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(x), dtype=torch.long, device=x.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(x), device=x.device), reduce="amin")
+        if len(first) == len(x):
+            return None
+    return first, inverse
+
+
+def identical_pairs(x1: Tensor, x2: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    """Index pairs (i, j), i != j when ``x2`` is None, of bitwise-identical rows x1[i] == x2[j]; None if none."""
+    k1 = row_keys(x1)
+    if x2 is None:
+        _, inverse, counts = torch.unique(k1, return_inverse=True, return_counts=True)
+        i_cand = (counts[inverse] > 1).nonzero()[:, 0]
+        j_cand, k2, other = i_cand, k1, x1
+    else:
+        k2 = row_keys(x2)
+        i_cand = torch.isin(k1, k2).nonzero()[:, 0]
+        j_cand, other = torch.isin(k2, k1).nonzero()[:, 0], x2
+    if len(i_cand) == 0:
+        return None
+    i, j = (k1[i_cand][:, None] == k2[j_cand][None, :]).nonzero().unbind(1)
+    i, j = i_cand[i], j_cand[j]
+    keep = (x1[i].reshape(len(i), -1) == other[j].reshape(len(j), -1)).all(1)
+    if x2 is None:
+        keep &= i != j
+    if not bool(keep.any()):
+        return None
+    return i[keep], j[keep]
+
+
+def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetric: bool) -> tuple[Tensor, Tensor]:
+    """Make identical inputs' entries exactly their common self-covariance (Gram entries and norms are
+    summed in different orders, so they differ in the last bits otherwise, which the chaotic phase
+    amplifies); returns the new (var1, var2). ``nngp`` is written in place."""
+    i, j = pairs
+    if symmetric:  # every member of a group takes the variance of the group's first member
+        first = torch.arange(len(var1), device=var1.device)
+        first = first.scatter_reduce(0, torch.maximum(i, j), torch.minimum(i, j), reduce="amin")
+        var1 = var1[first]
+        var2 = var1
+        nngp[i, i] = var1[i]
+    else:
+        var2 = var2.clone()
+        var2[j] = var1[i]
+    nngp[i, j] = var1[i]
+    return var1, var2
+
+
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
@@ -179,6 +265,9 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
     else:
         nngp = gram
         var2 = (f2 * f2).sum(1) / n_features
+    pairs = identical_pairs(x1, x2)
+    if pairs is not None:
+        var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     ntk = torch.zeros_like(nngp) if need_ntk else None
     return Kernel(nngp, ntk, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None)
 
@@ -207,6 +296,10 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
         nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c
     var1 = self_cov(a)
     var2 = var1 if x2 is None else self_cov(b)
-    k = Kernel(nngp.contiguous(), None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
+    nngp = nngp.contiguous()
+    pairs = identical_pairs(x1, x2)
+    if pairs is not None:
+        var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
+    k = Kernel(nngp, None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
     k = k.pin_diagonal(inplace=True)
     return k.replace(ntk=torch.zeros_like(k.nngp) if need_ntk else None)

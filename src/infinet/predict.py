@@ -16,14 +16,16 @@ Everything runs in float64 on the kernels' device; ``diag_reg`` is relative to t
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .kernel import Kernel
-from .solve import KernelMatrixError, check_kernel_matrix, cholesky, eigh_psd, regularized
+from .solve import KernelMatrixError, _require_psd, check_kernel_matrix, cholesky, eigh_psd, regularized
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def gp_inference(
         kss = check_kernel_matrix(k_test_test, "k_test_test")
         if kss.shape != (len(ks), len(ks)):
             raise KernelMatrixError(f"k_test_test must be ({len(ks)}, {len(ks)}), got {tuple(kss.shape)}")
+        _require_psd(kss, "k_test_test")
         v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
         cov = kss - v.T @ v
     return Posterior(mean[:, 0] if vector else mean, cov)
@@ -114,8 +117,15 @@ def log_marginal_likelihood(k_train_train: Tensor, y_train: Tensor, diag_reg: fl
 
 
 def _times(t) -> tuple[Tensor, bool]:
-    single = isinstance(t, (int, float))
-    times = torch.as_tensor([t] if single else list(t), dtype=torch.float64)
+    """Training times as a float64 vector, and whether a single time (a number, numpy scalar or 0-d
+    tensor/array) was given."""
+    single = isinstance(t, numbers.Real) or (isinstance(t, (Tensor, np.ndarray)) and t.ndim == 0)
+    if isinstance(t, bool) or (single and not isinstance(t, numbers.Real) and t.dtype == torch.bool):
+        raise ValueError(f"training times must be numbers >= 0 (inf allowed), got {t!r}")
+    try:
+        times = torch.as_tensor([float(t)] if single else [float(v) for v in t], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"training times must be numbers >= 0 (inf allowed), got {t!r}") from None
     if times.ndim != 1 or len(times) == 0 or bool(torch.isnan(times).any()) or bool((times < 0).any()):
         raise ValueError(f"training times must be numbers >= 0 (inf allowed), got {t!r}")
     return times, single

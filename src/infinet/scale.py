@@ -42,6 +42,16 @@ class StoreMismatchError(ValueError):
     """A store that was made for a different job (architecture, data, dtype, tiling or kernels)."""
 
 
+class StoreCorruptError(StoreMismatchError):
+    """A store with tiles marked done whose chunks are missing, short or changed since they were written."""
+
+
+def _tile_checksum(values: np.ndarray) -> int:
+    """64-bit BLAKE2b of a tile's values as written (C order), stored beside its done-mark."""
+    digest = hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFFFFFFFFFF or 1  # 0 means "no checksum"
+
+
 @dataclass
 class StoreReport:
     """What :func:`kernel_to_store` did: tiles in the job, computed now, already present, seconds."""
@@ -69,9 +79,9 @@ def fingerprint(*arrays: torch.Tensor) -> str:
 
 def _metadata(net, x1, x2, names, dtype: str, tile: int) -> dict:
     from . import __version__
-    from .spec import format_spec
+    from .spec import round_trip_spec
 
-    return {"infinet_store": FORMAT, "architecture": format_spec(net), "data": fingerprint(x1, x2),
+    return {"infinet_store": FORMAT, "architecture": round_trip_spec(net), "data": fingerprint(x1, x2),
             "shape": [len(x1), len(x1) if x2 is None else len(x2)], "symmetric": x2 is None, "dtype": dtype,
             "tile_size": tile, "kernels": list(names), "version": __version__}
 
@@ -97,6 +107,8 @@ def _open(path: str, meta: dict):
         group.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=meta["dtype"], fill_value=float("nan"),
                            compressors=None)
     rows, cols = math.ceil(n1 / tile), math.ceil(n2 / tile)
+    group.create_array("checksum", shape=(rows, cols, len(meta["kernels"])), chunks=(1, 1, len(meta["kernels"])),
+                       dtype="int64", fill_value=0)
     group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0)
     group.attrs.update(meta)  # written last: a store without attributes is re-initialized
     return group
@@ -144,7 +156,8 @@ def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i:
     cols = slice(j * tile, min((j + 1) * tile, meta["shape"][1]))
     a = torch.as_tensor(x1[rows], dtype=dtype, device=where)
     b = None if (symmetric and i == j) else torch.as_tensor((x1 if symmetric else x2)[cols], dtype=dtype, device=where)
-    k = kernel_tile(parse_spec(spec), a, b, "ntk" in meta["kernels"])
+    k = kernel_tile(parse_spec(spec, max_length=None), a, b, "ntk" in meta["kernels"])
+    sums, mirror_sums = [], []
     for name in meta["kernels"]:
         t = getattr(k, name)
         if symmetric and i == j:
@@ -153,8 +166,14 @@ def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i:
             raise FloatingPointError(f"{name} tile ({i}, {j}) overflowed to NaN/inf; nothing was marked done")
         values = t.cpu().numpy()
         group[name][rows, cols] = values
+        sums.append(_tile_checksum(values))
         if symmetric and i != j:
             group[name][cols, rows] = values.T
+            mirror_sums.append(_tile_checksum(values.T))
+    if "checksum" in group:  # written before the done-mark: a tile marked done always has its checksum
+        group["checksum"][i, j, :] = np.array(sums, dtype=np.int64)
+        if mirror_sums:
+            group["checksum"][j, i, :] = np.array(mirror_sums, dtype=np.int64)
     group["done"][i, j] = 1
     if symmetric and i != j:
         group["done"][j, i] = 1
@@ -199,6 +218,13 @@ def kernel_to_store(
     meta = _metadata(net, x1, x2, names, dtype, tile)
     group = _open(path, meta)
     symmetric = x2 is None
+    bad = check_store(path, group, checksums=True)
+    if bad:  # recompute what was lost or changed since it was marked done
+        print(f"{path}: recomputing {len(bad)} damaged tile(s): " + "; ".join(bad.values()), file=sys.stderr)
+        for i, j in bad:
+            group["done"][i, j] = 0
+            if symmetric:
+                group["done"][j, i] = 0
     total = len(_all_tiles(meta))
     todo = _missing(group, symmetric)
     start = time.perf_counter()
@@ -258,8 +284,52 @@ def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device,
                 cluster.close()
 
 
-def open_store(path: str | os.PathLike):
-    """The zarr group of a kernel store, checked complete (every tile marked done)."""
+def _chunk_problem(path: Path, name: str, i: int, j: int, expected: int) -> str | None:
+    chunk = path / name / "c" / str(i) / str(j)
+    if not chunk.is_file():
+        return f"{chunk} is missing"
+    size = chunk.stat().st_size
+    if size != expected:
+        return f"{chunk} has {size} of its {expected} bytes"
+    return None
+
+
+def check_store(path: str | os.PathLike, group=None, checksums: bool = True) -> dict[tuple[int, int], str]:
+    """Tiles marked done whose data is damaged, as {(i, j): what is wrong, naming the chunk file}.
+
+    Always checks that every chunk of a done tile exists with its full size (a stat per chunk, no
+    reading); with ``checksums`` it also reads each done tile and compares its 64-bit BLAKE2b with
+    the one written beside its done-mark (one pass over the store). For a symmetric store the upper
+    tile (min, max) of a damaged pair is reported.
+    """
+    import zarr
+
+    path = Path(path)
+    group = zarr.open_group(str(path), mode="r") if group is None else group
+    meta = dict(group.attrs)
+    tile = meta["tile_size"]
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    done = group["done"][...]
+    stored = group["checksum"][...] if checksums and "checksum" in group else None
+    bad: dict[tuple[int, int], str] = {}
+    for i, j in zip(*np.nonzero(done)):
+        i, j = int(i), int(j)
+        key = (min(i, j), max(i, j)) if meta["symmetric"] else (i, j)
+        for n, name in enumerate(meta["kernels"]):
+            problem = _chunk_problem(path, name, i, j, tile * tile * itemsize)
+            if problem is None and stored is not None and stored[i, j, n] != 0:
+                rows = slice(i * tile, min((i + 1) * tile, meta["shape"][0]))
+                cols = slice(j * tile, min((j + 1) * tile, meta["shape"][1]))
+                if _tile_checksum(group[name][rows, cols]) != stored[i, j, n]:
+                    problem = f"{path / name / 'c' / str(i) / str(j)} changed since it was written (checksum)"
+            if problem is not None:
+                bad.setdefault(key, problem)
+    return bad
+
+
+def open_store(path: str | os.PathLike, verify: bool = True):
+    """The zarr group of a kernel store, checked complete (every tile marked done) and undamaged
+    (:func:`check_store`: chunk files present and full, and with ``verify`` their checksums)."""
     import zarr
 
     path = str(path)
@@ -273,6 +343,11 @@ def open_store(path: str | os.PathLike):
     if missing:
         raise StoreMismatchError(f"{path} is incomplete: {len(missing)} of {len(_all_tiles(meta))} tiles missing; "
                                  "rerun the same kernel command to finish it")
+    bad = check_store(path, group, checksums=verify)
+    if bad:
+        shown = "; ".join(list(bad.values())[:5]) + ("; ..." if len(bad) > 5 else "")
+        raise StoreCorruptError(f"{path} is damaged: {len(bad)} tile(s) marked done are not as written ({shown}); "
+                                "rerun the same kernel command to recompute them")
     return group
 
 
@@ -381,5 +456,5 @@ def predict_from_store(path, alpha: torch.Tensor, *, kernel: str = "nngp") -> to
     return torch.cat(parts)
 
 
-__all__ = ["DEVICES", "StoreKernel", "StoreMismatchError", "StoreReport", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
+__all__ = ["DEVICES", "StoreCorruptError", "StoreKernel", "StoreMismatchError", "StoreReport", "check_store", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
            "predict_from_store", "solve_store", "stored_kernel", "tile_device"]

@@ -226,6 +226,16 @@ def _cg_progress(report: CGReport, tol: float, start: float) -> None:
           end="", file=sys.stderr, flush=True)
 
 
+def _check_number(name: str, value, minimum: float, strict: bool = False) -> None:
+    """A finite real number >= ``minimum`` (> with ``strict``), or a ValueError naming it."""
+    if isinstance(value, Tensor) and value.ndim == 0:
+        value = float(value.detach())
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
+
+
 def conjugate_gradient(
     k,
     b: Tensor,
@@ -250,6 +260,10 @@ def conjugate_gradient(
         raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
     if isinstance(preconditioner_rank, bool) or not isinstance(preconditioner_rank, int) or preconditioner_rank < 0:
         raise ValueError(f"preconditioner_rank must be an integer >= 0, got {preconditioner_rank!r}")
+    _check_number("diag_reg", diag_reg, minimum=0.0)
+    _check_number("tol", tol, minimum=0.0, strict=True)
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     matmul, diagonal, column, n = _operator(k)
     if not bool(torch.isfinite(b).all()):
         raise ValueError("the right-hand side contains NaN or inf")
@@ -259,6 +273,8 @@ def conjugate_gradient(
         raise ValueError(f"right-hand side has {len(b)} rows for a {n} x {n} kernel")
     diag = diagonal().to(b)
     mean_diag = float(diag.mean())
+    if not mean_diag > 0 or not bool(torch.isfinite(diag).all()):
+        raise KernelMatrixError(f"the kernel's diagonal must be finite with a positive mean, got mean {mean_diag:.3g}")
     shift = diag_reg * mean_diag
     p_shift = shift if shift > 0 else 1e-10 * mean_diag
     setup = time.perf_counter()
@@ -293,12 +309,23 @@ def conjugate_gradient(
     if progress and rank:
         print(f" {report.setup_seconds:.1f} s", file=sys.stderr, flush=True)
     start = time.perf_counter()
+    # columns already solved (zero right-hand sides, or converged) take no further steps: their
+    # step sizes would be 0/0
+    active = b.norm(dim=0) > 0
     for it in range(1, max_iter + 1):
+        if not bool(active.any()):
+            report.iterations, report.residuals, report.converged = it - 1, report.residuals + [0.0], True
+            break
         q = apply(p)
-        alpha = rz / (p * q).sum(0)
+        pq = (p * q).sum(0)
+        if bool((pq[active] <= 0).any()) or not bool(torch.isfinite(pq).all()):
+            raise KernelMatrixError("conjugate gradients met a direction of non-positive curvature (p^T (K + s I) p "
+                                    "<= 0): the kernel is not positive definite")
+        alpha = torch.where(active, rz / torch.where(active, pq, 1.0), 0.0)
         x += alpha * p
         r -= alpha * q
-        rel = float((r.norm(dim=0) / b_norm).max())
+        col_rel = r.norm(dim=0) / b_norm
+        rel = float(col_rel.max())
         report.iterations, report.residuals = it, report.residuals + [rel]
         if progress:
             _cg_progress(report, tol, start)
@@ -307,9 +334,10 @@ def conjugate_gradient(
         if rel <= tol:
             report.converged = True
             break
+        active = active & (col_rel > tol)
         z = precondition(r)
         rz_new = (r * z).sum(0)
-        p = z + (rz_new / rz) * p
+        p = z + torch.where(active, rz_new / torch.where(active, rz, 1.0), 0.0) * p
         rz = rz_new
     report.seconds = time.perf_counter() - start
     if progress:

@@ -266,7 +266,7 @@ def _number(text: str) -> int | float:
     return float(text)
 
 
-def parse_spec(text: str) -> Layer:
+def parse_spec(text: str, max_length: int | None = MAX_LENGTH) -> Layer:
     """Parse an architecture spec such as ``"Dense(512, w_std=1.5) > Relu() > Dense(10)"``.
 
     ``>`` composes in sequence (``serial``); any layer of :mod:`infinet` may be called with its Python
@@ -274,14 +274,29 @@ def parse_spec(text: str) -> Layer:
     ``serial(...)``, ``parallel(...)`` and ``repeat(layer, n)`` build combinations, e.g. a residual
     block ``FanOut(2) > parallel(Identity(), Relu() > Dense(512)) > FanInSum()``. Nothing is passed to
     Python's ``eval``. Raises :class:`SpecError` (a ``ValueError``) naming the offending token.
+    ``max_length`` bounds the text (None: no bound, for specs this library wrote itself); the total
+    number of layers is bounded separately (:data:`infinet.layers.combinators.MAX_LAYERS`).
     """
     if not isinstance(text, str):
         raise TypeError(f"an architecture spec is a string, got {type(text).__name__}")
-    if len(text) > MAX_LENGTH:
-        raise SpecError(f"the spec is longer than {MAX_LENGTH} characters", text[:40], 1, text[:1])
+    if max_length is not None and len(text) > max_length:
+        raise SpecError(f"the spec is longer than {max_length} characters", text[:40], 1, text[:1])
     return _Parser(text).parse()
 
 
 def format_spec(layer: Layer) -> str:
     """The spec text of ``layer`` (its repr), which :func:`parse_spec` turns back into the same network."""
     return repr(layer)
+
+
+def round_trip_spec(layer: Layer) -> str:
+    """The spec of ``layer``, checked to rebuild the same network (``repr(parse_spec(spec)) == spec``);
+    a ValueError saying why otherwise (for example a user function in ``Elementwise``)."""
+    spec = format_spec(layer)
+    try:
+        again = format_spec(parse_spec(spec, max_length=None))
+    except ValueError as e:
+        raise ValueError(f"this architecture cannot be written as a spec: {e}") from None
+    if again != spec:
+        raise ValueError("this architecture's spec does not rebuild it exactly; it cannot be sent as text")
+    return spec

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._allocator import tune_allocator
 from .layers.base import apply_kernel, fit_layout
-from .kernel import Kernel, as_input, check_pair, input_kernel, parse_get
+from .kernel import Kernel, as_input, check_pair, input_kernel, parse_get, unique_rows
 
 #: bytes of working memory per kernel entry while a tile of a closed-form network is computed
 #: (nngp, ntk and about a dozen elementwise temporaries in float64)
@@ -107,6 +107,35 @@ def spatial_cost(layer, input_shape: tuple[int, ...]) -> tuple[int, bool]:
     return (positions**2 if full else positions), full
 
 
+def _expand(k: Kernel, inverse1: Tensor | None, inverse2: Tensor | None) -> Kernel:
+    def rows(t, inv):
+        return t if t is None or inv is None else t[inv]
+
+    def both(t):
+        return None if t is None else rows(rows(t, inverse1).transpose(0, 1), inverse2).transpose(0, 1)
+
+    var1 = rows(k.var1, inverse1)
+    var2 = var1 if k.symmetric else rows(k.var2, inverse2)
+    return k.replace(nngp=both(k.nngp), ntk=both(k.ntk), var1=var1, var2=var2)
+
+
+def _expanded(layer, x1, x2, groups1, groups2, names, **options) -> Kernel:
+    """The kernel of inputs with repeated rows from the kernel of their distinct rows, so that identical
+    inputs get bitwise-identical rows and columns (and the repeated work is skipped)."""
+    first1, inverse1 = groups1 if groups1 is not None else (None, None)
+    first2, inverse2 = groups2 if groups2 is not None else (None, None)
+    if x2 is None:
+        inverse2 = inverse1
+    u1 = x1 if first1 is None else x1[first1]
+    u2 = None if x2 is None else (x2 if first2 is None else x2[first2])
+    try:
+        k = compute_kernel(layer, u1, u2, names, **options)
+    except NonFiniteKernelError as e:
+        partial = None if e.partial is None else _expand(e.partial, inverse1, inverse2)
+        raise NonFiniteKernelError(str(e) + " (row and column numbers count distinct inputs)", partial) from None
+    return _expand(k, inverse1, inverse2)
+
+
 def compute_kernel(
     layer,
     x1,
@@ -143,6 +172,11 @@ def compute_kernel(
         raise ValueError(f"the network's output has spatial shape {out_spec.shape}; end it with Flatten() or "
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
     need_ntk = "ntk" in names
+    groups1 = unique_rows(x1)
+    groups2 = None if symmetric else unique_rows(x2)
+    if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
+        return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, dtype=dtype,
+                         tile_size=tile_size, max_memory=max_memory, progress=progress)
     size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:])))
     rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
     tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]

@@ -30,11 +30,36 @@ class ExperimentError(ValueError):
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: its default, a help line, and optionally its value in the quick variant."""
+    """One parameter: its default, a help line, optionally its value in the quick variant, and the
+    smallest value it accepts (``minimum``; by default 1 for counts, integers whose default is >= 1,
+    and 0 for non-negative real defaults; each element of a list)."""
 
     default: Any
     help: str
     quick: Any = _UNSET
+    minimum: Any = _UNSET
+
+    def lowest(self) -> Any:
+        if self.minimum is not _UNSET:
+            return self.minimum
+        sample = self.default[0] if isinstance(self.default, (tuple, list)) and self.default else self.default
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)):
+            return None
+        if isinstance(sample, int):
+            return 1 if sample >= 1 else (0 if sample == 0 else None)
+        return 0.0 if sample >= 0 else None
+
+    def check(self, value: Any, what: str) -> None:
+        """Raise an :class:`ExperimentError` when ``value`` (or an element of it) is below the minimum."""
+        low = self.lowest()
+        if low is None:
+            return
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if isinstance(self.default, (tuple, list)) and not items:
+            raise ExperimentError(f"{what} needs at least one value")
+        for item in items:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and not item >= low:
+                raise ExperimentError(f"{what} must be >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,7 @@ class Experiment:
                 raise ExperimentError(f"experiment {self.name!r} has no parameter {key!r}{hint} "
                                       f"(parameters: {', '.join(self.params)})")
             values[key] = convert(raw, self.params[key].default, f"{self.name}.{key}")
+            self.params[key].check(values[key], f"{self.name}.{key}")
         return values
 
 

@@ -146,7 +146,7 @@ EXPERIMENT = Experiment(
         "n_networks": Param(2000, "random networks per width", quick=500),
         "mc_points": Param(40, "inputs for the kernel error", quick=20),
         "mc_widths": Param((128, 256, 512, 1024, 2048), "widths for the kernel error", quick=(128, 256, 512, 1024)),
-        "mc_samples": Param(16, "networks per width for the kernel error", quick=8),
+        "mc_samples": Param(16, "networks per width for the kernel error", quick=8, minimum=2),
     },
     run=run,
     details=__doc__,

@@ -68,10 +68,38 @@ class Activation(Layer):
 
 
 class _Quadrature(Activation):
-    """Activation without a closed form: bivariate quadrature (see :func:`infinet.gaussian.quadrature`)."""
+    """Activation without a closed form: bivariate quadrature (see :func:`infinet.gaussian.quadrature`).
+
+    Entries whose two inputs are identical (cov = var1 = var2 exactly, as for duplicated input rows)
+    take the diagonal values E[phi(u)^2] and E[phi'(u)^2] of the same variance, so identical inputs
+    keep identical kernel rows: the bivariate rule, its interpolant and the one-dimensional diagonal
+    rule agree only to ~1e-11, and in the chaotic phase the correlation map amplifies any difference
+    by chi_1 per layer.
+    """
 
     def diagonal(self, var: Tensor) -> Tensor:
+        self._check_range(var)
         return gaussian.quadrature_diagonal(self.fn, var)
+
+    def _check_range(self, *variances):
+        try:
+            gaussian.check_quadrature_range(*variances)
+        except ValueError as e:
+            raise ValueError(f"{self!r}: {e}") from None
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        self._check_range(var1, var2)
+        nngp, kdot = super().expectations(cov, var1, var2, need_kdot)
+        cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
+        same = (cov == var1) & (var1 == var2) & (var1 > 0)
+        if not bool(same.any()):
+            return nngp, kdot
+        values = var1[same]
+        nngp = nngp.masked_scatter(same, self.diagonal(values))
+        if kdot is not None:
+            dfn = self.derivative() or gaussian._derivative(self.fn)
+            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values))
+        return nngp, kdot
 
 
 # ---------------------------------------------------------------- ReLU family (arc-cosine kernels)

@@ -68,6 +68,9 @@ def describe(layer_name: str, stream) -> str:
 class Layer:
     """Base class of all layers and combinators; any layer is a whole network description."""
 
+    #: layers this description holds in all, every repeated copy counted (combinators sum their parts)
+    n_layers: int = 1
+
     def infer(self, spec: Stream, ctx: Context) -> Stream:  # pragma: no cover - abstract
         raise NotImplementedError
 

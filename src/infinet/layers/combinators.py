@@ -23,6 +23,24 @@ def _pin(k, before=None):
     return k.pin_diagonal(inplace=fresh)
 
 
+#: the most layers an architecture may hold in all, counting every copy made by ``repeat`` and every
+#: reuse of a sub-network (a short spec such as repeat(repeat(repeat(X, 10000), 10000), 10000) would
+#: otherwise describe 10^12 layers and never finish)
+MAX_LAYERS = 100_000
+
+
+def _total(counts, what: str) -> int:
+    total = 0
+    for c in counts:
+        total += c
+        if total > MAX_LAYERS:
+            break
+    if total > MAX_LAYERS:
+        raise ValueError(f"{what} would hold more than {MAX_LAYERS:,} layers in all (counting every repeated "
+                         "copy); that is beyond what infinet computes")
+    return total
+
+
 class Serial(Layer):
     """Sequential composition: f = f_n o ... o f_1 in both meanings.
 
@@ -34,6 +52,7 @@ class Serial(Layer):
 
     def __init__(self, layers: Sequence[Layer]):
         self.layers = tuple(as_layer(layer) for layer in layers)
+        self.n_layers = _total((layer.n_layers for layer in self.layers), "this serial composition")
 
     def needs_full(self, full_out):
         for layer in reversed(self.layers):
@@ -75,11 +94,25 @@ def serial(*layers: Layer) -> Serial:
     return Serial(layers)
 
 
+class Repeat(Serial):
+    """``layer`` applied ``n`` times in sequence; its repr keeps the ``repeat`` (short specs for deep nets)."""
+
+    def __init__(self, layer: Layer, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"repeat count must be an integer >= 0, got {n!r}")
+        layer = as_layer(layer)
+        if n * layer.n_layers > MAX_LAYERS:  # checked before the copies are listed
+            _total((n * layer.n_layers,), f"repeat(..., {n})")
+        self.layer, self.n = layer, n
+        super().__init__([layer] * n)
+
+    def __repr__(self) -> str:
+        return f"repeat({self.layer!r}, {self.n})"
+
+
 def repeat(layer: Layer, n: int) -> Serial:
     """``layer`` applied ``n`` times in sequence, each copy with its own independent weights."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"repeat count must be an integer >= 0, got {n!r}")
-    return Serial([as_layer(layer)] * n)
+    return Repeat(layer, n)
 
 
 class Identity(Layer):
@@ -105,6 +138,7 @@ class Parallel(Layer):
         if not layers:
             raise ValueError("parallel needs at least one layer")
         self.layers = tuple(as_layer(layer) for layer in layers)
+        self.n_layers = _total((layer.n_layers for layer in self.layers), "this parallel composition")
 
     def __repr__(self) -> str:
         return "parallel(" + ", ".join(map(repr, self.layers)) + ")"

@@ -178,7 +178,8 @@ def test_kernel_and_solve_on_an_existing_scheduler(tmp_path):
     for split in ("train", "test"):
         a = zarr.open_group(str(tmp_path / "remote" / split), mode="r")["ntk"][...]
         b = zarr.open_group(str(tmp_path / "local" / split), mode="r")["ntk"][...]
-        assert np.array_equal(a, b)
+        # the in-memory kernel computes repeated inputs once, so its tiles differ: equal to round-off
+        assert np.allclose(a, b, rtol=1e-12, atol=0)
     plain = invoke("solve", "--store", str(tmp_path / "local"), "--diag-reg", "1e-3", "--preconditioner",
                    "pivoted-cholesky", "--rank", "20", "--out", str(tmp_path / "local.npz"))
     assert plain.exit_code == 0, plain.output

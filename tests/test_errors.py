@@ -81,7 +81,9 @@ def test_bad_architectures():
 
 
 def test_overflow_is_an_error_that_keeps_finished_tiles():
-    x = torch.cat([torch.ones(4, 2), 1e3 * torch.ones(2, 2)]).double()
+    # distinct rows (repeated rows are computed once, which would change the tiling)
+    x = torch.cat([torch.ones(4, 2) * torch.linspace(1.0, 1.3, 4)[:, None],
+                   1e3 * torch.tensor([[1.0, 1.0], [1.0, 1.01]])]).double()
     net = inf.serial(inf.Dense(8, 1.0), inf.Exp(1.0, 1.0), inf.Dense(1))
     with pytest.raises(inf.NonFiniteKernelError, match="rows 0:2, columns 4:6") as info:
         net.kernel(x, tile_size=2)

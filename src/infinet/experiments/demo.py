@@ -191,7 +191,7 @@ EXPERIMENT = Experiment(
         "w_std": Param(1.5, "weight standard deviation"),
         "b_std": Param(0.05, "bias standard deviation"),
         "widths": Param((64, 256, 1024, 4096), "hidden widths of the finite networks", quick=(32, 128, 512)),
-        "seeds": Param(3, "finite networks trained per width (>= 2: standard errors)", quick=2, minimum=2),
+        "seeds": Param(3, "finite networks trained per width", quick=2),
         "steps": Param(500, "full-batch gradient descent steps", quick=200),
         "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit 2m/lambda_max(NTK)"),
         "diag_reg": Param(1e-4, "diagonal regularization relative to the mean kernel diagonal"),

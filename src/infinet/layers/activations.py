@@ -95,10 +95,9 @@ class _Quadrature(Activation):
         if not bool(same.any()):
             return nngp, kdot
         values = var1[same]
-        nngp = nngp.masked_scatter(same, self.diagonal(values))
-        if kdot is not None:
-            dfn = self.derivative() or gaussian._derivative(self.fn)
-            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values))
+        nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
+        if kdot is not None:  # the bivariate rule at rho = 1, once per distinct entry
+            kdot = kdot.masked_scatter(same, super().expectations(values, values, values, True)[1])
         return nngp, kdot
 
 

@@ -61,7 +61,7 @@ def test_every_constructor_is_reachable_and_round_trips():
     ("Dense(2, w_std=1.2345678901234567)", "Dense(2, w_std=1.2345678901234567, b_std=None, parameterization='ntk')"),
     ("Polynomial((1, 2))", "Polynomial([1.0, 2.0])"),
     ("  Relu( )  ", "Relu()"),
-    ("repeat(Dense(2) > Relu(), 2)", "serial(serial(Dense(2, w_std=1.0, b_std=None, parameterization='ntk'), Relu()), serial(Dense(2, w_std=1.0, b_std=None, parameterization='ntk'), Relu()))"),
+    ("repeat(Dense(2) > Relu(), 2)", "repeat(serial(Dense(2, w_std=1.0, b_std=None, parameterization='ntk'), Relu()), 2)"),
 ])
 def test_valid_forms(text, expected):
     assert repr(parse_spec(text)) == expected

@@ -115,7 +115,8 @@ class _Classifier(ClassifierMixin, _KernelEstimator):
         self._encoder = LabelEncoder().fit(y)
         self.classes_ = self._encoder.classes_
         if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes in y, got only {self.classes_.tolist()}")
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes in y, got only one class: "
+                             f"{self.classes_.tolist()}")
         codes = self._encoder.transform(y)
         c = max(len(self.classes_), 2)
         targets = np.full((len(codes), c), -1.0 / c)

@@ -8,6 +8,7 @@ function is what a distributed driver (Dask, issue 9) ships to workers.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Iterable
 
@@ -136,6 +137,45 @@ def _expanded(layer, x1, x2, groups1, groups2, names, **options) -> Kernel:
     return _expand(k, inverse1, inverse2)
 
 
+def _tile_results(work, tasks, device):
+    """``(task, work(task))`` in task order. On the CPU with several tiles and T > 1 intra-op threads,
+    the tiles run T at a time on a thread pool with single-threaded torch operations instead of one at
+    a time with T-threaded ones: a tile is hundreds of short elementwise passes, and a multi-threaded
+    pass ends in a barrier that waits for every thread, so on a shared machine each pass waited for a
+    thread the other process had descheduled (24x slower beside a 2-thread torch job; see
+    benchmarks/under_load.py). Independent tiles share the cores with no barriers (torch releases the
+    GIL inside each operation). At most 2T tiles are in flight."""
+    threads = torch.get_num_threads()
+    pooled = os.environ.get("INFINET_TILE_POOL", "1") != "0"  # 0: the old way, for benchmarks/under_load.py
+    if device.type != "cpu" or threads < 2 or len(tasks) < 2 or not pooled:
+        for task in tasks:
+            yield task, work(task)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile") as pool:
+            pending = deque()
+            queue = iter(tasks)
+            for task in queue:
+                pending.append((task, pool.submit(work, task)))
+                if len(pending) >= 2 * threads:
+                    break
+            while pending:
+                task, future = pending.popleft()
+                result = future.result()
+                for nxt in queue:
+                    pending.append((nxt, pool.submit(work, nxt)))
+                    break
+                yield task, result
+    finally:
+        for _, future in list(pending) if "pending" in locals() else []:
+            future.cancel()
+        torch.set_num_threads(threads)
+
+
 def compute_kernel(
     layer,
     x1,
@@ -191,15 +231,18 @@ def compute_kernel(
     show = progress if progress is not None else (len(tasks) > 1 and sys.stderr.isatty())
     from tqdm.auto import tqdm
 
+    def work(task):
+        i, j = task
+        diagonal = symmetric and i == j
+        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk)
+        if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
+            k = k.replace(nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T))
+        return k
+
     with tqdm(total=len(tasks), desc="kernel tiles", disable=not show, leave=False) as bar:
-        for i, j in tasks:
+        for (i, j), k in _tile_results(work, tasks, x1.device):
             r, c = rows[i], cols[j]
             diagonal = symmetric and i == j
-            k = kernel_tile(layer, x1[r], None if diagonal else x2[c], need_ntk)
-            if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
-                k = k.replace(
-                    nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T)
-                )
             bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not _all_finite(t)]
             if bad:
                 partial = _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done)

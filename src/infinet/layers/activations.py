@@ -96,8 +96,9 @@ class _Quadrature(Activation):
             return nngp, kdot
         values = var1[same]
         nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
-        if kdot is not None:  # the bivariate rule at rho = 1, once per distinct entry
-            kdot = kdot.masked_scatter(same, super().expectations(values, values, values, True)[1])
+        if kdot is not None:  # E[phi'(u)^2]: a one-dimensional rule, refined (it costs one line per entry)
+            dfn = self.derivative() or gaussian._derivative(self.fn)
+            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values, nodes=16, extra_panels=2))
         return nngp, kdot
 
 

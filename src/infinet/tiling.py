@@ -155,9 +155,9 @@ def _tile_results(work, tasks, device):
     from concurrent.futures import ThreadPoolExecutor
 
     torch.set_num_threads(1)
+    pending: deque = deque()
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile") as pool:
-            pending = deque()
             queue = iter(tasks)
             for task in queue:
                 pending.append((task, pool.submit(work, task)))
@@ -171,7 +171,7 @@ def _tile_results(work, tasks, device):
                     break
                 yield task, result
     finally:
-        for _, future in list(pending) if "pending" in locals() else []:
+        for _, future in pending:  # an error or an abandoned generator: start no further tiles
             future.cancel()
         torch.set_num_threads(threads)
 

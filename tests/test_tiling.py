@@ -72,3 +72,18 @@ def test_kernels_stay_on_cuda():
     assert torch.allclose(k.ntk.cpu(), NET.kernel(x.cpu(), tile_size=16).ntk, rtol=1e-10)
     mc = inf.monte_carlo_kernel(NET, x[:3], n_samples=2)
     assert mc.ntk.device.type == "cuda"
+
+
+def test_kernel_tile_does_not_depend_on_memory_alignment():
+    """A tile from rows that start 8 bytes off a 64-byte boundary (a slice of a deserialized array on a
+    Dask worker) equals, bit for bit, the tile from an aligned copy: stores are reproducible anywhere."""
+    net = inf.serial(inf.Dense(32, w_std=1.5, b_std=0.1), inf.Tanh(), inf.Dense(1, w_std=1.5, b_std=0.1))
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    reference = tiling.kernel_tile(net, x[:20].clone(), x[20:].clone(), True)
+    backing = torch.zeros(x.numel() + 16, dtype=torch.float64)
+    start = next(s for s in range(8) if (backing.data_ptr() + 8 * s) % 64 == 8)  # deliberately misaligned
+    moved = backing[start:start + x.numel()].view(40, 6)
+    moved.copy_(x)
+    assert moved.data_ptr() % 64 == 8
+    tile = tiling.kernel_tile(net, moved[:20], moved[20:], True)
+    assert torch.equal(tile.nngp, reference.nngp) and torch.equal(tile.ntk, reference.ntk)

@@ -40,11 +40,28 @@ class NonFiniteKernelError(FloatingPointError):
         self.partial = partial
 
 
+ALIGNMENT = 64  # bytes: the widest SIMD register (AVX-512); torch's allocators align at least this much
+
+
+def aligned(x: Tensor) -> Tensor:
+    """``x`` itself when contiguous and its data starts on a 64-byte boundary, else a fresh copy.
+
+    Vectorized matrix products round differently depending on where their operands start in memory
+    (a view 8 bytes into an array changes the last bits), so a tile computed from a slice of an array
+    could differ from the same tile computed from a copy, on another worker or in another run."""
+    if x.is_contiguous() and x.data_ptr() % ALIGNMENT == 0:
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
     """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
 
-    Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`.
+    Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
+    are first made contiguous and aligned (:func:`aligned`), so a tile's value does not depend on
+    where its rows lie in memory: the same rows give bitwise the same tile in any process.
     """
+    x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
     full = bool(layer.needs_full(False)) if x1.ndim > 2 else False
     out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full), False), False)
     if isinstance(out, tuple):

@@ -39,6 +39,7 @@ from .layers import (
     Monomial,
     Polynomial,
     RectifiedMonomial,
+    Recurrent,
     Relu,
     Sigmoid,
     Sign,
@@ -61,7 +62,7 @@ __all__ = [
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
-    "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Relu", "Sigmoid", "Sign",
+    "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Sigmoid", "Sign",
     "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "empirical", "empirical_nngp", "empirical_ntk", "fit_hyperparameters", "linearization", "linearize", "taylor_expand", "fitting", "format_spec", "gaussian",
     "kernel_tile", "monte_carlo_kernel", "parallel", "parse_spec", "predict", "repeat", "serial",
 ]

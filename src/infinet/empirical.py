@@ -200,6 +200,16 @@ def _affine_sites(model: nn.Module, params: dict) -> dict:
     return sites
 
 
+def _features_last(module: nn.Module, t: Tensor, axis: int) -> Tensor:
+    """``t`` with the affine module's feature axis last: infinet's Dense module takes channels on axis 1
+    of (N, C, ...) inputs (``axis`` is where that axis sits in ``t``); nn.Linear already acts on the last."""
+    from .layers.dense import DenseModule
+
+    if isinstance(module, DenseModule) and t.ndim > axis + 1:
+        return t.movedim(axis, -1)
+    return t
+
+
 def _capture(model: nn.Module, sites: dict, x: Tensor, n_out: int):
     """Inputs and output cotangents of every use of each affine module: {name: [(x (N, T, in),
     delta (O, N, T, out))]}, from one forward and O batched backward passes (examples independent)."""
@@ -221,9 +231,11 @@ def _capture(model: nn.Module, sites: dict, x: Tensor, n_out: int):
                                 is_grads_batched=True, allow_unused=True)
     result: dict = {name: [] for name in uses}
     for (name, i), g in zip(flat, grads):
-        xin = uses[name][i][0]
+        module = sites[name][0]
+        xin = _features_last(module, uses[name][i][0], 1)
         if g is None:
             g = torch.zeros((n_out,) + tuple(uses[name][i][1].shape), dtype=out.dtype, device=out.device)
+        g = _features_last(module, g, 2)
         result[name].append((xin.reshape(len(x), -1, xin.shape[-1]), g.reshape(n_out, len(x), -1, g.shape[-1])))
     return result
 
@@ -284,7 +296,7 @@ def estimate_costs(model: nn.Module, x1: Tensor, x2: Tensor, params: dict | None
     sites = _affine_sites(model, chosen)
     rows: dict = {name: 0 for name in sites}  # per example, how many rows each affine module is applied to
     handles = [module.register_forward_hook(
-        lambda mod, args, out, name=name: rows.__setitem__(name, rows[name] + args[0].numel() // args[0].shape[-1]))
+        lambda mod, args, out, name=name: rows.__setitem__(name, rows[name] + args[0].numel() // _features_last(mod, args[0], 1).shape[-1]))
         for name, (module, _, _) in sites.items()]
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:

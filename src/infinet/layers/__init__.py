@@ -29,11 +29,12 @@ from .conv import Conv, ConvTranspose
 from .dense import Dense
 from .norm import Dropout, LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
+from .recurrent import Recurrent
 
 __all__ = [
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
-    "Parallel", "Polynomial", "RectifiedMonomial", "Relu", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
+    "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
     "Softplus", "Spec", "Tanh", "parallel", "repeat", "serial",
 ]

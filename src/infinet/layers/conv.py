@@ -199,9 +199,6 @@ class ConvModule(AffineModule):
         self.geo = self.layer.geometry(tuple(x.shape[1:]))
         return x.shape[1]
 
-    def bias_view(self) -> Tensor:
-        return self.bias.reshape(-1, *([1] * len(self.geo)))
-
     def _check_input(self, x: Tensor) -> list:
         if x.ndim != len(self.geo) + 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.layer!r} was built for inputs (N, {self.in_features}, ...) with {len(self.geo)} "

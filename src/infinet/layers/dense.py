@@ -58,6 +58,9 @@ class Dense(Layer):
 
     'ntk' (default): W_ij, b_i ~ N(0, 1). 'standard': W_ij ~ N(0, w_std^2 / n), b_i ~ N(0, b_std^2).
     n is the fan-in (number of input features). ``b_std=None`` means no bias, as in neural-tangents.
+    On sequences N x C x L (and feature maps N x C x ...) it acts on the channels at every position with
+    the same weights (a 1x1 convolution; neural-tangents' Dense on its channel axis), n = C, and each
+    pair of positions transforms as below.
 
     Kernel transform (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1):
       NNGP  K' = w_std^2 K + b_std^2;
@@ -91,15 +94,12 @@ class Dense(Layer):
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
-        if spec.shape is not None and len(spec.shape) != 1:
-            raise ValueError(
-                f"{self!r} expects inputs of shape (N, features); got per-example shape {spec.shape}. "
-                "Flatten image inputs first"
-            )
+        if spec.shape is not None and len(spec.shape) < 1:
+            raise ValueError(f"{self!r} expects inputs of shape (N, features) or (N, C, ...); got per-example "
+                             f"shape {spec.shape}")
         token = ctx.token()
-        return with_shape(
-            spec, (self.out_features,), gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token}
-        )
+        shape = None if spec.shape is None else (self.out_features, *spec.shape[1:])
+        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token})
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         w2 = self.w_std**2
@@ -113,9 +113,9 @@ class Dense(Layer):
             if self.parameterization == "ntk":
                 ntk = nngp + ntk * w2 if isinstance(w2, Tensor) else torch.add(nngp, ntk, alpha=w2)
             else:
-                fan_in = k.shape[-1]
+                fan_in = k.shape[0]
                 ntk = fan_in * k.nngp + w2 * ntk + (0.0 if self.b_std is None else 1.0)
-        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(self.out_features,))
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(self.out_features, *k.shape[1:]))
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
@@ -170,8 +170,9 @@ class AffineModule(LazyModuleMixin, nn.Module):
     def linear(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def bias_view(self) -> Tensor:
-        return self.bias
+    def bias_view(self, ndim: int) -> Tensor:
+        """The bias shaped to broadcast over an output of ``ndim`` axes (channels on axis 1)."""
+        return self.bias.reshape(-1, *([1] * (ndim - 2)))
 
     # -- shared ----------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -200,8 +201,8 @@ class AffineModule(LazyModuleMixin, nn.Module):
         out = self.linear(x)
         if self.parameterization == "ntk":
             out = out * (self.w_std / math.sqrt(self.fan_in()))
-            return out if self.bias is None else out + self.b_std * self.bias_view()
-        return out if self.bias is None else out + self.bias_view()
+            return out if self.bias is None else out + self.b_std * self.bias_view(out.ndim)
+        return out if self.bias is None else out + self.bias_view(out.ndim)
 
     def extra_repr(self) -> str:
         return (
@@ -211,15 +212,19 @@ class AffineModule(LazyModuleMixin, nn.Module):
 
 
 class DenseModule(AffineModule):
-    """Finite fully-connected module of :class:`Dense`: weight (out, in), bias (out)."""
+    """Finite fully-connected module of :class:`Dense`: weight (out, in), bias (out). Inputs (N, in), or
+    (N, in, ...) with the same weights at every position (channels on axis 1)."""
 
     def weight_shape(self) -> tuple[int, ...]:
         return (self.out_features, self.in_features)
 
     def input_features(self, x: Tensor) -> int:
-        return x.shape[-1]
+        return x.shape[1]
 
     def linear(self, x: Tensor) -> Tensor:
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"DenseModule expects input of shape (N, {self.in_features}), got {tuple(x.shape)}")
-        return x @ self.weight.T
+        if x.ndim < 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"DenseModule expects input of shape (N, {self.in_features}) or (N, {self.in_features}, ...), "
+                             f"got {tuple(x.shape)}")
+        if x.ndim == 2:
+            return x @ self.weight.T
+        return (x.movedim(1, -1) @ self.weight.T).movedim(-1, 1)

@@ -48,8 +48,8 @@ def test_bad_inputs():
         NET.kernel(x, dtype=torch.float16)
     with pytest.raises(TypeError, match="torch.Tensor"):
         NET.kernel([[1.0, 2.0]])
-    with pytest.raises(ValueError, match="features"):
-        NET.kernel(torch.randn(3, 2, 2))  # images need Flatten before Dense
+    with pytest.raises(ValueError, match="spatial shape .* end it with Flatten"):
+        NET.kernel(torch.randn(3, 2, 2))  # Dense acts on each position's channels: the output is still a map
     with pytest.raises(ValueError, match="tile_size"):
         NET.kernel(x, tile_size=0)
     assert NET.kernel(x.numpy()).nngp.shape == (4, 4)  # numpy arrays are accepted

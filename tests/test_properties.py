@@ -93,3 +93,35 @@ def test_float32_close_to_float64(net, seed):
     for a, b in ((k32.nngp, k64.nngp), (k32.ntk, k64.ntk)):
         scale = float(b.abs().max()) + 1e-30
         assert float((a.double() - b).abs().max()) <= 1e-5 * scale
+
+
+@st.composite
+def sequence_networks(draw):
+    """Recurrent stacks (any activation, either parameterization), optionally bidirectional, with 1-D
+    convolutions and Dense on the channels, read out at the last step or pooled over time."""
+    param = draw(st.sampled_from(["ntk", "standard"]))
+    layers = []
+    for i in range(draw(st.integers(1, 2))):
+        if draw(st.booleans()):
+            layers += [inf.Conv(draw(st.integers(1, 8)), 2, w_std=draw(st.floats(0.5, 2.0)), parameterization=param),
+                       draw(st.sampled_from(ACTIVATIONS))()]
+        cell = inf.Recurrent(draw(st.sampled_from(ACTIVATIONS))(), draw(st.integers(1, 16)),
+                             w_std=draw(st.floats(0.3, 2.0)), u_std=draw(st.floats(0.3, 2.0)),
+                             b_std=draw(st.one_of(st.none(), st.floats(0.0, 0.5))), parameterization=param)
+        layers.append(inf.bidirectional(cell) if draw(st.booleans()) else cell)
+        if draw(st.booleans()):
+            layers.append(inf.Dense(draw(st.integers(1, 8)), parameterization=param))
+    pool = draw(st.sampled_from(["last", "mean", "flatten"]))
+    if pool == "last":
+        layers.append(inf.Recurrent(inf.Relu(), 4, parameterization=param, return_sequence=False))
+    else:
+        layers.append(inf.GlobalAvgPool() if pool == "mean" else inf.Flatten())
+    layers.append(inf.Dense(1, b_std=0.1, parameterization=param))
+    return inf.serial(*layers)
+
+
+@SETTINGS
+@given(sequence_networks(), st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**31), st.integers(1, 4))
+def test_sequence_kernels_symmetric_psd_and_tiling_invariant(net, n, length, seed, tile):
+    x = torch.randn(n, 2, length, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    _check_symmetric_psd_and_tiling_invariant(net, x, tile)

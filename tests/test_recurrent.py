@@ -187,3 +187,49 @@ def test_spec_round_trip():
 def test_bad_input_is_named(bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
         bad()
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_bidirectional_matches_finite_networks(readout):
+    x = sequences(n=3, length=4, seed=6)
+
+    def net(width):
+        cell = inf.Recurrent(inf.Tanh(), width, w_std=1.3, b_std=0.2, return_sequence=readout == "mean")
+        tail = [inf.Dense(width, w_std=1.1), inf.Relu(), inf.GlobalAvgPool()] if readout == "mean" else []
+        return inf.serial(inf.bidirectional(cell), *tail, inf.Dense(1, b_std=0.1))
+
+    exact = net(1024).kernel(x)
+    mc = inf.monte_carlo_kernel(net(1024), x, n_samples=32, seed=2)
+    rows, cols = torch.triu_indices(3, 3)
+    for name in ("nngp", "ntk"):
+        z = ((getattr(mc, name) - getattr(exact, name)) / getattr(mc, name + "_stderr"))[rows, cols]
+        assert float(z.abs().max()) < 4, (name, z)
+
+
+def test_reverse_kernel_matches_reversed_inputs():
+    """A network reading Reverse(x) has the kernel of the same network reading the flipped sequences,
+    in both layouts (last step: diagonal; pooling: full)."""
+    x = sequences(n=4, length=6, seed=8)
+    for tail in ([inf.Recurrent(inf.Relu(), return_sequence=False)], [inf.Recurrent(inf.Erf()), inf.SumPool(2)]):
+        head = [inf.Dense(6, w_std=1.2), inf.Tanh()]
+        a = inf.serial(*head, inf.Reverse(), *tail, inf.Flatten(), inf.Dense(1)).kernel(x)
+        b = inf.serial(*head, *tail, inf.Flatten(), inf.Dense(1)).kernel(torch.flip(x, (-1,)))
+        assert torch.allclose(a.nngp, b.nngp, rtol=1e-13) and torch.allclose(a.ntk, b.ntk, rtol=1e-13)
+    model = inf.Reverse().build((3, 6))
+    assert torch.equal(model(x), torch.flip(x, (-1,)))
+
+
+def test_concat_of_correlated_branches_matches_finite_networks():
+    """FanInConcat needs no independence: two branches reading one input (the second a copy of it)."""
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def net(width):
+        return inf.serial(inf.Dense(width, w_std=1.4), inf.FanOut(2), inf.parallel(inf.Relu(), inf.Identity()),
+                          inf.FanInConcat(), inf.Dense(1, b_std=0.2))
+
+    exact = net(1024).kernel(x)
+    mc = inf.monte_carlo_kernel(net(1024), x, n_samples=64, seed=0)
+    rows, cols = torch.triu_indices(3, 3)
+    for name in ("nngp", "ntk"):
+        z = ((getattr(mc, name) - getattr(exact, name)) / getattr(mc, name + "_stderr"))[rows, cols]
+        assert float(z.abs().max()) < 4, (name, z)

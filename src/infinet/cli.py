@@ -341,13 +341,21 @@ def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> No
     typer.echo(f"saved {out}: {shapes}")
 
 
+def _check_vector_output(net, shape) -> None:
+    out = net.check(shape)
+    if not isinstance(out, tuple) and out.shape is not None and len(out.shape) > 1:
+        raise ValueError(f"the network's output has spatial shape {out.shape} for inputs of shape {shape}; end it "
+                         "with Flatten() or GlobalAvgPool() and a Dense readout")
+
+
 def _fit_input(net, ds):
-    """Flatten image inputs when the architecture takes vectors (e.g. starts with Dense)."""
+    """Flatten image inputs when the architecture takes vectors (e.g. a fully-connected network, whose
+    Dense layers would otherwise act on each pixel's channels and leave an image at the output)."""
     if len(ds.input_shape) == 1:
         net.check(ds.input_shape)
         return ds
     try:
-        net.check(ds.input_shape)
+        _check_vector_output(net, ds.input_shape)
         return ds
     except ValueError as image_error:
         flat = ds.flat()

@@ -60,7 +60,7 @@ def constructors() -> dict[str, Callable[..., Layer]]:
             continue
         if inspect.isclass(obj) and issubclass(obj, Layer) and obj is not Layer:
             table[name] = obj
-    table.update(serial=_layers.serial, parallel=_layers.parallel, repeat=_repeat)
+    table.update(serial=_layers.serial, parallel=_layers.parallel, repeat=_repeat, bidirectional=_layers.bidirectional)
     from .architectures import ARCHITECTURES
 
     table.update(ARCHITECTURES)

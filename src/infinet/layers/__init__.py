@@ -23,6 +23,7 @@ from .activations import (
     Softplus,
     Tanh,
 )
+from .attention import GlobalSelfAttention
 from .base import Layer, Spec
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, Serial, parallel, repeat, serial
 from .conv import Conv, ConvTranspose
@@ -30,11 +31,12 @@ from .dense import Dense
 from .norm import Dropout, LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from .recurrent import Recurrent
+from .sequence import Reverse, bidirectional
 
 __all__ = [
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
-    "FanInProd", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
-    "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
-    "Softplus", "Spec", "Tanh", "parallel", "repeat", "serial",
+    "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
+    "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
+    "Softplus", "Spec", "Tanh", "bidirectional", "parallel", "repeat", "serial",
 ]

@@ -320,7 +320,14 @@ class FanInConcat(_FanIn):
     and Theta = sum_i (n_i / n) Theta_i, with n_i the finite widths of the branches. The features of
     different branches have different kernels, so the concatenation is not one Gaussian process: a
     nonlinearity may not follow directly (a Dense must come first).
+
+    Unlike a sum, a concatenation needs no independence between its branches (a bidirectional network
+    concatenates two recurrent branches of one input): the next layer's independent weights multiply
+    features of different branches, so their cross-covariances cancel in K' and in Theta'.
     """
+
+    def _check_independent(self, stream, i: int, j: int) -> None:
+        return None
 
     def infer(self, spec, ctx):
         branches = self._check(spec)

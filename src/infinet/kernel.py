@@ -31,6 +31,8 @@ class Kernel:
             widths enter the 'standard' parameterization and FanInConcat, ``shape[1:]`` is spatial.
         symmetric: True when the second batch is the first, so that nngp[i, i] equals var1[i].
         full: True for the full pixel-pair layout (needed below pooling), False for the diagonal one.
+        mask1, mask2: (N, *S) booleans, True at padded positions of each batch (see :mod:`infinet.masks`),
+            or None when nothing is padded.
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -41,6 +43,8 @@ class Kernel:
     shape: tuple[int, ...]
     symmetric: bool = False
     full: bool = False
+    mask1: Tensor | None = None
+    mask2: Tensor | None = None
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
@@ -244,14 +248,22 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
     return var1, var2
 
 
-def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False) -> Kernel:
+def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
+                 masks: tuple[Tensor, Tensor] | None = None) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
     C x filter size, and it averages over the filter itself).
 
-    The NTK of the inputs is 0 (inputs carry no parameters). ``x2=None`` means x2 is x1.
+    The NTK of the inputs is 0 (inputs carry no parameters). ``x2=None`` means x2 is x1. ``masks``:
+    the (N, *S) padding masks of x1 and x2 (:mod:`infinet.masks`); padded positions count as zeros and
+    the masks travel with the kernel.
     """
+    if masks is not None:
+        x1 = x1.masked_fill(masks[0].unsqueeze(1), 0.0)
+        x2 = None if x2 is None else x2.masked_fill(masks[1].unsqueeze(1), 0.0)
+        k = _spatial_input_kernel(x1, x2, need_ntk, full)
+        return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
         return _spatial_input_kernel(x1, x2, need_ntk, full)
     n_features = x1[0].numel()

@@ -54,22 +54,37 @@ def aligned(x: Tensor) -> Tensor:
     return x.clone(memory_format=torch.contiguous_format)
 
 
-def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool) -> Kernel:
+def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool, mask_constant: float | None = None) -> Kernel:
     """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
 
     Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
     are first made contiguous and aligned (:func:`aligned`), so a tile's value does not depend on
     where its rows lie in memory: the same rows give bitwise the same tile in any process.
+    ``mask_constant``: positions of x1, x2 whose channels all equal it are padding (:mod:`infinet.masks`).
     """
     x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
-    full = bool(layer.needs_full(False)) if x1.ndim > 2 else False
-    out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full), False), False)
+    masks = _masks(x1, x2, mask_constant)
+    full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
+    out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full, masks=masks), False), False)
     if isinstance(out, tuple):
         raise ValueError(f"the network ends in {len(out)} branches; join them with a FanIn layer")
     if out.spatial:
         raise ValueError(f"the network's output has spatial shape {out.shape}; end it with Flatten() or "
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
     return out
+
+
+def _masks(x1: Tensor, x2: Tensor | None, mask_constant: float | None) -> tuple[Tensor, Tensor] | None:
+    """The padding masks of a tile's rows and columns, or None when nothing in either is padded."""
+    from .masks import input_mask
+
+    m1 = input_mask(x1, mask_constant, "x1")
+    if m1 is None:
+        return None
+    m2 = m1 if x2 is None else input_mask(x2, mask_constant, "x2")
+    if not (bool(m1.any()) or bool(m2.any())):
+        return None
+    return m1, m2
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -115,13 +130,14 @@ def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_
     return max(1, min(cap, math.isqrt(budget // (BYTES_PER_ENTRY * entries_per_pair))))
 
 
-def spatial_cost(layer, input_shape: tuple[int, ...]) -> tuple[int, bool]:
+def spatial_cost(layer, input_shape: tuple[int, ...], masked: bool = False) -> tuple[int, bool]:
     """(kernel entries per pair of examples at the input, full layout?): 1 for vectors; S for feature
-    maps of S positions in the diagonal layout, S^2 when the architecture needs the full one (pooling)."""
+    maps of S positions in the diagonal layout, S^2 when the architecture needs the full one (pooling,
+    or padded inputs)."""
     if len(input_shape) < 2:
         return 1, False
     positions = math.prod(input_shape[1:])
-    full = bool(layer.needs_full(False))
+    full = bool(layer.needs_full(False)) or masked
     return (positions**2 if full else positions), full
 
 
@@ -203,8 +219,13 @@ def compute_kernel(
     tile_size: int | None = None,
     max_memory: int | None = None,
     progress: bool | None = None,
+    mask_constant: float | None = None,
 ) -> Kernel:
     """NNGP / NTK of ``layer`` between ``x1`` and ``x2``, tile by tile.
+
+    ``mask_constant``: positions (of sequences or feature maps) where every channel equals it are
+    padding, so that a batch of variable-length sequences gives the kernel of the unpadded ones
+    (:mod:`infinet.masks`; neural-tangents' convention). Padded batches use the full layout.
 
     Memory: besides the (N1, N2) outputs, at most one tile's working set, about
     ``BYTES_PER_ENTRY * tile_size**2 * E`` bytes with E = 1 for vectors and, for feature maps of S
@@ -229,12 +250,18 @@ def compute_kernel(
         raise ValueError(f"the network's output has spatial shape {out_spec.shape}; end it with Flatten() or "
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
     need_ntk = "ntk" in names
+    if mask_constant is not None:
+        from .masks import input_mask
+
+        input_mask(x1, mask_constant, "x1")  # bad constants and empty inputs fail here, before any tile
+        if not symmetric:
+            input_mask(x2, mask_constant, "x2")
     groups1 = unique_rows(x1)
     groups2 = None if symmetric else unique_rows(x2)
     if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
         return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, dtype=dtype,
-                         tile_size=tile_size, max_memory=max_memory, progress=progress)
-    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:])))
+                         tile_size=tile_size, max_memory=max_memory, progress=progress, mask_constant=mask_constant)
+    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), mask_constant is not None))
     rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
     tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
 
@@ -251,7 +278,7 @@ def compute_kernel(
     def work(task):
         i, j = task
         diagonal = symmetric and i == j
-        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk)
+        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, mask_constant)
         if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
             k = k.replace(nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T))
         return k

@@ -23,6 +23,8 @@ from .base import Context, Function, Layer, Spec, with_shape
 class Activation(Layer):
     """Base class: subclasses define ``fn`` (finite) and ``expectations`` (infinite width)."""
 
+    masking = "positionwise"
+
     def fn(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -81,6 +81,8 @@ class GlobalSelfAttention(Layer):
     docstring for the finite network, the kernel and the references). Inputs N x C x L or N x C x H x W,
     outputs N x n_chan_out x (same positions). 'ntk' parameterization only, as in neural-tangents."""
 
+    masking = "own"
+
     def __init__(self, n_chan_out: int, n_chan_key: int, n_chan_val: int, n_heads: int, linear_scaling: bool = True,
                  W_key_std: float = 1.0, W_value_std: float = 1.0, W_query_std: float = 1.0,
                  W_out_std: float = 1.0, b_std: float | None = None, attention_mechanism: str = "SOFTMAX",
@@ -181,56 +183,79 @@ class GlobalSelfAttention(Layer):
         nngp, ntk = flat(k.nngp, (n1, n2)), flat(k.ntk, (n1, n2))
         v1 = flat(k.var1, (len(k.var1),))
         v2 = v1 if k.var2 is k.var1 else flat(k.var2, (len(k.var2),))
-        ref = nngp
+        valid1 = None if k.mask1 is None else ~k.mask1.reshape(n1, p)
+        valid2 = None if k.mask2 is None else ~k.mask2.reshape(n2, p)
         if self.pos_emb_type != "NONE":
-            r = position_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, ref.dtype, ref.device)
+            r = position_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, nngp.dtype, nngp.device)
             kw, pw = self._weights(c, c_e)
-            mix = lambda t: None if t is None else kw * t + pw * r  # noqa: E731
+            if valid1 is None:
+                r12 = r11 = r22 = r
+            else:  # the embeddings of padded positions are masked out, as neural-tangents does
+                r12 = r * (valid1[:, None, :, None] & valid2[None, :, None, :])
+                r11 = r * (valid1[:, :, None] & valid1[:, None, :])
+                r22 = r11 if valid2 is valid1 else r * (valid2[:, :, None] & valid2[:, None, :])
+
+            def mix(t, r):
+                return kw * t + pw * r
         else:
-            mix = lambda t: t  # noqa: E731
+            r12 = r11 = r22 = None
+
+            def mix(t, r):
+                return t
         qk, ov = self.W_query_std * self.W_key_std, self.W_out_std * self.W_value_std
         ov2, b2 = ov**2, (0.0 if self.b_std is None else self.b_std**2)
+        vals = mix if self.val_pos_emb else (lambda t, r: t)
         if self.linear_scaling:
-            g1 = _mechanism(self.attention_mechanism, qk * mix(v1))
-            g2 = g1 if v2 is v1 else _mechanism(self.attention_mechanism, qk * mix(v2))
-            values = mix if self.val_pos_emb else (lambda t: t)
+            def weights(v, r, valid):
+                logits = qk * mix(v, r)
+                if valid is not None:  # padded keys get no weight
+                    fill = float("-inf") if self.attention_mechanism == "SOFTMAX" else 0.0
+                    logits = logits.masked_fill(~valid[:, None, :], fill)
+                return _mechanism(self.attention_mechanism, logits)
+
+            g1 = weights(v1, r11, valid1)
+            g2 = g1 if v2 is v1 else weights(v2, r22, valid2)
 
             def weigh(t, a, b, pair=True):
                 eq = "aik,abkl,bjl->abij" if pair else "aik,akl,ajl->aij"
                 return ov2 * torch.einsum(eq, a, t, b) + b2
 
-            new_nngp = weigh(values(nngp), g1, g2)
-            new_v1 = weigh(values(v1), g1, g1, pair=False)
-            new_v2 = new_v1 if v2 is v1 else weigh(values(v2), g2, g2, pair=False)
+            new_nngp = weigh(vals(nngp, r12), g1, g2)
+            new_v1 = weigh(vals(v1, r11), g1, g1, pair=False)
+            new_v2 = new_v1 if v2 is v1 else weigh(vals(v2, r22), g2, g2, pair=False)
             new_ntk = None
             if ntk is not None:
-                new_ntk = weigh(values(ntk), g1, g2) + 2 * (new_nngp - b2)
+                new_ntk = weigh(vals(ntk, r12), g1, g2) + 2 * (new_nngp - b2)
         else:  # IDENTITY with 1/sqrt(n_key) scaling (Hron et al. 2020, eq. 11)
             std2 = (qk * ov) ** 2
-            vals = mix if self.val_pos_emb else (lambda t: t)
-            c12 = mix(nngp)
-            dot12 = (c12 * vals(nngp)).sum((-2, -1), keepdim=True)
+            c12 = mix(nngp, r12)
+            dot12 = (c12 * vals(nngp, r12)).sum((-2, -1), keepdim=True)
             new_nngp = std2 * dot12 * c12 + b2
 
-            def self_term(v):
-                cv = mix(v)
-                return std2 * (cv * vals(v)).sum((-2, -1), keepdim=True) * cv + b2
+            def self_term(v, r):
+                cv = mix(v, r)
+                return std2 * (cv * vals(v, r)).sum((-2, -1), keepdim=True) * cv + b2
 
-            new_v1 = self_term(v1)
-            new_v2 = new_v1 if v2 is v1 else self_term(v2)
+            new_v1 = self_term(v1, r11)
+            new_v2 = new_v1 if v2 is v1 else self_term(v2, r22)
             new_ntk = None
             if ntk is not None:
-                t12 = mix(ntk)
+                t12 = mix(ntk, r12)
                 if self.val_pos_emb or self.pos_emb_type == "NONE":
                     nd = 2 * (c12 * t12).sum((-2, -1), keepdim=True)
                 else:
                     nd = (c12 * ntk).sum((-2, -1), keepdim=True) + (nngp * t12).sum((-2, -1), keepdim=True)
                 new_ntk = std2 * (nd * c12 + dot12 * (t12 + 4 * c12)) + b2
         unflat = lambda t, lead: None if t is None else t.reshape(*lead, *spatial, *spatial)  # noqa: E731
-        return k.replace(nngp=unflat(new_nngp, (n1, n2)), ntk=unflat(new_ntk, (n1, n2)),
-                         var1=unflat(new_v1, (len(new_v1),)),
-                         var2=unflat(new_v2, (len(new_v2),)) if new_v2 is not new_v1 else unflat(new_v1, (len(new_v1),)),
-                         shape=(self.n_chan_out, *spatial))
+        var1 = unflat(new_v1, (len(new_v1),))
+        out = k.replace(nngp=unflat(new_nngp, (n1, n2)), ntk=unflat(new_ntk, (n1, n2)), var1=var1,
+                        var2=var1 if new_v2 is new_v1 else unflat(new_v2, (len(new_v2),)),
+                        shape=(self.n_chan_out, *spatial))
+        if k.mask1 is None:
+            return out
+        from ..masks import remask
+
+        return remask(out)
 
     # -- finite module --------------------------------------------------------------------------------
     def module(self, spec: Spec, ctx: Context) -> nn.Module:

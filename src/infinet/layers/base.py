@@ -70,6 +70,10 @@ class Layer:
 
     #: layers this description holds in all, every repeated copy counted (combinators sum their parts)
     n_layers: int = 1
+    #: how the kernel transform treats padded positions (:mod:`infinet.masks`): "positionwise" (acts on
+    #: each position alone; entries at padding are zeroed after it), "own" (handles masks itself) or
+    #: "refuse" (raises on masked input: its result would depend on where the padding sits)
+    masking: str = "refuse"
 
     def infer(self, spec: Stream, ctx: Context) -> Stream:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -108,19 +112,21 @@ class Layer:
         tile_size: int | None = None,
         max_memory: int | None = None,
         progress: bool | None = None,
+        mask_constant: float | None = None,
     ) -> Kernel:
         """Exact infinite-width NNGP and NTK between ``x1`` (N1, ...) and ``x2`` (N2, ...).
 
         ``x2=None`` means x2 = x1 (each off-diagonal tile is then computed once). Computation is
         tiled (see :func:`infinet.tiling.compute_kernel` for ``tile_size``, ``max_memory`` and
         ``progress``); results are float64 unless ``dtype=torch.float32``, on the inputs' device.
+        ``mask_constant``: positions whose channels all equal it are padding (variable-length
+        sequences in one batch; :mod:`infinet.masks`).
         Returns a :class:`~infinet.Kernel` with (N1, N2) ``nngp`` and ``ntk`` (None if not in ``get``).
         """
         from ..tiling import compute_kernel
 
-        return compute_kernel(
-            self, x1, x2, get, dtype=dtype, tile_size=tile_size, max_memory=max_memory, progress=progress
-        )
+        return compute_kernel(self, x1, x2, get, dtype=dtype, tile_size=tile_size, max_memory=max_memory,
+                              progress=progress, mask_constant=mask_constant)
 
     def build(
         self,
@@ -152,19 +158,36 @@ class Layer:
 
 def fit_layout(k, need_full):
     """Drop the off-diagonal pixel pairs of a kernel (or of each branch) whose consumer needs only
-    same-position pairs; never adds pairs (layouts only shrink along a network)."""
+    same-position pairs; never adds pairs (layouts only shrink along a network). Masked (padded)
+    kernels keep every pair: where the padding sits differs between the two members of a pair."""
     if isinstance(k, tuple):
         needs = need_full if isinstance(need_full, tuple) else (need_full,) * len(k)
         return tuple(fit_layout(x, n) for x, n in zip(k, needs))
     need = any(need_full) if isinstance(need_full, tuple) else need_full
-    return k.to_diagonal() if k.full and not need else k
+    return k.to_diagonal() if k.full and not need and k.mask1 is None else k
+
+
+def _masked(k) -> bool:
+    return any(_masked(x) for x in k) if isinstance(k, tuple) else k.mask1 is not None
 
 
 def apply_kernel(layer: "Layer", k, full_out):
-    """``layer.kernel_fn`` told the layout its output must have, for combinators that plan layouts."""
+    """``layer.kernel_fn`` told the layout its output must have, for combinators that plan layouts;
+    with padded inputs, applies the layer's ``masking`` policy (:mod:`infinet.masks`)."""
+    masked = _masked(k)
+    if masked and layer.masking == "refuse":
+        from ..masks import refuse
+
+        raise refuse(layer, "its output at a position depends on the positions around it")
     if getattr(layer, "plans_layout", False):
-        return layer.kernel_fn(k, full_out=full_out)
-    return layer.kernel_fn(k)
+        out = layer.kernel_fn(k, full_out=full_out)
+    else:
+        out = layer.kernel_fn(k)
+    if masked and layer.masking == "positionwise":
+        from ..masks import remask
+
+        out = remask(out)
+    return out
 
 
 def as_layer(obj) -> Layer:

@@ -48,6 +48,8 @@ class Serial(Layer):
     full pixel-pair kernel only if it or a later layer needs it (pooling), else the diagonal.
     """
 
+    masking = "own"  # each part applies its own policy
+
     plans_layout = True
 
     def __init__(self, layers: Sequence[Layer]):
@@ -118,6 +120,8 @@ def repeat(layer: Layer, n: int) -> Serial:
 class Identity(Layer):
     """The identity, f(x) = x; as a branch of a residual block it carries the skip connection."""
 
+    masking = "own"
+
     def __repr__(self) -> str:
         return "Identity()"
 
@@ -133,6 +137,8 @@ class Identity(Layer):
 
 class Parallel(Layer):
     """Apply the i-th layer to the i-th branch (input: a tuple of as many branches as layers)."""
+
+    masking = "own"
 
     def __init__(self, layers: Sequence[Layer]):
         if not layers:
@@ -183,6 +189,8 @@ def parallel(*layers: Layer) -> Parallel:
 class FanOut(Layer):
     """Copy one input into ``n`` branches."""
 
+    masking = "own"
+
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"FanOut needs a positive integer number of branches, got {n!r}")
@@ -216,6 +224,8 @@ class FanOutModule(nn.Module):
 
 class _FanIn(Layer):
     """Join branches. Branches must be independent at infinite width (see :meth:`_check_independent`)."""
+
+    masking = "own"  # branches of one input share its padding
 
     op = ""
 

@@ -37,6 +37,8 @@ class Conv(Layer):
     full layout (pooling later), S the number of pixels.
     """
 
+    masking = "own"  # stride-1 SAME: positionwise; otherwise refused
+
     transpose = False
 
     def __init__(
@@ -115,6 +117,10 @@ class Conv(Layer):
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         geo = self.geometry(k.shape)
+        if k.mask1 is not None and (self.padding != "SAME" or any(g[1] != 1 for g in geo)):
+            from ..masks import refuse
+
+            raise refuse(self, "only stride-1 SAME convolutions see padding as the zeros beyond an unpadded input")
         size = math.prod(g[0] for g in geo)
         w2 = self.w_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
@@ -147,7 +153,12 @@ class Conv(Layer):
                 if self.b_std is not None:
                     ntk.add_(1.0)
         shape = (self.out_channels,) + tuple(g[5] for g in geo)
-        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
+        out = k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
+        if k.mask1 is not None:
+            from ..masks import remask
+
+            out = remask(out)
+        return out
 
     # -- finite module ---------------------------------------------------------------------------------
     def module(self, spec: Spec, ctx: Context) -> ConvModule:
@@ -163,6 +174,8 @@ class ConvTranspose(Conv):
     outputs stride p + dilation a. 'VALID' keeps all stride (n - 1) + dilation (k - 1) + 1 outputs,
     'SAME' keeps n x stride (cropping the smaller half of the excess before). Fan-in convention:
     in_channels x filter size, as for Conv."""
+
+    masking = "refuse"
 
     transpose = True
 

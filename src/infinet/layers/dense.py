@@ -72,6 +72,8 @@ class Dense(Layer):
                         to b_i it is 1). Here n is the finite fan-in, so this NTK depends on widths.
     """
 
+    masking = "positionwise"
+
     def __init__(
         self,
         out_features: int,

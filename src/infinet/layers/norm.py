@@ -39,6 +39,11 @@ class LayerNorm(Layer):
     def __repr__(self) -> str:
         return f"LayerNorm(axes={self.axes!r}, eps={self.eps!r})"
 
+    @property
+    def masking(self) -> str:
+        """Over channels it acts on each position alone; over space the padding would enter its mean."""
+        return "positionwise" if self.axes == "channels" else "refuse"
+
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
         if not spec.gaussian:
@@ -94,6 +99,8 @@ class Dropout(Layer):
     during training (self-variances divided by 1 - rate) and a finite module that drops units while
     the module is in training mode; ``train=False``: the identity in both meanings (evaluation).
     Its output is not Gaussian, so a Dense or Conv must come before the next nonlinearity."""
+
+    masking = "positionwise"
 
     def __init__(self, rate: float, train: bool = True):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:

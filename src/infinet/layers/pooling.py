@@ -115,6 +115,8 @@ class PoolModule(nn.Module):
 class GlobalAvgPool(Layer):
     """Mean over all spatial positions: K' = mean_{p, p'} K(p, p') (full pixel-pair covariance needed)."""
 
+    masking = "own"
+
     sum_pool = False
 
     def __repr__(self) -> str:
@@ -130,6 +132,8 @@ class GlobalAvgPool(Layer):
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         n = len(k.spatial)
+        if k.mask1 is not None:  # padding is zero: sum, then divide by the valid positions of each member
+            return _masked_global_pool(k, self.sum_pool)
         scale = math.prod(k.spatial) ** 2 if self.sum_pool else 1.0
         return _map_linear(k, lambda t, lead: sp.global_mean(t, lead, n, k.full) * scale, shape=k.shape[:1],
                            full=False)
@@ -137,6 +141,29 @@ class GlobalAvgPool(Layer):
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
         return GlobalPoolModule(self.sum_pool)
+
+
+def _masked_global_pool(k: Kernel, sum_pool: bool) -> Kernel:
+    """Global pooling of a padded kernel: K' = sum over valid position pairs, divided by T1 T2 (the
+    valid positions of each member) for the mean (see :mod:`infinet.masks`)."""
+    from ..masks import remask, valid_counts
+
+    k = remask(k)
+    axes = tuple(range(1, 1 + (2 if k.full else 1) * len(k.spatial)))
+    c1, c2 = valid_counts(k.mask1).to(k.var1.dtype), valid_counts(k.mask2).to(k.var1.dtype)
+
+    def pool(t, pair):
+        if t is None:
+            return None
+        total = t.sum(tuple(a + 1 for a in axes)) if pair else t.sum(axes)
+        if sum_pool:
+            return total
+        return total / (c1[:, None] * c2[None, :]) if pair else total
+
+    var1 = k.var1.sum(axes) if sum_pool else k.var1.sum(axes) / c1**2
+    var2 = var1 if k.var2 is k.var1 else (k.var2.sum(axes) if sum_pool else k.var2.sum(axes) / c2**2)
+    return k.replace(nngp=pool(k.nngp, True), ntk=pool(k.ntk, True), var1=var1, var2=var2, shape=k.shape[:1],
+                     full=False, mask1=None, mask2=None)
 
 
 class GlobalSumPool(GlobalAvgPool):
@@ -159,6 +186,8 @@ class Flatten(Layer):
     """Flatten N x C x ... feature maps to N x (C ...) vectors; K' = mean_p K(p, p) (only the
     same-position pairs are needed, so the layers before it keep the diagonal layout)."""
 
+    masking = "own"
+
     def __repr__(self) -> str:
         return "Flatten()"
 
@@ -172,6 +201,10 @@ class Flatten(Layer):
     def kernel_fn(self, k: Kernel) -> Kernel:
         if not k.spatial:
             return k
+        if k.mask1 is not None:  # padded positions are zeros of the flattened vector
+            from ..masks import remask
+
+            k = remask(k).replace(mask1=None, mask2=None)
         k = k.to_diagonal()
         n = len(k.spatial)
         return _map_linear(k, lambda t, lead: sp.global_mean(t, lead, n, False), shape=(math.prod(k.shape),))

@@ -62,6 +62,8 @@ class Recurrent(Layer):
     no bias. The kernel recursion and its references are in the module docstring.
     """
 
+    masking = "own"
+
     def __init__(self, activation: Activation, width: int = 512, w_std: float = 1.0, u_std: float = 1.0,
                  b_std: float | None = None, parameterization: str = "ntk", return_sequence: bool = True):
         if not isinstance(activation, Activation):
@@ -163,6 +165,63 @@ class Recurrent(Layer):
         return q_all, p_all
 
     def kernel_fn(self, k: Kernel) -> Kernel:
+        if k.mask1 is not None:
+            return self._padded(k)
+        out = self._sequence_kernel(k)
+        return out if self.return_sequence else last_step(out)
+
+    def _padded(self, k: Kernel) -> Kernel:
+        """Padded sequences (:mod:`infinet.masks`): padded steps are skipped, the state carried over them.
+        Each sequence's valid steps are gathered to its front (the same time pairs the unpadded
+        sequences have), the recursion runs there, and the results go back to the padded positions
+        (zero at padding) or, for the last state, to each pair's last valid steps."""
+        if not k.full:
+            raise ValueError(f"{self!r}: padded sequences need the full layout (internal error)")
+        length = k.shape[1]
+
+        def order(mask):
+            key = mask.to(torch.int64) * length + torch.arange(length, device=mask.device)
+            idx = key.argsort(dim=1)  # valid steps first, in time order, then the padded ones
+            return idx, idx.argsort(dim=1), (~mask).sum(1)
+
+        idx1, inv1, n1 = order(k.mask1)
+        idx2, inv2, n2 = (idx1, inv1, n1) if k.mask2 is k.mask1 else order(k.mask2)
+
+        def pairs(t, ia, ib):
+            if t is None:
+                return None
+            a, b = t.shape[:2]
+            t = t.gather(2, ia[:, None, :, None].expand(a, b, length, length))
+            return t.gather(3, ib[None, :, None, :].expand(a, b, length, length))
+
+        def own(v, i):
+            a = len(v)
+            return v.gather(1, i[:, :, None].expand(a, length, length)).gather(2, i[:, None, :].expand(a, length, length))
+
+        var1 = own(k.var1, idx1)
+        compact = k.replace(nngp=pairs(k.nngp, idx1, idx2), ntk=pairs(k.ntk, idx1, idx2), var1=var1,
+                            var2=var1 if k.var2 is k.var1 else own(k.var2, idx2), mask1=None, mask2=None)
+        out = self._sequence_kernel(compact)
+        if self.return_sequence:
+            from ..masks import remask
+
+            var1 = own(out.var1, inv1)
+            back = out.replace(nngp=pairs(out.nngp, inv1, inv2), ntk=pairs(out.ntk, inv1, inv2), var1=var1,
+                               var2=var1 if out.var2 is out.var1 else own(out.var2, inv2), mask1=k.mask1, mask2=k.mask2)
+            return remask(back)
+        last1, last2 = n1 - 1, n2 - 1
+
+        rows, cols = torch.arange(len(last1), device=last1.device), torch.arange(len(last2), device=last2.device)
+
+        def final(t):
+            return None if t is None else t[rows[:, None], cols[None, :], last1[:, None], last2[None, :]]
+
+        v1 = out.var1[rows, last1, last1]
+        v2 = v1 if out.var2 is out.var1 else out.var2[cols, last2, last2]
+        return out.replace(nngp=final(out.nngp), ntk=final(out.ntk), var1=v1, var2=v2, shape=(self.width,), full=False)
+
+    def _sequence_kernel(self, k: Kernel) -> Kernel:
+        """The kernel of the hidden-state sequence from the input's (no padding), in the input's layout."""
         shape = sequence_shape(self, k.shape)
         coef = self._coefficients(k)
         full = k.full
@@ -190,8 +249,7 @@ class Recurrent(Layer):
                 values[idx, idx] = q1[:, t]
 
         nngp, ntk = self._pairs(k.nngp, k.ntk, s1[:, None, :], s2[None, :, :], full, coef, pin)
-        out = k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(self.width, shape[1]))
-        return out if self.return_sequence else last_step(out)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(self.width, shape[1]))
 
     # -- finite module --------------------------------------------------------------------------------
     def module(self, spec: Spec, ctx: Context) -> nn.Module:

@@ -23,6 +23,8 @@ class Reverse(Layer):
     way on both members of each pair: K'(t, s) = K(L-1-t, L-1-s) (a permutation: no parameters, so the
     NTK transforms alike)."""
 
+    masking = "own"
+
     def __repr__(self) -> str:
         return "Reverse()"
 
@@ -39,7 +41,9 @@ class Reverse(Layer):
             return None if t is None else torch.flip(t, axes)
 
         var1 = flip(k.var1)
-        return k.replace(nngp=flip(k.nngp), ntk=flip(k.ntk), var1=var1, var2=var1 if k.var2 is k.var1 else flip(k.var2))
+        masks = {} if k.mask1 is None else {"mask1": torch.flip(k.mask1, (-1,)), "mask2": torch.flip(k.mask2, (-1,))}
+        return k.replace(nngp=flip(k.nngp), ntk=flip(k.ntk), var1=var1, var2=var1 if k.var2 is k.var1 else flip(k.var2),
+                         **masks)
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())

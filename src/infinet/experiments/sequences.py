@@ -1,0 +1,163 @@
+"""Sequence models on MNIST-1D (Greydanus 2020): exact kernels against trained finite networks.
+
+Three architectures read the 40-step signals (N x 1 x 40): an Elman recurrent network read out at the
+last step (Alemohammad et al. 2021), a 1-D CNN with global average pooling, and a self-attention network
+(a convolutional embedding, GlobalSelfAttention with positional embeddings, global pooling; Hron et al.
+2020). For each: the NNGP posterior mean and the NTK gradient-descent prediction (at the finite networks'
+training time and at t = inf), and finite networks of the same descriptions trained by full-batch
+gradient descent at growing widths, with standard errors over seeds. Then the recurrent network's
+empirical kernel error against width (one random network vs the exact kernel), whose log-log slope
+theory puts at -1/2.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import datasets
+from ..layers import Conv, Dense, GlobalAvgPool, GlobalSelfAttention, Recurrent, Relu, serial
+from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
+from ..report import Result, Table
+from ..training import train_gradient_descent
+from . import Experiment, Param
+from ._common import accuracy, derived_seed, kernel_error_vs_width, mean_and_stderr, mse, pyplot
+
+#: Greydanus 2020 (MNIST-1D README and paper, Table 1): test accuracy of trained models on 4,000 examples
+PUBLISHED = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
+
+
+def architectures(width: int, n_out: int) -> dict:
+    """The three descriptions, each at hidden width ``width`` (the kernels do not depend on it)."""
+    return {
+        "RNN (last step)": serial(Recurrent(Relu(), width, w_std=1.0, u_std=1.0, b_std=0.1, return_sequence=False),
+                                  Dense(n_out, w_std=1.0, b_std=0.1)),
+        "CNN + global pooling": serial(Conv(width, 5, w_std=1.4, b_std=0.1), Relu(), Conv(width, 5, w_std=1.4, b_std=0.1),
+                                       Relu(), GlobalAvgPool(), Dense(n_out, w_std=1.0, b_std=0.1)),
+        "attention": serial(Conv(width, 5, w_std=1.4, b_std=0.1), Relu(),
+                            GlobalSelfAttention(width, width, width, 4, W_key_std=2.0, b_std=0.1, pos_emb_type="SUM"),
+                            Relu(), GlobalAvgPool(), Dense(n_out, w_std=1.0, b_std=0.1)),
+    }
+
+
+def run(p: dict, seed: int, progress: bool) -> Result:
+    data = datasets.load("mnist1d", n_train=p["n_train"], n_test=p["n_test"], seed=seed)
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    n_out = y.shape[1]
+    names = list(architectures(1, n_out))
+    table = Table(["architecture", "model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e."],
+                  caption=f"MNIST-1D: {len(x)} train / {len(xt)} test sequences of length {x.shape[-1]}; finite "
+                          f"networks: {p['steps']} steps of full-batch gradient descent at {p['lr_fraction']} x the "
+                          f"NTK's stable learning rate, mean over {p['seeds']} seeds")
+    numbers: dict = {"n_train": len(x), "n_test": len(xt), "published": PUBLISHED}
+    timings: dict = {}
+    curves: dict = {}
+    for name in names:
+        t0 = time.perf_counter()
+        net = architectures(1, n_out)[name]
+        k_train, k_test = net.kernel(x), net.kernel(xt, x)
+        timings[f"{name} kernels"] = time.perf_counter() - t0
+        lr = p["lr_fraction"] * max_learning_rate(k_train.ntk, n_out)
+        t_train = lr * p["steps"]
+        nngp = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
+        ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
+        entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {}}
+        for model_name, pred in (("NNGP", nngp), (f"NTK t={t_train:.3g}", ntk_t), ("NTK t=inf", ntk_inf)):
+            acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
+            table.add(name, model_name, "inf", acc, 0.0, err, 0.0)
+            entry["kernel"][model_name.split(" t=")[0] + (" t=inf" if "inf" in model_name else
+                                                          " t=train" if "NTK" in model_name else "")] = \
+                {"test_accuracy": acc, "test_mse": err}
+        t0 = time.perf_counter()
+        runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
+        per_width: dict = {w: {"acc": [], "mse": []} for w in p["widths"]}
+        for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):
+            model = architectures(width, n_out)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, width, s, len(name)))
+            rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
+            f_test = rec.f_test.double()
+            per_width[width]["acc"].append(accuracy(f_test, data.labels_test))
+            per_width[width]["mse"].append(mse(f_test, yt))
+        timings[f"{name} finite networks"] = time.perf_counter() - t0
+        for width in p["widths"]:
+            (acc, acc_se), (err, err_se) = mean_and_stderr(per_width[width]["acc"]), mean_and_stderr(per_width[width]["mse"])
+            table.add(name, "finite network", width, acc, acc_se, err, err_se)
+            entry["finite"][str(width)] = {"test_accuracy": acc, "test_accuracy_se": acc_se, "test_mse": err,
+                                           "test_mse_se": err_se, "test_accuracy_per_seed": per_width[width]["acc"]}
+        numbers[name] = entry
+        curves[name] = per_width
+
+    t0 = time.perf_counter()
+    xs = x[: p["mc_points"]]
+    study = kernel_error_vs_width(lambda w: architectures(w, 1)[names[0]], xs, p["mc_widths"], p["mc_samples"], seed,
+                                  progress)
+    timings["RNN kernel error vs width"] = time.perf_counter() - t0
+    errs, slopes = study["errors"], study["slopes"]
+    mc_table = Table(["width", "NNGP relative error", "NTK relative error"],
+                     caption=f"{names[0]}: one random network's kernel vs the exact kernel, RMS over {p['mc_samples']} "
+                             f"networks per width on {len(xs)} training sequences: sqrt(E||K_net - K||_F^2) / ||K||_F")
+    for i, width in enumerate(p["mc_widths"]):
+        mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
+    numbers["rnn_kernel_error"] = {"widths": list(p["mc_widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
+                                   "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
+                                   "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
+    best = max(p["widths"])
+    parts = [f"{n}: NTK(t=inf) {numbers[n]['kernel']['NTK t=inf']['test_accuracy']:.3f}, NNGP "
+             f"{numbers[n]['kernel']['NNGP']['test_accuracy']:.3f}, finite width {best} "
+             f"{numbers[n]['finite'][str(best)]['test_accuracy']:.3f}" for n in names]
+    summary = (f"Test accuracy on MNIST-1D with {len(x)} training sequences. " + "; ".join(parts) + ". "
+               f"Published accuracies with 4,000 training sequences (Greydanus 2020): logistic regression 32%, MLP 68%, "
+               f"CNN 94%, GRU 91%. The recurrent network's kernel error falls with width with log-log slope "
+               f"{slopes['nngp'][0]:.2f} ± {slopes['nngp'][1]:.2f} (NNGP) and {slopes['ntk'][0]:.2f} ± "
+               f"{slopes['ntk'][1]:.2f} (NTK); theory -1/2.")
+    return Result(title="Sequence models on MNIST-1D: infinite vs finite width", summary=summary, numbers=numbers,
+                  timings=timings, tables={"accuracy": table, "rnn_kernel_error": mc_table},
+                  figures=_figures(p, numbers, curves, names, errs, slopes))
+
+
+def _figures(p, numbers, curves, names, errs, slopes):
+    plt = pyplot()
+    widths = list(p["widths"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True)
+    for ax, name in zip(axes, names):
+        means = [mean_and_stderr(curves[name][w]["acc"]) for w in widths]
+        ax.errorbar(widths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3, label="finite networks")
+        for label, style in (("NNGP", ":"), ("NTK t=inf", "--")):
+            ax.axhline(numbers[name]["kernel"][label]["test_accuracy"], linestyle=style, color="k" if label == "NNGP" else "C3",
+                       label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("width")
+        ax.set_title(name)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig2, ax = plt.subplots(figsize=(5, 4))
+    for key, marker in (("nngp", "o"), ("ntk", "s")):
+        ax.loglog(p["mc_widths"], errs[key], marker=marker, label=f"{key.upper()} (slope {slopes[key][0]:.2f})")
+    ax.set_xlabel("width")
+    ax.set_ylabel("relative kernel error")
+    ax.set_title(f"{names[0]}: kernel error vs width (theory: slope -1/2)")
+    ax.legend()
+    fig2.tight_layout()
+    return {"accuracy_vs_width": fig, "rnn_kernel_error": fig2}
+
+
+EXPERIMENT = Experiment(
+    name="sequences",
+    description="Recurrent, 1-D convolutional and attention networks on MNIST-1D: NNGP/NTK vs trained finite networks",
+    params={
+        "n_train": Param(1000, "training sequences", quick=200),
+        "n_test": Param(500, "test sequences", quick=200),
+        "widths": Param((64, 128, 256, 512), "hidden widths of the finite networks", quick=(32, 128)),
+        "seeds": Param(3, "finite networks per width", quick=2, minimum=2),
+        "steps": Param(400, "gradient-descent steps of the finite networks", quick=150),
+        "lr_fraction": Param(0.25, "learning rate as a fraction of the infinite-width NTK's stable limit (finite recurrent networks have larger tangent kernels)"),
+        "diag_reg": Param(1e-4, "diagonal regularizer of the kernel solves (relative to the mean diagonal)"),
+        "mc_points": Param(40, "sequences for the recurrent kernel error", quick=16),
+        "mc_widths": Param((64, 128, 256, 512, 1024), "widths for the recurrent kernel error", quick=(32, 64, 128, 256)),
+        "mc_samples": Param(8, "random networks per width for the kernel error", quick=4, minimum=2),
+    },
+    run=run,
+    details=__doc__,
+)

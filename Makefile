@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/conv_kernel.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 	$(PY) benchmarks/predict.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 	$(PY) benchmarks/under_load.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
+	$(PY) benchmarks/sequence_kernel.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info reports

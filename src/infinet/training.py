@@ -243,3 +243,35 @@ def train_classifier(
 
 
 __all__ = ["TrainingRecord", "TrainingTrace", "train_classifier", "mse_loss", "train_and_track", "train_gradient_descent", "train_sgd"]
+
+
+def max_stable_learning_rate(model: nn.Module, x: Tensor, iterations: int = 20, seed: int = 0) -> float:
+    """2 / lambda_max of the Gauss-Newton matrix J^T J / (N O) of :func:`mse_loss` at the model's current
+    parameters (J the (N O) x P Jacobian of the outputs on ``x``): the largest learning rate for which
+    full-batch gradient descent on the linearized network does not diverge, the finite-width
+    counterpart of :func:`infinet.predict.max_learning_rate` (Lee et al. 2019, "Wide neural networks of
+    any depth evolve as linear models under gradient descent", Sec. 2.2). lambda_max by power iteration
+    with Jacobian-vector and vector-Jacobian products (``iterations`` of each; it approaches lambda_max
+    from below, so keep a margin)."""
+    from torch.func import functional_call, jvp, vjp
+
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v for k, v in model.named_buffers()}
+
+    def f(p):
+        return functional_call(model, {**p, **buffers}, (x,))
+
+    out, pullback = vjp(f, params)
+    gen = torch.Generator().manual_seed(seed)
+    v = {k: torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for k, p in params.items()}
+    lam = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum((t * t).sum() for t in v.values()))
+        v = {k: t / norm for k, t in v.items()}
+        _, jv = jvp(f, (params,), (v,))
+        (g,) = pullback(jv)
+        lam = float(torch.sqrt(sum((t * t).sum() for t in g.values()))) / out.numel()
+        v = g
+    if not lam > 0 or lam != lam:
+        raise FloatingPointError("the network's Jacobian is zero or not finite; no learning rate is stable")
+    return 2.0 / lam

@@ -21,7 +21,7 @@ from .. import datasets
 from ..layers import Conv, Dense, GlobalAvgPool, GlobalSelfAttention, Recurrent, Relu, serial
 from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 from ..report import Result, Table
-from ..training import train_gradient_descent
+from ..training import max_stable_learning_rate, train_gradient_descent
 from . import Experiment, Param
 from ._common import accuracy, derived_seed, kernel_error_vs_width, mean_and_stderr, mse, pyplot
 
@@ -30,15 +30,22 @@ PUBLISHED = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
 
 
 def architectures(width: int, n_out: int) -> dict:
-    """The three descriptions, each at hidden width ``width`` (the kernels do not depend on it)."""
+    """The descriptions, each at hidden width ``width`` (the kernels do not depend on it). The recurrent
+    networks use w_std = 1: their finite versions stay close to the limit (nearer the ReLU edge of chaos,
+    w_std = sqrt(2), a width-32 network's tangent kernel can exceed the limit's a millionfold over 40 steps);
+    read out at the last step they forget all but the last few steps, pooled over time they do not."""
+    def rnn(return_sequence):
+        return Recurrent(Relu(), width, w_std=1.0, u_std=1.0, b_std=0.1, return_sequence=return_sequence)
+
+    readout = Dense(n_out, w_std=1.0, b_std=0.1)
     return {
-        "RNN (last step)": serial(Recurrent(Relu(), width, w_std=1.0, u_std=1.0, b_std=0.1, return_sequence=False),
-                                  Dense(n_out, w_std=1.0, b_std=0.1)),
+        "RNN, last step": serial(rnn(False), readout),
+        "RNN, mean over time": serial(rnn(True), GlobalAvgPool(), readout),
         "CNN + global pooling": serial(Conv(width, 5, w_std=1.4, b_std=0.1), Relu(), Conv(width, 5, w_std=1.4, b_std=0.1),
-                                       Relu(), GlobalAvgPool(), Dense(n_out, w_std=1.0, b_std=0.1)),
+                                       Relu(), GlobalAvgPool(), readout),
         "attention": serial(Conv(width, 5, w_std=1.4, b_std=0.1), Relu(),
-                            GlobalSelfAttention(width, width, width, 4, W_key_std=2.0, b_std=0.1, pos_emb_type="SUM"),
-                            Relu(), GlobalAvgPool(), Dense(n_out, w_std=1.0, b_std=0.1)),
+                            GlobalSelfAttention(width, width, width, 2, W_key_std=2.0, b_std=0.1, pos_emb_type="SUM"),
+                            Relu(), GlobalAvgPool(), readout),
     }
 
 
@@ -50,7 +57,8 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     table = Table(["architecture", "model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e."],
                   caption=f"MNIST-1D: {len(x)} train / {len(xt)} test sequences of length {x.shape[-1]}; finite "
                           f"networks: {p['steps']} steps of full-batch gradient descent at {p['lr_fraction']} x the "
-                          f"NTK's stable learning rate, mean over {p['seeds']} seeds")
+                          f"smallest stable learning rate of the NTK and of the finite networks at initialization, "
+                          f"mean over {p['seeds']} seeds")
     numbers: dict = {"n_train": len(x), "n_test": len(xt), "published": PUBLISHED}
     timings: dict = {}
     curves: dict = {}
@@ -59,11 +67,21 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         net = architectures(1, n_out)[name]
         k_train, k_test = net.kernel(x), net.kernel(xt, x)
         timings[f"{name} kernels"] = time.perf_counter() - t0
-        lr = p["lr_fraction"] * max_learning_rate(k_train.ntk, n_out)
+        runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
+        models = {(w, s): architectures(w, n_out)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, w, s, len(name)))
+                  for w, s in runs}
+        # one learning rate per architecture, stable for the infinite network and for every finite one (finite
+        # recurrent networks have much larger tangent kernels than their limit at small widths), so that all
+        # share the training time t at which the NTK prediction is compared
+        limits = {"infinite": max_learning_rate(k_train.ntk, n_out)}
+        for (w, s), model in models.items():
+            limits[f"{w}/{s}"] = max_stable_learning_rate(model, x.float())
+        lr = p["lr_fraction"] * min(limits.values())
         t_train = lr * p["steps"]
         nngp = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
         ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
-        entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {}}
+        entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {},
+                 "stable_learning_rates": limits}
         for model_name, pred in (("NNGP", nngp), (f"NTK t={t_train:.3g}", ntk_t), ("NTK t=inf", ntk_inf)):
             acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
             table.add(name, model_name, "inf", acc, 0.0, err, 0.0)
@@ -71,10 +89,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                                                           " t=train" if "NTK" in model_name else "")] = \
                 {"test_accuracy": acc, "test_mse": err}
         t0 = time.perf_counter()
-        runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
         per_width: dict = {w: {"acc": [], "mse": []} for w in p["widths"]}
         for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):
-            model = architectures(width, n_out)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, width, s, len(name)))
+            model = models[(width, s)]
             rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
             f_test = rec.f_test.double()
             per_width[width]["acc"].append(accuracy(f_test, data.labels_test))
@@ -90,12 +107,13 @@ def run(p: dict, seed: int, progress: bool) -> Result:
 
     t0 = time.perf_counter()
     xs = x[: p["mc_points"]]
-    study = kernel_error_vs_width(lambda w: architectures(w, 1)[names[0]], xs, p["mc_widths"], p["mc_samples"], seed,
+    rnn = "RNN, mean over time"
+    study = kernel_error_vs_width(lambda w: architectures(w, 1)[rnn], xs, p["mc_widths"], p["mc_samples"], seed,
                                   progress)
     timings["RNN kernel error vs width"] = time.perf_counter() - t0
     errs, slopes = study["errors"], study["slopes"]
     mc_table = Table(["width", "NNGP relative error", "NTK relative error"],
-                     caption=f"{names[0]}: one random network's kernel vs the exact kernel, RMS over {p['mc_samples']} "
+                     caption=f"{rnn}: one random network's kernel vs the exact kernel, RMS over {p['mc_samples']} "
                              f"networks per width on {len(xs)} training sequences: sqrt(E||K_net - K||_F^2) / ||K||_F")
     for i, width in enumerate(p["mc_widths"]):
         mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
@@ -103,8 +121,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                                    "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
                                    "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
     best = max(p["widths"])
-    parts = [f"{n}: NTK(t=inf) {numbers[n]['kernel']['NTK t=inf']['test_accuracy']:.3f}, NNGP "
-             f"{numbers[n]['kernel']['NNGP']['test_accuracy']:.3f}, finite width {best} "
+    parts = [f"{n}: NNGP {numbers[n]['kernel']['NNGP']['test_accuracy']:.3f}, NTK at t=inf "
+             f"{numbers[n]['kernel']['NTK t=inf']['test_accuracy']:.3f}, NTK at the networks' training time "
+             f"{numbers[n]['kernel']['NTK t=train']['test_accuracy']:.3f} and finite width {best} trained that long "
              f"{numbers[n]['finite'][str(best)]['test_accuracy']:.3f}" for n in names]
     summary = (f"Test accuracy on MNIST-1D with {len(x)} training sequences. " + "; ".join(parts) + ". "
                f"Published accuracies with 4,000 training sequences (Greydanus 2020): logistic regression 32%, MLP 68%, "
@@ -113,13 +132,13 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                f"{slopes['ntk'][1]:.2f} (NTK); theory -1/2.")
     return Result(title="Sequence models on MNIST-1D: infinite vs finite width", summary=summary, numbers=numbers,
                   timings=timings, tables={"accuracy": table, "rnn_kernel_error": mc_table},
-                  figures=_figures(p, numbers, curves, names, errs, slopes))
+                  figures=_figures(p, numbers, curves, names, errs, slopes, rnn))
 
 
-def _figures(p, numbers, curves, names, errs, slopes):
+def _figures(p, numbers, curves, names, errs, slopes, rnn):
     plt = pyplot()
     widths = list(p["widths"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), sharey=True)
     for ax, name in zip(axes, names):
         means = [mean_and_stderr(curves[name][w]["acc"]) for w in widths]
         ax.errorbar(widths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3, label="finite networks")
@@ -137,7 +156,7 @@ def _figures(p, numbers, curves, names, errs, slopes):
         ax.loglog(p["mc_widths"], errs[key], marker=marker, label=f"{key.upper()} (slope {slopes[key][0]:.2f})")
     ax.set_xlabel("width")
     ax.set_ylabel("relative kernel error")
-    ax.set_title(f"{names[0]}: kernel error vs width (theory: slope -1/2)")
+    ax.set_title(f"{rnn}: kernel error vs width (theory: slope -1/2)", fontsize=9)
     ax.legend()
     fig2.tight_layout()
     return {"accuracy_vs_width": fig, "rnn_kernel_error": fig2}
@@ -147,16 +166,16 @@ EXPERIMENT = Experiment(
     name="sequences",
     description="Recurrent, 1-D convolutional and attention networks on MNIST-1D: NNGP/NTK vs trained finite networks",
     params={
-        "n_train": Param(1000, "training sequences", quick=200),
+        "n_train": Param(500, "training sequences", quick=200),
         "n_test": Param(500, "test sequences", quick=200),
-        "widths": Param((64, 128, 256, 512), "hidden widths of the finite networks", quick=(32, 128)),
+        "widths": Param((64, 128, 256), "hidden widths of the finite networks", quick=(64, 128)),
         "seeds": Param(3, "finite networks per width", quick=2, minimum=2),
-        "steps": Param(400, "gradient-descent steps of the finite networks", quick=150),
-        "lr_fraction": Param(0.25, "learning rate as a fraction of the infinite-width NTK's stable limit (finite recurrent networks have larger tangent kernels)"),
+        "steps": Param(300, "gradient-descent steps of the finite networks", quick=200),
+        "lr_fraction": Param(0.5, "learning rate as a fraction of the smallest stable one (of the NTK and of every finite network)"),
         "diag_reg": Param(1e-4, "diagonal regularizer of the kernel solves (relative to the mean diagonal)"),
-        "mc_points": Param(40, "sequences for the recurrent kernel error", quick=16),
-        "mc_widths": Param((64, 128, 256, 512, 1024), "widths for the recurrent kernel error", quick=(32, 64, 128, 256)),
-        "mc_samples": Param(8, "random networks per width for the kernel error", quick=4, minimum=2),
+        "mc_points": Param(30, "sequences for the recurrent kernel error", quick=16),
+        "mc_widths": Param((128, 256, 512, 1024, 2048), "widths for the recurrent kernel error", quick=(32, 64, 128, 256, 512)),
+        "mc_samples": Param(16, "random networks per width for the kernel error", quick=8, minimum=2),
     },
     run=run,
     details=__doc__,

@@ -1,0 +1,23 @@
+"""The `sequences` experiment in a small configuration: its trends, computed from its numbers."""
+
+from infinet.experiments import run_experiment
+
+
+def test_sequences_experiment(tmp_path):
+    params = dict(n_train=120, n_test=100, widths=(32, 64), seeds=2, steps=30, mc_points=8,
+                  mc_widths=(64, 256, 1024), mc_samples=6)
+    result, out = run_experiment("sequences", tmp_path / "s", params=params, quick=True, progress=False)
+    n = result.numbers
+    for name in ("RNN, mean over time", "CNN + global pooling", "attention"):
+        kernel = n[name]["kernel"]
+        assert kernel["NNGP"]["test_accuracy"] > 0.5 and kernel["NTK t=inf"]["test_accuracy"] > 0.5, name  # chance: 0.1
+        limits = n[name]["stable_learning_rates"]
+        assert n[name]["learning_rate"] <= 0.5 * min(limits.values()) * (1 + 1e-12)
+        for width in ("32", "64"):
+            assert 0.0 <= n[name]["finite"][width]["test_accuracy"] <= 1.0
+    errors = n["rnn_kernel_error"]
+    for kind in ("nngp_error", "ntk_error"):
+        assert errors[kind][-1] < errors[kind][0]  # one network's kernel error falls with width
+    assert errors["nngp_slope"] < -0.25 and errors["ntk_slope"] < -0.25
+    assert "Greydanus 2020" in result.summary and f"{errors['nngp_slope']:.2f}" in result.summary
+    assert out.name == "report.html" and out.exists() and (out.parent / "accuracy_vs_width.png").exists()

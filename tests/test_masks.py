@@ -192,3 +192,43 @@ def test_unpadded_batch_with_a_mask_constant_keeps_the_fast_layout():
     x = torch.randn(4, 3, 6, dtype=F64)
     net = NETS["tanh-last"]
     assert torch.equal(net.kernel(x, mask_constant=PAD).ntk, net.kernel(x).ntk)
+
+
+def test_lengths_equal_mask_constant_and_pad_sequences():
+    from infinet.masks import pad_sequences
+
+    xs = ragged()
+    x, lengths = pad_sequences(xs, length=6)
+    assert lengths.tolist() == LENGTHS and x.shape == (len(xs), 3, 6)
+    net = NETS["bidirectional-last"]
+    by_lengths = net.kernel(x, lengths=lengths)
+    by_constant = net.kernel(padded(xs, 6), mask_constant=PAD)
+    assert torch.allclose(by_lengths.ntk, by_constant.ntk, rtol=1e-13) and torch.allclose(by_lengths.nngp, by_constant.nngp, rtol=1e-13)
+    rect = net.kernel(x[:2], x[2:], lengths=lengths[:2], lengths2=lengths[2:])
+    assert torch.allclose(rect.ntk, by_lengths.ntk[:2, 2:], rtol=1e-12)
+    # identical padded data with different lengths are different inputs (not merged as repeated rows)
+    twin = torch.stack([x[0], x[0]])
+    k = net.kernel(twin, lengths=[5, 3])
+    assert not torch.allclose(k.nngp[0, 0], k.nngp[1, 1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lengths=[5, 3, 4]), "one length per sequence: x1 has 6 sequences"),
+    (dict(lengths=[5, 3, 4, 2, 5, 7]), "sequence 5 has length 7, outside 1 to 6"),
+    (dict(lengths=[5, 3, 4, 0, 5, 3]), "sequence 3 has length 0"),
+    (dict(lengths=[5, 3, 4, 2.5, 5, 3]), "whole numbers"),
+    (dict(lengths=LENGTHS, mask_constant=PAD), "either mask_constant or lengths"),
+    (dict(lengths2=LENGTHS), "lengths2 .* needs lengths"),
+])
+def test_lengths_that_do_not_match_are_named(kwargs, message):
+    x = padded(ragged(), 6)
+    with pytest.raises(ValueError, match=message):
+        NETS["tanh-last"].kernel(x, **kwargs)
+
+
+def test_lengths_need_sequences_and_both_batches():
+    x = padded(ragged(), 6)
+    with pytest.raises(ValueError, match="pass its lengths as lengths2"):
+        NETS["tanh-last"].kernel(x, x.clone(), lengths=LENGTHS)
+    with pytest.raises(ValueError, match="lengths are for sequences"):
+        inf.serial(inf.Conv(4, 3), inf.GlobalAvgPool(), inf.Dense(1)).kernel(torch.randn(2, 1, 4, 4, dtype=F64), lengths=[4, 4])

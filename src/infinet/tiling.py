@@ -54,16 +54,20 @@ def aligned(x: Tensor) -> Tensor:
     return x.clone(memory_format=torch.contiguous_format)
 
 
-def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool, mask_constant: float | None = None) -> Kernel:
+def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
+                masks: tuple[Tensor, Tensor | None] | None = None) -> Kernel:
     """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
 
     Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
     are first made contiguous and aligned (:func:`aligned`), so a tile's value does not depend on
     where its rows lie in memory: the same rows give bitwise the same tile in any process.
-    ``mask_constant``: positions of x1, x2 whose channels all equal it are padding (:mod:`infinet.masks`).
+    ``masks``: the (rows, *S) padding masks of x1 and x2 (x2's None when x2 is None), True at padding
+    (:mod:`infinet.masks`); nothing padded in either means no masks.
     """
     x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
-    masks = _masks(x1, x2, mask_constant)
+    if masks is not None:
+        m1, m2 = masks[0], (masks[0] if x2 is None else masks[1])
+        masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
     out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full, masks=masks), False), False)
     if isinstance(out, tuple):
@@ -72,19 +76,6 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool, mask_const
         raise ValueError(f"the network's output has spatial shape {out.shape}; end it with Flatten() or "
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
     return out
-
-
-def _masks(x1: Tensor, x2: Tensor | None, mask_constant: float | None) -> tuple[Tensor, Tensor] | None:
-    """The padding masks of a tile's rows and columns, or None when nothing in either is padded."""
-    from .masks import input_mask
-
-    m1 = input_mask(x1, mask_constant, "x1")
-    if m1 is None:
-        return None
-    m2 = m1 if x2 is None else input_mask(x2, mask_constant, "x2")
-    if not (bool(m1.any()) or bool(m2.any())):
-        return None
-    return m1, m2
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -153,7 +144,7 @@ def _expand(k: Kernel, inverse1: Tensor | None, inverse2: Tensor | None) -> Kern
     return k.replace(nngp=both(k.nngp), ntk=both(k.ntk), var1=var1, var2=var2)
 
 
-def _expanded(layer, x1, x2, groups1, groups2, names, **options) -> Kernel:
+def _expanded(layer, x1, x2, groups1, groups2, names, masks, **options) -> Kernel:
     """The kernel of inputs with repeated rows from the kernel of their distinct rows, so that identical
     inputs get bitwise-identical rows and columns (and the repeated work is skipped)."""
     first1, inverse1 = groups1 if groups1 is not None else (None, None)
@@ -162,8 +153,12 @@ def _expanded(layer, x1, x2, groups1, groups2, names, **options) -> Kernel:
         inverse2 = inverse1
     u1 = x1 if first1 is None else x1[first1]
     u2 = None if x2 is None else (x2 if first2 is None else x2[first2])
+    if masks is not None:
+        m1 = masks[0] if first1 is None else masks[0][first1]
+        m2 = None if x2 is None else (masks[1] if first2 is None else masks[1][first2])
+        masks = (m1, m2)
     try:
-        k = compute_kernel(layer, u1, u2, names, **options)
+        k = _compute(layer, u1, u2, names, masks, **options)
     except NonFiniteKernelError as e:
         partial = None if e.partial is None else _expand(e.partial, inverse1, inverse2)
         raise NonFiniteKernelError(str(e) + " (row and column numbers count distinct inputs)", partial) from None
@@ -220,12 +215,16 @@ def compute_kernel(
     max_memory: int | None = None,
     progress: bool | None = None,
     mask_constant: float | None = None,
+    lengths=None,
+    lengths2=None,
 ) -> Kernel:
     """NNGP / NTK of ``layer`` between ``x1`` and ``x2``, tile by tile.
 
-    ``mask_constant``: positions (of sequences or feature maps) where every channel equals it are
-    padding, so that a batch of variable-length sequences gives the kernel of the unpadded ones
-    (:mod:`infinet.masks`; neural-tangents' convention). Padded batches use the full layout.
+    Variable-length sequences in one batch (:mod:`infinet.masks`), so that a padded batch gives the
+    kernel of the unpadded sequences: ``mask_constant``, positions (of sequences or feature maps)
+    where every channel equals it are padding (neural-tangents' convention); or ``lengths`` (and
+    ``lengths2`` for x2), the number of valid leading steps of each sequence N x C x L. Padded
+    batches use the full layout.
 
     Memory: besides the (N1, N2) outputs, at most one tile's working set, about
     ``BYTES_PER_ENTRY * tile_size**2 * E`` bytes with E = 1 for vectors and, for feature maps of S
@@ -249,19 +248,28 @@ def compute_kernel(
     if len(out_spec.shape) > 1:
         raise ValueError(f"the network's output has spatial shape {out_spec.shape}; end it with Flatten() or "
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
-    need_ntk = "ntk" in names
-    if mask_constant is not None:
-        from .masks import input_mask
+    from .masks import padding_masks
 
-        input_mask(x1, mask_constant, "x1")  # bad constants and empty inputs fail here, before any tile
-        if not symmetric:
-            input_mask(x2, mask_constant, "x2")
-    groups1 = unique_rows(x1)
-    groups2 = None if symmetric else unique_rows(x2)
+    masks = padding_masks(x1, None if symmetric else x2, mask_constant, lengths, lengths2)
+    return _compute(layer, x1, None if symmetric else x2, names, masks, dtype=dtype, tile_size=tile_size,
+                    max_memory=max_memory, progress=progress)
+
+
+def _compute(layer, x1, x2, names, masks, *, dtype, tile_size, max_memory, progress) -> Kernel:
+    """:func:`compute_kernel` on checked inputs (``x2`` None: symmetric) with padding ``masks`` or None."""
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    need_ntk = "ntk" in names
+
+    def keyed(x, mask):  # identical rows must also have identical padding to be computed once
+        return x if mask is None else torch.cat([x.reshape(len(x), -1), mask.reshape(len(x), -1).to(x.dtype)], 1)
+
+    groups1 = unique_rows(keyed(x1, None if masks is None else masks[0]))
+    groups2 = None if symmetric else unique_rows(keyed(x2, None if masks is None else masks[1]))
     if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
-        return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, dtype=dtype,
-                         tile_size=tile_size, max_memory=max_memory, progress=progress, mask_constant=mask_constant)
-    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), mask_constant is not None))
+        return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, dtype=dtype,
+                         tile_size=tile_size, max_memory=max_memory, progress=progress)
+    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), masks is not None))
     rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
     tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
 
@@ -278,7 +286,8 @@ def compute_kernel(
     def work(task):
         i, j = task
         diagonal = symmetric and i == j
-        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, mask_constant)
+        tile_masks = None if masks is None else (masks[0][rows[i]], None if diagonal else masks[1][cols[j]])
+        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, tile_masks)
         if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
             k = k.replace(nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T))
         return k

@@ -113,20 +113,23 @@ class Layer:
         max_memory: int | None = None,
         progress: bool | None = None,
         mask_constant: float | None = None,
+        lengths=None,
+        lengths2=None,
     ) -> Kernel:
         """Exact infinite-width NNGP and NTK between ``x1`` (N1, ...) and ``x2`` (N2, ...).
 
         ``x2=None`` means x2 = x1 (each off-diagonal tile is then computed once). Computation is
         tiled (see :func:`infinet.tiling.compute_kernel` for ``tile_size``, ``max_memory`` and
         ``progress``); results are float64 unless ``dtype=torch.float32``, on the inputs' device.
-        ``mask_constant``: positions whose channels all equal it are padding (variable-length
-        sequences in one batch; :mod:`infinet.masks`).
+        Variable-length sequences in one batch (:mod:`infinet.masks`): ``mask_constant``, positions
+        whose channels all equal it are padding; or ``lengths`` (``lengths2`` for x2), each sequence's
+        number of valid leading steps.
         Returns a :class:`~infinet.Kernel` with (N1, N2) ``nngp`` and ``ntk`` (None if not in ``get``).
         """
         from ..tiling import compute_kernel
 
         return compute_kernel(self, x1, x2, get, dtype=dtype, tile_size=tile_size, max_memory=max_memory,
-                              progress=progress, mask_constant=mask_constant)
+                              progress=progress, mask_constant=mask_constant, lengths=lengths, lengths2=lengths2)
 
     def build(
         self,

@@ -160,7 +160,8 @@ class GlobalSelfAttention(Layer):
             self._channels(spec.shape)
         token = ctx.token()
         shape = None if spec.shape is None else (self.n_chan_out, *spec.shape[1:])
-        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token})
+        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token},
+                          own=frozenset({token}))
 
     def needs_full(self, full_out):
         return True

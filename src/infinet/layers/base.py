@@ -30,12 +30,17 @@ class Spec:
     fresh: tokens of the random layers whose fresh, zero-mean weights produced this value (it is
         uncorrelated with anything not depending on them); None when it is not such a value.
     ancestry: tokens of every random layer the value depends on.
+    own: tokens of random layers whose fresh outputs this value is a function of, and of nothing else
+        reaching it from before them (an activation, normalization or pooling of a random layer's
+        output keeps its ``own``): at infinite width it is independent of any value that does not
+        depend on those layers (zero-mean only when ``fresh``). None when it has no such layers.
     """
 
     shape: tuple[int, ...] | None
     gaussian: bool = False
     fresh: frozenset[int] | None = None
     ancestry: frozenset[int] = field(default_factory=frozenset)
+    own: frozenset[int] | None = None
 
 
 Stream = Union[Spec, tuple]

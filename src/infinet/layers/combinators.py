@@ -253,11 +253,13 @@ class _FanIn(Layer):
         )
 
     def _joined(self, branches, shape) -> Spec:
-        fresh = None
+        fresh = own = None
         if all(b.fresh is not None for b in branches):
             fresh = frozenset().union(*(b.fresh for b in branches))
+        if all(b.own is not None for b in branches):
+            own = frozenset().union(*(b.own for b in branches))
         ancestry = frozenset().union(*(b.ancestry for b in branches))
-        return Spec(shape, gaussian=self._gaussian(branches), fresh=fresh, ancestry=ancestry)
+        return Spec(shape, gaussian=self._gaussian(branches), fresh=fresh, ancestry=ancestry, own=own)
 
     def _gaussian(self, branches) -> bool:
         return all(b.gaussian for b in branches)
@@ -301,7 +303,21 @@ class FanInProd(_FanIn):
     def infer(self, spec, ctx):
         branches = self._check(spec)
         joined = self._joined(branches, _same_shapes(self, branches))
-        return Spec(joined.shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry)
+        return Spec(joined.shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry, own=joined.own)
+
+    def _check_independent(self, stream, i: int, j: int) -> None:
+        """A product needs independent branches, not zero-mean ones: E[a b a' b'] = E[a a'] E[b b'] when
+        one branch is a function of random layers of its own (e.g. Dense > Relu in one branch, Dense >
+        Erf in the other), whatever else it has passed through since."""
+        a, b = stream[i], stream[j]
+        if (a.own is not None and not (a.own & b.ancestry)) or (b.own is not None and not (b.own & a.ancestry)):
+            return
+        raise ValueError(
+            f"{self!r}: branches {i} and {j} are correlated (neither passes through a random layer of its own: "
+            "e.g. two Identity branches, or branches sharing their only random layer); their product's kernel "
+            "needs moments across branches that the infinite-width calculus here does not track. Put a "
+            "Dense layer into one of them"
+        )
 
     def kernel_fn(self, ks):
         first = ks[0]
@@ -348,7 +364,7 @@ class FanInConcat(_FanIn):
                 raise ValueError(f"{self!r}: branches differ beyond the feature axis: {shapes}")
             shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
         joined = self._joined(branches, shape)
-        return Spec(shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry)
+        return Spec(shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry, own=joined.own)
 
     def kernel_fn(self, ks):
         widths = [k.shape[0] for k in ks]

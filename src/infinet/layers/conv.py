@@ -98,7 +98,8 @@ class Conv(Layer):
             geo = self.geometry(spec.shape)
             out_shape = (self.out_channels,) + tuple(g[5] for g in geo)
         token = ctx.token()
-        return with_shape(spec, out_shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token})
+        return with_shape(spec, out_shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token},
+                          own=frozenset({token}))
 
     # -- kernel ----------------------------------------------------------------------------------------
     def _tap_sum(self, t: Tensor | None, lead: int, geo, full: bool, scale: float = 1.0) -> Tensor | None:

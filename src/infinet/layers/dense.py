@@ -101,7 +101,8 @@ class Dense(Layer):
                              f"shape {spec.shape}")
         token = ctx.token()
         shape = None if spec.shape is None else (self.out_features, *spec.shape[1:])
-        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token})
+        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token},
+                          own=frozenset({token}))
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         w2 = self.w_std**2

@@ -89,7 +89,8 @@ class Recurrent(Layer):
         shape = sequence_shape(self, spec.shape)
         token = ctx.token()
         out = None if shape is None else ((self.width, shape[1]) if self.return_sequence else (self.width,))
-        return with_shape(spec, out, gaussian=False, fresh=None, ancestry=spec.ancestry | {token})
+        return with_shape(spec, out, gaussian=False, fresh=None, ancestry=spec.ancestry | {token},
+                          own=frozenset({token}))
 
     def needs_full(self, full_out):
         return bool(full_out) if self.return_sequence else False

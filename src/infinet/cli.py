@@ -161,7 +161,9 @@ def data() -> None:
 
 @app.command()
 def kernel(
-    arch: str = typer.Option(..., "--arch", "-a", help='Architecture spec, e.g. "Dense(512, w_std=1.5) > Relu() > Dense(10)".'),
+    arch: str = typer.Option(..., "--arch", "-a", help='Architecture spec, e.g. "Dense(512, w_std=1.5) > Relu() > Dense(10)"; any layer of the README, '
+                           'e.g. "Recurrent(Relu(), return_sequence=False) > Dense(10)" or '
+                           '"Conv(64, 5) > Relu() > GlobalSelfAttention(64, 64, 64, 4) > GlobalAvgPool() > Dense(10)".'),
     data: str = typer.Option(..., "--data", "-d", help="Data set name, NAME:FOLDER, or a .npz/.csv path (see `infinet data`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .npz file (or use --store)."),
     get: str = typer.Option("nngp,ntk", "--get", help="Comma-separated kernels: nngp, ntk."),
@@ -341,21 +343,16 @@ def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> No
     typer.echo(f"saved {out}: {shapes}")
 
 
-def _check_vector_output(net, shape) -> None:
-    out = net.check(shape)
-    if not isinstance(out, tuple) and out.shape is not None and len(out.shape) > 1:
-        raise ValueError(f"the network's output has spatial shape {out.shape} for inputs of shape {shape}; end it "
-                         "with Flatten() or GlobalAvgPool() and a Dense readout")
-
-
 def _fit_input(net, ds):
     """Flatten image inputs when the architecture takes vectors (e.g. a fully-connected network, whose
     Dense layers would otherwise act on each pixel's channels and leave an image at the output)."""
     if len(ds.input_shape) == 1:
         net.check(ds.input_shape)
         return ds
+    from .tiling import require_vector_output
+
     try:
-        _check_vector_output(net, ds.input_shape)
+        require_vector_output(net.check(ds.input_shape))
         return ds
     except ValueError as image_error:
         flat = ds.flat()

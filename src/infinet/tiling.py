@@ -70,12 +70,18 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
     out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full, masks=masks), False), False)
+    require_vector_output(out)
+    return out
+
+
+def require_vector_output(out) -> None:
+    """Raise ValueError unless a network's output (its :class:`~infinet.layers.base.Spec` or
+    :class:`~infinet.Kernel`, or a tuple of branches) is one vector per example: a kernel is (N1, N2)."""
     if isinstance(out, tuple):
         raise ValueError(f"the network ends in {len(out)} branches; join them with a FanIn layer")
-    if out.spatial:
+    if out.shape is not None and len(out.shape) > 1:
         raise ValueError(f"the network's output has spatial shape {out.shape}; end it with Flatten() or "
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
-    return out
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -242,12 +248,7 @@ def compute_kernel(
     x1 = as_input(x1, "x1", dtype)
     x2 = x1 if symmetric else as_input(x2, "x2", dtype)
     check_pair(x1, x2)
-    out_spec = layer.check(x1.shape[1:])
-    if isinstance(out_spec, tuple):
-        raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
-    if len(out_spec.shape) > 1:
-        raise ValueError(f"the network's output has spatial shape {out_spec.shape}; end it with Flatten() or "
-                         "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
+    require_vector_output(layer.check(x1.shape[1:]))
     from .masks import padding_masks
 
     masks = padding_masks(x1, None if symmetric else x2, mask_constant, lengths, lengths2)

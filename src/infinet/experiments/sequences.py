@@ -82,12 +82,11 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
         entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {},
                  "stable_learning_rates": limits}
-        for model_name, pred in (("NNGP", nngp), (f"NTK t={t_train:.3g}", ntk_t), ("NTK t=inf", ntk_inf)):
+        for key, label, pred in (("NNGP", "NNGP", nngp), ("NTK t=train", f"NTK t={t_train:.3g}", ntk_t),
+                                 ("NTK t=inf", "NTK t=inf", ntk_inf)):
             acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
-            table.add(name, model_name, "inf", acc, 0.0, err, 0.0)
-            entry["kernel"][model_name.split(" t=")[0] + (" t=inf" if "inf" in model_name else
-                                                          " t=train" if "NTK" in model_name else "")] = \
-                {"test_accuracy": acc, "test_mse": err}
+            table.add(name, label, "inf", acc, 0.0, err, 0.0)
+            entry["kernel"][key] = {"test_accuracy": acc, "test_mse": err}
         t0 = time.perf_counter()
         per_width: dict = {w: {"acc": [], "mse": []} for w in p["widths"]}
         for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):

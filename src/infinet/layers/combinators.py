@@ -240,16 +240,23 @@ class _FanIn(Layer):
                 self._check_independent(stream, i, j)
         return stream
 
+    #: the Spec field naming the random layers that make a branch independent of another: "fresh" (a sum
+    #: needs one branch to be zero-mean random output: E[z_i z_j'] = 0, and the NTK's cross terms vanish) or
+    #: "own" (a product needs independence only: E[a b a' b'] = E[a a'] E[b b'])
+    independence = "fresh"
+    #: what is missing when the check fails, for the error message
+    missing = "neither ends in a random layer of its own, e.g. two Identity branches"
+
     def _check_independent(self, stream, i: int, j: int) -> None:
-        """Two branches are uncorrelated when one is the output of fresh zero-mean random weights
-        the other does not depend on; then E[z_i z_j'] = 0 and the NTK's cross terms vanish."""
+        """Branches i and j are independent at infinite width when one of them has random layers (the
+        ``independence`` field of its Spec) that the other does not depend on."""
         a, b = stream[i], stream[j]
-        if (a.fresh is not None and not (a.fresh & b.ancestry)) or (b.fresh is not None and not (b.fresh & a.ancestry)):
+        own_a, own_b = getattr(a, self.independence), getattr(b, self.independence)
+        if (own_a is not None and not (own_a & b.ancestry)) or (own_b is not None and not (own_b & a.ancestry)):
             return
         raise ValueError(
-            f"{self!r}: branches {i} and {j} are correlated (neither ends in a random layer of its own, "
-            "e.g. two Identity branches); their joint kernel needs a cross-covariance that the "
-            "infinite-width calculus here does not track. Put a Dense layer into one of them"
+            f"{self!r}: branches {i} and {j} are correlated ({self.missing}); their joint kernel needs moments "
+            "across branches that the infinite-width calculus here does not track. Put a Dense layer into one of them"
         )
 
     def _joined(self, branches, shape) -> Spec:
@@ -305,19 +312,11 @@ class FanInProd(_FanIn):
         joined = self._joined(branches, _same_shapes(self, branches))
         return Spec(joined.shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry, own=joined.own)
 
-    def _check_independent(self, stream, i: int, j: int) -> None:
-        """A product needs independent branches, not zero-mean ones: E[a b a' b'] = E[a a'] E[b b'] when
-        one branch is a function of random layers of its own (e.g. Dense > Relu in one branch, Dense >
-        Erf in the other), whatever else it has passed through since."""
-        a, b = stream[i], stream[j]
-        if (a.own is not None and not (a.own & b.ancestry)) or (b.own is not None and not (b.own & a.ancestry)):
-            return
-        raise ValueError(
-            f"{self!r}: branches {i} and {j} are correlated (neither passes through a random layer of its own: "
-            "e.g. two Identity branches, or branches sharing their only random layer); their product's kernel "
-            "needs moments across branches that the infinite-width calculus here does not track. Put a "
-            "Dense layer into one of them"
-        )
+    # a product needs independent branches, not zero-mean ones (e.g. Dense > Relu in one branch, Dense > Erf
+    # in the other, whatever else each has passed through since)
+    independence = "own"
+    missing = ("neither passes through a random layer of its own: e.g. two Identity branches, or branches "
+               "sharing their only random layer")
 
     def kernel_fn(self, ks):
         first = ks[0]

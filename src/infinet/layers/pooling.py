@@ -152,18 +152,17 @@ def _masked_global_pool(k: Kernel, sum_pool: bool) -> Kernel:
     axes = tuple(range(1, 1 + (2 if k.full else 1) * len(k.spatial)))
     c1, c2 = valid_counts(k.mask1).to(k.var1.dtype), valid_counts(k.mask2).to(k.var1.dtype)
 
-    def pool(t, pair):
+    def pool(t, lead, pairs):  # sum over the spatial axes after ``lead`` batch axes; the mean divides by pairs
         if t is None:
             return None
-        total = t.sum(tuple(a + 1 for a in axes)) if pair else t.sum(axes)
-        if sum_pool:
-            return total
-        return total / (c1[:, None] * c2[None, :]) if pair else total
+        total = t.sum(tuple(a + lead - 1 for a in axes))
+        return total if sum_pool else total / pairs
 
-    var1 = k.var1.sum(axes) if sum_pool else k.var1.sum(axes) / c1**2
-    var2 = var1 if k.var2 is k.var1 else (k.var2.sum(axes) if sum_pool else k.var2.sum(axes) / c2**2)
-    return k.replace(nngp=pool(k.nngp, True), ntk=pool(k.ntk, True), var1=var1, var2=var2, shape=k.shape[:1],
-                     full=False, mask1=None, mask2=None)
+    var1 = pool(k.var1, 1, c1**2)
+    var2 = var1 if k.var2 is k.var1 else pool(k.var2, 1, c2**2)
+    pairs = c1[:, None] * c2[None, :]
+    return k.replace(nngp=pool(k.nngp, 2, pairs), ntk=pool(k.ntk, 2, pairs), var1=var1, var2=var2,
+                     shape=k.shape[:1], full=False, mask1=None, mask2=None)
 
 
 class GlobalSumPool(GlobalAvgPool):

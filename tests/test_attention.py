@@ -112,6 +112,12 @@ def test_bad_decay_function_is_named():
         inf.serial(layer, inf.GlobalAvgPool(), inf.Dense(1)).kernel(torch.randn(2, 3, 4, dtype=F64))
 
 
+def test_decay_function_that_is_no_covariance_is_named():
+    layer = inf.GlobalSelfAttention(8, 8, 8, 1, pos_emb_type="SUM", pos_emb_decay_fn=lambda d: 1.0 - d)
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        inf.serial(layer, inf.GlobalAvgPool(), inf.Dense(1)).kernel(torch.randn(2, 3, 4, dtype=F64))
+
+
 def test_spec_round_trip():
     net = inf.parse_spec("GlobalSelfAttention(8, 8, 8, 2, b_std=0.1, pos_emb_type='SUM') > GlobalAvgPool() > Dense(1)")
     x = torch.randn(3, 2, 4, dtype=F64)

@@ -28,7 +28,8 @@ Positional embeddings (``pos_emb_type`` SUM or CONCAT): random N(0, W_pos_emb_st
 position covariance R = decay(sum_axes |p - q|^pos_emb_p_norm) (``pos_emb_decay_fn``; None: R = I);
 the input's covariances become kw K + pw R with kw = 1, pw = W_pos_emb_std^2 for SUM and kw = C / (C +
 C_e), pw = W_pos_emb_std^2 C_e / (C + C_e) for CONCAT (C_e = n_chan_pos_emb). The embeddings are
-parameters, so they enter the NTK alike.
+parameters, so they enter the NTK alike. R must be a covariance: a decay function giving a matrix that is not
+positive semi-definite is refused (ValueError), where neural-tangents would return numbers.
 
 The layer needs every pair of positions below it (the full layout) and gives them above it.
 """
@@ -73,6 +74,11 @@ def position_covariance(spatial: tuple[int, ...], p_norm: float, decay_fn, dtype
     if r.shape != (size, size) or not bool(torch.isfinite(r).all()):
         raise ValueError(f"pos_emb_decay_fn must map the ({size}, {size}) distance matrix to finite values of the "
                          f"same shape; got shape {tuple(r.shape)}")
+    lowest = float(torch.linalg.eigvalsh(r.double().cpu()).min())
+    if lowest < -1e-10 * max(float(r.abs().max()), 1e-300):
+        raise ValueError(f"pos_emb_decay_fn gives a position covariance that is not positive semi-definite "
+                         f"(smallest eigenvalue {lowest:.3g}); it is the covariance of the positional embeddings, "
+                         "so it must be one (e.g. exp(-d) of squared or absolute distances)")
     return r
 
 

@@ -61,20 +61,23 @@ def test_collinear_inputs_stay_psd():
     _check_symmetric_psd_and_tiling_invariant(net, x, 1)
 
 
-def _check_symmetric_psd_and_tiling_invariant(net, x, tile):
-    full = net.kernel(x, tile_size=10**6)
+def _check_symmetric_psd_and_tiling_invariant(net, x, tile, pattern=None):
+    graphs = {} if pattern is None else {"pattern": pattern}
+    full = net.kernel(x, tile_size=10**6, **graphs)
     for k in (full.nngp, full.ntk):
         assert torch.isfinite(k).all()
         assert torch.equal(k, k.T)
         eig = torch.linalg.eigvalsh(k)
         assert float(eig.min()) >= -1e-10 * max(float(torch.trace(k)), 1e-300)
-    tiled = net.kernel(x, tile_size=tile)
+    tiled = net.kernel(x, tile_size=tile, **graphs)
     scale = float(full.ntk.abs().max()) + float(full.nngp.abs().max()) + 1e-300
     assert float((tiled.nngp - full.nngp).abs().max()) <= 1e-12 * scale
     assert float((tiled.ntk - full.ntk).abs().max()) <= 1e-12 * scale
     # rectangular kernels agree with the blocks of the symmetric one
     if len(x) > 1:
-        rect = net.kernel(x[:1], x[1:], tile_size=tile)
+        if pattern is not None:
+            graphs = {"pattern": pattern[:1], "pattern2": pattern[1:]}
+        rect = net.kernel(x[:1], x[1:], tile_size=tile, **graphs)
         assert float((rect.ntk - full.ntk[:1, 1:]).abs().max()) <= 1e-12 * scale
 
 
@@ -125,3 +128,55 @@ def sequence_networks(draw):
 def test_sequence_kernels_symmetric_psd_and_tiling_invariant(net, n, length, seed, tile):
     x = torch.randn(n, 2, length, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     _check_symmetric_psd_and_tiling_invariant(net, x, tile)
+
+
+NEW_ACTIVATIONS = [lambda: inf.Rbf(0.5), inf.Gabor, lambda: inf.ExpNormalized(1.0, -1.0), lambda: inf.Hermite(2),
+                   lambda: inf.Hermite(3)]
+
+
+@st.composite
+def new_layer_networks(draw):
+    """Feature maps (images, sequences) or graphs through issue 18's layers: locally connected
+    convolutions, indexing, resizing, constant dot products, graph aggregation and the new activations."""
+    kind = draw(st.sampled_from(["image", "sequence", "graph"]))
+    # closed forms only: quadrature activations (Tanh, Sigmoid, ...) over every pixel pair are covered above
+    acts = [inf.Relu, inf.Erf, inf.Gelu, inf.Sin, lambda: inf.Monomial(2), inf.Sign] + NEW_ACTIVATIONS
+    width = draw(st.integers(1, 8))
+    first = draw(st.sampled_from(["conv", "convlocal", "dense"]))
+    if first == "conv":
+        layers = [inf.Conv(width, 2, w_std=draw(st.floats(0.5, 2.0)), b_std=0.1)]
+    elif first == "convlocal" and kind != "graph":
+        layers = [inf.ConvLocal(width, 2, padding="SAME", w_std=draw(st.floats(0.5, 2.0)), b_std=0.1)]
+    else:
+        layers = [inf.Dense(width, w_std=draw(st.floats(0.5, 2.0)))]
+    layers.append(draw(st.sampled_from(acts))())
+    middle = draw(st.sampled_from(["aggregate"] if kind == "graph" else ["index", "resize", "dot", "none"]))
+    if middle == "aggregate":
+        layers += [inf.Dense(width, w_std=1.2), inf.Aggregate()]
+    elif middle == "index":
+        layers.append(inf.Index(inf.Slice[:, :, ::draw(st.sampled_from([1, 2, -1]))]))
+    elif middle == "resize":
+        size = draw(st.integers(2, 7))
+        method = draw(st.sampled_from(["nearest", "linear", "cubic", "lanczos3"]))
+        spatial = (size, -1) if kind == "image" else (size,)
+        layers.append(inf.ImageResize((-1, -1, *spatial), method, antialias=draw(st.booleans())))
+    elif middle == "dot":
+        layers.append(inf.DotGeneral(rhs=draw(st.floats(-2.0, 2.0))))
+    layers += [inf.Dense(width, w_std=draw(st.floats(0.5, 2.0)), b_std=0.1), draw(st.sampled_from(acts))()]
+    layers.append(draw(st.sampled_from([inf.GlobalAvgPool, inf.Flatten]))())
+    layers.append(inf.Dense(1, b_std=0.1))
+    return kind, inf.serial(*layers)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(new_layer_networks(), st.integers(1, 5), st.integers(0, 2**31), st.integers(1, 4))
+def test_new_layer_kernels_symmetric_psd_and_tiling_invariant(case, n, seed, tile):
+    kind, net = case
+    gen = torch.Generator().manual_seed(seed)
+    shape = {"image": (n, 2, 4, 3), "sequence": (n, 2, 5), "graph": (n, 2, 5)}[kind]
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    pattern = None
+    if kind == "graph":
+        pattern = (torch.rand(n, 5, 5, generator=gen) < 0.5).to(torch.float64)
+    _check_symmetric_psd_and_tiling_invariant(net, x, tile, pattern)

@@ -400,6 +400,70 @@ def gaussian(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_k
     return nngp, kdot
 
 
+def rbf(gamma: float, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pair:
+    """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4), whose dual is the RBF kernel (neural-tangents' ``Rbf``):
+
+    nngp = exp(-gamma (var1 + var2 - 2 cov)) (= exp(-gamma |x - x'|^2 / d) on inputs), kdot = 2 gamma nngp;
+    :func:`sin` with a = sqrt(2), b = sqrt(2 gamma), c = pi/4, where cos(2c) = 0 drops the second term
+    (Rahimi and Recht 2007, random Fourier features). Identical inputs give exactly 1.
+    """
+    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, _, _ = bounded_covariance(cov, var1, var2)
+    half = 0.5 * torch.clamp(var1, min=0.0) + 0.5 * torch.clamp(var2, min=0.0)
+    nngp = torch.exp(-2.0 * gamma * torch.clamp(half - cov, min=0.0))
+    return nngp, (2.0 * gamma * nngp if need_kdot else None)
+
+
+def gabor(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pair:
+    """phi(x) = exp(-x^2) sin(x) (neural-tangents' ``Gabor``).
+
+    The Gaussian factor folds into the covariance: for Sigma = [[a, c], [c, b]],
+    N(z; Sigma) exp(-|z|^2) = det(I + 2 Sigma)^(-1/2) N(z; Sigma') with Sigma' = Sigma (I + 2 Sigma)^(-1)
+    = [[a + 2 delta, c], [c, b + 2 delta]] / D, delta = ab - c^2, D = det(I + 2 Sigma) = 1 + 2(a + b) + 4 delta;
+    then E[sin u sin v] under Sigma' (see :func:`sin`) gives, with s = a + b + 4 delta,
+
+        nngp = (E_- - E_+) / (2 sqrt(D)),  E_-+ = exp(-(s -+ 2c) / (2D)),
+
+    and kdot = d nngp / dc (Price 1958) = 4c D^(-3/2) (E_- - E_+) / 2 + (E_- g_- - E_+ g_+) / (2 sqrt(D)),
+    g_-+ = ((8c +- 2) D - 8c (s -+ 2c)) / (2 D^2). delta is formed as ab (1 - rho)(1 + rho) (no cancellation).
+    """
+    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, rho, _ = bounded_covariance(cov, var1, var2)
+    a, b = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
+    delta = a * b * (1.0 - rho) * (1.0 + rho)
+    d = 1.0 + 2.0 * (a + b) + 4.0 * delta
+    s = a + b + 4.0 * delta
+    e_minus = torch.exp(-(s - 2.0 * cov) / (2.0 * d))
+    e_plus = torch.exp(-(s + 2.0 * cov) / (2.0 * d))
+    root = torch.sqrt(d)
+    nngp = (e_minus - e_plus) / (2.0 * root)
+    if not need_kdot:
+        return nngp, None
+    g_minus = ((8.0 * cov + 2.0) * d - 8.0 * cov * (s - 2.0 * cov)) / (2.0 * d * d)
+    g_plus = ((8.0 * cov - 2.0) * d - 8.0 * cov * (s + 2.0 * cov)) / (2.0 * d * d)
+    kdot = 2.0 * cov * (e_minus - e_plus) / (d * root) + (e_minus * g_minus - e_plus * g_plus) / (2.0 * root)
+    return nngp, kdot
+
+
+def exp_normalized(gamma: float, shift: float, cov: Tensor, var1: Tensor, var2: Tensor,
+                   need_kdot: bool = True) -> Pair:
+    """The normalized Gaussian kernel of Shankar, Fang, Guo, Fridovich-Keil, Schmidt, Ragan-Kelley and
+    Recht 2020 ("Neural kernels without tangents", Sec. 3; neural-tangents' ``ExpNormalized``):
+
+        nngp = sqrt(var1 var2) exp(gamma (rho + shift)),  kdot = gamma exp(gamma (rho + shift)),
+
+    rho = cov / sqrt(var1 var2) clamped to [-1, 1] (so neural-tangents' ``do_clip`` is always on);
+    zero variance gives 0. For gamma >= 0 it is the dual of the normalized activation
+    r g(y / r), g = sum_n sqrt(exp(gamma shift) gamma^n / n!) He_n / sqrt(n!) (Mehler), r the
+    root-mean-square over channels (see :class:`~infinet.ExpNormalized`).
+    """
+    cov, var1, var2 = _broadcast(cov, var1, var2)
+    rho, norm, nondegenerate = correlation(cov, var1, var2)
+    factor = torch.exp(gamma * (rho + shift))
+    nngp = torch.where(nondegenerate, norm * factor, torch.zeros_like(norm))
+    return nngp, (gamma * factor if need_kdot else None)
+
+
 @lru_cache(maxsize=None)
 def _hermite_table(max_power: int) -> tuple[tuple[float, ...], ...]:
     """t[p][n] = coefficient of He_n in x^p: p! / (m! n! 2^m) with p - n = 2m >= 0."""

@@ -33,6 +33,8 @@ class Kernel:
         full: True for the full pixel-pair layout (needed below pooling), False for the diagonal one.
         mask1, mask2: (N, *S) booleans, True at padded positions of each batch (see :mod:`infinet.masks`),
             or None when nothing is padded.
+        pattern1, pattern2: the graphs of each batch for :class:`~infinet.Aggregate` (see
+            :mod:`infinet.layers.graph`), or None.
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -45,6 +47,8 @@ class Kernel:
     full: bool = False
     mask1: Tensor | None = None
     mask2: Tensor | None = None
+    pattern1: Tensor | None = None
+    pattern2: Tensor | None = None
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
@@ -249,7 +253,17 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 
 
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
-                 masks: tuple[Tensor, Tensor] | None = None) -> Kernel:
+                 masks: tuple[Tensor, Tensor] | None = None,
+                 patterns: tuple[Tensor, Tensor | None] | None = None) -> Kernel:
+    """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1)."""
+    k = _input_kernel(x1, x2, need_ntk, full, masks)
+    if patterns is None:
+        return k
+    return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
+
+
+def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
+                  masks: tuple[Tensor, Tensor] | None = None) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is

@@ -34,6 +34,39 @@ def _readout(net) -> Dense | None:
     return None
 
 
+def _graph_nngp_sample(net, model, x1, x2, p1, p2) -> Tensor:
+    """:func:`_nngp_sample` for a :class:`~infinet.layers.graph.GraphModel` called with the graphs p1, p2."""
+    from .layers.graph import GraphModel
+
+    dense = _readout(net)
+    if dense is not None:
+        body = GraphModel(model.network[:-1])
+        h1, h2 = body(x1, pattern=p1), body(x2, pattern=p2)
+        b2 = 0.0 if dense.b_std is None else dense.b_std**2
+        return dense.w_std**2 * (h1 @ h2.T) / h1.shape[1] + b2
+    f1, f2 = model(x1, pattern=p1).reshape(len(x1), -1), model(x2, pattern=p2).reshape(len(x2), -1)
+    return f1 @ f2.T / f1.shape[1]
+
+
+def _graph_ntk_sample(model, x1, x2, p1, p2) -> Tensor:
+    """Empirical NTK averaged over output units, one example (and its graph) at a time by autograd:
+    Theta(x, x') = (1/O) sum_o grad_p f_o(x) . grad_p f_o(x')."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def jacobian(x, pattern):
+        rows = []
+        for i in range(len(x)):
+            out = model(x[i: i + 1], pattern=pattern[i: i + 1]).reshape(-1)
+            grads = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(o, params, retain_graph=True)])
+                     for o in out]
+            rows.append(torch.stack(grads))
+        return torch.stack(rows)  # (N, O, P)
+
+    j1 = jacobian(x1, p1)
+    j2 = j1 if x2 is x1 and p2 is p1 else jacobian(x2, p2)
+    return torch.einsum("iop,jop->ij", j1, j2) / j1.shape[1]
+
+
 def _nngp_sample(net, model, x1: Tensor, x2: Tensor) -> Tensor:
     """One network's NNGP estimate.
 
@@ -66,6 +99,8 @@ def monte_carlo_kernel(
     get: str | Iterable[str] = ("nngp", "ntk"),
     *,
     dtype: torch.dtype = torch.float64,
+    pattern=None,
+    pattern2=None,
 ) -> MonteCarloKernel:
     """Empirical NNGP and NTK of ``n_samples`` finite networks ``net.build(seed=...)``, averaged.
 
@@ -74,13 +109,22 @@ def monte_carlo_kernel(
     from parameter gradients (Jacot et al. 2018, eq. 2), computed with torch.func. Both converge to
     :meth:`Layer.kernel` as widths grow (Lee et al. 2018; Jacot et al. 2018); the standard errors make
     that comparison a statistical test. Seeds are derived from ``seed``: same seed, same numbers.
+    Networks with :class:`~infinet.Aggregate` take the graphs ``pattern`` (of x1) and ``pattern2`` (of
+    x2; default ``pattern`` when x2 is None); their NTK is computed one example at a time.
     """
     names = parse_get(get)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2 (for a standard error), got {n_samples!r}")
+    same = x2 is None
     x1 = as_input(x1, "x1", dtype)
     x2 = x1 if x2 is None else as_input(x2, "x2", dtype)
     check_pair(x1, x2)
+    from .layers.graph import graph_patterns
+
+    patterns = graph_patterns(x1, None if same else x2, pattern, pattern2)
+    if patterns is not None:
+        p1 = patterns[0]
+        p2 = p1 if same else patterns[1]
     out_spec = net.check(x1.shape[1:])
     if isinstance(out_spec, tuple):
         raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
@@ -89,6 +133,13 @@ def monte_carlo_kernel(
     for _ in range(n_samples):
         sample_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
         model = net.build(x1.shape[1:], seed=sample_seed, dtype=dtype, device=x1.device)
+        if patterns is not None:
+            if "nngp" in names:
+                with torch.no_grad():
+                    nngps.append(_graph_nngp_sample(net, model, x1, x2, p1, p2))
+            if "ntk" in names:
+                ntks.append(_graph_ntk_sample(model, x1, x2, p1, p2))
+            continue
         with torch.no_grad():
             if "nngp" in names:
                 nngps.append(_nngp_sample(net, model, x1, x2))

@@ -55,21 +55,24 @@ def aligned(x: Tensor) -> Tensor:
 
 
 def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
-                masks: tuple[Tensor, Tensor | None] | None = None) -> Kernel:
+                masks: tuple[Tensor, Tensor | None] | None = None,
+                patterns: tuple[Tensor, Tensor | None] | None = None) -> Kernel:
     """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
 
     Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
     are first made contiguous and aligned (:func:`aligned`), so a tile's value does not depend on
     where its rows lie in memory: the same rows give bitwise the same tile in any process.
     ``masks``: the (rows, *S) padding masks of x1 and x2 (x2's None when x2 is None), True at padding
-    (:mod:`infinet.masks`); nothing padded in either means no masks.
+    (:mod:`infinet.masks`); nothing padded in either means no masks. ``patterns``: the graphs of x1 and
+    x2 for :class:`~infinet.Aggregate` (x2's None when x2 is None).
     """
     x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
     if masks is not None:
         m1, m2 = masks[0], (masks[0] if x2 is None else masks[1])
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
-    out = fit_layout(apply_kernel(layer, input_kernel(x1, x2, need_ntk, full=full, masks=masks), False), False)
+    k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
+    out = fit_layout(apply_kernel(layer, k, False), False)
     require_vector_output(out)
     return out
 
@@ -150,7 +153,15 @@ def _expand(k: Kernel, inverse1: Tensor | None, inverse2: Tensor | None) -> Kern
     return k.replace(nngp=both(k.nngp), ntk=both(k.ntk), var1=var1, var2=var2)
 
 
-def _expanded(layer, x1, x2, groups1, groups2, names, masks, **options) -> Kernel:
+def _rows_of(pair, first1, first2, symmetric):
+    """Per-example side data (masks, graphs) of the distinct rows."""
+    if pair is None:
+        return None
+    a = pair[0] if first1 is None else pair[0][first1]
+    return a, None if symmetric else (pair[1] if first2 is None else pair[1][first2])
+
+
+def _expanded(layer, x1, x2, groups1, groups2, names, masks, patterns, **options) -> Kernel:
     """The kernel of inputs with repeated rows from the kernel of their distinct rows, so that identical
     inputs get bitwise-identical rows and columns (and the repeated work is skipped)."""
     first1, inverse1 = groups1 if groups1 is not None else (None, None)
@@ -159,12 +170,10 @@ def _expanded(layer, x1, x2, groups1, groups2, names, masks, **options) -> Kerne
         inverse2 = inverse1
     u1 = x1 if first1 is None else x1[first1]
     u2 = None if x2 is None else (x2 if first2 is None else x2[first2])
-    if masks is not None:
-        m1 = masks[0] if first1 is None else masks[0][first1]
-        m2 = None if x2 is None else (masks[1] if first2 is None else masks[1][first2])
-        masks = (m1, m2)
+    masks = _rows_of(masks, first1, first2, x2 is None)
+    patterns = _rows_of(patterns, first1, first2, x2 is None)
     try:
-        k = _compute(layer, u1, u2, names, masks, **options)
+        k = _compute(layer, u1, u2, names, masks, patterns, **options)
     except NonFiniteKernelError as e:
         partial = None if e.partial is None else _expand(e.partial, inverse1, inverse2)
         raise NonFiniteKernelError(str(e) + " (row and column numbers count distinct inputs)", partial) from None
@@ -223,8 +232,13 @@ def compute_kernel(
     mask_constant: float | None = None,
     lengths=None,
     lengths2=None,
+    pattern=None,
+    pattern2=None,
 ) -> Kernel:
     """NNGP / NTK of ``layer`` between ``x1`` and ``x2``, tile by tile.
+
+    Graphs (for :class:`~infinet.Aggregate`): ``pattern``, one graph per example of x1, and ``pattern2``
+    for x2 (see :mod:`infinet.layers.graph` for the dense and sparse forms).
 
     Variable-length sequences in one batch (:mod:`infinet.masks`), so that a padded batch gives the
     kernel of the unpadded sequences: ``mask_constant``, positions (of sequences or feature maps)
@@ -252,23 +266,32 @@ def compute_kernel(
     from .masks import padding_masks
 
     masks = padding_masks(x1, None if symmetric else x2, mask_constant, lengths, lengths2)
-    return _compute(layer, x1, None if symmetric else x2, names, masks, dtype=dtype, tile_size=tile_size,
+    from .layers.graph import Aggregate, contains, graph_patterns
+
+    patterns = graph_patterns(x1, None if symmetric else x2, pattern, pattern2)
+    if patterns is not None and not contains(layer, Aggregate):
+        raise ValueError("pattern (graphs) given, but the network has no Aggregate layer to use them")
+    return _compute(layer, x1, None if symmetric else x2, names, masks, patterns, dtype=dtype, tile_size=tile_size,
                     max_memory=max_memory, progress=progress)
 
 
-def _compute(layer, x1, x2, names, masks, *, dtype, tile_size, max_memory, progress) -> Kernel:
-    """:func:`compute_kernel` on checked inputs (``x2`` None: symmetric) with padding ``masks`` or None."""
+def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, max_memory, progress) -> Kernel:
+    """:func:`compute_kernel` on checked inputs (``x2`` None: symmetric) with padding ``masks`` and graphs
+    ``patterns`` (or None)."""
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
     need_ntk = "ntk" in names
 
-    def keyed(x, mask):  # identical rows must also have identical padding to be computed once
-        return x if mask is None else torch.cat([x.reshape(len(x), -1), mask.reshape(len(x), -1).to(x.dtype)], 1)
+    def keyed(x, i):  # identical rows must also have identical padding and graphs to be computed once
+        parts = [t[i] for t in (masks, patterns) if t is not None]
+        if not parts:
+            return x
+        return torch.cat([x.reshape(len(x), -1)] + [p.reshape(len(x), -1).to(x.dtype) for p in parts], 1)
 
-    groups1 = unique_rows(keyed(x1, None if masks is None else masks[0]))
-    groups2 = None if symmetric else unique_rows(keyed(x2, None if masks is None else masks[1]))
+    groups1 = unique_rows(keyed(x1, 0))
+    groups2 = None if symmetric else unique_rows(keyed(x2, 1))
     if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
-        return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, dtype=dtype,
+        return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, patterns, dtype=dtype,
                          tile_size=tile_size, max_memory=max_memory, progress=progress)
     size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), masks is not None))
     rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
@@ -287,8 +310,12 @@ def _compute(layer, x1, x2, names, masks, *, dtype, tile_size, max_memory, progr
     def work(task):
         i, j = task
         diagonal = symmetric and i == j
-        tile_masks = None if masks is None else (masks[0][rows[i]], None if diagonal else masks[1][cols[j]])
-        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, tile_masks)
+        def part(pair):  # this tile's rows and columns of per-example side data (masks, graphs)
+            if pair is None:
+                return None
+            return pair[0][rows[i]], None if diagonal else (pair[0] if symmetric else pair[1])[cols[j]]
+
+        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, part(masks), part(patterns))
         if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
             k = k.replace(nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T))
         return k

@@ -9,11 +9,15 @@ from .activations import (
     Elu,
     Erf,
     Exp,
+    ExpNormalized,
+    Gabor,
     Gaussian,
     Gelu,
+    Hermite,
     LeakyRelu,
     Monomial,
     Polynomial,
+    Rbf,
     RectifiedMonomial,
     Relu,
     Sigmoid,
@@ -26,14 +30,17 @@ from .activations import (
 from .attention import GlobalSelfAttention
 from .base import Layer, Spec
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, Serial, parallel, repeat, serial
-from .conv import Conv, ConvTranspose
+from .conv import Conv, ConvLocal, ConvTranspose
+from .graph import Aggregate
 from .dense import Dense
 from .norm import Dropout, LayerNorm
+from .position_maps import DotGeneral, ImageResize, Index, Slice
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from .recurrent import Recurrent
 from .sequence import Reverse, bidirectional
 
 __all__ = [
+    "Aggregate", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",

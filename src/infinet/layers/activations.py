@@ -320,6 +320,124 @@ class Monomial(Polynomial):
         return x**self.degree
 
 
+class Hermite(Polynomial):
+    """phi = He_n / sqrt(n!), the probabilists' Hermite polynomial of ``degree`` n normalized to unit
+    norm under N(0, 1) (neural-tangents' ``Hermite``).
+
+    For unit-variance inputs E[phi(u) phi(v)] = rho^n and E[phi'(u) phi'(v)] = n rho^(n-1) (Mehler 1866),
+    which is what neural-tangents returns whatever the variances (it warns that it assumes them to
+    be 1). infinet computes the exact expectation for any variances (:func:`infinet.gaussian.polynomial`);
+    the two agree when the input variances are 1 (e.g. after LayerNorm).
+    """
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"Hermite degree must be an integer >= 0, got {degree!r}")
+        self.degree = degree
+        previous, current = [0.0], [1.0]  # He_{-1} = 0, He_0 = 1; He_{k+1} = x He_k - k He_{k-1}
+        for k in range(degree):
+            shifted = [0.0] + current
+            lower = previous + [0.0] * (len(shifted) - len(previous))
+            previous, current = current, [a - k * b for a, b in zip(shifted, lower)]
+        norm = math.sqrt(math.factorial(degree))
+        super().__init__([c / norm for c in current])
+
+    def _args(self):
+        return (self.degree,)
+
+
+class Rbf(Activation):
+    """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4): its NNGP is the RBF kernel exp(-gamma |x - x'|^2 / d)
+    of the inputs (neural-tangents' ``Rbf``; closed form :func:`infinet.gaussian.rbf`)."""
+
+    def __init__(self, gamma: float = 1.0):
+        self.gamma = float(gamma)
+        if not math.isfinite(self.gamma) or self.gamma < 0:
+            raise ValueError(f"Rbf gamma must be a finite number >= 0, got {gamma!r}")
+
+    def _args(self):
+        return (self.gamma,)
+
+    def fn(self, x):
+        return math.sqrt(2.0) * torch.sin(math.sqrt(2.0 * self.gamma) * x + math.pi / 4)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.rbf(self.gamma, cov, var1, var2, need_kdot)
+
+
+class Gabor(Activation):
+    """phi(x) = exp(-x^2) sin(x) (neural-tangents' ``Gabor``; closed form :func:`infinet.gaussian.gabor`)."""
+
+    def fn(self, x):
+        return torch.exp(-x * x) * torch.sin(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.gabor(cov, var1, var2, need_kdot)
+
+
+class ExpNormalized(Activation):
+    """The normalized Gaussian kernel (Shankar et al. 2020, "Neural kernels without tangents", Sec. 3;
+    neural-tangents' ``ExpNormalized``): K' = sqrt(q1 q2) exp(gamma (rho + shift)), Theta' =
+    gamma exp(gamma (rho + shift)) Theta (:func:`infinet.gaussian.exp_normalized`).
+
+    Finite module (neural-tangents has none): at each position, with r the root-mean-square of the
+    input over channels, out = r g(y / r), g = sum_n c_n He_n / sqrt(n!), c_n^2 = exp(gamma shift)
+    gamma^n / n!, so that E[g(u) g(v)] = exp(gamma (rho + shift)) for unit-variance u, v of
+    correlation rho; the series is cut where the remaining c_n^2 sum below 1e-16 of the total. At
+    infinite width r is the deterministic sqrt(q), so its gradient adds nothing to the NTK.
+    ``do_clip`` is accepted for compatibility; rho is always clipped to [-1, 1].
+    """
+
+    def __init__(self, gamma: float = 1.0, shift: float = -1.0, do_clip: bool = False):
+        self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)
+        if not math.isfinite(self.gamma) or self.gamma < 0:
+            raise ValueError(f"ExpNormalized gamma must be a finite number >= 0 (exp(gamma rho) with gamma < 0 is "
+                             f"not a covariance), got {gamma!r}")
+        if not math.isfinite(self.shift):
+            raise ValueError(f"ExpNormalized shift must be a finite number, got {shift!r}")
+
+    def _args(self):
+        return (self.gamma, self.shift)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.exp_normalized(self.gamma, self.shift, cov, var1, var2, need_kdot)
+
+    def coefficients(self) -> list[float]:
+        """c_n of g = sum_n c_n He_n / sqrt(n!), cut where the tail of c_n^2 is below 1e-16 of the total."""
+        total = math.exp(self.gamma)  # sum_n gamma^n / n!
+        out, term, n, kept = [], 1.0, 0, 0.0
+        while True:
+            out.append(math.sqrt(math.exp(self.gamma * self.shift) * term))
+            kept += term
+            if total - kept <= 1e-16 * total or n > 400:
+                return out
+            n += 1
+            term *= self.gamma / n
+
+    def fn(self, x):
+        """g applied to unit-variance inputs (the module normalizes by r first)."""
+        coefficients = self.coefficients()
+        previous, current = torch.zeros_like(x), torch.ones_like(x)  # normalized He_{n-1}, He_n / sqrt(n!)
+        out = coefficients[0] * current
+        for n in range(1, len(coefficients)):
+            previous, current = current, (x * current - math.sqrt(n - 1) * previous) / math.sqrt(n)
+            out = out + coefficients[n] * current
+        return out
+
+    def module(self, spec, ctx):
+        self.infer(spec, Context())
+        return NormalizedFunction(self.fn, repr(self))
+
+
+class NormalizedFunction(Function):
+    """out = r fn(y / r) at each position, r the root-mean-square of y over channels (axis 1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = torch.sqrt((x * x).mean(dim=1, keepdim=True))
+        safe = torch.where(r > 0, r, torch.ones_like(r))
+        return torch.where(r > 0, r * self.fn(x / safe), torch.zeros_like(x))
+
+
 # ---------------------------------------------------------------- quadrature
 class Tanh(_Quadrature):
     """phi = tanh; kernel by :func:`infinet.gaussian.quadrature` (no closed form)."""

@@ -120,6 +120,8 @@ class Layer:
         mask_constant: float | None = None,
         lengths=None,
         lengths2=None,
+        pattern=None,
+        pattern2=None,
     ) -> Kernel:
         """Exact infinite-width NNGP and NTK between ``x1`` (N1, ...) and ``x2`` (N2, ...).
 
@@ -128,13 +130,15 @@ class Layer:
         ``progress``); results are float64 unless ``dtype=torch.float32``, on the inputs' device.
         Variable-length sequences in one batch (:mod:`infinet.masks`): ``mask_constant``, positions
         whose channels all equal it are padding; or ``lengths`` (``lengths2`` for x2), each sequence's
-        number of valid leading steps.
+        number of valid leading steps. Graphs for :class:`~infinet.Aggregate`: ``pattern`` (one per example
+        of x1) and ``pattern2`` (of x2).
         Returns a :class:`~infinet.Kernel` with (N1, N2) ``nngp`` and ``ntk`` (None if not in ``get``).
         """
         from ..tiling import compute_kernel
 
         return compute_kernel(self, x1, x2, get, dtype=dtype, tile_size=tile_size, max_memory=max_memory,
-                              progress=progress, mask_constant=mask_constant, lengths=lengths, lengths2=lengths2)
+                              progress=progress, mask_constant=mask_constant, lengths=lengths, lengths2=lengths2,
+                              pattern=pattern, pattern2=pattern2)
 
     def build(
         self,
@@ -150,7 +154,8 @@ class Layer:
         :meth:`kernel` and its tangent kernel to the NTK. ``input_shape`` is the per-example shape
         (e.g. 784 or (784,)); without it, layers are materialized on the first forward pass (lazy),
         still from ``seed``. The same ``seed`` gives the same weights; ``seed=None`` draws from torch's
-        global generator, so ``torch.manual_seed`` is honored.
+        global generator, so ``torch.manual_seed`` is honored. A network with :class:`~infinet.Aggregate`
+        layers comes wrapped in :class:`~infinet.layers.graph.GraphModel`: call it as ``model(x, pattern=A)``.
         """
         if isinstance(input_shape, int):
             input_shape = (input_shape,)
@@ -159,6 +164,10 @@ class Layer:
             seed = int(torch.randint(0, 2**62, (1,)))
         ctx = Context(torch.Generator().manual_seed(int(seed)))
         model = self.module(Spec(shape), ctx)
+        from .graph import AggregateModule, GraphModel
+
+        if any(isinstance(m, AggregateModule) for m in model.modules()):
+            model = GraphModel(model)
         if dtype is not None or device is not None:
             model = model.to(device=device, dtype=dtype)
         return model

@@ -15,10 +15,13 @@ diagonal layouts and full to full. A transposed convolution uses the adjoint pla
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 from torch import Tensor
 
 from ..kernel import Kernel
@@ -187,6 +190,61 @@ class ConvTranspose(Conv):
             raise ValueError("ConvTranspose supports padding 'SAME' or 'VALID', not 'CIRCULAR'")
 
 
+class ConvLocal(Conv):
+    """Locally connected layer: a convolution whose filters are not shared between output positions
+    (neural-tangents' ``stax.ConvLocal``; Novak et al. 2019, "Bayesian deep convolutional networks with
+    many channels are Gaussian processes", Sec. 3.1, the locally connected network LCN).
+
+    Each output position has its own weights and bias, so outputs at different positions are
+    independent at infinite width: same-position pairs transform as for :class:`Conv` (the tap average
+    A on the input's same-position pairs), every other pair is 0,
+
+        K'[p, p] = w_std^2 A(K)[p, p] + b_std^2,  K'[p, q] = 0 (p != q),  Theta' = K' + w_std^2 A(Theta) on p = q.
+
+    Its input never needs the full pixel-pair layout; global pooling after it sees only the diagonal
+    (Novak et al. 2019: without weight sharing, pooling gives the kernel of a network without it).
+    ``padding`` defaults to 'VALID' as in neural-tangents. The finite module needs the input shape at
+    build time (its weights are (out, in, *kernel_size, *output positions)).
+    """
+
+    plans_layout = True
+
+    def __init__(self, out_channels, kernel_size=3, stride=1, padding="VALID", dilation=1, w_std=1.0, b_std=None,
+                 parameterization="ntk"):
+        super().__init__(out_channels, kernel_size, stride, padding, dilation, w_std, b_std, parameterization)
+
+    def needs_full(self, full_out):
+        return False
+
+    def kernel_fn(self, k: Kernel, full_out: bool = False) -> Kernel:
+        out = super().kernel_fn(k.to_diagonal())
+        return _embed_diagonal(out) if full_out else out
+
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        if spec.shape is None:
+            raise ValueError(f"{self!r}: build the network with input_shape (a locally connected layer has weights "
+                             "per output position)")
+        self.infer(spec, Context())
+        return ConvLocalModule(self, self.geometry(spec.shape), spec.shape[0], seed=ctx.seed())
+
+
+def _embed_diagonal(k: Kernel) -> Kernel:
+    """A diagonal-layout kernel as the full layout with zeros off the position diagonal."""
+    s = k.spatial
+    p = math.prod(s)
+
+    def full(t, lead):
+        if t is None:
+            return None
+        out = t.new_zeros(*t.shape[:lead], p, p)
+        out.diagonal(dim1=-2, dim2=-1).copy_(t.reshape(*t.shape[:lead], p))
+        return out.reshape(*t.shape[:lead], *s, *s)
+
+    var1 = full(k.var1, 1)
+    var2 = var1 if k.var2 is k.var1 else full(k.var2, 1)
+    return k.replace(nngp=full(k.nngp, 2), ntk=full(k.ntk, 2), var1=var1, var2=var2, full=True)
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -245,3 +303,41 @@ class ConvTransposeModule(ConvModule):
             if keep < n_out:
                 y = sp.pad_axis(y, 2 + i, 0, n_out - keep, circular=False)
         return y
+
+
+class ConvLocalModule(ConvModule):
+    """Finite locally connected layer of :class:`ConvLocal`: weight (out, in, *kernel_size, *output
+    positions), bias (out, *output positions); fan-in in_channels x filter size, as for Conv."""
+
+    def __init__(self, layer: ConvLocal, geometry, in_channels: int, seed: int):
+        super().__init__(layer, geometry, in_channels, seed)
+        if self.bias is not None:
+            self.bias = nn.Parameter(torch.empty(self.out_features, *self._positions()))
+            self.reset_parameters()
+
+    def _positions(self) -> tuple[int, ...]:
+        return tuple(g[5] for g in self.geo)
+
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features) + self._filter() + self._positions()
+
+    def bias_view(self, ndim: int) -> Tensor:
+        return self.bias
+
+    def linear(self, x: Tensor) -> Tensor:
+        geo = self._check_input(x)
+        if [g[5] for g in geo] != list(self._positions()):
+            raise ValueError(f"{self.layer!r} was built for output positions {self._positions()}; input {tuple(x.shape)} "
+                             "gives others")
+        circular = self.layer.padding == "CIRCULAR"
+        for i, (k, s, d, before, after, n_out) in enumerate(geo):
+            x = sp.pad_axis(x, 2 + i, before, after, circular)
+        patches = []
+        for taps in itertools.product(*(range(g[0]) for g in geo)):
+            index = [slice(None), slice(None)]
+            for a, (k, s, d, _, _, n_out) in zip(taps, geo):
+                index.append(slice(d * a, d * a + s * (n_out - 1) + 1, s))
+            patches.append(x[tuple(index)])
+        patch = torch.stack(patches, dim=2)  # (N, C, taps, *positions)
+        weight = self.weight.reshape(self.out_features, self.in_features, len(patches), *self._positions())
+        return torch.einsum("nct...,oct...->no...", patch, weight)

@@ -71,13 +71,21 @@ class LayerNorm(Layer):
             s1, s2 = v1.unsqueeze(1), v2.unsqueeze(0)
             self1, self2 = v1, v2
         norm = (s1 * s2).sqrt()
-        var1 = k.var1 / self1
-        return k.replace(nngp=k.nngp / norm, ntk=None if k.ntk is None else k.ntk / norm, var1=var1,
-                         var2=var1 if k.var2 is k.var1 else k.var2 / self2)
+        var1 = _divide(k.var1, self1)
+        return k.replace(nngp=_divide(k.nngp, norm), ntk=None if k.ntk is None else _divide(k.ntk, norm), var1=var1,
+                         var2=var1 if k.var2 is k.var1 else _divide(k.var2, self2))
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
         return LayerNormModule(self.axes, self.eps)
+
+
+def _divide(t: Tensor, norm: Tensor) -> Tensor:
+    """t / norm, and 0 where the normalizer is 0: an input that is identically zero at a position (a graph
+    node no arc reaches, a padded step) stays zero after normalization, as in the finite module."""
+    if bool((norm > 0).all()):
+        return t / norm
+    return torch.where(norm > 0, t / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(t))
 
 
 class LayerNormModule(nn.Module):

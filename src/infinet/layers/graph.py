@@ -1,0 +1,249 @@
+"""Graph aggregation (message passing): the layer of graph neural networks and its kernel.
+
+Inputs are node features N x C x V (or N x C x *S, aggregating over some or all position axes), and
+each example comes with its graph, the ``pattern`` (neural-tangents 0.6.5 ``stax.Aggregate``):
+
+* dense: a weighted adjacency (N, *A, *A) over the aggregated axes A, ``pattern[n, i, j]`` the weight
+  of the arc from node i (tail) to node j (head);
+* sparse: integer arcs (N, E, K, 2) (or (N, E, 2) when K = 1 axis is aggregated), [..., 0] the tail's
+  and [..., 1] the head's coordinates; an arc with any negative coordinate is padding; repeated arcs
+  add up.
+
+The layer replaces every node by the weighted sum over its predecessors, out[j] = sum_i A[i, j] x[i]
+(no parameters), so at infinite width (Du, Hou, Salakhutdinov, Poczos, Wang and Xu 2019, "Graph
+neural tangent kernel", Sec. 4, the aggregation step)
+
+    K'(x, x')[a, b] = sum_{i, j} A[i, a] K(x, x')[i, j] A'[j, b],   Theta' likewise,
+
+with A the graph of x and A' that of x'. It needs every pair of nodes (full layout) and costs
+O(V^3) per pair of graphs. Sparse arcs are turned into the dense adjacency first (O(V^2) memory per
+graph). Padded nodes (``mask_constant``) stay absent: their outputs are zero whatever arcs reach them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..kernel import Kernel
+from .base import Context, Layer, Spec, with_shape
+
+IMPLEMENTATIONS = ("DENSE", "SPARSE")
+
+
+def as_pattern(pattern, n: int, name: str, device) -> Tensor:
+    """Validate a batch of graphs: a tensor or array with one graph per example (leading axis ``n``)."""
+    if isinstance(pattern, np.ndarray):
+        pattern = torch.from_numpy(pattern)
+    if not isinstance(pattern, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of graphs, got {type(pattern).__name__}")
+    if pattern.ndim < 2 or len(pattern) != n:
+        raise ValueError(f"{name} must hold one graph per example: {n} examples, but {name} has shape "
+                         f"{tuple(pattern.shape)}")
+    if pattern.is_floating_point() and not bool(torch.isfinite(pattern).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return pattern.to(device)
+
+
+class Aggregate(Layer):
+    """Aggregation over a graph given per example (neural-tangents' ``stax.Aggregate``; Du et al. 2019).
+
+    ``aggregate_axis``: the position axes to aggregate over, counted in infinet's layout N x C x ...
+    (so 2 for node features N x C x V); None (default) aggregates over every position axis.
+    ``implementation``: 'DENSE' (``pattern`` is a weighted adjacency, see :mod:`infinet.layers.graph`)
+    or 'SPARSE' (integer arcs); ``to_dense`` optionally decodes a dense pattern given in another form.
+    Kernels take the graphs as ``net.kernel(x1, x2, pattern=A1, pattern2=A2)``, finite networks as
+    ``model(x, pattern=A)``; without a pattern the layer raises (neural-tangents would silently act as
+    the identity).
+    """
+
+    masking = "own"
+
+    def __init__(self, aggregate_axis=None, implementation: str = "DENSE", to_dense=None):
+        if aggregate_axis is not None:
+            axes = (aggregate_axis,) if isinstance(aggregate_axis, int) else tuple(aggregate_axis)
+            if not axes or any(isinstance(a, bool) or not isinstance(a, int) or a < 2 for a in axes) \
+                    or len(set(axes)) != len(axes):
+                raise ValueError(f"Aggregate aggregate_axis must be position axes (2, 3, ...) of N x C x ... inputs, "
+                                 f"got {aggregate_axis!r}")
+            aggregate_axis = tuple(sorted(axes))
+        self.aggregate_axis = aggregate_axis
+        key = str(implementation).upper()
+        if key not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown Aggregate implementation {implementation!r}; choose from {IMPLEMENTATIONS}")
+        if to_dense is not None and not callable(to_dense):
+            raise TypeError("Aggregate to_dense must be callable")
+        self.implementation, self.to_dense = key, to_dense
+
+    def __repr__(self) -> str:
+        return f"Aggregate(aggregate_axis={self.aggregate_axis!r}, implementation={self.implementation!r})"
+
+    def axes(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """The aggregated axes as indices into the position axes."""
+        if not spatial:
+            raise ValueError(f"{self!r} aggregates over nodes: inputs must be N x C x V (or N x C x ...), not vectors")
+        if self.aggregate_axis is None:
+            return tuple(range(len(spatial)))
+        bad = [a for a in self.aggregate_axis if a - 2 >= len(spatial)]
+        if bad:
+            raise ValueError(f"{self!r}: inputs N x C x {spatial} have no axis {bad[0]}")
+        return tuple(a - 2 for a in self.aggregate_axis)
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if spec.shape is not None:
+            self.axes(tuple(spec.shape[1:]))
+        return with_shape(spec, spec.shape)
+
+    def needs_full(self, full_out):
+        return True
+
+    # -- the graph ---------------------------------------------------------------------------------------
+    def adjacency(self, pattern: Tensor | None, spatial: tuple[int, ...], dtype, which: str) -> Tensor:
+        """(N, P, P) dense adjacency over the P aggregated positions (row: tail, column: head)."""
+        if pattern is None:
+            raise ValueError(f"{self!r} needs the graphs: pass pattern= (and pattern2= with x2) to kernel(), "
+                             "or model(x, pattern=...) to the finite network")
+        agg = tuple(spatial[a] for a in self.axes(spatial))
+        p = math.prod(agg)
+        if self.implementation == "DENSE":
+            dense = pattern if self.to_dense is None else self.to_dense(pattern)
+            dense = torch.as_tensor(dense)
+            if tuple(dense.shape[1:]) != agg + agg:
+                raise ValueError(f"{self!r}: {which} must have shape (N, *{agg}, *{agg}) for positions {spatial}, "
+                                 f"got {tuple(dense.shape)}")
+            return dense.to(dtype).reshape(len(dense), p, p)
+        arcs = pattern
+        if arcs.is_floating_point() or arcs.dtype == torch.bool:
+            raise ValueError(f"{self!r}: sparse {which} must hold integer node coordinates, got dtype {arcs.dtype}")
+        if len(agg) == 1 and arcs.ndim == 3:
+            arcs = arcs.unsqueeze(2)
+        if arcs.ndim != 4 or arcs.shape[2] != len(agg) or arcs.shape[3] != 2:
+            raise ValueError(f"{self!r}: sparse {which} must have shape (N, E, {len(agg)}, 2) (tails and heads), "
+                             f"got {tuple(pattern.shape)}")
+        sizes = torch.tensor(agg, device=arcs.device)
+        if bool((arcs >= sizes[None, None, :, None]).any()):
+            raise ValueError(f"{self!r}: {which} has a node coordinate beyond the positions {agg}")
+        valid = (arcs >= 0).all(dim=3).all(dim=2)  # (N, E)
+        strides = torch.tensor([math.prod(agg[i + 1:]) for i in range(len(agg))], device=arcs.device)
+        flat = (arcs.clamp(min=0) * strides[None, None, :, None]).sum(2)  # (N, E, 2)
+        n = len(arcs)
+        index = (torch.arange(n, device=arcs.device)[:, None] * p * p + flat[..., 0] * p + flat[..., 1])[valid]
+        dense = torch.zeros(n * p * p, dtype=dtype, device=arcs.device)
+        dense.index_add_(0, index, torch.ones(len(index), dtype=dtype, device=arcs.device))
+        return dense.reshape(n, p, p)
+
+    # -- kernel ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _aggregate(t: Tensor, batch_axis: int, first: int, axes: tuple[int, ...], adjacency: Tensor) -> Tensor:
+        """sum_i A[n, i, a] t[..., i, ...] over the position axes ``first + axes``, n the index on ``batch_axis``."""
+        src = [first + a for a in axes]
+        ends = list(range(t.ndim - len(axes), t.ndim))
+        moved = t.movedim(src, ends)
+        shape = moved.shape
+        p = adjacency.shape[-1]
+        flat = moved.reshape(*shape[: t.ndim - len(axes)], p).movedim(batch_axis, 0)
+        lead = flat.shape
+        out = torch.bmm(flat.reshape(lead[0], -1, p), adjacency).reshape(lead)
+        return out.movedim(0, batch_axis).reshape(shape).movedim(ends, src)
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        spatial = k.spatial
+        axes = self.axes(spatial)
+        if not k.full:
+            raise RuntimeError(f"{self!r} needs the full layout (internal layout planning error)")
+        dtype = (k.nngp if k.nngp is not None else k.ntk).dtype
+        a1 = self.adjacency(k.pattern1, spatial, dtype, "pattern")
+        a2 = a1 if k.pattern2 is k.pattern1 else self.adjacency(k.pattern2, spatial, dtype, "pattern2")
+        d = len(spatial)
+
+        def pair(t):
+            if t is None:
+                return None
+            return self._aggregate(self._aggregate(t, 0, 2, axes, a1), 1, 2 + d, axes, a2)
+
+        def own(t, a):
+            return self._aggregate(self._aggregate(t, 0, 1, axes, a), 0, 1 + d, axes, a)
+
+        var1 = own(k.var1, a1)
+        var2 = var1 if k.var2 is k.var1 else own(k.var2, a2)
+        out = k.replace(nngp=pair(k.nngp), ntk=pair(k.ntk), var1=var1, var2=var2)
+        if k.mask1 is not None:
+            from ..masks import remask
+
+            out = remask(out)
+        return out
+
+    # -- finite module -----------------------------------------------------------------------------------
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        self.infer(spec, Context())
+        return AggregateModule(self)
+
+
+class AggregateModule(nn.Module):
+    """Finite module of :class:`Aggregate`: out[n, :, j] = sum_i A[n, i, j] x[n, :, i]. The graphs come from
+    the network's ``forward(x, pattern=...)`` (see :class:`GraphModel`)."""
+
+    def __init__(self, layer: Aggregate):
+        super().__init__()
+        self.layer = layer
+        self.pattern: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        spatial = tuple(x.shape[2:])
+        if self.pattern is not None and len(self.pattern) != len(x):
+            raise ValueError(f"{self.layer!r}: {len(x)} inputs but {len(self.pattern)} graphs")
+        a = self.layer.adjacency(self.pattern, spatial, x.dtype, "pattern").to(x.device)
+        axes = self.layer.axes(spatial)
+        return Aggregate._aggregate(x, 0, 2, axes, a)
+
+    def extra_repr(self) -> str:
+        return repr(self.layer)
+
+
+class GraphModel(nn.Module):
+    """A finite network with :class:`Aggregate` layers: ``model(x, pattern=A)`` hands the graphs ``A`` (one
+    per example of ``x``) to every aggregation for that call. Not thread-safe across concurrent calls."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: Tensor, pattern=None) -> Tensor:
+        if pattern is None:
+            raise ValueError("this network aggregates over graphs: call it as model(x, pattern=A), one graph per example")
+        pattern = as_pattern(pattern, len(x), "pattern", x.device)
+        sites = [m for m in self.network.modules() if isinstance(m, AggregateModule)]
+        for m in sites:
+            m.pattern = pattern
+        try:
+            return self.network(x)
+        finally:
+            for m in sites:
+                m.pattern = None
+
+
+def graph_patterns(x1: Tensor, x2: Tensor | None, pattern, pattern2) -> tuple[Tensor, Tensor | None] | None:
+    """Validated graphs of x1 and x2 (x2's None when x2 is None), or None when no pattern is given."""
+    if pattern is None:
+        if pattern2 is not None:
+            raise ValueError("pattern2 (graphs of x2) needs pattern (graphs of x1) too")
+        return None
+    p1 = as_pattern(pattern, len(x1), "pattern", x1.device)
+    if x2 is None:
+        if pattern2 is not None:
+            raise ValueError("pattern2 is for x2, but x2 is None (x2 = x1 uses pattern)")
+        return p1, None
+    if pattern2 is None:
+        raise ValueError("x2 is given: pass its graphs as pattern2 too")
+    return p1, as_pattern(pattern2, len(x2), "pattern2", x2.device)
+
+
+def contains(layer, cls) -> bool:
+    """Whether a network description holds a layer of type ``cls`` anywhere."""
+    if isinstance(layer, cls):
+        return True
+    return any(contains(part, cls) for part in getattr(layer, "layers", ()))

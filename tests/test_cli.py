@@ -35,6 +35,20 @@ def test_help_everywhere():
     assert "--arch" in invoke("kernel", "--help").output and "--param" in invoke("run", "--help").output
 
 
+def test_help_names_every_layer_a_spec_may_use():
+    import re
+
+    from infinet.spec import constructors
+
+    text = invoke("--help").output
+    named = set(re.findall(r"[A-Za-z_]+", text))
+    missing = sorted(set(constructors()) - named)
+    assert not missing, missing
+    for new in ("Aggregate", "ConvLocal", "ImageResize", "Index", "DotGeneral", "Rbf", "Gabor", "ExpNormalized",
+                "Hermite"):
+        assert new in text
+
+
 def test_list_and_data():
     result = invoke("list")
     names = [line.split()[0] for line in result.output.splitlines()]

@@ -86,3 +86,13 @@ def test_every_new_layer_is_covered():
     kinds = {spec[0] for _, layers in CONFIGS.values() for spec in layers}
     assert {"aggregate", "convlocal", "resize", "index", "dot", "rbf", "gabor", "expnormalized", "hermite"} <= kinds
     assert sum(inputs.endswith("_masked") for inputs, _ in CONFIGS.values()) >= 2
+
+
+@pytest.mark.parametrize("name", sorted(TABLE["resizes"]))
+def test_finite_resize_equals_jax_image_resize(name):
+    """The finite ImageResize is jax.image.resize (half-pixel centres, antialiasing, every method)."""
+    size, method, antialias = TABLE["resizes"][name]
+    x = torch.as_tensor(REFERENCE["img"])
+    model = inf.ImageResize((-1, -1, *size), method, antialias=antialias).build(tuple(x.shape[1:]))
+    expected = torch.as_tensor(REFERENCE[f"resize/{name}"])
+    assert torch.allclose(model(x), expected, rtol=1e-12, atol=1e-12)

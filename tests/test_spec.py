@@ -38,6 +38,12 @@ NETWORKS = [
                inf.AvgPool(2, stride=1, padding="SAME"), inf.SumPool((2, 2)), inf.GlobalAvgPool(), inf.Dense(1)),
     inf.serial(inf.Conv(4, 3, parameterization="standard"), inf.Relu(), inf.GlobalSumPool(), inf.Flatten()),
     inf.myrtle(5, channels=8),
+    inf.serial(inf.ConvLocal(4, 2, stride=2, padding="SAME", b_std=0.1), inf.Rbf(0.5), inf.Index(inf.Slice[:, :, 1:, ::-2]),
+               inf.ImageResize((-1, -1, 5, -1), "cubic", antialias=False), inf.Dense(3), inf.Gabor(),
+               inf.DotGeneral(rhs=[[1.0, -0.5], [0.25, 2.0]], dimension_numbers=(((2,), (0,)), ((), ()))),
+               inf.Dense(3), inf.ExpNormalized(2.0, -0.5), inf.Dense(3), inf.Hermite(2), inf.GlobalAvgPool(), inf.Dense(1)),
+    inf.serial(inf.Dense(4), inf.Aggregate(), inf.Relu(), inf.Dense(4), inf.Aggregate((2,), "SPARSE"), inf.Flatten()),
+    inf.serial(inf.Conv(4), inf.Index(inf.Slice[..., 0]), inf.DotGeneral(lhs=2.0), inf.Flatten()),
 ]
 
 

@@ -15,9 +15,28 @@ from typing import List, Optional
 
 import typer
 
+#: the layers an --arch spec may name (tests/test_cli.py checks it against infinet.spec.constructors())
+LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
+
+\b
+  dense and convolutional: Dense, Conv, ConvTranspose, ConvLocal (unshared weights)
+  pooling and shape: AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten,
+    Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral
+  graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
+  sequences: Recurrent, Reverse, bidirectional, GlobalSelfAttention
+  normalization: LayerNorm, Dropout
+  activations: Relu, LeakyRelu, ABRelu, Abs, Sign, Erf, Gelu, Sin, Cos, Gaussian, Exp,
+    Monomial, RectifiedMonomial, Polynomial, Hermite, Rbf, Gabor, ExpNormalized,
+    Tanh, Sigmoid, Softplus, Silu, Elu
+  combinators: serial, parallel, repeat, FanOut, FanInSum, FanInConcat, FanInProd,
+    Identity, Serial, Parallel
+  ready-made: myrtle, cntk, wide_resnet, wide_resnet_block
+"""
+
 app = typer.Typer(
     name="infinet",
     help="infinet: exact infinite-width kernels (NNGP, NTK) of neural networks, checked against finite networks.",
+    epilog=LAYERS_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -150,11 +150,44 @@ class _SliceMaker:
 Slice = _SliceMaker()
 
 
+def parse_index(text: str) -> tuple:
+    """numpy index text (``':, :, ::2, -1'``, ``'..., 0'``) as a tuple of slices, integers and Ellipsis."""
+    items = []
+    for part in text.strip().strip("[]").split(","):
+        part = part.strip()
+        try:
+            if part == "...":
+                items.append(Ellipsis)
+            elif ":" in part:
+                bounds = part.split(":")
+                if len(bounds) > 3:
+                    raise ValueError
+                items.append(slice(*[int(b) if b.strip() else None for b in bounds]))
+            else:
+                items.append(int(part))
+        except ValueError:
+            raise ValueError(f"Index: cannot read {part!r} in {text!r}; write integers, slices such as 1:5:2, and ...") \
+                from None
+    return tuple(items)
+
+
+def format_index(items: tuple) -> str:
+    """The text form of an index tuple (inverse of :func:`parse_index`)."""
+    def one(item):
+        if item is Ellipsis:
+            return "..."
+        if isinstance(item, slice):
+            parts = ["" if v is None else str(int(v)) for v in (item.start, item.stop, item.step)]
+            return ":".join(parts[:2]) if item.step is None else ":".join(parts)
+        return str(int(item))
+    return ", ".join(one(item) for item in items)
+
+
 class Index(PositionMap):
     """out = x[idx] over positions, numpy-style (neural-tangents' ``stax.Index``): e.g. a classification
     token ``Index(Slice[:, :, 0])`` or the last time step ``Index(Slice[:, :, -1])`` of N x C x L inputs.
 
-    ``idx`` (use :data:`Slice`) indexes the whole N x C x ... tensor in infinet's layout (batch, then
+    ``idx`` (use :data:`Slice`, or the same in a string, ``Index(':, :, -1')``) indexes the whole N x C x ... tensor in infinet's layout (batch, then
     channels, then positions); the batch and channel entries must be ``:`` (channels are infinitely many
     at the limit). Integers drop their axis (dropping every spatial axis gives vectors), slices may
     have steps, including negative ones. Padded inputs keep their masks indexed the same way; an output
@@ -164,7 +197,7 @@ class Index(PositionMap):
     masking = "own"
 
     def __init__(self, idx):
-        items = idx if isinstance(idx, tuple) else (idx,)
+        items = parse_index(idx) if isinstance(idx, str) else (idx if isinstance(idx, tuple) else (idx,))
         for item in items:
             if not (item is Ellipsis or isinstance(item, slice)
                     or (isinstance(item, (int, np.integer)) and not isinstance(item, bool))):
@@ -174,7 +207,7 @@ class Index(PositionMap):
         self.idx = items
 
     def __repr__(self) -> str:
-        return f"Index({self.idx!r})"
+        return f"Index({format_index(self.idx)!r})"
 
     def _per_axis(self, spatial) -> tuple:
         """One entry per axis of the N x C x ... tensor."""
@@ -364,7 +397,7 @@ class DotGeneral(PositionMap):
 
     def __repr__(self) -> str:
         side = "lhs" if self.is_lhs else "rhs"
-        return f"DotGeneral({side}=<{tuple(self.other.shape)}>, dimension_numbers={self.dimension_numbers!r})"
+        return f"DotGeneral({side}={self.other.tolist()!r}, dimension_numbers={self.dimension_numbers!r})"
 
     def _contracted(self, spatial):
         ndim = len(spatial) + 2

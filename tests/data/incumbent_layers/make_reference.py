@@ -93,6 +93,11 @@ CONFIGS = {
                                   ["gap"], ["dense", 1, 1.0, 0.0]]),
 }
 MASK_CONSTANT = -5.0
+# finite forward passes of jax.image.resize (which neural-tangents' ImageResize calls): (spatial size, method, antialias)
+RESIZES = {"linear-down-aa": ([3, 4], "linear", True), "linear-down": ([3, 4], "linear", False),
+           "linear-up": ([7, 9], "linear", True), "nearest": ([3, 8], "nearest", True),
+           "cubic-aa": ([4, 8], "cubic", True), "lanczos3-aa": ([3, 4], "lanczos3", True),
+           "lanczos5": ([8, 4], "lanczos5", False)}
 
 
 def make_inputs():
@@ -168,7 +173,6 @@ def main():
     data = make_inputs()
     out = dict(data)
     for name, (inputs, layers) in CONFIGS.items():
-        print(name, flush=True)
         x = np.moveaxis(data[inputs], 1, -1)
         spatial_ndim = x.ndim - 2
         kernel_fn = stax.serial(*[nt_layer(spec, data, spatial_ndim) for spec in layers])[2]
@@ -185,10 +189,14 @@ def main():
             if not np.isfinite(value).all():
                 raise SystemExit(f"neural-tangents returned non-finite {what} for {name}")
             out[f"{name}/{what}"] = value
+    image = np.moveaxis(data["img"], 1, -1)
+    for name, (size, method, antialias) in RESIZES.items():
+        resized = jax.image.resize(image, (image.shape[0], *size, image.shape[-1]), method, antialias=antialias)
+        out[f"resize/{name}"] = np.moveaxis(np.asarray(resized), -1, 1)
     np.savez(os.path.join(HERE, "reference.npz"), **out)
     with open(os.path.join(HERE, "configs.json"), "w") as f:
         json.dump({"nt_version": "0.6.5", "jax_version": jax.__version__, "mask_constant": MASK_CONSTANT,
-                   "configs": CONFIGS}, f, indent=1)
+                   "configs": CONFIGS, "resizes": RESIZES}, f, indent=1)
     print(f"wrote {len(out)} arrays")
 
 

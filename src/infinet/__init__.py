@@ -11,6 +11,9 @@ from .architectures import cntk, myrtle, wide_resnet
 from .kernel import Kernel
 from .layers import (
     Aggregate,
+    NodeModel,
+    node_kernel,
+    normalized_adjacency,
     ConvLocal,
     DotGeneral,
     ExpNormalized,
@@ -72,7 +75,7 @@ from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregate", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
+    "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "GlobalSelfAttention", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",

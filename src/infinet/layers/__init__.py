@@ -31,7 +31,7 @@ from .attention import GlobalSelfAttention
 from .base import Layer, Spec
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Parallel, Serial, parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
-from .graph import Aggregate
+from .graph import Aggregate, NodeModel, node_kernel, normalized_adjacency
 from .dense import Dense
 from .norm import Dropout, LayerNorm
 from .position_maps import DotGeneral, ImageResize, Index, Slice
@@ -40,7 +40,7 @@ from .recurrent import Recurrent
 from .sequence import Reverse, bidirectional
 
 __all__ = [
-    "Aggregate", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
+    "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",

@@ -247,3 +247,82 @@ def contains(layer, cls) -> bool:
     if isinstance(layer, cls):
         return True
     return any(contains(part, cls) for part in getattr(layer, "layers", ()))
+
+
+def normalized_adjacency(adjacency: Tensor, self_loops: bool = True) -> Tensor:
+    """The propagation matrix of graph convolutional networks, D^(-1/2) (A + I) D^(-1/2) (Kipf and Welling
+    2017, eq. 2; without ``self_loops``, D^(-1/2) A D^(-1/2)), for one adjacency (V, V) or a batch (N, V, V);
+    D is the diagonal of row sums. Isolated nodes (zero degree) keep zero rows."""
+    a = torch.as_tensor(adjacency)
+    a = a.to(torch.float64) if not a.is_floating_point() else a
+    if self_loops:
+        a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    degree = a.sum(-1)
+    scale = torch.where(degree > 0, degree.clamp(min=1e-300).rsqrt(), torch.zeros_like(degree))
+    return scale.unsqueeze(-1) * a * scale.unsqueeze(-2)
+
+
+def node_kernel(net: Layer, x, pattern, x2=None, pattern2=None, get=("nngp", "ntk"), *,
+                dtype: torch.dtype = torch.float64) -> Kernel:
+    """Kernels between the nodes of graphs (node-level tasks): ``net`` ends in a per-node output
+    (e.g. ``... > Dense(n_out)`` on node features N x C x V), and the result holds (N1 V, N2 V) matrices
+    whose row n V + v is node v of graph n (Du et al. 2019 define the graph-level GNTK; this is the same
+    recursion read out at each node). ``x2=None`` means the graphs of x1. Computed in one piece: memory
+    O(N1 N2 V^2).
+    """
+    from ..kernel import as_input, check_pair, input_kernel, parse_get
+    from .base import apply_kernel
+
+    names = parse_get(get)
+    x1 = as_input(x, "x", dtype)
+    other = None if x2 is None else as_input(x2, "x2", dtype)
+    check_pair(x1, x1 if other is None else other)
+    spec = net.check(x1.shape[1:])
+    if isinstance(spec, tuple) or spec.shape is None or len(spec.shape) < 2:
+        raise ValueError("node_kernel needs a network whose output keeps the nodes (N x C x V); end it with a Dense "
+                         "readout on the channels, not with pooling or Flatten")
+    patterns = graph_patterns(x1, other, pattern, pattern2)
+    if patterns is None:
+        raise ValueError("node_kernel needs the graphs: pass pattern (and pattern2 with x2)")
+    k = input_kernel(x1, other, "ntk" in names, full=True, patterns=patterns)
+    out = apply_kernel(net, k, True)
+    p = math.prod(out.spatial)
+
+    def nodes(t):
+        if t is None:
+            return None
+        n1, n2 = t.shape[:2]
+        flat = t.reshape(n1, n2, p, p).permute(0, 2, 1, 3).reshape(n1 * p, n2 * p)
+        if other is None:
+            flat = 0.5 * (flat + flat.T)
+        if not bool(torch.isfinite(flat).all()):
+            raise FloatingPointError("the node kernel overflowed to NaN/inf (an activation such as Exp, or w_std too "
+                                     "large)")
+        return flat
+
+    def diagonal(v):
+        return v.reshape(len(v), p, p).diagonal(dim1=1, dim2=2).reshape(-1)
+
+    var1 = diagonal(out.var1)
+    return Kernel(nodes(out.nngp) if "nngp" in names else None, nodes(out.ntk), var1,
+                  var1 if other is None else diagonal(out.var2), (out.shape[0],), symmetric=other is None)
+
+
+class NodeModel(nn.Module):
+    """A finite graph network read out at chosen nodes of one graph: ``forward(nodes)`` runs ``model`` on the
+    whole graph ``(x, pattern)`` (one example, N = 1) and returns the outputs at the integer node indices
+    ``nodes`` (n,) as an (n, n_out) tensor, so node-level training uses the ordinary full-batch loops
+    (:func:`infinet.training.train_gradient_descent`) with node indices as inputs."""
+
+    def __init__(self, model: nn.Module, x: Tensor, pattern: Tensor):
+        super().__init__()
+        if len(x) != 1 or len(pattern) != 1:
+            raise ValueError(f"NodeModel takes one graph (N = 1); got {len(x)} inputs and {len(pattern)} graphs")
+        self.model = model
+        self.register_buffer("x", x)
+        self.register_buffer("pattern", pattern)
+
+    def forward(self, nodes: Tensor) -> Tensor:
+        out = self.model(self.x, pattern=self.pattern)  # (1, n_out, *S)
+        flat = out.reshape(out.shape[1], -1).T  # (positions, n_out)
+        return flat[nodes.reshape(-1).long()]

@@ -50,7 +50,7 @@ def layer(spec: list) -> inf.Layer:
         return inf.DotGeneral(rhs=torch.as_tensor(REFERENCE[args[0]]),
                               dimension_numbers=((axes, tuple(range(len(axes)))), ((), ())))
     if kind == "aggregate":
-        return inf.Aggregate(implementation=args[0])
+        return inf.Aggregate(None if len(args) < 2 else tuple(2 + a for a in args[1]), implementation=args[0])
     raise ValueError(kind)
 
 
@@ -59,11 +59,11 @@ def network(layers: list) -> inf.Layer:
 
 
 def graph_kwargs(layers: list) -> dict:
-    kinds = {spec[1] for spec in layers if spec[0] == "aggregate"}
+    kinds = {(spec[1], len(spec) > 2) for spec in layers if spec[0] == "aggregate"}
     if not kinds:
         return {}
-    (kind,) = kinds
-    return {"pattern": torch.as_tensor(REFERENCE["adj" if kind == "dense" else "arcs"])}
+    ((kind, rows),) = kinds
+    return {"pattern": torch.as_tensor(REFERENCE["adj_rows" if rows else "adj" if kind == "dense" else "arcs"])}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -86,6 +86,8 @@ CONFIGS = {
     "aggregate-layernorm-flatten": ("graph", [["dense", 16, 1.0, 0.0], ["aggregate", "dense"], ["layernorm"],
                                               ["erf"], ["dense", 16, 1.2, 0.1], ["aggregate", "dense"], ["flatten"],
                                               ["dense", 1, 1.0, 0.0]]),
+    "aggregate-rows-img": ("img", [["conv", 8, 3, 1.2, 0.1, "SAME"], ["aggregate", "dense", [0]], ["relu"],
+                                   ["conv", 8, 3, 1.1, 0.0, "SAME"], ["relu"], ["gap"], ["dense", 1, 1.0, 0.0]]),
     # mask_constant: padded positions of images and sequences (position-wise layers, global pooling)
     "masked-seq": ("seq_masked", [["dense", 16, 1.3, 0.1], ["relu"], ["dense", 16, 1.2, 0.0], ["gelu"], ["gap"],
                                   ["dense", 1, 1.0, 0.0]]),
@@ -117,7 +119,7 @@ def make_inputs():
     img_masked[1, :, :, 4:] = MASK_CONSTANT
     return {"seq": seq, "img": img, "graph": graph, "adj": adj, "arcs": arcs, "seq_masked": seq_masked,
             "img_masked": img_masked, "vec_h": rng.standard_normal(5), "mat_hw": rng.standard_normal((5, 6)),
-            "scalar": np.array(1.7)}
+            "scalar": np.array(1.7), "adj_rows": rng.uniform(-0.5, 1.0, (3, 5, 5))}
 
 
 def nt_index(items):
@@ -164,8 +166,9 @@ def nt_layer(spec, data, spatial_ndim):
         constant = data[args[0]]
         axes = tuple(1 + a for a in args[1])
         return stax.DotGeneral(rhs=constant, dimension_numbers=((axes, tuple(range(len(axes)))), ((), ())))
-    if kind == "aggregate":
-        return stax.Aggregate(implementation=args[0].upper())
+    if kind == "aggregate":  # optional: the aggregated spatial axes (0 = first spatial axis)
+        axes = None if len(args) < 2 else tuple(1 + a for a in args[1])
+        return stax.Aggregate(aggregate_axis=axes, implementation=args[0].upper())
     raise ValueError(kind)
 
 
@@ -180,6 +183,8 @@ def main():
         for spec in layers:
             if spec[0] == "aggregate":
                 pattern = data["adj"] if spec[1] == "dense" else data["arcs"]
+                if len(spec) > 2:
+                    pattern = data["adj_rows"]
                 kwargs["pattern"] = (pattern, pattern)
         if inputs.endswith("_masked"):
             kwargs["mask_constant"] = MASK_CONSTANT

@@ -68,6 +68,7 @@ from .layers import (
     serial,
 )
 from .fitting import fit_hyperparameters
+from .from_torch import UnsupportedModuleError, from_torch
 from .montecarlo import MonteCarloKernel, monte_carlo_kernel
 from .spec import SpecError, format_spec, parse_spec
 from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
@@ -75,7 +76,7 @@ from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
+    "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "GlobalSelfAttention", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",

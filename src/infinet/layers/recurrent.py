@@ -59,13 +59,16 @@ class Recurrent(Layer):
 
     Input sequences N x C x L; output the hidden states N x width x L (``return_sequence=True``, so
     recurrent layers stack and a readout can pool over time) or the last one, N x width. ``b_std=None``:
-    no bias. The kernel recursion and its references are in the module docstring.
+    no bias. ``bias_terms``: the bias is the sum of that many independent vectors of variance
+    b_std^2 / bias_terms (torch's nn.RNN has two, b_ih and b_hh): the NNGP is unchanged, and the 'standard'
+    NTK gains one bias term per vector. The kernel recursion and its references are in the module docstring.
     """
 
     masking = "own"
 
     def __init__(self, activation: Activation, width: int = 512, w_std: float = 1.0, u_std: float = 1.0,
-                 b_std: float | None = None, parameterization: str = "ntk", return_sequence: bool = True):
+                 b_std: float | None = None, parameterization: str = "ntk", return_sequence: bool = True,
+                 bias_terms: int = 1):
         if not isinstance(activation, Activation):
             raise TypeError(f"Recurrent needs an infinet activation such as Relu() or Tanh(), got {activation!r}")
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
@@ -78,11 +81,15 @@ class Recurrent(Layer):
         self.b_std = check_std("b_std", b_std, allow_none=True)
         self.parameterization = check_parameterization(parameterization)
         self.return_sequence = return_sequence
+        if isinstance(bias_terms, bool) or not isinstance(bias_terms, int) or bias_terms < 1:
+            raise ValueError(f"Recurrent bias_terms must be a positive integer, got {bias_terms!r}")
+        self.bias_terms = bias_terms
 
     def __repr__(self) -> str:
         return (f"Recurrent({self.activation!r}, width={self.width}, w_std={std_repr(self.w_std)}, "
                 f"u_std={std_repr(self.u_std)}, b_std={std_repr(self.b_std)}, "
-                f"parameterization={self.parameterization!r}, return_sequence={self.return_sequence!r})")
+                f"parameterization={self.parameterization!r}, return_sequence={self.return_sequence!r}"
+                + (f", bias_terms={self.bias_terms}" if self.bias_terms != 1 else "") + ")")
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
@@ -101,7 +108,7 @@ class Recurrent(Layer):
         b2 = 0.0 if self.b_std is None else self.b_std**2
         if self.parameterization == "ntk":
             return w2, u2, b2, w2, u2, b2
-        return w2, u2, b2, float(self.width), float(k.shape[0]), (0.0 if self.b_std is None else 1.0)
+        return w2, u2, b2, float(self.width), float(k.shape[0]), (0.0 if self.b_std is None else float(self.bias_terms))
 
     def _chain(self, k_in: Tensor, coef) -> Tensor:
         """Self-variances S_tt of g along time for each sequence, (N, L) from the input's (N, L)."""
@@ -288,7 +295,7 @@ class RecurrentModule(LazyModuleMixin, nn.Module):
         if layer.b_std is None:
             self.register_parameter("bias", None)
         else:
-            self.bias = nn.Parameter(torch.empty(n))
+            self.bias = nn.Parameter(torch.empty(layer.bias_terms, n))  # summed at use (torch's b_ih + b_hh)
         if in_channels is not None:
             self.reset_parameters()
 
@@ -296,7 +303,8 @@ class RecurrentModule(LazyModuleMixin, nn.Module):
         layer, n, d = self.layer, self.layer.width, self.in_channels
         gen = torch.Generator().manual_seed(self.seed)
         standard = layer.parameterization == "standard"
-        scales = (layer.w_std / math.sqrt(n), layer.u_std / math.sqrt(d), layer.b_std or 0.0) if standard else (1, 1, 1)
+        b_scale = (layer.b_std or 0.0) / math.sqrt(layer.bias_terms)
+        scales = (layer.w_std / math.sqrt(n), layer.u_std / math.sqrt(d), b_scale) if standard else (1, 1, 1)
         with torch.no_grad():
             for param, scale in zip((self.weight_hh, self.weight_ih, self.bias), scales):
                 if param is not None:
@@ -320,7 +328,8 @@ class RecurrentModule(LazyModuleMixin, nn.Module):
         w_hh, w_ih, bias = self.weight_hh, self.weight_ih, self.bias
         if layer.parameterization == "ntk":
             w_hh, w_ih = w_hh * (layer.w_std / math.sqrt(n)), w_ih * (layer.u_std / math.sqrt(d))
-            bias = None if bias is None else bias * layer.b_std
+            bias = None if bias is None else bias * (layer.b_std / math.sqrt(layer.bias_terms))
+        bias = None if bias is None else bias.sum(0)
         inputs = x.movedim(2, 0) @ w_ih.T  # (L, N, n): every step's input term in one product
         if bias is not None:
             inputs = inputs + bias

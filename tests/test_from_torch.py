@@ -1,0 +1,258 @@
+"""from_torch on models written without infinet: kernels against Monte Carlo of the widened models
+(PyTorch's own initialization, the assumption from_torch states), against hand-written architectures,
+round trips of infinet-built modules, and named errors for modules without a limit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import infinet as inf
+from tests._statistics import assert_within_standard_errors
+
+F64 = torch.float64
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def gaussian_init(model):
+    """Redraw every parameter i.i.d. Gaussian with the variance of PyTorch's default (uniform) initialization,
+    1 / (3 fan_in): the initialization from_torch assumes (uniform weights of a layer with a small fan-in, such as
+    the first layer on 5 input features, are not Gaussian and give another limit)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.RNN):
+                for p in m.parameters():
+                    p.normal_(0, (3 * m.hidden_size) ** -0.5)
+            elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0, (3 * fan_in) ** -0.5)
+                m.bias.normal_(0, (3 * fan_in) ** -0.5)
+    return model
+
+
+def per_example_ntk(model, x):
+    """Theta(x_i, x_j) = grad f(x_i) . grad f(x_j) for a one-output model, one example at a time."""
+    params = list(model.parameters())
+    rows = []
+    for i in range(len(x)):
+        grads = torch.autograd.grad(model(x[i: i + 1]).sum(), params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    jac = torch.stack(rows)
+    return jac @ jac.T
+
+
+def torch_monte_carlo(make, x, n_samples=32):
+    """Empirical NNGP (readout weights integrated with the init variance 1/(3 fan_in)) and NTK of ``n_samples``
+    freshly initialized models ``make()`` (Gaussian weights, see :func:`gaussian_init`), whose readout is ``fc``."""
+    nngps, ntks = [], []
+    for s in range(n_samples):
+        torch.manual_seed(1000 + s)
+        model = gaussian_init(make().double())
+        features = {}
+        model.fc.register_forward_hook(lambda m, args, out: features.__setitem__("h", args[0]))
+        with torch.no_grad():
+            model(x)
+        h = features["h"].reshape(len(x), -1)
+        fan_in = h.shape[1]
+        nngps.append((h @ h.T + 1.0) / (3.0 * fan_in))
+        ntks.append(per_example_ntk(model, x))
+    stack = lambda ts: (torch.stack(ts).mean(0), torch.stack(ts).std(0) / len(ts) ** 0.5)  # noqa: E731
+    (nngp, nngp_se), (ntk, ntk_se) = stack(nngps), stack(ntks)
+    return inf.MonteCarloKernel(nngp, ntk, nngp_se, ntk_se, n_samples)
+
+
+class MLP(nn.Module):
+    def __init__(self, width=1024):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, width), nn.ReLU(), nn.Linear(width, width), nn.Tanh())
+        self.fc = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+class CNN(nn.Module):
+    def __init__(self, width=256):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding="same")
+        self.pool = nn.AvgPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, 1)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = F.gelu(self.conv2(x))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+class Block(nn.Module):
+    """A ResNet basic block with a 1x1 projection shortcut."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.a = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.b = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.proj = nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        return F.relu(self.proj(x) + self.b(F.relu(self.a(x))))
+
+
+class ResNet(nn.Module):
+    def __init__(self, width=128):
+        super().__init__()
+        self.stem = nn.Conv2d(2, width, 3, padding=1)
+        self.blocks = nn.Sequential(Block(width, 2 * width), Block(2 * width, 2 * width))
+        self.fc = nn.Linear(2 * width, 1)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class RNNModel(nn.Module):
+    def __init__(self, width=1024):
+        super().__init__()
+        self.rnn = nn.RNN(3, width, batch_first=True)
+        self.fc = nn.Linear(width, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+CASES = {
+    "mlp": (MLP, randn(4, 5)),
+    "cnn-pooling": (CNN, randn(3, 2, 6, 6)),
+    "resnet-projection-shortcuts": (ResNet, randn(3, 2, 5, 5)),
+    "rnn-last-step": (RNNModel, randn(4, 6, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_is_the_limit_of_the_widened_model(name):
+    make, x = CASES[name]
+    arch = inf.from_torch(make(width=8), x)  # a narrow instance: the kernel does not depend on widths but the NTK's
+    wide = inf.from_torch(make(), x)         # standard-parameterization factors, taken from the wide one
+    assert "Dense" in repr(arch)
+    assert_within_standard_errors(wide.kernel(x), torch_monte_carlo(make, x))
+
+
+class Functional(nn.Module):
+    """Functional calls, a reshape by size(0), concatenation over channels, a product and a scalar."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 8, 3, padding=1)
+        self.c2 = nn.Conv1d(2, 8, 3, padding=1)
+        self.c3 = nn.Conv1d(16, 8, 1)
+        self.fc = nn.Linear(8 * 7, 1)
+
+    def forward(self, x):
+        a, b = torch.tanh(self.c1(x)), F.leaky_relu(self.c2(x), 0.2)
+        h = self.c3(torch.cat([a, b], dim=1)) * 0.5
+        h = h * self.c3(torch.cat([b, a], dim=1))
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_functional_model_equals_the_hand_written_architecture():
+    x = randn(4, 2, 7)
+    s3 = 3 ** -0.5
+
+    def conv(c_out, k, fan_in):
+        return inf.Conv(c_out, (k,), stride=(1,), padding="SAME" if k == 3 else "VALID", dilation=(1,), w_std=s3,
+                        b_std=(3 * fan_in) ** -0.5, parameterization="standard")
+
+    a, b = inf.serial(conv(8, 3, 6), inf.Tanh()), inf.serial(conv(8, 3, 6), inf.LeakyRelu(0.2))
+    both = inf.serial(inf.FanOut(2), inf.parallel(a, b), inf.FanInConcat())
+    swapped = inf.serial(inf.FanOut(2), inf.parallel(b, a), inf.FanInConcat())
+    left = inf.serial(both, conv(8, 1, 16), inf.DotGeneral(rhs=0.5))
+    right = inf.serial(swapped, conv(8, 1, 16))
+    hand = inf.serial(inf.FanOut(2), inf.parallel(left, right), inf.FanInProd(), inf.Flatten(),
+                      inf.Dense(1, w_std=s3, b_std=(3 * 56) ** -0.5, parameterization="standard"))
+    got = inf.from_torch(Functional(), x).kernel(x)
+    want = hand.kernel(x)
+    for what in ("nngp", "ntk"):
+        assert torch.allclose(getattr(got, what), getattr(want, what), rtol=1e-12, atol=0)
+
+
+NETS = [
+    inf.serial(inf.Dense(16, w_std=1.4, b_std=0.1), inf.Erf(), inf.Dense(8, parameterization="standard"), inf.Gelu(),
+               inf.Dense(1)),
+    inf.serial(inf.Conv(8, 3, b_std=0.1), inf.Relu(), inf.FanOut(2),
+               inf.parallel(inf.Identity(), inf.serial(inf.Conv(8, 3), inf.Erf(), inf.Conv(8, 3))), inf.FanInSum(),
+               inf.Conv(8, 3), inf.LayerNorm(), inf.AvgPool(2), inf.Flatten(), inf.Dense(1)),
+    inf.myrtle(5, channels=8),
+    inf.serial(inf.Recurrent(inf.Relu(), 8, b_std=0.1), inf.GlobalSelfAttention(8, 8, 8, 2), inf.Index(":, :, 0"),
+               inf.Dense(1)),
+]
+
+
+@pytest.mark.parametrize("net", NETS, ids=range(len(NETS)))
+def test_infinet_built_modules_round_trip(net):
+    shape = (3, 8, 8) if "Conv" in repr(net) else ((3, 5) if "Recurrent" in repr(net) else (5,))
+    back = inf.from_torch(net.build(shape, seed=0))
+    x = randn(3, *shape)
+    assert repr(back) == repr(net)
+    a, b = net.kernel(x), back.kernel(x)
+    assert torch.equal(a.nngp, b.nngp) and torch.equal(a.ntk, b.ntk)
+
+
+class WithMaxPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+@pytest.mark.parametrize("model, message", [
+    (WithMaxPool(), r"features\.2 \(MaxPool2d\) has no infinite-width counterpart"),
+    (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), r"1 \(BatchNorm1d\)"),
+    (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "grouped convolutions"),
+    (nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1)), "padding"),
+    (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), "elementwise affine"),
+    (nn.Sequential(nn.Embedding(10, 4)), r"0 \(Embedding\)"),
+])
+def test_modules_without_a_limit_are_named(model, message):
+    with pytest.raises(inf.UnsupportedModuleError, match=message):
+        inf.from_torch(model)
+
+
+def test_operations_without_a_limit_are_named():
+    class Shift(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.fc(x) + 1.0
+
+    with pytest.raises(inf.UnsupportedModuleError, match="adding a constant"):
+        inf.from_torch(Shift())
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(inf.UnsupportedModuleError, match="cannot be traced"):
+        inf.from_torch(Branchy())
+    with pytest.raises(ValueError, match="unknown init"):
+        inf.from_torch(MLP(4), init="xavier")
+
+
+def test_parameters_init_reads_the_weights():
+    model = nn.Sequential(nn.Linear(200, 300), nn.ReLU(), nn.Linear(300, 1))
+    with torch.no_grad():
+        model[0].weight.normal_(0, 2.0 / 200**0.5)
+        model[0].bias.normal_(0, 0.5)
+    arch = inf.from_torch(model, init="parameters")
+    first = arch.layers[0]
+    assert first.w_std == pytest.approx(2.0, rel=0.01) and first.b_std == pytest.approx(0.5, rel=0.15)

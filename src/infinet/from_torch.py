@@ -16,8 +16,13 @@ takes torch's default initialization of its layers: for Linear and Conv, W and b
 Var W = 1 / (3 fan_in) and Var b = 1 / (3 fan_in) (kaiming_uniform with a = sqrt(5)), so w_std = 1/sqrt(3)
 and b_std = 1/sqrt(3 fan_in) at this model's fan-in; for ConvTranspose torch's fan-in is
 out_channels x filter size. ``init='parameters'`` reads the variances off this model's own weights
-(w_std = rms(W) sqrt(fan_in), b_std = rms(b)): for custom initializations. Weights are assumed i.i.d. and
-zero-mean; the limit of a trained model is not its kernel.
+(w_std = rms(W) sqrt(fan_in), b_std = rms(b)): for custom initializations. Either way the weights are
+taken i.i.d. zero-mean Gaussian with those variances. PyTorch draws them uniform: the limits agree wherever
+a layer's fan-in grows with the widths, but a first layer on a few input features has non-Gaussian
+pre-activations under uniform weights (tests/test_from_torch.py shows a 5-feature MLP off by 4 standard
+errors), so redraw weights Gaussian (``nn.init.normal_``) for the models whose limit you want exactly. An
+nn.RNN's two biases b_ih and b_hh are kept apart (``Recurrent(bias_terms=2)``): in the standard
+parameterization each adds its own NTK term. The limit of a trained model is not its kernel.
 """
 
 from __future__ import annotations

@@ -84,3 +84,22 @@ __all__ = [
     "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "empirical", "empirical_nngp", "empirical_ntk", "fit_hyperparameters", "linearization", "linearize", "taylor_expand", "fitting", "format_spec", "gaussian",
     "bidirectional", "kernel_tile", "monte_carlo_kernel", "parallel", "parse_spec", "predict", "repeat", "serial",
 ]
+
+
+#: public submodules, imported on first use (``inf.meanfield``) so that ``import infinet`` stays light and never
+#: imports an optional dependency (see :mod:`infinet._extras`)
+SUBMODULES = ("architectures", "datasets", "depth", "empirical", "estimators", "experiments", "fitting",
+              "gaussian", "kernel", "layers", "linearization", "masks", "meanfield", "montecarlo", "predict", "report",
+              "scale", "sklearn_kernels", "solve", "spec", "tiling", "training")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'infinet' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBMODULES))

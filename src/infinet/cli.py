@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import typer
+from ._extras import require
+
+typer = require("typer", "the infinet command line")
 
 #: the layers an --arch spec may name (tests/test_cli.py checks it against infinet.spec.constructors())
 LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._extras import require
+
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 TASKS = ("classification", "regression")
 
@@ -88,7 +90,7 @@ class _Raw:
 # ---------------------------------------------------------------------------------------------
 # built-in data sets
 def _digits(path=None) -> _Raw:
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "the scikit-learn data sets").load_digits
 
     d = load_digits()
     return _Raw(d.data.reshape(-1, 1, 8, 8), d.target, task="classification",
@@ -96,14 +98,14 @@ def _digits(path=None) -> _Raw:
 
 
 def _breast_cancer(path=None) -> _Raw:
-    from sklearn.datasets import load_breast_cancer
+    load_breast_cancer = require("sklearn.datasets", "the scikit-learn data sets").load_breast_cancer
 
     d = load_breast_cancer()
     return _Raw(d.data, d.target, task="classification", classes=tuple(str(c) for c in d.target_names))
 
 
 def _diabetes(path=None) -> _Raw:
-    from sklearn.datasets import load_diabetes
+    load_diabetes = require("sklearn.datasets", "the scikit-learn data sets").load_diabetes
 
     d = load_diabetes()
     return _Raw(d.data, d.target.astype(np.float64), task="regression")
@@ -129,7 +131,8 @@ def _mnist5k(path=None) -> _Raw:
 
 def _mnist1d(path=None) -> _Raw:
     try:
-        from mnist1d.data import get_dataset_args, make_dataset
+        mnist1d_data = require("mnist1d.data", "the mnist1d data set")
+        get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise DatasetError(f"mnist1d needs the mnist1d package: {e}") from None
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -388,7 +391,7 @@ def _infer_task(y: np.ndarray) -> str:
 
 def _take(labels: np.ndarray | None, pool: int, n: int | None, seed: int, what: str, source: str) -> np.ndarray:
     """Indices of a stratified (when labels are given) random subset of size n from range(pool)."""
-    from sklearn.model_selection import train_test_split
+    train_test_split = require("sklearn.model_selection", "data set splitting").train_test_split
 
     if n is None or n == pool:
         return np.random.default_rng(seed).permutation(pool)
@@ -404,7 +407,7 @@ def _take(labels: np.ndarray | None, pool: int, n: int | None, seed: int, what: 
 
 
 def _split(raw: _Raw, labels, n_train, n_test, seed, source):
-    from sklearn.model_selection import train_test_split
+    train_test_split = require("sklearn.model_selection", "data set splitting").train_test_split
 
     if raw.x_test is not None:
         test_labels = labels[1]

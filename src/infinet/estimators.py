@@ -20,6 +20,10 @@ import numbers
 
 import numpy as np
 import torch
+
+from ._extras import require
+
+require("sklearn", "infinet.estimators")
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets

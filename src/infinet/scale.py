@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ._extras import require
 from .kernel import as_input, parse_get
 from .solve import CGReport, TiledKernel, conjugate_gradient
 from .tiling import DEFAULT_TILE, kernel_tile, tile_ranges
@@ -87,7 +88,7 @@ def _metadata(net, x1, x2, names, dtype: str, tile: int) -> dict:
 
 
 def _open(path: str, meta: dict):
-    import zarr
+    zarr = require("zarr", "infinet.scale stores")
 
     group = zarr.open_group(path, mode="a")
     existing = dict(group.attrs)
@@ -144,7 +145,7 @@ def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i:
     """One task: the (i, j) tile of the job stored at ``path`` (rows/columns from the store's tile size)
     computed on :func:`tile_device` ``(device)``, written into its chunks (and the mirror chunk when
     symmetric), then marked done."""
-    import zarr
+    zarr = require("zarr", "infinet.scale stores")
 
     from .spec import parse_spec
 
@@ -258,7 +259,8 @@ def _progress(show: bool, done: int, total: int, start: float) -> None:
 
 
 def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, progress, start) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    distributed = require("distributed", "Dask execution of infinet.scale")
+    Client, LocalCluster, as_completed = distributed.Client, distributed.LocalCluster, distributed.as_completed
 
     own = None
     if client is None:
@@ -302,7 +304,7 @@ def check_store(path: str | os.PathLike, group=None, checksums: bool = True) -> 
     the one written beside its done-mark (one pass over the store). A symmetric store is checked on
     its upper triangle (j >= i), the tiles the solvers read; the mirrored chunks below it are copies.
     """
-    import zarr
+    zarr = require("zarr", "infinet.scale stores")
 
     path = Path(path)
     group = zarr.open_group(str(path), mode="r") if group is None else group
@@ -332,7 +334,7 @@ def check_store(path: str | os.PathLike, group=None, checksums: bool = True) -> 
 def open_store(path: str | os.PathLike, verify: bool = True):
     """The zarr group of a kernel store, checked complete (every tile marked done) and undamaged
     (:func:`check_store`: chunk files present and full, and with ``verify`` their checksums)."""
-    import zarr
+    zarr = require("zarr", "infinet.scale stores")
 
     path = str(path)
     if not Path(path).exists():
@@ -373,7 +375,7 @@ def _upper_row_product(array, i: int, tile: int, n: int, v: np.ndarray) -> tuple
 
 def _store_row_product(path: str, name: str, i: int, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One Dask task of a distributed product: :func:`_upper_row_product` reading the store at ``path``."""
-    import zarr
+    zarr = require("zarr", "infinet.scale stores")
 
     array = zarr.open_group(path, mode="r")[name]
     return _upper_row_product(array, i, array.chunks[0], array.shape[0], v)
@@ -410,7 +412,7 @@ class StoreKernel(TiledKernel):
             for i in rows:
                 add(i, _upper_row_product(self.array, i, self.tile, self.n, arr))
         else:
-            from distributed import as_completed
+            as_completed = require("distributed", "Dask execution of infinet.scale").as_completed
 
             shared = self.client.scatter(arr, broadcast=True, hash=False)  # a fresh key per product
             futures = {self.client.submit(_store_row_product, self.path, self.name, i, shared, pure=False, retries=2): i

@@ -17,6 +17,10 @@ import copy
 
 import numpy as np
 import torch
+
+from ._extras import require
+
+require("sklearn", "infinet.sklearn_kernels")
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
 from .fitting import affine_layers

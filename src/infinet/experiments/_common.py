@@ -65,8 +65,9 @@ def derived_seed(seed: int, *keys: int) -> int:
 
 def pyplot():
     """matplotlib.pyplot with the non-interactive Agg backend (reports are written to files)."""
-    import matplotlib
+    from .._extras import require
 
+    matplotlib = require("matplotlib", "the experiments' figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

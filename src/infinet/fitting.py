@@ -250,6 +250,22 @@ def _running_best(values: list[float]) -> list[float]:
     return out
 
 
+def with_stds(net: Layer, w_std, b_std) -> Layer:
+    """A copy of ``net`` whose affine layers (:func:`affine_layers`) take ``w_std`` and whose biased ones take
+    ``b_std``: each a sequence (0-dim tensors keep the kernel differentiable in them) of one value shared by
+    all layers or one value per layer. The home of the hyperparameter mapping of the GPyTorch and
+    scikit-learn kernels."""
+    out = copy.deepcopy(net)
+    layers = affine_layers(out)
+    biased = [layer for layer in layers if layer.b_std is not None]
+    for name, values, targets in (("w_std", w_std, layers), ("b_std", b_std, biased)):
+        if len(values) not in (1, len(targets)) and targets:
+            raise ValueError(f"{name} must be one number or one per layer ({len(targets)}), got {len(values)} values")
+        for i, layer in enumerate(targets):
+            setattr(layer, name, values[0] if len(values) == 1 else values[i])
+    return out
+
+
 def _with_values(net: Layer, w_std: list[float], b_std: list[float | None]) -> Layer:
     """A copy of ``net`` with plain-number hyperparameters set on its affine layers."""
     out = copy.deepcopy(net)

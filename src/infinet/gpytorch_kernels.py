@@ -12,7 +12,6 @@ Kernels are computed in float64 and returned in the inputs' dtype.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -22,7 +21,7 @@ from ._extras import require
 gpytorch = require("gpytorch", "infinet.gpytorch_kernels")
 from gpytorch.constraints import Positive  # noqa: E402
 
-from .fitting import affine_layers  # noqa: E402
+from .fitting import affine_layers, with_stds  # noqa: E402
 from .layers.base import Layer  # noqa: E402
 from .tiling import compute_kernel  # noqa: E402
 
@@ -64,14 +63,7 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
         return self.raw_b_std_constraint.transform(self.raw_b_std)
 
     def _network(self, w: torch.Tensor, b: torch.Tensor) -> Layer:
-        net = copy.deepcopy(self.architecture)
-        layers = affine_layers(net)
-        biased = [layer for layer in layers if layer.b_std is not None]
-        for i, layer in enumerate(layers):
-            layer.w_std = w[0] if len(w) == 1 else w[i]
-        for i, layer in enumerate(biased):
-            layer.b_std = b[0] if len(b) == 1 else b[i]
-        return net
+        return with_stds(self.architecture, w, b)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)

@@ -13,8 +13,6 @@ Rows of X are flattened inputs: ``input_shape`` restores images or sequences (e.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
@@ -23,7 +21,7 @@ from ._extras import require
 require("sklearn", "infinet.sklearn_kernels")
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
-from .fitting import affine_layers
+from .fitting import affine_layers, with_stds
 from .layers.base import Layer
 from .tiling import compute_kernel
 
@@ -57,30 +55,16 @@ class _NetworkKernel(Kernel):
         return True
 
     # -- the network ---------------------------------------------------------------------------------------------
-    def _layers(self):
+    def _network(self, w: torch.Tensor, b: torch.Tensor):
+        """A copy of the architecture with w_std = w, b_std = b (tensors of 1 or one-per-layer values)."""
         from .spec import parse_spec
 
         arch = parse_spec(self.architecture) if isinstance(self.architecture, str) else self.architecture
         if not isinstance(arch, Layer):
             raise TypeError(f"architecture must be an infinet layer or spec, got {type(self.architecture).__name__}")
-        net = copy.deepcopy(arch)
-        layers = affine_layers(net)
-        if not layers:
+        if not affine_layers(arch):
             raise ValueError(f"{arch!r} has no layer with w_std / b_std (Dense, Conv, ConvTranspose)")
-        biased = [layer for layer in layers if layer.b_std is not None]
-        for name, value, count in (("w_std", self.w_std, len(layers)), ("b_std", self.b_std, len(biased))):
-            if np.size(value) not in (1, count):
-                raise ValueError(f"{name} must be one number or one per layer ({count}), got {np.size(value)} values")
-        return net, layers, biased
-
-    def _network(self, w: torch.Tensor, b: torch.Tensor):
-        """A copy of the architecture with w_std = w, b_std = b (tensors of 1 or one-per-layer values)."""
-        net, layers, biased = self._layers()
-        for i, layer in enumerate(layers):
-            layer.w_std = w[0] if len(w) == 1 else w[i]
-        for i, layer in enumerate(biased):
-            layer.b_std = b[0] if len(b) == 1 else b[i]
-        return net
+        return with_stds(arch, w, b)
 
     def _inputs(self, X) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(X, dtype=np.float64))

@@ -12,7 +12,7 @@ from infinet import depth
 
 @pytest.mark.parametrize("width", [2, 3, 8])
 def test_identity_log_norm_matches_geometric_brownian_motion(width):
-    sim = depth.simulate_resnet("identity", width, 400, 4000, sigma_w=1.3, seed=width)
+    sim = depth.simulate_resnet("identity", width, 400, 4000, w_std=1.3, seed=width)
     ratio = (sim["y"][-1].norm(dim=1) / sim["y"][0].norm(dim=1)).log().numpy()
     mean, var = depth.identity_log_norm_moments(width, 1.3, 1.0)
     n = len(ratio)
@@ -22,7 +22,7 @@ def test_identity_log_norm_matches_geometric_brownian_motion(width):
 
 
 def test_identity_second_moment_grows_exponentially():
-    sim = depth.simulate_resnet("identity", 4, 200, 20000, sigma_w=0.8, seed=3, record_every=50)
+    sim = depth.simulate_resnet("identity", 4, 200, 20000, w_std=0.8, seed=3, record_every=50)
     sq = (sim["y"].norm(dim=2) ** 2 / sim["y"][0].norm(dim=1) ** 2).numpy()  # (T, R)
     for i, t in enumerate(sim["t"]):
         # a network of depth L has E|Y_l|^2 = (1 + sigma^2 / L)^l |Y_0|^2 exactly, -> exp(sigma^2 t)
@@ -33,7 +33,7 @@ def test_identity_second_moment_grows_exponentially():
 
 def test_relu_width_one_is_exponential_brownian_motion():
     # X_t = X_0 exp(B_t - t/2): log(X_1 / X_0) ~ N(-1/2, 1) for X_0 > 0
-    sim = depth.simulate_resnet("relu", 1, 1000, 6000, sigma_w=1.0, x=torch.ones(1, dtype=torch.float64), seed=5)
+    sim = depth.simulate_resnet("relu", 1, 1000, 6000, w_std=1.0, x=torch.ones(1, dtype=torch.float64), seed=5)
     y0, y1 = sim["y"][0, :, 0], sim["y"][-1, :, 0]
     logs = (y1[y0 > 0] / y0[y0 > 0]).log().numpy()
     n = len(logs)
@@ -70,7 +70,7 @@ def test_relu_post_activation_regime_change_between_width_3_and_4():
 
 
 def test_euler_maruyama_weak_order_one():
-    r = depth.weak_error_identity(4, [4, 8, 16, 32, 64, 128], 100000, sigma_w=1.0, seed=0)
+    r = depth.weak_error_identity(4, [4, 8, 16, 32, 64, 128], 100000, w_std=1.0, seed=0)
     assert 0.85 < r["order"] < 1.15
     for mean, se, em in zip(r["means"], r["stderrs"], r["em_exact"]):
         assert abs(mean - em) < 4 * se  # the simulation has the law of the scheme
@@ -80,7 +80,7 @@ def test_euler_maruyama_weak_order_one():
 def test_euler_maruyama_function_matches_network_law():
     x0 = torch.zeros(50000, 3, dtype=torch.float64)
     x0[:, 0] = 1.0
-    x = depth.euler_maruyama("identity", x0, sigma_w=1.0, t_end=1.0, steps=50, seed=1)
+    x = depth.euler_maruyama("identity", x0, w_std=1.0, t_end=1.0, steps=50, seed=1)
     sq = (x.norm(dim=1) ** 2).numpy()
     assert abs(sq.mean() - (1 + 1 / 50) ** 50) < 4 * sq.std() / math.sqrt(len(sq))
 
@@ -110,3 +110,13 @@ def test_infinite_depth_experiment(tmp_path):
     assert n["unscaled_variance"]["mean_square"][-1] > 100 * n["unscaled_variance"]["mean_square"][0]
     for v in n["identity"].values():
         assert v["ks_pvalue"] > 1e-3
+
+
+def test_old_keyword_sigma_w_still_works_and_warns():
+    from infinet import depth
+
+    with pytest.warns(DeprecationWarning, match="call it w_std="):
+        old = depth.identity_log_norm_moments(4, sigma_w=1.3, t=1.0)
+    assert old == depth.identity_log_norm_moments(4, w_std=1.3, t=1.0)
+    with pytest.raises(TypeError, match="got both"):
+        depth.relu_correlation_rhs(0.5, sigma_w=1.0, w_std=1.0)

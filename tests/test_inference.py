@@ -36,7 +36,7 @@ def dense_ensemble(theta, theta_s, k, k_s, k_ss, y, t):
 def test_ensemble_matches_dense_formulas(get):
     k, ks, kss, y = problem()
     times = [0.0, 5.0, 60.0, math.inf]
-    out = gradient_descent_mse_ensemble(k, y, times, ks, kss, get=get, compute_cov=True)
+    out = gradient_descent_mse_ensemble(k, y, times, ks, kss, kernel=get, compute_cov=True)
     theta, theta_s = getattr(k, get), getattr(ks, get)
     for i, t in enumerate(times):
         mean, cov = dense_ensemble(theta, theta_s, k.nngp, ks.nngp, kss.nngp, y, t)
@@ -67,8 +67,8 @@ def test_ensemble_errors():
         gradient_descent_mse_ensemble(k.replace(nngp=None), y, 1.0, compute_cov=True)
     with pytest.raises(ValueError, match="y_train"):
         gradient_descent_mse_ensemble(k, y[:3], 1.0)
-    with pytest.raises(ValueError, match="get must be"):
-        gradient_descent_mse_ensemble(k, y, 1.0, get="both")
+    with pytest.raises(ValueError, match="kernel must be"):
+        gradient_descent_mse_ensemble(k, y, 1.0, kernel="both")
     with pytest.raises(ValueError, match="k_test_test.nngp is needed"):
         gradient_descent_mse_ensemble(k, y, 1.0, ks, None, compute_cov=True)
 
@@ -254,3 +254,27 @@ def test_cross_entropy_flow_equals_training_a_linear_model():
     assert (probs.argmax(1) == labels).double().mean() > 0.5
     with pytest.raises(ValueError, match="no t = inf"):
         gradient_descent_cross_entropy(x @ x.T, labels, math.inf)
+
+
+def test_one_calling_convention():
+    """Kernel objects or matrices everywhere in infinet.predict; kernel= says which matrix of a Kernel to use;
+    the old get= of the ensemble still works, with a DeprecationWarning, and gives the same numbers."""
+    from infinet.predict import gp_inference, gradient_descent_mse, log_marginal_likelihood
+
+    k, ks, kss, y = problem()
+    a = gp_inference(k, ks, y, kss, diag_reg=1e-3)
+    b = gp_inference(k.nngp, ks.nngp, y, kss.nngp, diag_reg=1e-3)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.cov, b.cov)
+    assert torch.equal(gp_inference(k, ks, y, kernel="ntk").mean, gp_inference(k.ntk, ks.ntk, y).mean)
+    assert torch.equal(gradient_descent_mse(k, ks, y, 5.0), gradient_descent_mse(k.ntk, ks.ntk, y, 5.0))
+    assert torch.equal(log_marginal_likelihood(k, y, 1e-3), log_marginal_likelihood(k.nngp, y, 1e-3))
+    new = gradient_descent_mse_ensemble(k, y, 5.0, ks, kss, kernel="nngp", compute_cov=True)
+    with pytest.warns(DeprecationWarning, match="use kernel="):
+        old = gradient_descent_mse_ensemble(k, y, 5.0, ks, kss, get="nngp", compute_cov=True)
+    assert torch.equal(new.mean, old.mean) and torch.equal(new.cov, old.cov)
+    as_matrices = gradient_descent_mse_ensemble(k.nngp, y, 5.0, ks.nngp, kss.nngp, kernel="nngp", compute_cov=True)
+    assert torch.equal(as_matrices.cov, new.cov)
+    with pytest.raises(ValueError, match="the covariance needs the nngp too"):
+        gradient_descent_mse_ensemble(k.ntk, y, 5.0, ks.ntk, kss.nngp, compute_cov=True)
+    with pytest.raises(TypeError, match="torch.Tensor or an infinet Kernel"):
+        gp_inference(k.nngp.numpy(), ks, y)

@@ -81,7 +81,7 @@ class _KernelEstimator(BaseEstimator):
         ks = self.net_.kernel(X, self.X_train_)
         kss = self.net_.kernel(X, get="nngp") if return_cov else None
         post = gradient_descent_mse_ensemble(self.k_train_, self.y_train_, float(self.t), ks, kss,
-                                             get=self.kernel_name, compute_cov=return_cov, diag_reg=self.diag_reg,
+                                             kernel=self.kernel_name, compute_cov=return_cov, diag_reg=self.diag_reg,
                                              learning_rate=self.learning_rate)
         return post.mean.numpy(), None if post.cov is None else post.cov.numpy()
 

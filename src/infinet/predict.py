@@ -11,6 +11,11 @@ of NNGP regression and its maximization over w_std, b_std and the noise.
 Conventions (as in neural-tangents): loss = 1 / (2 * y_train.numel()) * sum (f - y)^2, learning
 rate 1 unless given, so training time t equals learning rate x number of steps of gradient descent.
 Everything runs in float64 on the kernels' device; ``diag_reg`` is relative to the mean diagonal.
+
+One calling convention: every kernel argument is either a matrix (a tensor) or a :class:`~infinet.Kernel`,
+and ``kernel='nngp'|'ntk'`` says which of a Kernel's matrices to use ("use this one"); ``get=`` is kept for
+"compute these" (``net.kernel(x, get=...)``). ``gradient_descent_mse_ensemble(get=...)`` still works for
+one release with a DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -35,6 +40,28 @@ class Posterior:
 
     mean: Tensor
     cov: Tensor | None
+
+
+KERNELS = ("nngp", "ntk")
+
+
+def _check_kernel_name(kernel: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'nngp' or 'ntk', got {kernel!r}")
+    return kernel
+
+
+def kernel_matrix(k: Tensor | Kernel | None, kernel: str, name: str) -> Tensor | None:
+    """The matrix a kernel argument stands for: a tensor as it is, or the ``kernel`` ('nngp' or 'ntk') matrix
+    of a :class:`~infinet.Kernel` (ValueError when that Kernel was computed without it)."""
+    if k is None or isinstance(k, Tensor):
+        return k
+    if isinstance(k, Kernel):
+        value = getattr(k, _check_kernel_name(kernel))
+        if value is None:
+            raise ValueError(f"{name}.{kernel} is needed (compute it with get=('nngp', 'ntk'))")
+        return value
+    raise TypeError(f"{name} must be a torch.Tensor or an infinet Kernel, got {type(k).__name__}")
 
 
 def _targets(y_train: Tensor, n: int) -> tuple[Tensor, bool]:
@@ -67,11 +94,13 @@ def _check(k_train_train: Tensor, k_test_train: Tensor, y_train: Tensor) -> tupl
 
 
 def gp_inference(
-    k_train_train: Tensor,
-    k_test_train: Tensor,
+    k_train_train: Tensor | Kernel,
+    k_test_train: Tensor | Kernel,
     y_train: Tensor,
-    k_test_test: Tensor | None = None,
+    k_test_test: Tensor | Kernel | None = None,
     diag_reg: float = 0.0,
+    *,
+    kernel: str = "nngp",
 ) -> Posterior:
     """GP posterior given kernel matrices (Rasmussen & Williams 2006, eqs. 2.23-2.24):
 
@@ -80,8 +109,11 @@ def gp_inference(
     with s = ``diag_reg`` x mean(diag K(X, X)) the observation noise. ``y_train`` is (N,) or (N, C)
     (outputs share the kernel); the covariance is returned when ``k_test_test`` (N_test, N_test) is
     given. Solved by Cholesky with jitter escalation (a warning says what was added); a kernel that
-    is not positive semi-definite or holds NaN raises :class:`KernelMatrixError`.
+    is not positive semi-definite or holds NaN raises :class:`KernelMatrixError`. Kernel arguments are
+    matrices or :class:`~infinet.Kernel` objects, of which the ``kernel`` matrix is used (default 'nngp').
     """
+    k_train_train, k_test_train, k_test_test = (kernel_matrix(k, kernel, name) for k, name in (
+        (k_train_train, "k_train_train"), (k_test_train, "k_test_train"), (k_test_test, "k_test_test")))
     k, ks, y, vector = _check(k_train_train, k_test_train, y_train)
     chol, _ = cholesky(k, diag_reg, name="k_train_train")
     mean = ks @ torch.cholesky_solve(y, chol)
@@ -96,7 +128,8 @@ def gp_inference(
     return Posterior(mean[:, 0] if vector else mean, cov)
 
 
-def log_marginal_likelihood(k_train_train: Tensor, y_train: Tensor, diag_reg: float | Tensor = 0.0) -> Tensor:
+def log_marginal_likelihood(k_train_train: Tensor | Kernel, y_train: Tensor, diag_reg: float | Tensor = 0.0, *,
+                            kernel: str = "nngp") -> Tensor:
     """Log evidence of GP regression with kernel K and noise s I, s = ``diag_reg`` x mean(diag K)
     (Rasmussen & Williams 2006, eq. 2.30), summed over the C columns of ``y_train`` (independent
     outputs sharing the kernel, zero prior mean):
@@ -107,6 +140,7 @@ def log_marginal_likelihood(k_train_train: Tensor, y_train: Tensor, diag_reg: fl
     w_std and b_std given as tensors) and to a tensor ``diag_reg``. Factored by :func:`cholesky`
     (jitter escalation with a warning; a non-PSD or non-finite K raises :class:`KernelMatrixError`).
     """
+    k_train_train = kernel_matrix(k_train_train, kernel, "k_train_train")
     k = check_kernel_matrix(k_train_train, "k_train_train")
     y, _ = _targets(y_train, len(k))
     chol, _ = cholesky(k, diag_reg, name="k_train_train")
@@ -144,12 +178,14 @@ def _flow_factor(evals: Tensor, time: float, rate: float) -> Tensor:
 
 
 def gradient_descent_mse(
-    ntk_train_train: Tensor,
-    ntk_test_train: Tensor,
+    ntk_train_train: Tensor | Kernel,
+    ntk_test_train: Tensor | Kernel,
     y_train: Tensor,
     t: float | Iterable[float] = math.inf,
     diag_reg: float = 0.0,
     learning_rate: float = 1.0,
+    *,
+    kernel: str = "ntk",
 ) -> Tensor:
     """Mean test prediction of infinitely wide networks trained by gradient flow on MSE (Lee et al.
     2019, eq. 9, with zero-mean initial outputs):
@@ -160,29 +196,31 @@ def gradient_descent_mse(
     V diag(-expm1(-eta lambda t / m) / lambda) V^T, whose lambda -> 0 limit eta t / m is used for
     (near-)zero eigenvalues; at t = inf it is the pseudo-inverse. Returns (N_test, C) for one time,
     (len(t), N_test, C) for a list (C dropped for vector targets). For covariances and the NNGP
-    (readout-only) case see :func:`gradient_descent_mse_ensemble`.
+    (readout-only) case see :func:`gradient_descent_mse_ensemble`. Kernel arguments are matrices or
+    :class:`~infinet.Kernel` objects, of which the ``kernel`` matrix is used (default 'ntk').
     """
-    k = Kernel(None, ntk_train_train, None, None, (1,), symmetric=True)
-    ks = Kernel(None, ntk_test_train, None, None, (1,))
-    return gradient_descent_mse_ensemble(k, y_train, t, ks, get="ntk", diag_reg=diag_reg,
+    theta = kernel_matrix(ntk_train_train, kernel, "ntk_train_train")
+    theta_s = kernel_matrix(ntk_test_train, kernel, "ntk_test_train")
+    return gradient_descent_mse_ensemble(theta, y_train, t, theta_s, diag_reg=diag_reg,
                                          learning_rate=learning_rate).mean
 
 
 def gradient_descent_mse_ensemble(
-    k_train_train: Kernel,
+    k_train_train: Kernel | Tensor,
     y_train: Tensor,
     t: float | Iterable[float] = math.inf,
-    k_test_train: Kernel | None = None,
-    k_test_test: Kernel | None = None,
+    k_test_train: Kernel | Tensor | None = None,
+    k_test_test: Kernel | Tensor | None = None,
     *,
-    get: str = "ntk",
+    kernel: str = "ntk",
     compute_cov: bool = False,
     diag_reg: float = 0.0,
     learning_rate: float = 1.0,
+    get: str | None = None,
 ) -> Posterior:
     """Mean and covariance over random initializations of infinitely wide networks trained by gradient
     flow on the MSE loss above, at every time in ``t`` (Lee et al. 2019, eqs. 14-16). With Theta the
-    NTK (``get='ntk'``: all layers train) or the NNGP K (``get='nngp'``: only the readout trains),
+    NTK (``kernel='ntk'``: all layers train) or the NNGP K (``kernel='nngp'``: only the readout trains),
     m = y_train.numel(), eta the learning rate and T_t = Theta^-1 (I - exp(-eta Theta t / m)):
 
         mean_t(x*) = Theta(x*, X) T_t Y,
@@ -194,18 +232,29 @@ def gradient_descent_mse_ensemble(
     V^T serves all times. ``k_test_train``/``k_test_test`` as :class:`~infinet.Kernel` objects with the
     kernels needed (both nngp and ntk for the NTK covariance); without them, predictions are on the
     training points. Returns a :class:`Posterior` with ``mean`` (T, N*, C) and ``cov`` (T, N*, N*)
-    (no time axis for a single time; C dropped for vector targets).
+    (no time axis for a single time; C dropped for vector targets). A matrix (tensor) in place of a Kernel
+    stands for its ``kernel`` matrix: enough for the mean, and for the covariance when ``kernel='nngp'``.
+    ``get=`` is the old name of ``kernel=`` (deprecated).
     """
-    if get not in ("ntk", "nngp"):
-        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    if get is not None:
+        from ._deprecation import deprecated_keyword
+
+        deprecated_keyword("gradient_descent_mse_ensemble", "get", "kernel", get,
+                           " ('get' means 'compute these' elsewhere in infinet)")
+        kernel = get
+    get = _check_kernel_name(kernel)
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
 
-    def need(kernel, name, which):
-        value = None if kernel is None else getattr(kernel, which)
-        if value is None:
+    def need(k, name, which):
+        if isinstance(k, Tensor):
+            if which != get:
+                raise ValueError(f"{name} is a matrix, taken as the {get}; the covariance needs the nngp too: pass "
+                                 "Kernel objects computed with get=('nngp', 'ntk')")
+            return k
+        if k is None:
             raise ValueError(f"{name}.{which} is needed (compute it with get=('nngp', 'ntk'))")
-        return value
+        return kernel_matrix(k, which, name)
 
     theta = check_kernel_matrix(need(k_train_train, "k_train_train", get), f"k_train_train.{get}")
     n = len(theta)
@@ -401,7 +450,7 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
     return 2.0 * ntk_train_train.shape[0] * n_outputs / lam
 
 
-__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "gradient_descent_cross_entropy", "gradient_descent_mse",
+__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "kernel_matrix", "gradient_descent_cross_entropy", "gradient_descent_mse",
            "gradient_descent_mse_ensemble",
            "linearized_dynamics", "max_learning_rate"]
 

@@ -85,7 +85,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
             rows = torch.randperm(len(pool), generator=torch.Generator().manual_seed(derived_seed(seed, n, r)))[:n]
             sub = lambda a, b: k_all.replace(nngp=k_all.nngp[a][:, b], ntk=k_all.ntk[a][:, b])  # noqa: E731
             post = gradient_descent_mse_ensemble(sub(rows, rows), yp[rows], times, sub(test, rows), sub(test, test),
-                                                 get="ntk", compute_cov=True, diag_reg=p["diag_reg"])
+                                                 kernel="ntk", compute_cov=True, diag_reg=p["diag_reg"])
             means.append(post.mean)
             variances.append(post.cov.diagonal(dim1=-2, dim2=-1))
         m, v = torch.stack(means), torch.stack(variances)  # (R, T, N, C), (R, T, N)

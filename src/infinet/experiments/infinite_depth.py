@@ -1,8 +1,8 @@
 """Infinite depth at finite width: residual networks as diffusions (Hayou 2023; Hayou and Yang 2023).
 
 1. phi = identity: log(|X_1| / |X_0|) of deep residual networks against its normal law
-   N((1/2 - 1/n) sigma_w^2, sigma_w^2 / n) for several widths (moments, Kolmogorov-Smirnov, QQ plot).
-2. ReLU at width 1, sigma_w = 1: X_1 = X_0 exp(B_1 - 1/2), so log(X_1 / X_0) ~ N(-1/2, 1) when X_0 > 0.
+   N((1/2 - 1/n) w_std^2, w_std^2 / n) for several widths (moments, Kolmogorov-Smirnov, QQ plot).
+2. ReLU at width 1, w_std = 1: X_1 = X_0 exp(B_1 - 1/2), so log(X_1 / X_0) ~ N(-1/2, 1) when X_0 > 0.
 3. The change of regime between widths 3 and 4 for ReLU: the drift of log |phi(X_t)|^2 at t = 0 (exact,
    and estimated from random networks with 95% intervals) for n = 1..8, and the post-activation norms
    over longer times.
@@ -33,14 +33,14 @@ def run(p: dict, seed: int, progress: bool) -> Result:
 
     # 1. identity: log-normal norms ----------------------------------------------------------------
     t1 = Table(["width", "mean", "theory mean", "variance", "theory variance", "KS statistic", "KS p-value"],
-               caption=f"phi = identity, sigma_w = {p['sigma_w']}, depth {p['depth']}, {p['networks']} networks")
+               caption=f"phi = identity, w_std = {p['w_std']}, depth {p['depth']}, {p['networks']} networks")
     fig, axes = plt.subplots(2, len(p["widths_identity"]), figsize=(4 * len(p["widths_identity"]), 7), squeeze=False)
     numbers["identity"] = {}
     for k, n in enumerate(p["widths_identity"]):
-        sim = depth.simulate_resnet("identity", n, p["depth"], p["networks"], sigma_w=p["sigma_w"], seed=seed + n,
+        sim = depth.simulate_resnet("identity", n, p["depth"], p["networks"], w_std=p["w_std"], seed=seed + n,
                                     record_every=p["depth"])
         z = (sim["y"][-1].norm(dim=1) / sim["y"][0].norm(dim=1)).log().numpy()
-        mean, var = depth.identity_log_norm_moments(n, p["sigma_w"], 1.0)
+        mean, var = depth.identity_log_norm_moments(n, p["w_std"], 1.0)
         ks = stats.kstest(z, "norm", args=(mean, math.sqrt(var)))
         numbers["identity"][str(n)] = {"mean": float(z.mean()), "variance": float(z.var(ddof=1)), "theory_mean": mean,
                                        "theory_variance": var, "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
@@ -60,7 +60,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     tables["identity"] = t1
 
     # 2. ReLU at width 1 ---------------------------------------------------------------------------
-    sim = depth.simulate_resnet("relu", 1, p["depth"], p["networks"], sigma_w=1.0, x=torch.ones(1, dtype=torch.float64),
+    sim = depth.simulate_resnet("relu", 1, p["depth"], p["networks"], w_std=1.0, x=torch.ones(1, dtype=torch.float64),
                                 seed=seed + 101, record_every=p["depth"])
     y0, y1 = sim["y"][0, :, 0], sim["y"][-1, :, 0]
     z = (y1[y0 > 0] / y0[y0 > 0]).log().numpy()
@@ -70,7 +70,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
 
     # 3. the width 3 -> 4 change of regime -------------------------------------------------------
     t3 = Table(["width", "exact drift", "simulated drift", "95% interval"],
-               caption=f"drift at t = 0 of log |relu(X_t)|^2 (sigma_w = 1): exact sigma_w^2 E[k - 2 | k >= 1] / n and "
+               caption=f"drift at t = 0 of log |relu(X_t)|^2 (w_std = 1): exact w_std^2 E[k - 2 | k >= 1] / n and "
                        f"from the first layer of {p['drift_networks']} random networks (depth {p['depth']})")
     numbers["regime"] = {}
     for n in range(1, 9):
@@ -90,8 +90,8 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     axes3[0].legend(fontsize=8)
     horizon = p["long_time"]
     numbers["long_time"] = {}
-    for n in widths:  # time T with sigma_w = 1 is time 1 with sigma_w^2 = T (Brownian scaling)
-        s = depth.simulate_resnet("relu", n, p["depth"], p["long_networks"], sigma_w=math.sqrt(horizon), seed=seed + 200 + n,
+    for n in widths:  # time T with w_std = 1 is time 1 with w_std^2 = T (Brownian scaling)
+        s = depth.simulate_resnet("relu", n, p["depth"], p["long_networks"], w_std=math.sqrt(horizon), seed=seed + 200 + n,
                                   record_every=max(1, p["depth"] // 50))
         norms = s["post_norm"]
         alive = norms[0] > 0
@@ -99,7 +99,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         med = logs.median(dim=1).values.numpy()
         numbers["long_time"][str(n)] = {"t": (s["t"] * horizon).tolist(), "median_log_ratio": med.tolist()}
         axes3[1].plot(s["t"] * horizon, med, label=f"n = {n}")
-    axes3[1].set_xlabel("t (sigma_w = 1)")
+    axes3[1].set_xlabel("t (w_std = 1)")
     axes3[1].set_ylabel("median log(|relu(X_t)| / |relu(X_0)|)")
     axes3[1].set_title("post-activation norms over longer times")
     axes3[1].legend(fontsize=7, ncol=2)
@@ -107,7 +107,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     figs["regime_change"] = fig3
 
     # 4. Euler-Maruyama weak order -----------------------------------------------------------------
-    weak = depth.weak_error_identity(p["weak_width"], p["weak_steps"], p["weak_paths"], sigma_w=1.0, seed=seed)
+    weak = depth.weak_error_identity(p["weak_width"], p["weak_steps"], p["weak_paths"], w_std=1.0, seed=seed)
     numbers["weak_convergence"] = weak
     fig4, ax4 = plt.subplots(figsize=(6, 4))
     ax4.loglog(weak["h"], np.abs(weak["errors"]), "o-", label=f"simulated (fitted order {weak['order']:.2f})")
@@ -123,7 +123,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     ode = depth.covariance_ode("relu", np.array([1.0, 0.6, 1.0]), 1.0, times=[1.0])["q"][-1]
     t5 = Table(["width n", "networks", "depth-then-width q12 (L = %d)" % p["seq_depth"], "s.e.", "joint q12 (L = n)", "s.e.",
                 "width-then-depth q12 (ODE)"],
-               caption="ReLU, sigma_w = 1, inputs with x.x'/d = 0.6: mean over networks of (1/n) Y_L(x).Y_L(x')")
+               caption="ReLU, w_std = 1, inputs with x.x'/d = 0.6: mean over networks of (1/n) Y_L(x).Y_L(x')")
     numbers["sequential"] = {"ode_q12": float(ode[1]), "widths": list(p["seq_widths"]), "depth_then_width": [], "joint": [],
                              "depth_then_width_se": [], "joint_se": []}
     for n in p["seq_widths"]:
@@ -189,7 +189,7 @@ EXPERIMENT = Experiment(
     name="infinite-depth",
     description="Residual networks of finite width as diffusions: closed forms, the width 3/4 regime change, weak order, sequential limits",
     params={
-        "sigma_w": Param(1.0, "branch weight scale for the identity study"),
+        "w_std": Param(1.0, "branch weight scale for the identity study"),
         "widths_identity": Param((2, 3, 8), "widths for the identity study"),
         "depth": Param(500, "depth L of the simulated networks", quick=200),
         "networks": Param(20000, "networks per width", quick=5000),

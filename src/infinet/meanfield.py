@@ -1,8 +1,8 @@
 """Mean-field signal propagation in deep random networks (Poole et al. 2016; Schoenholz et al. 2017;
 Hayou, Doucet and Rousseau 2019).
 
-A fully-connected network with weights N(0, w_var / n) and biases N(0, b_var) propagates, at infinite
-width, the length q and correlation c of pre-activations by
+A fully-connected network with weights N(0, w_std^2 / n) and biases N(0, b_std^2) propagates, at infinite
+width (with w_var = w_std^2, b_var = b_std^2; the public functions take ``w_std=`` and ``b_std=``), the length q and correlation c of pre-activations by
 
     length map       q' = w_var E[phi(u)^2] + b_var,                     u ~ N(0, q)      (Poole eq. 3)
     correlation map  c' = (w_var E[phi(u) phi(v)] + b_var) / q*,         (u, v) ~ N(0, q* [[1, c], [c, 1]])
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
+from ._deprecation import variances_as_stds
 from .gaussian import _derivative as _gaussian_derivative
 from .layers import activations as _acts
 from .layers.activations import Activation
@@ -61,19 +62,19 @@ def second_moment(act, q) -> torch.Tensor:
     return activation(act).diagonal(_t(q))
 
 
-def length_map(act, q, w_var: float, b_var: float) -> torch.Tensor:
+def _length_map(act, q, w_var: float, b_var: float) -> torch.Tensor:
     """q' = w_var E[phi(u)^2] + b_var."""
     return w_var * second_moment(act, q) + b_var
 
 
-def length_slope(act, q, w_var: float) -> float:
+def _length_slope(act, q, w_var: float) -> float:
     """chi_q = d q' / dq = w_var d E[phi(u)^2] / dq, by autograd through the kernel map."""
     qt = _t(q).clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(second_moment(act, qt), qt)
     return float(w_var * grad)
 
 
-def correlation_map(act, c, q: float, w_var: float, b_var: float) -> torch.Tensor:
+def _correlation_map(act, c, q: float, w_var: float, b_var: float) -> torch.Tensor:
     """c' = (w_var E[phi(u) phi(v)] + b_var) / q for (u, v) with variances q and correlation c (q = q*)."""
     c = _t(c)
     qt = torch.full_like(c, float(q))
@@ -81,16 +82,16 @@ def correlation_map(act, c, q: float, w_var: float, b_var: float) -> torch.Tenso
     return (w_var * nngp + b_var) / q
 
 
-def correlation_slope(act, c, q: float, w_var: float) -> torch.Tensor:
+def _correlation_slope(act, c, q: float, w_var: float) -> torch.Tensor:
     """dc'/dc = w_var E[phi'(u) phi'(v)] (Price's theorem); at c = 1 this is chi_1."""
     c = _t(c)
     qt = torch.full_like(c, float(q))
     return w_var * activation(act).expectations(c * qt, qt, qt)[1]
 
 
-def chi_1(act, q: float, w_var: float) -> float:
+def _chi_1(act, q: float, w_var: float) -> float:
     """chi_1 = w_var E[phi'(u)^2], u ~ N(0, q) (Poole et al. 2016, eq. 7)."""
-    return float(correlation_slope(act, 1.0, q, w_var))
+    return float(_correlation_slope(act, 1.0, q, w_var))
 
 
 @dataclass(frozen=True)
@@ -107,38 +108,38 @@ class LengthFixedPoints:
     status: str
 
 
-def length_fixed_points(act, w_var: float, b_var: float) -> LengthFixedPoints:
+def _length_fixed_points(act, w_var: float, b_var: float) -> LengthFixedPoints:
     """All fixed points of the length map on (0, 1e10] (plus q = 0 when it is one), bracketed on a
     log grid and refined by Brent's method; stable when |d q'/dq| < 1."""
     _check(w_var, b_var)
     act = activation(act)
-    gap = (length_map(act, Q_GRID, w_var, b_var) - _t(Q_GRID)).numpy() / Q_GRID
+    gap = (_length_map(act, Q_GRID, w_var, b_var) - _t(Q_GRID)).numpy() / Q_GRID
     if np.all(np.abs(gap) < 1e-12):
         return LengthFixedPoints([], [], "marginal")
     stable, unstable = [], []
-    at_zero = float(length_map(act, 0.0, w_var, b_var))
+    at_zero = float(_length_map(act, 0.0, w_var, b_var))
     if at_zero == 0.0:  # q = 0 is a fixed point (phi(0) = 0 and no bias)
-        (stable if abs(length_slope(act, 1e-12, w_var)) < 1 else unstable).append(0.0)
+        (stable if abs(_length_slope(act, 1e-12, w_var)) < 1 else unstable).append(0.0)
     for i in range(len(Q_GRID) - 1):
         if gap[i] == 0.0 or gap[i] * gap[i + 1] < 0:
             root = Q_GRID[i] if gap[i] == 0.0 else brentq(
-                lambda q: float(length_map(act, q, w_var, b_var)) - q, Q_GRID[i], Q_GRID[i + 1], xtol=1e-15, rtol=1e-14)
-            (stable if abs(length_slope(act, root, w_var)) < 1 else unstable).append(float(root))
+                lambda q: float(_length_map(act, q, w_var, b_var)) - q, Q_GRID[i], Q_GRID[i + 1], xtol=1e-15, rtol=1e-14)
+            (stable if abs(_length_slope(act, root, w_var)) < 1 else unstable).append(float(root))
     if stable:
         return LengthFixedPoints(stable, unstable, "ok")
     return LengthFixedPoints([], unstable, "diverges" if gap[-1] > 0 else "none")
 
 
-def correlation_fixed_point(act, q: float, w_var: float, b_var: float) -> float:
+def _correlation_fixed_point(act, q: float, w_var: float, b_var: float) -> float:
     """The stable fixed point c* of the correlation map at length q: 1 when chi_1 <= 1, else the
     fixed point in [-1, 1) where the map crosses the diagonal from above (Poole et al. 2016, fig. 2)."""
-    if chi_1(act, q, w_var) <= 1.0 + CRITICAL_TOLERANCE:
+    if _chi_1(act, q, w_var) <= 1.0 + CRITICAL_TOLERANCE:
         return 1.0
     grid = np.linspace(-1.0, 1.0 - 1e-6, 401)
-    gap = (correlation_map(act, grid, q, w_var, b_var) - _t(grid)).numpy()
+    gap = (_correlation_map(act, grid, q, w_var, b_var) - _t(grid)).numpy()
     for i in range(len(grid) - 2, -1, -1):  # the largest crossing below 1 with gap going + -> -
         if gap[i] > 0 >= gap[i + 1]:
-            return float(brentq(lambda c: float(correlation_map(act, c, q, w_var, b_var)) - c, grid[i], grid[i + 1],
+            return float(brentq(lambda c: float(_correlation_map(act, c, q, w_var, b_var)) - c, grid[i], grid[i + 1],
                                 xtol=1e-15, rtol=1e-14))
     return float(grid[int(np.argmin(np.abs(gap)))])
 
@@ -161,6 +162,16 @@ class MeanField:
     status: str
     fixed_points: LengthFixedPoints = field(repr=False, default=None)
 
+    @property
+    def w_std(self) -> float:
+        """The weight standard deviation, sqrt(w_var)."""
+        return math.sqrt(self.w_var)
+
+    @property
+    def b_std(self) -> float:
+        """The bias standard deviation, sqrt(b_var)."""
+        return math.sqrt(self.b_var)
+
 
 def _depth_scale(chi: float) -> float:
     if not math.isfinite(chi) or chi <= 0:
@@ -170,11 +181,11 @@ def _depth_scale(chi: float) -> float:
     return -1.0 / math.log(chi)
 
 
-def analyze(act, w_var: float, b_var: float) -> MeanField:
+def _analyze(act, w_var: float, b_var: float) -> MeanField:
     """q*, c*, chi_1, the slope chi_c at c*, chi_q, xi_q, xi_c and the phase ('ordered': chi_1 < 1,
     'chaotic': chi_1 > 1, 'critical': |chi_1 - 1| < 1e-6) at the largest stable length."""
     act = activation(act)
-    fps = length_fixed_points(act, w_var, b_var)
+    fps = _length_fixed_points(act, w_var, b_var)
     if fps.status == "marginal":  # every length is preserved; slopes at q = 1 (homogeneous activations)
         fps = LengthFixedPoints([1.0], [], "marginal")
     elif fps.status != "ok":
@@ -185,23 +196,23 @@ def analyze(act, w_var: float, b_var: float) -> MeanField:
         q_eval = 1e-12
     else:
         q_eval = q
-    c1 = chi_1(act, q_eval, w_var)
-    cs = 1.0 if q == 0.0 else correlation_fixed_point(act, q_eval, w_var, b_var)
-    chi_c = c1 if cs == 1.0 else float(correlation_slope(act, cs, q_eval, w_var))
-    chi_q = length_slope(act, q_eval, w_var)
+    c1 = _chi_1(act, q_eval, w_var)
+    cs = 1.0 if q == 0.0 else _correlation_fixed_point(act, q_eval, w_var, b_var)
+    chi_c = c1 if cs == 1.0 else float(_correlation_slope(act, cs, q_eval, w_var))
+    chi_q = _length_slope(act, q_eval, w_var)
     phase = "critical" if abs(c1 - 1.0) < CRITICAL_TOLERANCE else ("ordered" if c1 < 1.0 else "chaotic")
     return MeanField(w_var, b_var, q, cs, c1, chi_c, chi_q, _depth_scale(chi_q), _depth_scale(chi_c), phase,
                      fps.status, fps)
 
 
-def edge_of_chaos(act, b_var: float, w_range: tuple[float, float] = (0.05, 20.0)) -> float:
-    """w_var with chi_1(q*(w_var, b_var), w_var) = 1 (the order-chaos boundary), by bracketing on a grid
+def _edge_of_chaos(act, b_var: float, w_range: tuple[float, float] = (0.05, 20.0)) -> float:
+    """w_var with _chi_1(q*(w_var, b_var), w_var) = 1 (the order-chaos boundary), by bracketing on a grid
     and Brent's method; NaN when there is none with a stable finite q* in ``w_range`` (ReLU with
     b_var > 0: its critical w_var = 2 makes lengths diverge; Hayou et al. 2019, prop. 1)."""
     act = activation(act)
 
     def excess(w):
-        mf = analyze(act, w, b_var)
+        mf = _analyze(act, w, b_var)
         if mf.status not in ("ok", "marginal") or mf.q_star > 1e8:  # no stable finite length
             return math.nan
         return mf.chi_1 - 1.0
@@ -219,14 +230,14 @@ def edge_of_chaos(act, b_var: float, w_range: tuple[float, float] = (0.05, 20.0)
             for _ in range(45):
                 mid = 0.5 * (lo + hi)
                 lo, hi = (mid, hi) if math.isfinite(excess(mid)) else (lo, mid)
-            q_start, q_end = analyze(act, grid[i], b_var).q_star, analyze(act, lo, b_var).q_star
+            q_start, q_end = _analyze(act, grid[i], b_var).q_star, _analyze(act, lo, b_var).q_star
             if abs(excess(lo)) < CRITICAL_TOLERANCE and q_end <= 100.0 * max(q_start, 1.0):
                 return float(lo)
             return math.nan  # chi_1 reaches 1 only as the length diverges
     return math.nan
 
 
-def propagate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def _propagate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """Theory for the first ``depth`` layers: q^l by the length map and c^l by the joint map of a pair
     with equal lengths q^l (the correlation map at the current q, not q*); index 0 is the input."""
     act = activation(act)
@@ -235,7 +246,7 @@ def propagate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int)
     for _ in range(depth):
         qt = _t([q])
         nngp, _ = act.expectations(_t([c * q]), qt, qt, need_kdot=False)
-        q_new = float(length_map(act, q, w_var, b_var))
+        q_new = float(_length_map(act, q, w_var, b_var))
         c = float((w_var * nngp[0] + b_var) / q_new)
         q = q_new
         qs.append(q)
@@ -243,14 +254,14 @@ def propagate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int)
     return np.array(qs), np.array(cs)
 
 
-def gradient_growth(act, w_var: float, b_var: float, depth: int) -> np.ndarray:
+def _gradient_growth(act, w_var: float, b_var: float, depth: int) -> np.ndarray:
     """Mean-field prediction of E||dL/dh^l||^2 / E||dL/dh^depth||^2 for l = 0..depth: chi_1^(depth - l)
     at the stable length (Schoenholz et al. 2017, eq. 14)."""
-    mf = analyze(act, w_var, b_var)
+    mf = _analyze(act, w_var, b_var)
     return np.array([mf.chi_1 ** (depth - l) for l in range(depth + 1)])
 
 
-def simulate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int, width: int = 1000,
+def _simulate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int, width: int = 1000,
              n_networks: int = 8, seed: int = 0, device=None, dtype: torch.dtype = torch.float32) -> dict:
     """Propagate a pair of inputs with length q0 and correlation c0 through ``n_networks`` independent
     random networks (weights N(0, w_var / width), biases N(0, b_var)), batched over networks, and
@@ -309,3 +320,40 @@ def simulate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int, 
 __all__ = ["LengthFixedPoints", "MeanField", "activation", "analyze", "chi_1", "correlation_fixed_point",
            "correlation_map", "correlation_slope", "edge_of_chaos", "gradient_growth", "length_fixed_points",
            "length_map", "length_slope", "propagate", "second_moment", "simulate"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public functions take weight and bias standard deviations, w_std= and b_std= (keyword-only), as every
+# other part of infinet; the implementations above work in the variances w_var = w_std^2, b_var = b_std^2 of
+# the mean-field literature. The old calls with variances keep working for one release and warn.
+length_map = variances_as_stds(_length_map)
+length_slope = variances_as_stds(_length_slope)
+correlation_map = variances_as_stds(_correlation_map)
+correlation_slope = variances_as_stds(_correlation_slope)
+chi_1 = variances_as_stds(_chi_1)
+length_fixed_points = variances_as_stds(_length_fixed_points)
+correlation_fixed_point = variances_as_stds(_correlation_fixed_point)
+analyze = variances_as_stds(_analyze)
+propagate = variances_as_stds(_propagate)
+gradient_growth = variances_as_stds(_gradient_growth)
+simulate = variances_as_stds(_simulate)
+
+
+def critical_w_std(act, *, b_std: float, w_std_range: tuple[float, float] = (0.05**0.5, 20.0**0.5)) -> float:
+    """The weight standard deviation at the order-chaos boundary for bias standard deviation ``b_std``:
+    chi_1(q*, w_std^2) = 1 (Poole et al. 2016; Schoenholz et al. 2017), searched in ``w_std_range``; NaN
+    when none has a stable finite length (ReLU with b_std > 0; Hayou et al. 2019, prop. 1)."""
+    if isinstance(b_std, bool) or not isinstance(b_std, (int, float)) or not math.isfinite(b_std) or b_std < 0:
+        raise ValueError(f"b_std must be a finite number >= 0, got {b_std!r}")
+    lo, hi = w_std_range
+    w_var = _edge_of_chaos(act, float(b_std) ** 2, (lo * lo, hi * hi))
+    return math.sqrt(w_var) if math.isfinite(w_var) else math.nan
+
+
+def edge_of_chaos(act, b_var: float, w_range: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Deprecated: the critical weight variance; use :func:`critical_w_std` (its square)."""
+    import warnings
+
+    warnings.warn("edge_of_chaos (variances) is deprecated: use critical_w_std(act, b_std=...), a standard "
+                  "deviation; edge_of_chaos will be removed in infinet 0.3", DeprecationWarning, stacklevel=2)
+    return _edge_of_chaos(act, b_var, w_range)

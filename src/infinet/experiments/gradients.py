@@ -22,7 +22,7 @@ from ._common import pyplot
 
 def run(p: dict, seed: int, progress: bool) -> Result:
     b = p["b_var"]
-    w_crit = mf.edge_of_chaos(p["activation"], b)
+    w_crit = mf.critical_w_std(p["activation"], b_std=math.sqrt(b)) ** 2  # experiments grid variances
     if not math.isfinite(w_crit):
         raise ValueError(f"{p['activation']} has no edge of chaos at b_std^2 = {b}; choose another b_var")
     points = {"ordered": p["ordered_factor"] * w_crit, "critical": w_crit, "chaotic": p["chaotic_factor"] * w_crit}
@@ -32,8 +32,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                           "log-rate: slope of log ||dL/dh^l||^2 against l")
     numbers: dict = {"critical_w_var": w_crit, "phases": {}}
     for name, w in tqdm(points.items(), desc="phases", disable=not progress, leave=False):
-        r = mf.analyze(p["activation"], w, b)
-        sim = mf.simulate(p["activation"], r.q_star, 0.5, w, b, depth, p["width"], p["networks"], seed)
+        r = mf.analyze(p["activation"], w_std=math.sqrt(w), b_std=math.sqrt(b))
+        sim = mf.simulate(p["activation"], r.q_star, 0.5, w_std=math.sqrt(w), b_std=math.sqrt(b), depth=depth,
+                          width=p["width"], n_networks=p["networks"], seed=seed)
         layers = np.arange(p["skip"], depth)
         logs = np.log(sim["grad_norm2"][layers])
         (slope, _), cov = np.polyfit(layers, logs, 1, cov=True)
@@ -41,7 +42,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         numbers["phases"][name] = {"w_var": w, "chi_1": r.chi_1, "theory_slope": theory, "measured_slope": float(slope),
                                    "measured_slope_se": float(math.sqrt(cov[0, 0])),
                                    "grad_norm2": sim["grad_norm2"].tolist(), "grad_norm2_se": sim["grad_norm2_se"].tolist(),
-                                   "predicted": (sim["grad_norm2"][-1] * mf.gradient_growth(p["activation"], w, b, depth)).tolist()}
+                                   "predicted": (sim["grad_norm2"][-1] * mf.gradient_growth(p["activation"], w_std=math.sqrt(w), b_std=math.sqrt(b), depth=depth)).tolist()}
         table.add(name, w, r.chi_1, theory, float(slope), float(math.sqrt(cov[0, 0])))
     ph = numbers["phases"]
     def back(name):  # the factor per layer going back toward the input, and over all layers

@@ -31,23 +31,26 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         xi = np.full_like(chi, np.nan)
         for i, b in enumerate(b_grid):
             for j, w in enumerate(w_grid):
-                r = mf.analyze(act, float(w), float(b))
+                r = mf.analyze(act, w_std=math.sqrt(w), b_std=math.sqrt(b))
                 chi[i, j], xi[i, j] = r.chi_1, r.xi_c
         maps[act] = (chi, xi)
-        edges[act] = [mf.edge_of_chaos(act, float(b), (w_grid[0], w_grid[-1])) for b in b_grid]
+        edges[act] = [mf.critical_w_std(act, b_std=math.sqrt(b), w_std_range=(math.sqrt(w_grid[0]), math.sqrt(w_grid[-1])))
+                      ** 2 for b in b_grid]  # the diagram is drawn in variances
     table = Table(["activation", "b_std^2", "critical w_std^2 (chi_1 = 1)"],
                   caption="edge of chaos per bias variance (NaN: no critical point with a finite stable length)")
     for act in ACTS:
         for b, w in zip(b_grid, edges[act]):
             table.add(act, float(b), float(w))
     b_star = p["b_var_depth"]
-    w_crit = mf.edge_of_chaos("tanh", b_star)
+    w_crit = mf.critical_w_std("tanh", b_std=math.sqrt(b_star)) ** 2
     points = {"ordered": 0.5 * w_crit, "critical": w_crit, "chaotic": 2.0 * w_crit}
     depth_runs = {}
     for name, w in points.items():
-        r = mf.analyze("tanh", w, b_star)
-        theory_q, theory_c = mf.propagate("tanh", r.q_star, p["c0"], w, b_star, p["depth"])
-        sim = mf.simulate("tanh", r.q_star, p["c0"], w, b_star, p["depth"], p["width"], p["networks"], seed)
+        r = mf.analyze("tanh", w_std=math.sqrt(w), b_std=math.sqrt(b_star))
+        theory_q, theory_c = mf.propagate("tanh", r.q_star, p["c0"], w_std=math.sqrt(w), b_std=math.sqrt(b_star),
+                                         depth=p["depth"])
+        sim = mf.simulate("tanh", r.q_star, p["c0"], w_std=math.sqrt(w), b_std=math.sqrt(b_star), depth=p["depth"],
+                          width=p["width"], n_networks=p["networks"], seed=seed)
         z = np.abs(sim["c"][1:] - theory_c[1:]) / np.maximum(sim["c_se"][1:], 1e-12)
         depth_runs[name] = {"w_var": w, "chi_1": r.chi_1, "xi_c": r.xi_c, "c_star": r.c_star, "theory_c": theory_c.tolist(),
                             "simulated_c": sim["c"].tolist(), "simulated_c_se": sim["c_se"].tolist(),

@@ -52,7 +52,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=10, seed=seed).flat()
     x, labels = data.x_train.float(), data.labels_train
     depths, w_vars, b_var = list(p["depths"]), list(p["w_vars"]), p["b_var"]
-    xi = np.array([mf.analyze("tanh", w, b_var).xi_c for w in w_vars])
+    xi = np.array([mf.analyze("tanh", w_std=math.sqrt(w), b_std=math.sqrt(b_var)).xi_c for w in w_vars])
     acc = np.zeros((len(depths), len(w_vars)))
     cells = [(i, j) for i in range(len(depths)) for j in range(len(w_vars))]
     for i, j in tqdm(cells, desc="networks", disable=not progress, leave=False):
@@ -62,7 +62,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                                      seed=derived_seed(seed, i, j, 1))
     trainable = acc >= p["threshold"]
     k, agreement = fit_multiple(depths, w_vars, trainable, xi)
-    w_crit = mf.edge_of_chaos("tanh", b_var)
+    w_crit = mf.critical_w_std("tanh", b_std=math.sqrt(b_var)) ** 2
     table = Table(["depth"] + [f"w^2={w:.2f}" for w in w_vars],
                   caption=f"training accuracy after {p['steps']} Adam steps (tanh, width {p['width']}, b_std^2 {b_var}, "
                           f"{data.name}, {len(x)} examples; chance {1 / data.n_classes:.2f}); xi_c per column: "
@@ -90,7 +90,7 @@ def _figures(depths, w_vars, acc, xi, k, w_crit):
     mesh = ax.pcolormesh(w_vars, depths, acc, shading="nearest", cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(mesh, ax=ax, label="training accuracy")
     grid = np.linspace(min(w_vars), max(w_vars), 60)
-    xi_fine = np.array([mf.analyze("tanh", float(w), 0.05).xi_c for w in grid])
+    xi_fine = np.array([mf.analyze("tanh", w_std=math.sqrt(w), b_std=math.sqrt(0.05)).xi_c for w in grid])
     ax.plot(grid, 6 * xi_fine, "w--", label="6 xi_c (Schoenholz et al.)")
     ax.plot(grid, k * xi_fine, "r-", label=f"{k:.1f} xi_c (fitted)")
     ax.axvline(w_crit, color="w", linestyle=":", label="edge of chaos")

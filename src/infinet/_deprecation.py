@@ -17,7 +17,7 @@ def renamed_keywords(**renames: str):
             for old, new in renames.items():
                 if old in kwargs:
                     if new in kwargs:
-                        raise TypeError(f"{public.__name__}() got both {old!r} and its new name {new!r}; pass {new!r} only")
+                        raise TypeError(f"{fn.__name__}() got both {old!r} and its new name {new!r}; pass {new!r} only")
                     warnings.warn(f"{fn.__name__}({old}=...) is deprecated: call it {new}= (infinet names every "
                                   f"weight standard deviation w_std); {old} will be removed in infinet {REMOVAL}",
                                   DeprecationWarning, stacklevel=2)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-slow bench clean
+.PHONY: setup system-deps demo test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,test,docs]"
 	touch $(STAMP)
 
 # Debian packages for tests that use real programs and files: headless Chromium for the report's
@@ -44,6 +44,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/predict.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 	$(PY) benchmarks/under_load.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
 	$(PY) benchmarks/sequence_kernel.py $(if $(NT_PYTHON),--nt-python $(NT_PYTHON),)
+
+# the documentation, built offline from the docstrings; any warning (a broken reference) fails it
+docs: $(STAMP)
+	$(PY) docs/generate.py
+	$(PY) -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	@echo "documentation: docs/_build/html/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info reports

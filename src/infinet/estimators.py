@@ -2,8 +2,7 @@
 
 ``NNGPRegressor`` / ``NTKRegressor``: the mean (and standard deviation) over random initializations of
 infinitely wide networks trained on the MSE loss for time ``t`` (default: to convergence), with only
-the readout (NNGP) or all layers (NTK) training (Lee et al. 2019; :func:`infinet.predict.
-gradient_descent_mse_ensemble`). ``NNGPClassifier`` / ``NTKClassifier``: the same regression on
+the readout (NNGP) or all layers (NTK) training (Lee et al. 2019; :func:`infinet.predict.gradient_descent_mse_ensemble`). ``NNGPClassifier`` / ``NTKClassifier``: the same regression on
 one-hot zero-mean targets (Lee et al. 2018); ``predict`` takes the arg-max of the mean, and
 ``predict_proba`` uses the probit approximation of the softmax of the Gaussian outputs
 (MacKay 1992; Bishop 2006, eq. 4.153): p_c proportional to exp(mu_c / sqrt(1 + pi sigma^2 / 8)).

@@ -497,7 +497,7 @@ class TorchInputOrder(L.Serial):
         self.input_permutation = tuple(input_permutation)
 
     def kernel(self, x1, x2=None, *args, **kwargs):
-        """:meth:`Layer.kernel` of inputs in the torch model's layout."""
+        """:meth:`~infinet.layers.base.Layer.kernel` of inputs in the torch model's layout."""
         perm = self.input_permutation
 
         def order(x):

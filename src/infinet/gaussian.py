@@ -422,10 +422,11 @@ def gabor(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pa
     = [[a + 2 delta, c], [c, b + 2 delta]] / D, delta = ab - c^2, D = det(I + 2 Sigma) = 1 + 2(a + b) + 4 delta;
     then E[sin u sin v] under Sigma' (see :func:`sin`) gives, with s = a + b + 4 delta,
 
-        nngp = (E_- - E_+) / (2 sqrt(D)),  E_-+ = exp(-(s -+ 2c) / (2D)),
+        nngp = (Em - Ep) / (2 sqrt(D)),  Em = exp(-(s - 2c) / (2D)),  Ep = exp(-(s + 2c) / (2D)),
 
-    and kdot = d nngp / dc (Price 1958) = 4c D^(-3/2) (E_- - E_+) / 2 + (E_- g_- - E_+ g_+) / (2 sqrt(D)),
-    g_-+ = ((8c +- 2) D - 8c (s -+ 2c)) / (2 D^2). delta is formed as ab (1 - rho)(1 + rho) (no cancellation).
+    and kdot = d nngp / dc (Price 1958) = 4c D^(-3/2) (Em - Ep) / 2 + (Em gm - Ep gp) / (2 sqrt(D)) with
+    gm = ((8c + 2) D - 8c (s - 2c)) / (2 D^2), gp = ((8c - 2) D - 8c (s + 2c)) / (2 D^2). delta is formed as
+    ab (1 - rho)(1 + rho) (no cancellation).
     """
     cov, var1, var2 = _broadcast(cov, var1, var2)
     cov, rho, _ = bounded_covariance(cov, var1, var2)

@@ -351,7 +351,7 @@ def critical_w_std(act, *, b_std: float, w_std_range: tuple[float, float] = (0.0
 
 
 def edge_of_chaos(act, b_var: float, w_range: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Deprecated: the critical weight variance; use :func:`critical_w_std` (its square)."""
+    """Deprecated: the critical weight variance; use :func:`infinet.meanfield.critical_w_std` (its square)."""
     import warnings
 
     warnings.warn("edge_of_chaos (variances) is deprecated: use critical_w_std(act, b_std=...), a standard "

@@ -107,7 +107,7 @@ def monte_carlo_kernel(
     NNGP: output covariance per network (readout weights integrated when the network ends in
     Dense, see :func:`_nngp_sample`). NTK: Theta(x1, x2) = (1/O) sum_o sum_p d f_o(x1)/dp d f_o(x2)/dp
     from parameter gradients (Jacot et al. 2018, eq. 2), computed with torch.func. Both converge to
-    :meth:`Layer.kernel` as widths grow (Lee et al. 2018; Jacot et al. 2018); the standard errors make
+    :meth:`~infinet.layers.base.Layer.kernel` as widths grow (Lee et al. 2018; Jacot et al. 2018); the standard errors make
     that comparison a statistical test. Seeds are derived from ``seed``: same seed, same numbers.
     Networks with :class:`~infinet.Aggregate` take the graphs ``pattern`` (of x1) and ``pattern2`` (of
     x2; default ``pattern`` when x2 is None); their NTK is computed one example at a time.

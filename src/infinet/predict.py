@@ -137,7 +137,7 @@ def log_marginal_likelihood(k_train_train: Tensor | Kernel, y_train: Tensor, dia
         log p(Y | X) = -1/2 tr(Y^T (K + s I)^-1 Y) - C/2 log det(K + s I) - N C/2 log(2 pi).
 
     A 0-dim tensor; differentiable with respect to K (and so, through the kernel computation, to
-    w_std and b_std given as tensors) and to a tensor ``diag_reg``. Factored by :func:`cholesky`
+    w_std and b_std given as tensors) and to a tensor ``diag_reg``. Factored by :func:`~infinet.solve.cholesky`
     (jitter escalation with a warning; a non-PSD or non-finite K raises :class:`KernelMatrixError`).
     """
     k_train_train = kernel_matrix(k_train_train, kernel, "k_train_train")
@@ -450,7 +450,7 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
     return 2.0 * ntk_train_train.shape[0] * n_outputs / lam
 
 
-__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "kernel_matrix", "gradient_descent_cross_entropy", "gradient_descent_mse",
+__all__ = ["KernelMatrixError", "Posterior", "gp_inference", "kernel_matrix", "log_marginal_likelihood", "gradient_descent_cross_entropy", "gradient_descent_mse",
            "gradient_descent_mse_ensemble",
            "linearized_dynamics", "max_learning_rate"]
 

@@ -117,7 +117,7 @@ def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_
                      full: bool = False) -> int:
     """``tile_size`` if given, else the largest tile whose working set, ``BYTES_PER_ENTRY x tile^2 x
     entries_per_pair`` bytes, fits ``max_memory`` (default 1 GiB), capped at :data:`DEFAULT_TILE`
-    for vectors and at :data:`CACHE_ENTRIES` kernel entries for feature maps (``entries_per_pair``:
+    for vectors and at ``CACHE_ENTRIES`` kernel entries for feature maps (``entries_per_pair``:
     S pixels in the diagonal layout, S^2 in the full one, ``full`` saying which)."""
     if tile_size is not None:
         if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:

@@ -24,6 +24,13 @@ def test_documentation_builds_without_warnings(tmp_path):
                             str(tmp_path / "html")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]
     api = (tmp_path / "html" / "api.html").read_text()
+    gallery = (tmp_path / "html" / "gallery.html").read_text()
+    from infinet.experiments import registry
+
+    for name in registry():  # every experiment has its stored quick report (docs/make_gallery.py)
+        assert (DOCS / "gallery" / f"{name}.json").exists() and (DOCS / "gallery" / f"{name}.png").exists(), name
+        assert f"infinet run {name}" in gallery
+    assert gallery.count("<img") == len(registry())
     for name in ("infinet.layers.graph.Aggregate", "infinet.from_torch.from_torch", "infinet.predict.gp_inference",
                  "infinet.meanfield.critical_w_std", "infinet.sklearn_kernels.NNGPKernel"):
         assert f'id="{name}"' in api, name

@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.abspath("../src"))
 project = "infinet"
 author = "the infinet developers"
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.mathjax"]
-autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 autodoc_typehints = "none"  # signatures show the types; references to torch and numpy need no inventories
 autosummary_generate = False
 nitpicky = True  # a broken cross-reference in a docstring fails the build (-W)

@@ -220,6 +220,7 @@ class WithMaxPool(nn.Module):
     (nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1)), "padding"),
     (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), "elementwise affine"),
     (nn.Sequential(nn.Embedding(10, 4)), r"0 \(Embedding\)"),
+    (nn.Sequential(nn.GRU(3, 4)), r"0 \(GRU\): gated recurrent layers"),
 ])
 def test_modules_without_a_limit_are_named(model, message):
     with pytest.raises(inf.UnsupportedModuleError, match=message):
@@ -256,3 +257,17 @@ def test_parameters_init_reads_the_weights():
     arch = inf.from_torch(model, init="parameters")
     first = arch.layers[0]
     assert first.w_std == pytest.approx(2.0, rel=0.01) and first.b_std == pytest.approx(0.5, rel=0.15)
+
+
+def test_torch_attention_is_refused_with_the_reason():
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x)[0][:, -1])
+
+    with pytest.raises(inf.UnsupportedModuleError, match=r"attn \(MultiheadAttention\).*GlobalSelfAttention"):
+        inf.from_torch(Attend())

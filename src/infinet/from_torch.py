@@ -195,6 +195,14 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
         return _LayerNormShape(tuple(m.normalized_shape), m.eps, where)
     if isinstance(m, nn.RNN):
         return _rnn(m, where, init)
+    if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        raise UnsupportedModuleError(
+            f"{where} ({name}): torch's attention scales logits by 1/sqrt(d), and with softmax that limit has no closed "
+            "form (Hron et al. 2020: only the IDENTITY mechanism does); write the model with "
+            "infinet.GlobalSelfAttention (1/d scaling, neural-tangents' semantics)")
+    if isinstance(m, (nn.GRU, nn.LSTM)):
+        raise UnsupportedModuleError(f"{where} ({name}): gated recurrent layers have no closed-form limit; their "
+                                     "kernels by Gaussian sampling per layer are planned (Yang 2019, Tensor Programs I)")
     if isinstance(m, nn.Sequential):
         return L.serial(*[_convert_module(child, f"{where}.{n}", init) for n, child in m.named_children()])
     raise UnsupportedModuleError(f"{where} ({name}) has no infinite-width counterpart in infinet")

@@ -184,3 +184,9 @@ def test_rectangular_graph_kernels_match_the_symmetric_one():
     assert torch.allclose(rect.ntk, full.ntk[:2, 2:], rtol=1e-12)
     same_x_other_graph = net.kernel(x[:1], x[:1], pattern=a[:1], pattern2=a[1:2])
     assert not torch.allclose(same_x_other_graph.nngp, full.nngp[:1, :1])  # graphs are part of the input
+
+
+def test_exp_normalized_refuses_a_series_it_cannot_form():
+    assert len(inf.ExpNormalized(0.0).coefficients()) == 1
+    with pytest.raises(ValueError, match="above 700"):
+        inf.ExpNormalized(800.0).coefficients()

@@ -64,9 +64,9 @@ def _infinet_module(m: nn.Module) -> Layer | None:
     if isinstance(m, GraphModel):
         return _infinet_module(m.network)
     if isinstance(m, SerialModule):
-        return L.serial(*[_required(child, name) for name, child in m.named_children()])
+        return L.serial(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
     if isinstance(m, ParallelModule):
-        return L.parallel(*[_required(child, name) for name, child in m.named_children()])
+        return L.parallel(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
     if isinstance(m, FanOutModule):
         return L.FanOut(m.n)
     if isinstance(m, _Join):
@@ -84,13 +84,6 @@ def _infinet_module(m: nn.Module) -> Layer | None:
     if isinstance(m, Function) and isinstance(getattr(m.fn, "__self__", None), Activation):
         return m.fn.__self__
     return None
-
-
-def _required(m: nn.Module, where: str) -> Layer:
-    layer = _infinet_module(m)
-    if layer is None:
-        layer = _torch_module(m, where, "pytorch")
-    return layer
 
 
 # ------------------------------------------------------------------ standard torch modules
@@ -112,9 +105,7 @@ def _conv_padding(m, where: str) -> str:
         raise UnsupportedModuleError(f"{where} ({type(m).__name__}): padding_mode {m.padding_mode!r} has no "
                                      "counterpart; use 'zeros' or 'circular'")
     circular = m.padding_mode == "circular"
-    if pad == "valid" or pad == (0,) * n:
-        if circular:
-            return "VALID"
+    if pad == "valid" or pad == (0,) * n:  # no padding: the wrap-around mode never applies
         return "VALID"
     same = tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
     odd = all((d * (k - 1)) % 2 == 0 for k, d in zip(m.kernel_size, m.dilation))

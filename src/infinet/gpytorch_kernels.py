@@ -23,7 +23,7 @@ from gpytorch.constraints import Positive  # noqa: E402
 
 from .fitting import affine_layers, with_stds  # noqa: E402
 from .layers.base import Layer  # noqa: E402
-from .tiling import compute_kernel  # noqa: E402
+from .tiling import compute_kernel, kernel_diagonal  # noqa: E402
 
 
 class _NetworkKernel(gpytorch.kernels.Kernel):
@@ -74,10 +74,7 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
         a = self._rows(x1)
         same = x2 is None or (x1.shape == x2.shape and torch.equal(x1, x2))
         if diag:
-            if self.kernel_name == "nngp":
-                return compute_kernel(net, a, None, get="nngp", progress=False).var1
-            return torch.stack([compute_kernel(net, a[i: i + 1], None, get="ntk", progress=False).ntk[0, 0]
-                                for i in range(len(a))])
+            return kernel_diagonal(net, a, self.kernel_name)
         k = compute_kernel(net, a, None if same else self._rows(x2), get=self.kernel_name, progress=False)
         return getattr(k, self.kernel_name)
 

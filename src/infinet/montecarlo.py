@@ -34,20 +34,6 @@ def _readout(net) -> Dense | None:
     return None
 
 
-def _graph_nngp_sample(net, model, x1, x2, p1, p2) -> Tensor:
-    """:func:`_nngp_sample` for a :class:`~infinet.layers.graph.GraphModel` called with the graphs p1, p2."""
-    from .layers.graph import GraphModel
-
-    dense = _readout(net)
-    if dense is not None:
-        body = GraphModel(model.network[:-1])
-        h1, h2 = body(x1, pattern=p1), body(x2, pattern=p2)
-        b2 = 0.0 if dense.b_std is None else dense.b_std**2
-        return dense.w_std**2 * (h1 @ h2.T) / h1.shape[1] + b2
-    f1, f2 = model(x1, pattern=p1).reshape(len(x1), -1), model(x2, pattern=p2).reshape(len(x2), -1)
-    return f1 @ f2.T / f1.shape[1]
-
-
 def _graph_ntk_sample(model, x1, x2, p1, p2) -> Tensor:
     """Empirical NTK averaged over output units, one example (and its graph) at a time by autograd:
     Theta(x, x') = (1/O) sum_o grad_p f_o(x) . grad_p f_o(x')."""
@@ -67,21 +53,28 @@ def _graph_ntk_sample(model, x1, x2, p1, p2) -> Tensor:
     return torch.einsum("iop,jop->ij", j1, j2) / j1.shape[1]
 
 
-def _nngp_sample(net, model, x1: Tensor, x2: Tensor) -> Tensor:
+def _nngp_sample(net, model, x1: Tensor, x2: Tensor, patterns=None) -> Tensor:
     """One network's NNGP estimate.
 
     If the network ends in Dense(w_std, b_std), its readout weights are integrated exactly:
     K = w_std^2 h(x1) . h(x2) / n + b_std^2 from the last hidden features h (same in both
-    parameterizations); otherwise the output covariance f(x1) . f(x2) / n_out.
+    parameterizations); otherwise the output covariance f(x1) . f(x2) / n_out. ``patterns``: the graphs of
+    x1 and x2 for a :class:`~infinet.layers.graph.GraphModel`.
     """
     dense = _readout(net)
-    if dense is not None:
-        body = model[:-1] if isinstance(net, Serial) else (lambda x: x)
+    if patterns is None:
+        body = (model[:-1] if isinstance(net, Serial) else (lambda x: x)) if dense is not None else model
         h1, h2 = body(x1), body(x2)
-        b2 = 0.0 if dense.b_std is None else dense.b_std**2
-        return dense.w_std**2 * (h1 @ h2.T) / h1.shape[1] + b2
-    f1, f2 = model(x1).reshape(len(x1), -1), model(x2).reshape(len(x2), -1)
-    return f1 @ f2.T / f1.shape[1]
+    else:
+        from .layers.graph import GraphModel
+
+        body = GraphModel(model.network[:-1]) if dense is not None else model
+        h1, h2 = body(x1, pattern=patterns[0]), body(x2, pattern=patterns[1])
+    h1, h2 = h1.reshape(len(x1), -1), h2.reshape(len(x2), -1)
+    if dense is None:
+        return h1 @ h2.T / h1.shape[1]
+    b2 = 0.0 if dense.b_std is None else dense.b_std**2
+    return dense.w_std**2 * (h1 @ h2.T) / h1.shape[1] + b2
 
 
 def _ntk_sample(model, x1: Tensor, x2: Tensor) -> Tensor:
@@ -136,7 +129,7 @@ def monte_carlo_kernel(
         if patterns is not None:
             if "nngp" in names:
                 with torch.no_grad():
-                    nngps.append(_graph_nngp_sample(net, model, x1, x2, p1, p2))
+                    nngps.append(_nngp_sample(net, model, x1, x2, (p1, p2)))
             if "ntk" in names:
                 ntks.append(_graph_ntk_sample(model, x1, x2, p1, p2))
             continue

@@ -23,7 +23,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
 from .fitting import affine_layers, with_stds
 from .layers.base import Layer
-from .tiling import compute_kernel
+from .tiling import compute_kernel, kernel_diagonal
 
 
 class _NetworkKernel(Kernel):
@@ -109,11 +109,7 @@ class _NetworkKernel(Kernel):
         w = torch.tensor(np.atleast_1d(self.w_std), dtype=torch.float64)
         b = torch.tensor(np.atleast_1d(self.b_std), dtype=torch.float64)
         with torch.no_grad():
-            net = self._network(w, b)
-            if self.kernel_name == "nngp":
-                return compute_kernel(net, x, None, get="nngp", progress=False).var1.numpy()
-            return np.array([float(compute_kernel(net, x[i: i + 1], None, get="ntk", progress=False).ntk[0, 0])
-                             for i in range(len(x))])
+            return kernel_diagonal(self._network(w, b), x, self.kernel_name).numpy()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.architecture!r}, w_std={np.round(self.w_std, 4).tolist()}, "

@@ -348,3 +348,14 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     if symmetric:
         var2 = var1
     return Kernel(nngp if "nngp" in names else None, ntk, var1, var2, shape, symmetric)
+
+
+def kernel_diagonal(layer, x, kernel: str = "nngp") -> Tensor:
+    """K(x_i, x_i) for each row of ``x``: the NNGP from one symmetric computation (its self-variances), the NTK
+    row by row (a symmetric kernel would cost N^2). For kernel libraries' ``diag`` (GPyTorch, scikit-learn)."""
+    if kernel == "nngp":
+        return compute_kernel(layer, x, None, get="nngp", progress=False).var1
+    if kernel != "ntk":
+        raise ValueError(f"kernel must be 'nngp' or 'ntk', got {kernel!r}")
+    return torch.stack([compute_kernel(layer, x[i: i + 1], None, get="ntk", progress=False).ntk[0, 0]
+                        for i in range(len(x))])

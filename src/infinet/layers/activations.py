@@ -404,15 +404,21 @@ class ExpNormalized(Activation):
 
     def coefficients(self) -> list[float]:
         """c_n of g = sum_n c_n He_n / sqrt(n!), cut where the tail of c_n^2 is below 1e-16 of the total."""
+        if self.gamma > 700:  # exp(gamma) overflows float64
+            raise ValueError(f"{self!r}: the finite module's Hermite series cannot be formed at gamma={self.gamma} "
+                             "(above 700); use a smaller gamma for finite networks")
         total = math.exp(self.gamma)  # sum_n gamma^n / n!
-        out, term, n, kept = [], 1.0, 0, 0.0
+        out, term, n = [], 1.0, 0
         while True:
             out.append(math.sqrt(math.exp(self.gamma * self.shift) * term))
-            kept += term
-            if total - kept <= 1e-16 * total or n > 400:
-                return out
             n += 1
             term *= self.gamma / n
+            # once n > gamma the tail sum_{m >= n} gamma^m / m! is at most term / (1 - gamma / (n + 1))
+            if n > self.gamma and term / (1.0 - self.gamma / (n + 1)) <= 1e-16 * total:
+                return out
+            if n >= 1000:
+                raise ValueError(f"{self!r}: the finite module's Hermite series needs more than 1000 terms at "
+                                 f"gamma={self.gamma}; use a smaller gamma for finite networks")
 
     def fn(self, x):
         """g applied to unit-variance inputs (the module normalizes by r first)."""

@@ -54,8 +54,10 @@ class PositionMap(Layer):
     def out_spatial(self, spatial: tuple[int, ...]) -> tuple[int, ...]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def selection(self, spatial) -> bool:
-        return all(axis is not None and bool(((m != 0).sum(1) <= 1).all()) for axis, m in self.factors(spatial))
+    @staticmethod
+    def selection(factors: list[Factor]) -> bool:
+        """Whether every output position reads at most one input position."""
+        return all(axis is not None and bool(((m != 0).sum(1) <= 1).all()) for axis, m in factors)
 
     def _spatial(self, shape) -> tuple[int, ...]:
         if shape is None or len(shape) < 2:
@@ -73,12 +75,12 @@ class PositionMap(Layer):
         return full_out or self._needs_pairs
 
     # -- kernel ----------------------------------------------------------------------------------------
-    def _map(self, t: Tensor | None, lead: int, spatial, full: bool) -> Tensor | None:
+    def _map(self, t: Tensor | None, lead: int, spatial, full: bool, factors: list[Factor]) -> Tensor | None:
         if t is None:
             return None
         d = len(spatial)
         kept = list(spatial)
-        for axis, m in self.factors(spatial):
+        for axis, m in factors:
             mat = torch.as_tensor(m, dtype=t.dtype, device=t.device)
             if axis is None:
                 out = self.out_spatial(spatial)
@@ -100,12 +102,17 @@ class PositionMap(Layer):
         spatial = k.spatial
         if not spatial:
             raise ValueError(f"{self!r} acts on positions, but its input is a vector")
-        if not k.full and not self.selection(spatial):
+        factors = self.factors(spatial)
+        if not k.full and not self.selection(factors):
             raise RuntimeError(f"{self!r} needs the full layout (internal layout planning error)")
-        var1 = self._map(k.var1, 1, spatial, k.full)
-        var2 = var1 if k.var2 is k.var1 else self._map(k.var2, 1, spatial, k.full)
-        out = k.replace(nngp=self._map(k.nngp, 2, spatial, k.full), ntk=self._map(k.ntk, 2, spatial, k.full),
-                        var1=var1, var2=var2, shape=(k.shape[0], *self.out_spatial(spatial)))
+
+        def mapped(t, lead):
+            return self._map(t, lead, spatial, k.full, factors)
+
+        var1 = mapped(k.var1, 1)
+        var2 = var1 if k.var2 is k.var1 else mapped(k.var2, 1)
+        out = k.replace(nngp=mapped(k.nngp, 2), ntk=mapped(k.ntk, 2), var1=var1, var2=var2,
+                        shape=(k.shape[0], *self.out_spatial(spatial)))
         if not self.out_spatial(spatial):
             out = out.replace(full=False)
         return out

@@ -1,16 +1,43 @@
-"""Convolutional kernels: seconds, peak memory and CPU utilization, against neural-tangents.
+"""Convolutional kernels at realistic sizes: seconds, peak memory, a roofline proxy, and neural-tangents.
 
-Workloads (float64, NNGP and NTK, w_std 1.5, b_std 0.05, inputs N x 1 x 8 x 8 from one seed):
-  (a) CNN-GAP: three Conv(3x3, SAME) + Relu, global average pooling, Dense readout, N = 32;
-  (b) CNN-Flatten: five Conv(3x3, SAME) + Relu, Flatten, Dense readout, N = 400.
+Workloads (float64 unless ``--dtype``, NNGP and NTK, inputs from one seed, w_std = sqrt(2), no bias):
+
+  myrtle5_28      Myrtle-5 (``inf.myrtle(5)``) on N = 20 images 1 x 28 x 28  (full pixel-pair layout)
+  cnn_gap5_32     depth-5 CNN-GAP (``inf.cntk(5, pooling='gap')``) on N = 8 images 3 x 32 x 32  (full layout)
+  cnn_flatten8_28 depth-8 CNN-Flatten (``inf.cntk(8, pooling='flatten')``) on N = 200 images 1 x 28 x 28
+                  (same-position layout: no pooling, so only pixel p with pixel p is ever needed)
+  small_gap_8, small_flatten_8   the first wave's 8 x 8 workloads (3 and 5 layers, N = 32 and 400)
+  cnn_gap21_32    depth-21 CNN-GAP on 32 x 32 x 3 (the incumbent's published GPU figure; ``--gpu``)
 
 Each library runs in a child process of its own (so peak memory is its own): infinet from this
 interpreter, neural-tangents 0.6.5 from ``--nt-python`` (a separate virtual environment with jax
-0.4.23, never a dependency of infinet). Both compute the same kernels from the same inputs (NT in
-NHWC); the script checks they agree and prints the speed ratio. NT is timed jitted (its fast path),
-first call (with compilation) and warm calls separately; infinet has no compilation step.
+0.4.23, never a dependency of infinet). Both compute the same symmetric kernel K(x, x) of the same
+inputs (NT in NHWC, jitted: first call with compilation, then warm calls); the script checks that
+they agree and prints the ratio of warm medians. neural-tangents computes all N^2 pairs at once and
+the (N, S, S) self-covariances besides; infinet computes each unordered pair once.
 
-    python benchmarks/conv_kernel.py [--nt-python /path/to/venv/bin/python] [--repeats 7]
+Roofline proxy (timed in a child process of its own, eager PyTorch only, each pass the best of 5
+rounds, on the same cores): the passes the
+mathematics needs over the (pairs, S, S) tensors of the N (N + 1) / 2 pairs of a symmetric kernel
+(S^2 entries per pair in the full layout, S in the same-position one), each pass timed as one
+torch elementwise operation over that many entries (in chunks of one pair, the size infinet's tiles
+work on, using all threads). Per layer, with NNGP and NTK:
+  Conv        2 passes: the NNGP's window sum (timed as ``mul_``, one read and one write; the taps
+              come from cache) and the NTK's window sum plus the new NNGP (timed as ``add(out=)``);
+  ReLU        3 passes: ``arccos`` of the correlation, ``sqrt`` of 1 - rho^2 (the two
+              transcendental functions of the arc-cosine kernel; the arithmetic around them is
+              counted as free), and the NTK times E[phi' phi'] (timed as ``mul(out=)``);
+  AvgPool     1 ``mul_`` pass per kernel over its input;  GAP / Flatten  1 ``sum`` per kernel.
+The self-covariances are the diagonal pairs, so nothing else is counted. The ratio measured /
+roofline says how far the implementation is from these passes.
+
+infinet runs under each compile mode of ``--modes`` (``INFINET_COMPILE``, see :mod:`infinet.fused`): "off"
+is eager PyTorch, "on" compiles each ReLU layer's step into one loop (its first call includes compiling,
+or loading from TorchInductor's on-disk cache), "auto" is the default (compiles only computations
+large enough to repay a cold compilation).
+
+    python benchmarks/conv_kernel.py [--nt-python /path/to/venv/bin/python] [--repeats 3]
+        [--only myrtle5_28,cnn_gap5_32] [--modes off,on,auto] [--device cuda] [--dtype float32] [--gpu]
 """
 
 from __future__ import annotations
@@ -26,23 +53,80 @@ import textwrap
 
 import numpy as np
 
-WORKLOADS = {"cnn_gap": (32, 3, "gap"), "cnn_flatten": (400, 5, "flatten")}
+# name: (N, channels, size, architecture tokens); tokens: c = Conv 3x3 SAME + Relu, p = AvgPool 2,
+# g = global average pooling, f = Flatten (each head ends in a Dense readout)
+WORKLOADS = {
+    "myrtle5_28": (20, 1, 28, "c c p c p c g"),
+    "cnn_gap5_32": (8, 3, 32, "c " * 5 + "g"),
+    "cnn_flatten8_28": (200, 1, 28, "c " * 8 + "f"),
+    "small_gap_8": (32, 1, 8, "c " * 3 + "g"),
+    "small_flatten_8": (400, 1, 8, "c " * 5 + "f"),
+}
+GPU_WORKLOADS = {"cnn_gap21_32": (8, 3, 32, "c " * 21 + "g")}
 
 INFINET_CHILD = textwrap.dedent("""
-    import json, resource, sys, time, numpy as np, torch, infinet as inf
-    name, depth, head, path, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-    x = torch.from_numpy(np.load(path))
-    layers = [l for _ in range(depth) for l in (inf.Conv(1, 3, padding='SAME', w_std=1.5, b_std=0.05), inf.Relu())]
-    readout = [inf.GlobalAvgPool()] if head == 'gap' else [inf.Flatten()]
-    net = inf.serial(*layers, *readout, inf.Dense(1, w_std=1.5, b_std=0.05))
+    import json, math, resource, sys, time, numpy as np, torch, infinet as inf
+    tokens, path, repeats, device, dtype = sys.argv[1].split(), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    dtype = getattr(torch, dtype)
+    x = torch.from_numpy(np.load(path)).to(device=device, dtype=dtype)
+    w = math.sqrt(2.0)
+    table = {'c': lambda: [inf.Conv(1, 3, padding='SAME', w_std=w), inf.Relu()], 'p': lambda: [inf.AvgPool(2)],
+             'g': lambda: [inf.GlobalAvgPool()], 'f': lambda: [inf.Flatten()]}
+    net = inf.serial(*[l for t in tokens for l in table[t]()], inf.Dense(1, w_std=w))
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
     times, cpu = [], []
     for r in range(repeats + 1):
-        c0, t0 = time.process_time(), time.perf_counter()
-        k = net.kernel(x, get=('nngp', 'ntk'))
-        times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-    np.save(path + '.infinet.npy', np.stack([k.nngp.numpy(), k.ntk.numpy()]))
+        sync(); c0, t0 = time.process_time(), time.perf_counter()
+        k = net.kernel(x, get=('nngp', 'ntk'), dtype=dtype, progress=False)
+        sync(); times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
+    np.save(path + '.infinet.npy', np.stack([k.nngp.cpu().double().numpy(), k.ntk.cpu().double().numpy()]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else None
+
     print(json.dumps({'first': times[0], 'warm': times[1:], 'cpu': cpu[1:], 'threads': torch.get_num_threads(),
-                      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      'peak_rss_mb': peak, 'gpu_peak_mb': gpu_peak}))
+""")
+
+ROOFLINE_CHILD = textwrap.dedent("""
+    import json, math, sys, time, numpy as np, torch
+    tokens, path, device, dtype = sys.argv[1].split(), sys.argv[2], sys.argv[4], getattr(torch, sys.argv[5])
+    shape = np.load(path, mmap_mode='r').shape
+    n, size = shape[0], shape[-1]
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    pairs = n * (n + 1) // 2
+    full = 'g' in tokens or 'p' in tokens
+    cost = {}
+    def ns(op, m):  # seconds per entry of one pass of op over chunks of m entries (best of 5 rounds)
+        if (op, m) not in cost:
+            m_eff = max(m, 1 << 16)
+            a = torch.rand(m_eff, dtype=dtype, device=device) * 0.5 + 0.25
+            b = torch.rand(m_eff, dtype=dtype, device=device) + 0.5
+            out = torch.empty_like(a)
+            run = {'mul_': lambda: a.mul_(1.0), 'add': lambda: torch.add(a, b, out=out),
+                   'mul': lambda: torch.mul(a, b, out=out), 'arccos': lambda: torch.arccos(a, out=out),
+                   'sqrt': lambda: torch.sqrt(b, out=out), 'sum': lambda: a.sum()}[op]
+            reps = max(3, int(1e7 // m_eff))
+            best = math.inf
+            for _ in range(5):
+                run(); sync(); t0 = time.perf_counter()
+                for _ in range(reps):
+                    run()
+                sync(); best = min(best, (time.perf_counter() - t0) / reps / m_eff)
+            cost[(op, m)] = best
+        return cost[(op, m)]
+    roofline, passes, s = 0.0, 0, size
+    for t in tokens:
+        e = s**4 if full else s**2  # entries per pair at this layer
+        ops = {'c': ['mul_', 'add', 'arccos', 'sqrt', 'mul'], 'p': ['mul_', 'mul_'], 'g': ['sum', 'sum'],
+               'f': ['sum', 'sum']}[t]
+        for op in ops:
+            roofline += pairs * e * ns(op, e)
+        passes += len(ops)
+        if t == 'p':
+            s //= 2
+    print(json.dumps({'roofline_s': roofline, 'passes': passes, 'pairs': pairs}))
 """)
 
 NT_CHILD = textwrap.dedent("""
@@ -51,11 +135,13 @@ NT_CHILD = textwrap.dedent("""
     import jax; jax.config.update('jax_enable_x64', True)
     import numpy as np
     from neural_tangents import stax
-    name, depth, head, path, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-    x = np.load(path).transpose(0, 2, 3, 1)  # NCHW -> NHWC
-    layers = [l for _ in range(depth) for l in (stax.Conv(1, (3, 3), padding='SAME', W_std=1.5, b_std=0.05), stax.Relu())]
-    readout = [stax.GlobalAvgPool()] if head == 'gap' else [stax.Flatten()]
-    _, _, kernel_fn = stax.serial(*layers, *readout, stax.Dense(1, W_std=1.5, b_std=0.05))
+    tokens, path, repeats, dtype = sys.argv[1].split(), sys.argv[2], int(sys.argv[3]), sys.argv[5]
+    x = np.load(path).transpose(0, 2, 3, 1).astype(dtype)  # NCHW -> NHWC
+    w = np.sqrt(2.0)
+    table = {'c': lambda: [stax.Conv(1, (3, 3), padding='SAME', W_std=w), stax.Relu()],
+             'p': lambda: [stax.AvgPool((2, 2), strides=(2, 2))], 'g': lambda: [stax.GlobalAvgPool()],
+             'f': lambda: [stax.Flatten()]}
+    _, _, kernel_fn = stax.serial(*[l for t in tokens for l in table[t]()], stax.Dense(1, W_std=w))
     kernel_fn = jax.jit(kernel_fn, static_argnames='get')
     times, cpu = [], []
     for r in range(repeats + 1):
@@ -63,50 +149,84 @@ NT_CHILD = textwrap.dedent("""
         nngp, ntk = kernel_fn(x, None, ('nngp', 'ntk'))
         nngp.block_until_ready(); ntk.block_until_ready()
         times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-    np.save(path + '.nt.npy', np.stack([np.asarray(nngp), np.asarray(ntk)]))
+    np.save(path + '.nt.npy', np.stack([np.asarray(nngp, dtype=np.float64), np.asarray(ntk, dtype=np.float64)]))
     print(json.dumps({'first': times[0], 'warm': times[1:], 'cpu': cpu[1:], 'threads': None,
                       'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """)
 
 
-def run_child(python: str, code: str, args: list[str]) -> dict:
-    out = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, check=True)
+def run_child(python: str, code: str, args: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run([python, "-c", code, *args], capture_output=True, text=True,
+                         env=None if env is None else dict(os.environ, **env))
+    if out.returncode != 0:
+        raise RuntimeError(f"child {python} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def summary(label: str, r: dict) -> str:
     warm = statistics.median(r["warm"])
     util = statistics.median(c / t for c, t in zip(r["cpu"], r["warm"])) / os.cpu_count()
-    return (f"  {label:<16} first call {r['first']:7.3f} s   warm median {warm:7.3f} s (best {min(r['warm']):.3f})"
-            f"   CPU utilization {100 * util:5.1f}% of {os.cpu_count()} cores   peak RSS {r['peak_rss_mb']:7.1f} MiB")
+    gpu = f"   GPU peak {r['gpu_peak_mb']:.0f} MiB" if r.get("gpu_peak_mb") else ""
+    return (f"  {label:<16} first call {r['first']:8.3f} s   warm median {warm:8.3f} s (best {min(r['warm']):.3f})"
+            f"   CPU {100 * util:5.1f}% of {os.cpu_count()} cores   peak RSS {r['peak_rss_mb']:7.0f} MiB{gpu}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nt-python", help="python of a virtual environment with neural-tangents 0.6.5 and jax 0.4.23")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", help="comma-separated workload names")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--gpu", action="store_true", help="add the depth-21 CNN-GAP (per-entry milliseconds)")
+    ap.add_argument("--modes", default="off,on,auto",
+                    help="INFINET_COMPILE settings to run infinet under (see infinet.fused)")
     args = ap.parse_args()
+    workloads = dict(WORKLOADS, **(GPU_WORKLOADS if args.gpu else {}))
+    if args.only:
+        workloads = {k: workloads[k] for k in args.only.split(",")}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (n, depth, head) in WORKLOADS.items():
+        for name, (n, channels, size, tokens) in workloads.items():
             path = os.path.join(tmp, f"{name}.npy")
-            np.save(path, np.random.default_rng(0).normal(size=(n, 1, 8, 8)))
-            child_args = [name, str(depth), head, path, str(args.repeats)]
-            print(f"{name}: N = {n}, depth {depth}, head {head}, float64, NNGP + NTK")
-            ours = run_child(sys.executable, INFINET_CHILD, child_args)
-            print(summary("infinet", ours))
-            results[name] = {"infinet": ours}
+            np.save(path, np.random.default_rng(0).normal(size=(n, channels, size, size)))
+            child_args = [tokens, path, str(args.repeats), args.device, args.dtype]
+            print(f"{name}: N = {n}, {channels} x {size} x {size}, layers '{tokens}', {args.dtype}, NNGP + NTK, "
+                  f"{args.device}", flush=True)
+            results[name] = {}
+            roof = run_child(sys.executable, ROOFLINE_CHILD, child_args)
+            print(f"  roofline proxy {roof['roofline_s']:.3f} s ({roof['passes']} passes per pair, "
+                  f"{roof['pairs']} pairs)", flush=True)
+            for mode in args.modes.split(","):
+                ours = run_child(sys.executable, INFINET_CHILD, child_args, env={"INFINET_COMPILE": mode})
+                warm = statistics.median(ours["warm"])
+                print(summary(f"infinet {mode}", ours))
+                print(f"    infinet {mode} / roofline = {warm / roof['roofline_s']:.2f}x;  "
+                      f"{1e3 * warm / n**2:.3f} ms per kernel entry (N^2 entries)", flush=True)
+                results[name][mode] = {"infinet": ours, "over_roofline": warm / roof["roofline_s"],
+                                       "ms_per_entry": 1e3 * warm / n**2, "warm_s": warm}
+            results[name]["roofline_s"] = roof["roofline_s"]
             if args.nt_python:
-                theirs = run_child(args.nt_python, NT_CHILD, child_args)
+                try:
+                    theirs = run_child(args.nt_python, NT_CHILD, child_args)
+                except RuntimeError as e:
+                    print(f"  neural-tangents failed: {str(e).splitlines()[-1]}")
+                    continue
                 print(summary("neural-tangents", theirs))
                 a, b = np.load(path + ".infinet.npy"), np.load(path + ".nt.npy")
                 rel = float(np.abs(a - b).max() / np.abs(b).max())
-                ratio = statistics.median(theirs["warm"]) / statistics.median(ours["warm"])
-                first = theirs["first"] / ours["first"]
-                print(f"  speed-up vs neural-tangents (warm medians): {ratio:.2f}x; first calls: {first:.2f}x;"
-                      f" max |difference| / max |K| = {rel:.2e}")
-                results[name].update(nt=theirs, speedup_warm=ratio, speedup_first=first, max_rel_difference=rel)
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk.startswith(("speed", "max"))} for k, v in results.items()}))
+                for mode, r in results[name].items():
+                    if mode == "roofline_s":
+                        continue
+                    ratio = r["warm_s"] / statistics.median(theirs["warm"])
+                    print(f"  infinet {mode} / neural-tangents (warm medians): {ratio:.3f}x (first calls "
+                          f"{r['infinet']['first'] / theirs['first']:.3f}x)")
+                    r["time_ratio_vs_nt"] = ratio
+                print(f"  max |difference| / max |K| (last infinet run vs neural-tangents) = {rel:.2e}", flush=True)
+                results[name]["nt"] = {"warm_s": statistics.median(theirs["warm"]), "first_s": theirs["first"],
+                                       "peak_rss_mb": theirs["peak_rss_mb"], "max_rel_difference": rel}
+    print(json.dumps({k: {m: ({kk: vv for kk, vv in r.items() if kk != "infinet"} if isinstance(r, dict) else r)
+                          for m, r in v.items()} for k, v in results.items()}))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ def test_any_n_and_symmetric_tiles_computed_once(monkeypatch):
     calls = []
     original = tiling.kernel_tile
 
-    def spy(layer, a, b, need_ntk, *rest):
+    def spy(layer, a, b, need_ntk, *rest, **options):
         calls.append((len(a), None if b is None else len(b)))
-        return original(layer, a, b, need_ntk, *rest)
+        return original(layer, a, b, need_ntk, *rest, **options)
 
     monkeypatch.setattr(tiling, "kernel_tile", spy)
     tiled = NET.kernel(x, tile_size=3)  # blocks of 3, 3, 1

@@ -89,7 +89,7 @@ __all__ = [
 #: public submodules, imported on first use (``inf.meanfield``) so that ``import infinet`` stays light and never
 #: imports an optional dependency (see :mod:`infinet._extras`)
 SUBMODULES = ("architectures", "datasets", "depth", "empirical", "estimators", "experiments", "fitting",
-              "gaussian", "gpytorch_kernels", "kernel", "layers", "linearization", "masks", "meanfield", "montecarlo", "predict", "report",
+              "fused", "gaussian", "gpytorch_kernels", "kernel", "layers", "linearization", "masks", "meanfield", "montecarlo", "predict", "report",
               "scale", "sklearn_kernels", "solve", "spec", "tiling", "training")
 
 

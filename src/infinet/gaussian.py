@@ -58,13 +58,20 @@ def pair_norm(var1: Tensor, var2: Tensor) -> Tensor:
     that the product would overflow (or lose precision), sqrt(var1) sqrt(var2) instead. Negative
     variances count as 0.
     """
-    var1, var2 = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
+    return _pair_norm(var1, var2, product_safe(var1, var2))
+
+
+def product_safe(var1: Tensor, var2: Tensor) -> bool:
+    """Whether var1 var2 can be formed without overflow or loss of precision (see :func:`pair_norm`)."""
     fi = torch.finfo(var1.dtype)
     high, low = math.sqrt(fi.max) / 4.0, math.sqrt(fi.tiny) * 4.0
     risky = lambda v: bool(((v > high) | ((v > 0) & (v < low))).any())  # noqa: E731
-    if risky(var1) or risky(var2):
-        return torch.sqrt(var1) * torch.sqrt(var2)
-    return torch.sqrt(var1 * var2)
+    return not (risky(var1) or risky(var2))
+
+
+def _pair_norm(var1: Tensor, var2: Tensor, safe: bool) -> Tensor:
+    var1, var2 = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
+    return torch.sqrt(var1 * var2) if safe else torch.sqrt(var1) * torch.sqrt(var2)
 
 
 def correlation(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -178,11 +185,23 @@ def arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = Tru
     """
     if torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad):
         return _arccos_order1_autograd(cov, var1, var2, need_kdot)
+    return _arccos_order1(cov, var1, var2, need_kdot, *elementwise_flags(var1, var2))
+
+
+def elementwise_flags(var1: Tensor, var2: Tensor) -> tuple[bool, bool]:
+    """(some variance is <= 0, var1 var2 is safe to form): the two facts about the (small) variance
+    tensors that the elementwise formulas branch on, decided once outside them (so that the formulas
+    compile to one fused loop, see :mod:`infinet.fused`)."""
+    return bool((var1 <= 0).any()) or bool((var2 <= 0).any()), product_safe(var1, var2)
+
+
+def _arccos_order1(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool, degenerate: bool,
+                   safe: bool) -> Pair:
+    """:func:`arccos_order1` given :func:`elementwise_flags`: elementwise work only, no branch on data."""
     # each step below is one elementwise pass; in-place ops touch only temporaries made here.
     # rho = cov / sqrt(var1 var2) is exactly 1 where cov = var1 = var2 (sqrt(fl(q^2)) = q in IEEE
     # arithmetic), which keeps arccos(rho) exact on the diagonal.
-    degenerate = bool((var1 <= 0).any()) or bool((var2 <= 0).any())
-    norm = pair_norm(var1, var2)
+    norm = _pair_norm(var1, var2, safe)
     safe = torch.where(norm > 0, norm, torch.ones_like(norm)) if degenerate else norm
     rho = torch.div(cov, safe).mul_(1.0 + 4.0 * torch.finfo(cov.dtype).eps).clamp_(-1.0, 1.0)  # clamp_unit
     angle = torch.rsub(torch.arccos(rho), math.pi)  # pi - theta
@@ -246,7 +265,23 @@ def abrelu(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_kdo
     nngp = a b cov + (b - a)^2 E[relu(u) relu(v)] (arc-cosine kernel of order 1, Cho and Saul 2009);
     kdot = a^2 + a (b - a) (P(u > 0) + P(v > 0)) + (b - a)^2 (pi - theta) / (2 pi).
     """
-    relu, both = arccos_order1(cov, var1, var2, need_kdot)
+    if torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad):
+        return _abrelu(a, b, *arccos_order1(cov, var1, var2, need_kdot), cov, var1, var2, need_kdot)
+    return abrelu_step(cov, None, var1, var2, a, b, need_kdot, *elementwise_flags(var1, var2))
+
+
+def abrelu_step(cov: Tensor, ntk: Tensor | None, var1: Tensor, var2: Tensor, a: float, b: float,
+                need_kdot: bool, degenerate: bool, safe: bool):
+    """One ABRelu layer's elementwise work (:func:`abrelu`) given :func:`elementwise_flags`: (nngp, kdot)
+    when ``ntk`` is None, else (nngp, kdot x ntk), the new NTK (Jacot et al. 2018). Pure and free of
+    branches on data, so :mod:`infinet.fused` compiles it into one loop over the tile."""
+    relu, both = _arccos_order1(cov, var1, var2, need_kdot or ntk is not None, degenerate, safe)
+    nngp, kdot = _abrelu(a, b, relu, both, cov, var1, var2, need_kdot or ntk is not None)
+    return (nngp, kdot) if ntk is None else (nngp, kdot * ntk)
+
+
+def _abrelu(a, b, relu, both, cov, var1, var2, need_kdot):
+    """ABRelu's expectations from ReLU's (see :func:`abrelu`)."""
     nngp = relu * (b - a) ** 2 if b - a != 1.0 else relu
     if a != 0.0:
         nngp = torch.add(nngp, cov, alpha=a * b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -35,6 +35,8 @@ class Kernel:
             or None when nothing is padded.
         pattern1, pattern2: the graphs of each batch for :class:`~infinet.Aggregate` (see
             :mod:`infinet.layers.graph`), or None.
+        trace: the :class:`VarianceTrace` that records or replays the self-covariances along the
+            network (set by the tile engine only), or None.
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -49,6 +51,7 @@ class Kernel:
     mask2: Tensor | None = None
     pattern1: Tensor | None = None
     pattern2: Tensor | None = None
+    trace: "VarianceTrace | None" = field(default=None, compare=False, repr=False)
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
@@ -70,13 +73,22 @@ class Kernel:
         nngp[idx, idx] = self.var1
         return self.replace(nngp=nngp)
 
+    @property
+    def replaying(self) -> bool:
+        """True inside a tile whose self-covariances come from a :class:`VarianceTrace`."""
+        return self.trace is not None and self.trace.replaying
+
     def map_variances(self, fn) -> tuple[Tensor, Tensor]:
-        """Apply ``fn`` to var1 and var2, computing it once when the two batches are the same."""
+        """Apply ``fn`` to var1 and var2, computing it once when the two batches are the same. The one
+        place layers update self-covariances: while :attr:`replaying`, nothing is computed (None, None)
+        and the trace supplies the values after the layer."""
+        if self.replaying:
+            return None, None
         var1 = fn(self.var1)
         return var1, (var1 if self.var2 is self.var1 else fn(self.var2))
 
     def _position_variances(self, var: Tensor) -> Tensor:
-        if not self.full:
+        if not self.full or self.replaying:  # a replayed trace holds same-position variances only
             return var
         n, s = len(var), self.spatial
         p = math.prod(s)
@@ -118,14 +130,67 @@ class Kernel:
                 return None
             return t.reshape(*lead, p, p).diagonal(dim1=-2, dim2=-1).reshape(*lead, *s)
 
-        var1 = diag(self.var1, (len(self.var1),))
-        var2 = var1 if self.var2 is self.var1 else diag(self.var2, (len(self.var2),))
+        if self.replaying:
+            var1, var2 = self.var1, self.var2
+        else:
+            var1 = diag(self.var1, (len(self.var1),))
+            var2 = var1 if self.var2 is self.var1 else diag(self.var2, (len(self.var2),))
         return self.replace(nngp=diag(self.nngp, (n1, n2)), ntk=diag(self.ntk, (n1, n2)), var1=var1, var2=var2,
                             full=False)
 
     def nngp_shape(self) -> tuple[int, ...]:
         t = self.nngp if self.nngp is not None else self.ntk
         return tuple(t.shape)
+
+
+class VarianceTrace:
+    """The self-covariances of a network's layers, recorded once per example and replayed in tiles.
+
+    A tile of the kernel between rows x1 and columns x2 needs, at every layer, the self-covariances
+    var1 and var2 of its own examples. Computed inside every tile, they cost as much as the pairs
+    themselves when a tile holds one pair of large feature maps (its var1 and var2 in the full
+    layout are two more (S, S) tensors per (S, S) pair). Instead the tile engine records them while
+    it computes the tiles on the diagonal (``record``: after each layer, the same-position variances
+    of the output, which are all a later layer reads of them), and replays them in the tiles off the
+    diagonal (``replay(entries1, entries2)``): there :meth:`Kernel.map_variances` computes nothing and
+    each layer's output receives the recorded values. Only networks of layers whose self-covariances
+    go through that one method take part (:func:`infinet.layers.base.replays_variances`).
+    """
+
+    def __init__(self, entries1: list | None = None, entries2: list | None = None):
+        self.replaying = entries1 is not None
+        self.entries: list = [] if entries1 is None else entries1
+        self.entries2 = entries2
+        self.cursor = 0
+
+    @classmethod
+    def replay(cls, entries1: list, entries2: list) -> "VarianceTrace":
+        if len(entries1) != len(entries2):
+            raise RuntimeError("internal error: the two traces of a tile have different lengths")
+        return cls(entries1, entries2)
+
+    def step(self, out):
+        """Record the output (a Kernel or a tuple of branches) of one layer, or give it the recorded
+        self-covariances; either way the output carries this trace on."""
+        outs = out if isinstance(out, tuple) else (out,)
+        if self.replaying:
+            if self.cursor >= len(self.entries):
+                raise RuntimeError("internal error: a tile replays more layers than were recorded")
+            e1, e2 = self.entries[self.cursor], self.entries2[self.cursor]
+            self.cursor += 1
+            if len(e1) != len(outs):
+                raise RuntimeError("internal error: a replayed layer has another number of branches than recorded")
+            new = tuple(o.replace(var1=a, var2=b, trace=self) for o, a, b in zip(outs, e1, e2))
+        else:
+            self.entries.append(tuple(o._position_variances(o.var1).contiguous() for o in outs))
+            new = tuple(o.replace(trace=self) for o in outs)
+        return new if isinstance(out, tuple) else new[0]
+
+    def finish(self, out: Kernel) -> Kernel:
+        """The network's output kernel without the trace, after checking that a replay used every entry."""
+        if self.replaying and self.cursor != len(self.entries):
+            raise RuntimeError("internal error: a tile replayed fewer layers than were recorded")
+        return out.replace(trace=None)
 
 
 def parse_get(get: str | Iterable[str]) -> tuple[str, ...]:

@@ -15,9 +15,10 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from . import fused
 from ._allocator import tune_allocator
-from .layers.base import apply_kernel, fit_layout
-from .kernel import Kernel, as_input, check_pair, input_kernel, parse_get, unique_rows
+from .layers.base import apply_kernel, fit_layout, replays_variances
+from .kernel import Kernel, VarianceTrace, as_input, check_pair, input_kernel, parse_get, row_keys, unique_rows
 
 #: bytes of working memory per kernel entry while a tile of a closed-form network is computed
 #: (nngp, ntk and about a dozen elementwise temporaries in float64)
@@ -56,7 +57,8 @@ def aligned(x: Tensor) -> Tensor:
 
 def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
                 masks: tuple[Tensor, Tensor | None] | None = None,
-                patterns: tuple[Tensor, Tensor | None] | None = None) -> Kernel:
+                patterns: tuple[Tensor, Tensor | None] | None = None,
+                trace: VarianceTrace | None = None) -> Kernel:
     """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
 
     Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
@@ -64,7 +66,9 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
     where its rows lie in memory: the same rows give bitwise the same tile in any process.
     ``masks``: the (rows, *S) padding masks of x1 and x2 (x2's None when x2 is None), True at padding
     (:mod:`infinet.masks`); nothing padded in either means no masks. ``patterns``: the graphs of x1 and
-    x2 for :class:`~infinet.Aggregate` (x2's None when x2 is None).
+    x2 for :class:`~infinet.Aggregate` (x2's None when x2 is None). ``trace``: a
+    :class:`~infinet.kernel.VarianceTrace` that records the self-covariances of x1 along the network, or
+    replays recorded ones instead of computing them (the tile engine's business; see :func:`compute_kernel`).
     """
     x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
     if masks is not None:
@@ -72,9 +76,11 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
     k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
+    if trace is not None:
+        k = trace.step(k)
     out = fit_layout(apply_kernel(layer, k, False), False)
     require_vector_output(out)
-    return out
+    return out if trace is None else trace.finish(out)
 
 
 def require_vector_output(out) -> None:
@@ -113,20 +119,34 @@ def tile_ranges(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+#: share of a GPU's free memory that one tile's working set may take when no max_memory is given
+GPU_MEMORY_SHARE = 0.5
+
+
 def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_pair: int = 1,
-                     full: bool = False) -> int:
+                     full: bool = False, device: torch.device | None = None) -> int:
     """``tile_size`` if given, else the largest tile whose working set, ``BYTES_PER_ENTRY x tile^2 x
     entries_per_pair`` bytes, fits ``max_memory`` (default 1 GiB), capped at :data:`DEFAULT_TILE`
     for vectors and at ``CACHE_ENTRIES`` kernel entries for feature maps (``entries_per_pair``:
-    S pixels in the diagonal layout, S^2 in the full one, ``full`` saying which)."""
+    S pixels in the diagonal layout, S^2 in the full one, ``full`` saying which).
+
+    On a CUDA ``device`` without ``max_memory`` the budget is :data:`GPU_MEMORY_SHARE` of the device's
+    free memory and there is no cache cap: a GPU wants few, large tiles (each tile is a few dozen
+    kernel launches, whatever its size)."""
     if tile_size is not None:
         if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
             raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
         return tile_size
+    gpu = device is not None and torch.device(device).type == "cuda"
+    if gpu and max_memory is None:
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, math.isqrt(int(free * GPU_MEMORY_SHARE) // (BYTES_PER_ENTRY * entries_per_pair)))
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     if not isinstance(budget, int) or budget < BYTES_PER_ENTRY:
         raise ValueError(f"max_memory must be an integer number of bytes >= {BYTES_PER_ENTRY}, got {max_memory!r}")
     cap = DEFAULT_TILE if entries_per_pair == 1 else math.isqrt(CACHE_ENTRIES[full] // entries_per_pair)
+    if gpu:
+        cap = math.isqrt(budget)  # no cache to fit
     return max(1, min(cap, math.isqrt(budget // (BYTES_PER_ENTRY * entries_per_pair))))
 
 
@@ -190,7 +210,9 @@ def _tile_results(work, tasks, device):
     GIL inside each operation). At most 2T tiles are in flight."""
     threads = torch.get_num_threads()
     pooled = os.environ.get("INFINET_TILE_POOL", "1") != "0"  # 0: the old way, for benchmarks/under_load.py
-    if device.type != "cpu" or threads < 2 or len(tasks) < 2 or not pooled:
+    # compiled steps (infinet.fused) hold the GIL for their whole loop, so tiles on a pool would wait for
+    # each other; there a tile is a few fused passes, each parallel over all threads
+    if device.type != "cpu" or threads < 2 or len(tasks) < 2 or not pooled or fused.compiling():
         for task in tasks:
             yield task, work(task)
         return
@@ -271,8 +293,11 @@ def compute_kernel(
     patterns = graph_patterns(x1, None if symmetric else x2, pattern, pattern2)
     if patterns is not None and not contains(layer, Aggregate):
         raise ValueError("pattern (graphs) given, but the network has no Aggregate layer to use them")
-    return _compute(layer, x1, None if symmetric else x2, names, masks, patterns, dtype=dtype, tile_size=tile_size,
-                    max_memory=max_memory, progress=progress)
+    pairs = len(x1) * (len(x1) + 1) // 2 if symmetric else len(x1) * len(x2)
+    work = pairs * spatial_cost(layer, tuple(x1.shape[1:]), masks is not None)[0] * layer.n_layers
+    with fused.active(fused.worth_compiling(work)):
+        return _compute(layer, x1, None if symmetric else x2, names, masks, patterns, dtype=dtype,
+                        tile_size=tile_size, max_memory=max_memory, progress=progress)
 
 
 def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, max_memory, progress) -> Kernel:
@@ -293,9 +318,14 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
         return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, patterns, dtype=dtype,
                          tile_size=tile_size, max_memory=max_memory, progress=progress)
-    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), masks is not None))
+    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), masks is not None),
+                            device=x1.device)
     rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
     tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
+    replay = None
+    if _replay_pays(layer, x1, None if symmetric else x2, masks, patterns, len(tasks), size):
+        replay = _Replay(symmetric, len(rows), len(cols))
+        tasks = replay.order(tasks)
 
     def blank(*shape):
         return torch.empty(shape, dtype=dtype, device=x1.device)
@@ -308,6 +338,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     from tqdm.auto import tqdm
 
     def work(task):
+        if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)
+            x = x1[rows[task[2]]] if task[1] == 1 else x2[cols[task[2]]]
+            return replay.record(task[1:], lambda trace: kernel_tile(layer, x, x[:1], False, trace=trace))
         i, j = task
         diagonal = symmetric and i == j
         def part(pair):  # this tile's rows and columns of per-example side data (masks, graphs)
@@ -315,13 +348,25 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
                 return None
             return pair[0][rows[i]], None if diagonal else (pair[0] if symmetric else pair[1])[cols[j]]
 
-        k = kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, part(masks), part(patterns))
+        def tile(trace=None):
+            return kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, part(masks),
+                               part(patterns), trace=trace)
+
+        if replay is None:
+            k = tile()
+        elif diagonal:  # a diagonal tile records its rows' self-covariances for the tiles off the diagonal
+            k = replay.record((1, i), tile)
+        else:
+            k = tile(replay.trace(i, j))
         if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
             k = k.replace(nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T))
         return k
 
     with tqdm(total=len(tasks), desc="kernel tiles", disable=not show, leave=False) as bar:
-        for (i, j), k in _tile_results(work, tasks, x1.device):
+        for task, k in _tile_results(work, tasks, x1.device):
+            if task[0] == "record":
+                continue
+            i, j = task
             r, c = rows[i], cols[j]
             diagonal = symmetric and i == j
             bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not _all_finite(t)]
@@ -348,6 +393,60 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     if symmetric:
         var2 = var1
     return Kernel(nngp if "nngp" in names else None, ntk, var1, var2, shape, symmetric)
+
+
+def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:
+    """Whether tiles should replay self-covariances recorded once per block (:class:`_Replay`): feature maps
+    over several tiles, a network whose every layer supports it, no padding masks or graphs, and (for x1
+    against x2) no input shared by the two batches (their rows get equal self-covariances in a tile, so that
+    rho = 1 exactly) and less work recording (about 2 (N1 + N2) kernels of one example) than it saves
+    (N1 N2 (1 / rows + 1 / columns) per tile, one self-covariance per example of each tile)."""
+    if x1.ndim < 3 or n_tiles < 2 or masks is not None or patterns is not None or not replays_variances(layer):
+        return False
+    if x2 is None:
+        return True
+    if bool(torch.isin(row_keys(x1), row_keys(x2)).any()):
+        return False
+    return len(x1) * len(x2) * 2.0 / size > 2.0 * (len(x1) + len(x2))
+
+
+class _Replay:
+    """Self-covariances recorded once per block of rows (and of columns, for x1 against x2) and replayed in
+    every other tile (:class:`~infinet.kernel.VarianceTrace`). A symmetric kernel records them in its
+    diagonal tiles, which compute those examples' pairs anyway; otherwise each block is recorded in a tile
+    of its examples against its first one. Tiles that replay wait for the blocks they need; those are
+    queued first (:meth:`order`) and a thread pool starts tasks in order, so the wait always ends."""
+
+    def __init__(self, symmetric: bool, n_rows: int, n_cols: int):
+        import threading
+
+        self.symmetric = symmetric
+        keys = [(1, i) for i in range(n_rows)] + ([] if symmetric else [(2, j) for j in range(n_cols)])
+        self.ready = {key: threading.Event() for key in keys}
+        self.entries: dict = {}
+
+    def order(self, tasks: list) -> list:
+        if self.symmetric:
+            return [t for t in tasks if t[0] == t[1]] + [t for t in tasks if t[0] != t[1]]
+        return [("record",) + key for key in self.ready] + tasks
+
+    def record(self, key, compute):
+        """``compute(trace)`` with a recording trace, whose entries become block ``key``'s."""
+        trace = VarianceTrace()
+        try:
+            out = compute(trace)
+            self.entries[key] = trace.entries
+            return out
+        finally:
+            self.ready[key].set()
+
+    def trace(self, i: int, j: int) -> VarianceTrace:
+        a, b = (1, i), ((1, j) if self.symmetric else (2, j))
+        for key in (a, b):
+            self.ready[key].wait()
+            if key not in self.entries:
+                raise RuntimeError(f"the self-covariances of block {key} were not recorded (its tile failed)")
+        return VarianceTrace.replay(self.entries[a], self.entries[b])
 
 
 def kernel_diagonal(layer, x, kernel: str = "nngp") -> Tensor:

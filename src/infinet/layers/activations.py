@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import gaussian
+from .. import fused, gaussian
 from ..kernel import Kernel
 from .base import Context, Function, Layer, Spec, with_shape
 
@@ -24,6 +24,8 @@ class Activation(Layer):
     """Base class: subclasses define ``fn`` (finite) and ``expectations`` (infinite width)."""
 
     masking = "positionwise"
+
+    replays_variances = True  # see infinet.layers.base.replays_variances
 
     def fn(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -58,11 +60,25 @@ class Activation(Layer):
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         var1, var2 = k.pair_variances()
-        nngp, kdot = self.expectations(k.nngp, var1, var2, need_kdot=k.ntk is not None)
-        new_var1, new_var2 = k.map_self(lambda c, a, b: self.expectations(c, a, b, need_kdot=False)[0],
-                                        self.diagonal)
-        ntk = None if k.ntk is None else kdot * k.ntk
+        nngp, ntk = self.step(k.nngp, k.ntk, var1, var2)
+        new_var1, new_var2 = k.map_self(lambda c, a, b: self.step(c, None, a, b)[0], self.diagonal)
         return k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
+
+    def step(self, cov: Tensor, ntk: Tensor | None, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(E[phi(u) phi(v)], E[phi'(u) phi'(v)] x ntk): the layer's elementwise work on a tile (ntk None:
+        the NNGP alone), fused into one compiled loop where :meth:`elementwise_step` gives a pure step
+        (see :mod:`infinet.fused`), else :meth:`expectations` and a product."""
+        fused_step = self.elementwise_step(var1, var2)
+        if fused_step is not None:
+            fn, constants = fused_step
+            return fused.call(fn, cov, ntk, var1, var2, *constants)
+        nngp, kdot = self.expectations(cov, var1, var2, need_kdot=ntk is not None)
+        return nngp, None if ntk is None else kdot * ntk
+
+    def elementwise_step(self, var1: Tensor, var2: Tensor) -> tuple[Callable, tuple] | None:
+        """A pure, branch-free ``fn(cov, ntk, var1, var2, *constants)`` computing :meth:`~Activation.step` and its
+        constants, for the compiler (:mod:`infinet.fused`); None (the default) keeps the eager path."""
+        return None
 
     def module(self, spec, ctx) -> Function:
         self.infer(spec, Context())
@@ -119,6 +135,11 @@ class ABRelu(Activation):
 
     def expectations(self, cov, var1, var2, need_kdot=True):
         return gaussian.abrelu(self.a, self.b, cov, var1, var2, need_kdot)
+
+    def elementwise_step(self, var1, var2):
+        if torch.is_grad_enabled() and (var1.requires_grad or var2.requires_grad):
+            return None  # the autograd-safe path of gaussian.abrelu
+        return gaussian.abrelu_step, (self.a, self.b, False) + gaussian.elementwise_flags(var1, var2)
 
     def diagonal(self, var):
         return 0.5 * (self.a**2 + self.b**2) * var

@@ -204,7 +204,22 @@ def apply_kernel(layer: "Layer", k, full_out):
         from ..masks import remask
 
         out = remask(out)
-    return out
+    trace = (k[0] if isinstance(k, tuple) else k).trace
+    return out if trace is None else trace.step(out)
+
+
+def replays_variances(layer: "Layer") -> bool:
+    """True when every layer of ``layer`` updates self-covariances only through
+    :meth:`infinet.kernel.Kernel.map_variances` and reads them only as same-position
+    variances, so that tiles can replay them (:class:`infinet.kernel.VarianceTrace`). Declared by the
+    class that defines ``kernel_fn`` (``replays_variances = True``), so a subclass with a kernel
+    transform of its own never inherits the claim."""
+    for cls in type(layer).__mro__:
+        if "kernel_fn" in cls.__dict__:
+            if not cls.__dict__.get("replays_variances", False):
+                return False
+            break
+    return all(replays_variances(child) for child in getattr(layer, "layers", ()))
 
 
 def as_layer(obj) -> Layer:

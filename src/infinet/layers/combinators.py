@@ -50,6 +50,8 @@ class Serial(Layer):
 
     masking = "own"  # each part applies its own policy
 
+    replays_variances = True  # see infinet.layers.base.replays_variances
+
     plans_layout = True
 
     def __init__(self, layers: Sequence[Layer]):
@@ -122,6 +124,8 @@ class Identity(Layer):
 
     masking = "own"
 
+    replays_variances = True  # see infinet.layers.base.replays_variances
+
     def __repr__(self) -> str:
         return "Identity()"
 
@@ -139,6 +143,8 @@ class Parallel(Layer):
     """Apply the i-th layer to the i-th branch (input: a tuple of as many branches as layers)."""
 
     masking = "own"
+
+    replays_variances = True  # see infinet.layers.base.replays_variances
 
     def __init__(self, layers: Sequence[Layer]):
         if not layers:
@@ -190,6 +196,8 @@ class FanOut(Layer):
     """Copy one input into ``n`` branches."""
 
     masking = "own"
+
+    replays_variances = True  # see infinet.layers.base.replays_variances
 
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -281,6 +289,8 @@ def _same_shapes(layer, branches) -> tuple[int, ...] | None:
 
 class FanInSum(_FanIn):
     """Sum of branches: K = sum_i K_i, Theta = sum_i Theta_i (independent branches)."""
+
+    replays_variances = True  # sums same-position variances as well as full ones
 
     def infer(self, spec, ctx):
         branches = self._check(spec)

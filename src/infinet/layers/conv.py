@@ -44,6 +44,8 @@ class Conv(Layer):
 
     transpose = False
 
+    replays_variances = True  # see infinet.layers.base.replays_variances
+
     def __init__(
         self,
         out_channels: int,
@@ -139,8 +141,7 @@ class Conv(Layer):
             out = scaled_taps(t, lead)
             return out.add_(b2) if b2 else out  # in place on a fresh result (autograd keeps the product's inputs)
 
-        var1 = affine(k.var1, 1)
-        var2 = var1 if k.var2 is k.var1 else affine(k.var2, 1)
+        var1, var2 = k.map_variances(lambda v: affine(v, 1))
         ntk = k.ntk
         if self.parameterization == "ntk":
             nngp = affine(k.nngp, 2)

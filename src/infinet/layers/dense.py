@@ -74,6 +74,8 @@ class Dense(Layer):
 
     masking = "positionwise"
 
+    replays_variances = True  # see infinet.layers.base.replays_variances
+
     def __init__(
         self,
         out_features: int,

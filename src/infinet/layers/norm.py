@@ -110,6 +110,8 @@ class Dropout(Layer):
 
     masking = "positionwise"
 
+    replays_variances = True  # see infinet.layers.base.replays_variances
+
     def __init__(self, rate: float, train: bool = True):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")

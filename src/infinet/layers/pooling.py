@@ -23,9 +23,9 @@ from .base import Context, Layer, Spec, with_shape
 def _map_linear(k: Kernel, fn, **changes) -> Kernel:
     """Apply a linear map ``fn(tensor, n_batch_axes)`` to nngp, ntk and the self-covariances alike
     (parameter-free linear layers transform all of them the same way)."""
-    var1 = fn(k.var1, 1)
+    var1, var2 = k.map_variances(lambda v: fn(v, 1))
     return k.replace(nngp=None if k.nngp is None else fn(k.nngp, 2), ntk=None if k.ntk is None else fn(k.ntk, 2),
-                     var1=var1, var2=var1 if k.var2 is k.var1 else fn(k.var2, 1), **changes)
+                     var1=var1, var2=var2, **changes)
 
 
 def _spatial_input(layer, shape, minimum=1):
@@ -36,6 +36,8 @@ def _spatial_input(layer, shape, minimum=1):
 
 class _Pool(Layer):
     scale_by_window = True
+
+    replays_variances = True  # see infinet.layers.base.replays_variances
 
     def __init__(self, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: str = "VALID"):
         self.window = window
@@ -117,6 +119,8 @@ class GlobalAvgPool(Layer):
 
     masking = "own"
 
+    replays_variances = True  # see infinet.layers.base.replays_variances
+
     sum_pool = False
 
     def __repr__(self) -> str:
@@ -186,6 +190,8 @@ class Flatten(Layer):
     same-position pairs are needed, so the layers before it keep the diagonal layout)."""
 
     masking = "own"
+
+    replays_variances = True  # see infinet.layers.base.replays_variances
 
     def __repr__(self) -> str:
         return "Flatten()"

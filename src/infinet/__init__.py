@@ -24,6 +24,8 @@ from .layers import (
     Rbf,
     Slice,
     AvgPool,
+    MaxPool,
+    MinPool,
     Conv,
     ConvTranspose,
     Dropout,
@@ -77,7 +79,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
-    "AvgPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
+    "AvgPool", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "GlobalSelfAttention", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Sigmoid", "Sign",
@@ -89,7 +91,7 @@ __all__ = [
 #: public submodules, imported on first use (``inf.meanfield``) so that ``import infinet`` stays light and never
 #: imports an optional dependency (see :mod:`infinet._extras`)
 SUBMODULES = ("architectures", "datasets", "depth", "empirical", "estimators", "experiments", "fitting",
-              "fused", "gaussian", "gpytorch_kernels", "kernel", "layers", "linearization", "masks", "meanfield", "montecarlo", "predict", "report",
+              "fused", "gaussian", "sampling", "gpytorch_kernels", "kernel", "layers", "linearization", "masks", "meanfield", "montecarlo", "predict", "report",
               "scale", "sklearn_kernels", "solve", "spec", "tiling", "training")
 
 

@@ -22,7 +22,7 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
 
 \b
   dense and convolutional: Dense, Conv, ConvTranspose, ConvLocal (unshared weights)
-  pooling and shape: AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten,
+  pooling and shape: AvgPool, SumPool, MaxPool, MinPool (sampled kernels), GlobalAvgPool, GlobalSumPool, Flatten,
     Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
   sequences: Recurrent, Reverse, bidirectional, GlobalSelfAttention

@@ -37,6 +37,9 @@ class Kernel:
             :mod:`infinet.layers.graph`), or None.
         trace: the :class:`VarianceTrace` that records or replays the self-covariances along the
             network (set by the tile engine only), or None.
+        nngp_se, ntk_se: standard errors of nngp and ntk when the network has sampled layers (layers
+            without closed forms, :mod:`infinet.sampling`), else None.
+        sampling: the replicate a tile computes, for sampled layers (set by the tile engine), or None.
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -52,6 +55,9 @@ class Kernel:
     pattern1: Tensor | None = None
     pattern2: Tensor | None = None
     trace: "VarianceTrace | None" = field(default=None, compare=False, repr=False)
+    nngp_se: Tensor | None = None
+    ntk_se: Tensor | None = None
+    sampling: object = field(default=None, compare=False, repr=False)
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
@@ -72,6 +78,11 @@ class Kernel:
         idx = torch.arange(len(self.var1), device=nngp.device)
         nngp[idx, idx] = self.var1
         return self.replace(nngp=nngp)
+
+    @property
+    def sampled(self) -> bool:
+        """True when the values are estimates (the network has sampled layers): see nngp_se, ntk_se."""
+        return self.nngp_se is not None or self.ntk_se is not None
 
     @property
     def replaying(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import fused
+from . import fused, sampling
 from ._allocator import tune_allocator
 from .layers.base import apply_kernel, fit_layout, replays_variances
 from .kernel import Kernel, VarianceTrace, as_input, check_pair, input_kernel, parse_get, row_keys, unique_rows
@@ -76,11 +76,30 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
     k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
+    replicates = sampling.plan(layer)
+    if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
+        return _replicated(layer, k, *replicates)
     if trace is not None:
         k = trace.step(k)
     out = fit_layout(apply_kernel(layer, k, False), False)
     require_vector_output(out)
     return out if trace is None else trace.finish(out)
+
+
+def _replicated(layer, k: Kernel, replicates: int, seed: int) -> Kernel:
+    """The kernel of a network with sampled layers (:mod:`infinet.sampling`): the mean of ``replicates``
+    independent estimates, each with its own points in every sampled layer, and the standard errors of
+    the mean in nngp_se and ntk_se."""
+    outs = []
+    for r in range(replicates):
+        out = fit_layout(apply_kernel(layer, k.replace(sampling=sampling.SamplingState(seed, r)), False), False)
+        require_vector_output(out)
+        outs.append(out)
+    nngp, nngp_se = sampling.replicate_statistics([o.nngp for o in outs])
+    ntk, ntk_se = (None, None) if outs[0].ntk is None else sampling.replicate_statistics([o.ntk for o in outs])
+    var1 = torch.stack([o.var1 for o in outs]).mean(0)
+    var2 = var1 if outs[0].var2 is outs[0].var1 else torch.stack([o.var2 for o in outs]).mean(0)
+    return outs[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, nngp_se=nngp_se, ntk_se=ntk_se, sampling=None)
 
 
 def require_vector_output(out) -> None:
@@ -332,6 +351,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
 
     nngp, var1, var2 = blank(len(x1), len(x2)), blank(len(x1)), blank(len(x2))
     ntk = blank(len(x1), len(x2)) if need_ntk else None
+    sampled = sampling.plan(layer) is not None
+    nngp_se = blank(len(x1), len(x2)) if sampled else None
+    ntk_se = blank(len(x1), len(x2)) if sampled and need_ntk else None
     shape: tuple[int, ...] = ()
     done: list[tuple[int, int]] = []
     show = progress if progress is not None else (len(tasks) > 1 and sys.stderr.isatty())
@@ -358,8 +380,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
             k = replay.record((1, i), tile)
         else:
             k = tile(replay.trace(i, j))
-        if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit
-            k = k.replace(nngp=0.5 * (k.nngp + k.nngp.T), ntk=None if k.ntk is None else 0.5 * (k.ntk + k.ntk.T))
+        if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit (or by sampling)
+            sym = lambda t: None if t is None else 0.5 * (t + t.T)  # noqa: E731
+            k = k.replace(nngp=sym(k.nngp), ntk=sym(k.ntk), nngp_se=sym(k.nngp_se), ntk_se=sym(k.ntk_se))
         return k
 
     with tqdm(total=len(tasks), desc="kernel tiles", disable=not show, leave=False) as bar:
@@ -378,13 +401,11 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
                     "the tiles already computed are in the exception's .partial",
                     partial,
                 )
-            nngp[r, c] = k.nngp
-            if ntk is not None:
-                ntk[r, c] = k.ntk
-            if symmetric and not diagonal:
-                nngp[c, r] = k.nngp.T
-                if ntk is not None:
-                    ntk[c, r] = k.ntk.T
+            for out, value in ((nngp, k.nngp), (ntk, k.ntk), (nngp_se, k.nngp_se), (ntk_se, k.ntk_se)):
+                if out is not None:
+                    out[r, c] = value
+                    if symmetric and not diagonal:
+                        out[c, r] = value.T
             var1[r] = k.var1
             var2[c] = k.var2
             shape = k.shape
@@ -392,7 +413,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
             bar.update()
     if symmetric:
         var2 = var1
-    return Kernel(nngp if "nngp" in names else None, ntk, var1, var2, shape, symmetric)
+    keep = "nngp" in names
+    return Kernel(nngp if keep else None, ntk, var1, var2, shape, symmetric, nngp_se=nngp_se if keep else None,
+                  ntk_se=ntk_se)
 
 
 def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:

@@ -1,0 +1,231 @@
+"""Max and min pooling: finite modules and sampled kernel transforms (:mod:`infinet.sampling`).
+
+The maximum of a window of jointly Gaussian pre-activations has no closed-form covariance (except for
+a window of one), so the kernel is estimated per layer: for each pair of examples and pair of output
+positions (o, o'), the 2w Gaussian inputs of the two windows are drawn with the covariance the
+kernel holds and the layer's own operation is applied to them,
+
+    K'(x, o; x', o') = E[g(u) g(u')],  g(u) = act(max_{a in W(o)} u_a),
+    Theta'(x, o; x', o') = E[act'(g) act'(g') Theta(x, a*; x', b*)],  a*, b* the argmax of each window
+
+(the derivative of a maximum is the indicator of its argmax; Jacot et al. 2018 for the NTK's chain
+rule). ``activation`` is applied after the maximum, inside the same expectation, because an
+activation needs Gaussian inputs and a maximum is not Gaussian; for a non-decreasing activation
+(ReLU, erf, tanh, ...) act(max u) = max act(u), so ``MaxPool(2, activation=Relu())`` after a
+convolution is the usual Conv > Relu > MaxPool. Padding positions ('SAME') never win the maximum.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import sampling
+from ..kernel import Kernel
+from . import spatial as sp
+from .activations import Activation
+from .base import Context, Spec, with_shape
+from .pooling import _Pool
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+class MaxPool(_Pool):
+    """Max pooling over ``window`` moved by ``stride`` (default: the window), padding 'VALID' (default),
+    'SAME' (padding never wins) or 'CIRCULAR'; then ``activation`` (an infinet activation, or None).
+
+    Kernel: sampled (see the module docstring), with ``samples`` quasi-random points per replicate and
+    ``replicates`` independent replicates of the whole network for standard errors (the network uses the
+    largest ``replicates`` of its sampled layers), seeded by ``seed``. Cost per pair of examples:
+    O^2 x samples x replicates x (2w)^2 for O output positions and windows of w inputs.
+    """
+
+    sign = 1.0  # MinPool: -1 (min u = -max(-u))
+
+    sampled = True  # the tile engine runs replicates for standard errors (infinet.sampling.plan)
+
+    def __init__(self, window, stride=None, padding: str = "VALID", activation: Activation | None = None,
+                 samples: int = sampling.DEFAULT_SAMPLES, replicates: int = sampling.DEFAULT_REPLICATES,
+                 seed: int = 0):
+        super().__init__(window, stride, padding)
+        if activation is not None and not isinstance(activation, Activation):
+            raise TypeError(f"{type(self).__name__} activation must be an infinet activation such as Relu(), "
+                            f"got {activation!r}")
+        for name, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{type(self).__name__} {name} must be an integer >= {low}, got {value!r}")
+        self.activation, self.samples, self.replicates, self.seed = activation, samples, replicates, seed
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.window!r}, stride={self.stride!r}, padding={self.padding!r}, "
+                f"activation={self.activation!r}, samples={self.samples}, replicates={self.replicates}, "
+                f"seed={self.seed})")
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        if not spec.gaussian:
+            raise ValueError(
+                f"{self!r} needs Gaussian inputs at infinite width (a Conv or Dense right before it): for a "
+                f"non-decreasing activation, Conv > Relu > {type(self).__name__} is Conv > "
+                f"{type(self).__name__}(..., activation=Relu())")
+        out = super().infer(spec, ctx)
+        return with_shape(out, out.shape, gaussian=False, fresh=None)
+
+    # -- windows ---------------------------------------------------------------------------------------
+    def windows(self, spatial: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        """(index (O, w) of flat input positions, valid (O, w), output spatial shape) for inputs of spatial
+        shape ``spatial``; padded taps have valid False (index 0)."""
+        geo = self.geometry((1,) + tuple(spatial))
+        per_dim = []
+        for size, (w, s, before, after, n_out) in zip(spatial, geo):
+            rows = []
+            for o in range(n_out):
+                taps = []
+                for a in range(w):
+                    i = s * o + a - before
+                    if self.padding == "CIRCULAR":
+                        taps.append((i % size, True))
+                    else:
+                        taps.append((i, 0 <= i < size))
+                rows.append(taps)
+            per_dim.append(rows)
+        strides = [math.prod(spatial[d + 1:]) for d in range(len(spatial))]
+        index, valid = [], []
+        for outs in itertools.product(*per_dim):
+            idx_row, ok_row = [], []
+            for taps in itertools.product(*outs):
+                ok = all(t[1] for t in taps)
+                idx_row.append(sum(t[0] * st for t, st in zip(taps, strides)) if ok else 0)
+                ok_row.append(ok)
+            index.append(idx_row)
+            valid.append(ok_row)
+        return torch.tensor(index), torch.tensor(valid), tuple(g[4] for g in geo)
+
+    # -- kernel ----------------------------------------------------------------------------------------
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if not k.full:
+            raise ValueError(f"{self!r} needs the full pixel-pair kernel (internal layout error)")
+        spatial = k.spatial
+        index, valid, out_spatial = self.windows(spatial)
+        dev = k.var1.device
+        index, valid = index.to(dev), valid.to(dev)
+        p, (o, w) = math.prod(spatial), index.shape
+        state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
+        z = sampling.normal_points(self.samples, 2 * w, state.next_seed(), k.var1.dtype, dev)
+        z = sampling.swap_symmetric(z, w)
+
+        def flat(t, lead):
+            return t.reshape(*t.shape[:lead], p, p)
+
+        def blocks(t):  # (..., P, P) -> (..., O, O, w, w): the window of o against the window of o'
+            return t[..., index[:, None, :, None], index[None, :, None, :]]
+
+        v1 = flat(k.var1, 1)
+        v2 = v1 if k.var2 is k.var1 else flat(k.var2, 1)
+        own1 = blocks(v1).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)  # (n1, O, w, w)
+        own2 = own1 if v2 is v1 else blocks(v2).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+
+        def pairs(cross, left, right, theta):
+            """E[g g'] (and the NTK term) for cross blocks (A, B, O, O, w, w) with the windows' own
+            covariances left (A, O, w, w) and right (B, O, w, w)."""
+            a, b = cross.shape[:2]
+            c11 = left[:, None, :, None].expand(a, b, o, o, w, w).reshape(-1, w, w)
+            c22 = right[None, :, None, :].expand(a, b, o, o, w, w).reshape(-1, w, w)
+            c12 = cross.reshape(-1, w, w)
+            th = None if theta is None else theta.reshape(-1, w, w)
+            ok_a = valid[None, None, :, None].expand(a, b, o, o, w).reshape(-1, w)
+            ok_b = valid[None, None, None, :].expand(a, b, o, o, w).reshape(-1, w)
+            out_k, out_t = [], []
+            for part in sampling.chunks(len(c12), self.samples * 4 * w * w):
+                kk, tt = self._expect(c11[part], c12[part], c22[part], ok_a[part], ok_b[part],
+                                      None if th is None else th[part], z)
+                out_k.append(kk)
+                out_t.append(tt)
+            shape = (a, b) + out_spatial * 2
+            nngp = torch.cat(out_k).reshape(shape)
+            return nngp, None if theta is None else torch.cat(out_t).reshape(shape)
+
+        nngp, ntk = pairs(blocks(flat(k.nngp, 2)), own1, own2, None if k.ntk is None else blocks(flat(k.ntk, 2)))
+
+        def self_cov(v, own):  # (n, P, P) -> (n, *So, *So): each example with itself
+            out = [pairs(blocks(v[i])[None, None], own[i:i + 1], own[i:i + 1], None)[0][0] for i in range(len(v))]
+            return torch.cat(out, 0) if out else v.new_zeros((0,) + out_spatial * 2)
+
+        var1 = self_cov(v1, own1)
+        var2 = var1 if v2 is v1 else self_cov(v2, own2)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(k.shape[0],) + out_spatial)
+
+    def _expect(self, c11, c12, c22, ok_a, ok_b, theta, z):
+        """Sample means of g(u) g(u') and of act'(g) act'(g') Theta[a*, b*] over the points ``z``."""
+        ua, ub = sampling.joint_samples(c11, c12, c22, z)  # (B, n, w)
+        ua = (self.sign * ua).masked_fill(~ok_a[:, None, :], -math.inf)
+        ub = (self.sign * ub).masked_fill(~ok_b[:, None, :], -math.inf)
+        ma, ia = ua.max(-1)
+        mb, ib = ub.max(-1)
+        ga, gb = self._act(self.sign * ma, theta is not None), self._act(self.sign * mb, theta is not None)
+        nngp = (ga[0] * gb[0]).mean(-1)
+        if theta is None:
+            return nngp, None
+        picked = torch.gather(theta.reshape(len(theta), -1), 1, ia * theta.shape[-1] + ib)  # Theta[a*, b*]
+        return nngp, (ga[1] * gb[1] * picked).mean(-1)
+
+    def _act(self, m: Tensor, need_derivative: bool):
+        """(act(m), act'(m)) elementwise; the identity without an activation."""
+        if self.activation is None:
+            return m, torch.ones_like(m) if need_derivative else None
+        if not need_derivative:
+            return self.activation.fn(m), None
+        derivative = self.activation.derivative()
+        if derivative is not None:
+            return self.activation.fn(m), derivative(m)
+        with torch.enable_grad():
+            leaf = m.detach().requires_grad_(True)
+            value = self.activation.fn(leaf)
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), grad
+
+    # -- finite module ---------------------------------------------------------------------------------
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        self.infer(spec, Context())
+        return MaxPoolModule(self)
+
+
+class MinPool(MaxPool):
+    """Min pooling (min over the window = -max(-u)), then ``activation``; kernel sampled as for MaxPool."""
+
+    sign = -1.0
+
+
+class MaxPoolModule(nn.Module):
+    """Finite max (min) pooling of :class:`MaxPool` (:class:`MinPool`), then its activation."""
+
+    def __init__(self, layer: MaxPool):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        geo = layer.geometry(tuple(x.shape[1:]))
+        y = layer.sign * x
+        for i, (w, s, before, after, _) in enumerate(geo):
+            if layer.padding == "CIRCULAR":
+                y = sp.pad_axis(y, 2 + i, before, after, circular=True)
+            elif before or after:
+                y = F.pad(y, _pad_spec(y.ndim, 2 + i, before, after), value=-math.inf)
+        y = _MAX_POOL[len(geo)](y, [g[0] for g in geo], [g[1] for g in geo])
+        y = layer.sign * y
+        return y if layer.activation is None else layer.activation.fn(y)
+
+    def extra_repr(self) -> str:
+        return repr(self.layer)
+
+
+def _pad_spec(ndim: int, axis: int, before: int, after: int) -> list[int]:
+    """F.pad's list (pairs from the last axis backwards) padding only ``axis``."""
+    spec = [0, 0] * (ndim - axis)
+    spec[2 * (ndim - 1 - axis)] = before
+    spec[2 * (ndim - 1 - axis) + 1] = after
+    return spec

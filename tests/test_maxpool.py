@@ -1,0 +1,131 @@
+"""MaxPool and MinPool: finite modules, sampled kernels (infinet.sampling) against closed forms and against
+Monte Carlo of wide finite networks, standard errors, and the errors they refuse."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import infinet as inf
+
+F64 = torch.float64
+W = 1024
+
+
+def inputs(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def combined_z(estimate, se, reference, reference_se=None):
+    """Largest |difference| / combined standard error over the entries on or above the diagonal."""
+    n = estimate.shape[0]
+    rows, cols = torch.triu_indices(n, n)
+    var = se**2 + (0.0 if reference_se is None else reference_se**2)
+    return float(((estimate - reference) / var.sqrt())[rows, cols].abs().max())
+
+
+@pytest.mark.parametrize("activation", [inf.Relu(), inf.Erf(), inf.Gelu()])
+def test_window_of_one_equals_the_closed_form(activation):
+    """A window of one is the activation itself: the sampler against closed forms (and quadrature)."""
+    x = inputs(4, 2, 5, 5, seed=1)
+    sampled = inf.serial(inf.Conv(3, 3, w_std=1.4, b_std=0.2), inf.MaxPool(1, activation=activation, seed=3),
+                         inf.Conv(3, 3), inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1)).kernel(x)
+    exact = inf.serial(inf.Conv(3, 3, w_std=1.4, b_std=0.2), activation, inf.Conv(3, 3), inf.Relu(),
+                       inf.GlobalAvgPool(), inf.Dense(1)).kernel(x)
+    assert sampled.sampled and not exact.sampled
+    for name in ("nngp", "ntk"):
+        est, se = getattr(sampled, name), getattr(sampled, name + "_se")
+        assert float((se / est.abs()).max()) < 0.02  # the check below has teeth
+        assert combined_z(est, se, getattr(exact, name)) < 4.0, name
+
+
+CASES = {
+    "max-2d-relu": (lambda: inf.serial(inf.Conv(W, 3, w_std=1.4, b_std=0.1), inf.MaxPool(2, activation=inf.Relu()),
+                                       inf.Conv(W, 3), inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1)), (3, 2, 4, 4)),
+    "max-1d-same-stride1": (lambda: inf.serial(inf.Conv(W, 3, w_std=1.3), inf.MaxPool(3, stride=1, padding="SAME"),
+                                               inf.Flatten(), inf.Dense(1)), (3, 2, 5)),
+    "min-2d-circular-erf": (lambda: inf.serial(inf.Conv(W, 3, w_std=1.2, b_std=0.2),
+                                               inf.MinPool(2, padding="CIRCULAR", activation=inf.Erf()),
+                                               inf.GlobalAvgPool(), inf.Dense(1)), (3, 2, 3, 4)),
+    "max-3d": (lambda: inf.serial(inf.Conv(W, 2, w_std=1.3), inf.MaxPool((2, 1, 2)), inf.Flatten(), inf.Dense(1)),
+               (3, 1, 2, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sampled_kernel_matches_wide_finite_networks(name):
+    make, shape = CASES[name]
+    net = make()
+    x = inputs(*shape, seed=2)
+    sampled = net.kernel(x)
+    mc = inf.monte_carlo_kernel(net, x, n_samples=48, seed=4)
+    for field in ("nngp", "ntk"):
+        z = combined_z(getattr(sampled, field), getattr(sampled, field + "_se"), getattr(mc, field),
+                       getattr(mc, field + "_stderr"))
+        assert z < 4.0, (field, z)
+
+
+def test_standard_errors_are_honest_and_shrink():
+    """Over independent seeds the spread of the estimates matches the reported standard error, and more
+    samples give smaller errors."""
+    x = inputs(3, 1, 4, 4, seed=5)
+
+    def net(seed, samples=64):
+        return inf.serial(inf.Conv(2, 3, w_std=1.5), inf.MaxPool(2, activation=inf.Relu(), samples=samples,
+                                                                   replicates=4, seed=seed),
+                          inf.GlobalAvgPool(), inf.Dense(1))
+
+    runs = [net(seed).kernel(x) for seed in range(12)]
+    spread = torch.stack([r.nngp for r in runs]).std(0, correction=1)
+    reported = torch.stack([r.nngp_se for r in runs]).mean(0)
+    ratio = float((spread / reported).mean())
+    assert 0.5 < ratio < 2.0, ratio  # 12 seeds of 4 replicates: the ratio is known to about +-30%
+    more = net(0, samples=1024).kernel(x)
+    assert float(more.nngp_se.mean()) < 0.5 * float(reported.mean())
+
+
+def test_kernel_is_symmetric_finite_and_psd_within_its_error():
+    x = inputs(6, 2, 4, 4, seed=6)
+    net = inf.serial(inf.Conv(3, 3, w_std=1.5, b_std=0.1), inf.MaxPool(2, activation=inf.Relu()), inf.Conv(3, 3),
+                     inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1))
+    k = net.kernel(x, tile_size=2)
+    one = net.kernel(x, tile_size=6)
+    for name in ("nngp", "ntk"):
+        t, se = getattr(k, name), getattr(k, name + "_se")
+        assert torch.isfinite(t).all() and torch.isfinite(se).all()
+        assert torch.equal(t, t.T)
+        # the sampling error perturbs the matrix by at most ~ the Frobenius norm of its standard errors
+        assert float(torch.linalg.eigvalsh(t).min()) > -4 * float(se.norm())
+        # tiles use the same points for the same layer: tiling changes only the last bits
+        assert torch.allclose(t, getattr(one, name), rtol=1e-12, atol=1e-12)
+
+
+def test_finite_modules():
+    x = inputs(2, 3, 5, 6, seed=7)
+    valid = inf.serial(inf.Conv(3, 1), inf.MaxPool(2)).build(seed=0)
+    conv = valid[0]
+    assert torch.equal(valid(x), F.max_pool2d(conv(x), 2))
+    same = inf.serial(inf.Conv(3, 1), inf.MaxPool(2, stride=1, padding="SAME", activation=inf.Relu())).build(seed=0)
+    y = same[0](x)
+    expected = torch.relu(F.max_pool2d(F.pad(y, (0, 1, 0, 1), value=-math.inf), 2, stride=1))
+    assert torch.equal(same(x), expected)  # padding never wins, even where every real value is negative
+    low = inf.serial(inf.Conv(3, 1), inf.MinPool(2)).build(seed=0)
+    assert torch.equal(low(x), -F.max_pool2d(-low[0](x), 2))
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="Gaussian inputs.*activation=Relu"):
+        inf.serial(inf.Conv(2, 3), inf.Relu(), inf.MaxPool(2)).kernel(inputs(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="Gaussian"):
+        inf.serial(inf.Conv(2, 3), inf.MaxPool(2), inf.Relu(), inf.Flatten(), inf.Dense(1)).kernel(inputs(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="samples"):
+        inf.MaxPool(2, samples=1)
+    with pytest.raises(ValueError, match="replicates"):
+        inf.MaxPool(2, replicates=1)
+    with pytest.raises(TypeError, match="activation"):
+        inf.MaxPool(2, activation=torch.relu)
+    with pytest.raises(ValueError, match="does not fit"):
+        inf.serial(inf.Conv(2, 3), inf.MaxPool(5), inf.Flatten(), inf.Dense(1)).kernel(inputs(2, 1, 4, 4))

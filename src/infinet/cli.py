@@ -26,7 +26,7 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
     Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
   sequences: Recurrent, Reverse, bidirectional, GlobalSelfAttention
-  normalization: LayerNorm, Dropout
+  normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel)
   activations: Relu, LeakyRelu, ABRelu, Abs, Sign, Erf, Gelu, Sin, Cos, Gaussian, Exp,
     Monomial, RectifiedMonomial, Polynomial, Hermite, Rbf, Gabor, ExpNormalized,
     Tanh, Sigmoid, Softplus, Silu, Elu

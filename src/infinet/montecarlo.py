@@ -83,6 +83,17 @@ def _ntk_sample(model, x1: Tensor, x2: Tensor) -> Tensor:
     return empirical_ntk(model, x1, None if x2 is x1 else x2, trace=True)
 
 
+def _batch_ntk_sample(model, x: Tensor) -> Tensor:
+    """One network's empirical NTK of a whole batch, from the Jacobian of the batch's outputs (for networks
+    whose outputs depend on the whole batch, :class:`~infinet.BatchNorm`): (1/O) sum_o J_o J_o^T."""
+    from torch.func import functional_call, jacrev
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    jac = jacrev(lambda p: functional_call(model, p, (x,)).reshape(len(x), -1))(params)
+    flat = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], -1)  # (N, O, P)
+    return (torch.einsum("iop,jop->ij", flat, flat) / flat.shape[1]).detach()
+
+
 def monte_carlo_kernel(
     net,
     x1,
@@ -103,7 +114,9 @@ def monte_carlo_kernel(
     :meth:`~infinet.layers.base.Layer.kernel` as widths grow (Lee et al. 2018; Jacot et al. 2018); the standard errors make
     that comparison a statistical test. Seeds are derived from ``seed``: same seed, same numbers.
     Networks with :class:`~infinet.Aggregate` take the graphs ``pattern`` (of x1) and ``pattern2`` (of
-    x2; default ``pattern`` when x2 is None); their NTK is computed one example at a time.
+    x2; default ``pattern`` when x2 is None); their NTK is computed one example at a time. Networks with
+    :class:`~infinet.BatchNorm` normalize over x1 as one batch (x2 must be None), and their NTK comes
+    from the Jacobian of the whole batch's outputs.
     """
     names = parse_get(get)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
@@ -121,6 +134,11 @@ def monte_carlo_kernel(
     out_spec = net.check(x1.shape[1:])
     if isinstance(out_spec, tuple):
         raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
+    from . import sampling
+
+    batch = sampling.whole_batch(net)
+    if batch:
+        sampling.check_whole_batch(net, same, None, len(x1), False, patterns is not None)
     gen = torch.Generator().manual_seed(int(seed))
     nngps, ntks = [], []
     for _ in range(n_samples):
@@ -137,7 +155,7 @@ def monte_carlo_kernel(
             if "nngp" in names:
                 nngps.append(_nngp_sample(net, model, x1, x2))
         if "ntk" in names:
-            ntks.append(_ntk_sample(model, x1, x2))
+            ntks.append(_batch_ntk_sample(model, x1) if batch else _ntk_sample(model, x1, x2))
 
     def summary(samples):
         if not samples:

@@ -59,18 +59,36 @@ class SamplingState:
         return int.from_bytes(digest, "little") >> 1
 
 
+def _parts(layer):
+    yield layer
+    for child in getattr(layer, "layers", ()):
+        yield from _parts(child)
+
+
+def whole_batch(layer) -> bool:
+    """Whether the network normalizes over the batch (:class:`~infinet.BatchNorm`): its kernel exists only
+    among the examples of one batch, computed together."""
+    return any(getattr(part, "batch_statistics", False) for part in _parts(layer))
+
+
+def check_whole_batch(layer, symmetric: bool, tile_size: int | None, n: int, masked: bool, graphs: bool) -> None:
+    """Refuse what has no well-defined limit for a network with batch statistics (see
+    :mod:`infinet.layers.batchnorm`)."""
+    if not symmetric:
+        raise ValueError("the network has BatchNorm: train-mode batch statistics define a kernel only among the "
+                         "examples of one batch; compute net.kernel(x) of the whole batch, not x1 against x2")
+    if tile_size is not None and tile_size < n:
+        raise ValueError(f"the network has BatchNorm: its statistics need the whole batch of {n} examples in one "
+                         f"tile, not tile_size={tile_size}")
+    if masked or graphs:
+        raise ValueError("the network has BatchNorm: padding masks and graphs are not supported with batch "
+                         "statistics")
+
+
 def plan(layer) -> tuple[int, int] | None:
     """(replicates, seed) for a network with sampled layers (``sampled = True``): the largest
     ``replicates`` among them and a seed combining theirs; None when nothing is sampled."""
-    found = []
-
-    def walk(part):
-        if getattr(part, "sampled", False):
-            found.append(part)
-        for child in getattr(part, "layers", ()):
-            walk(child)
-
-    walk(layer)
+    found = [part for part in _parts(layer) if getattr(part, "sampled", False)]
     if not found:
         return None
     seed = int.from_bytes(hashlib.blake2b(repr([p.seed for p in found]).encode(), digest_size=8).digest(), "little")

@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import sampling
 from ._extras import require
 from .kernel import as_input, parse_get
 from .solve import CGReport, TiledKernel, conjugate_gradient
@@ -211,6 +212,9 @@ def kernel_to_store(
     x1 = as_input(x1, "x1", DTYPES[dtype])
     x2 = None if x2 is None else as_input(x2, "x2", DTYPES[dtype])
     net.check(tuple(x1.shape[1:]))
+    if sampling.whole_batch(net):
+        raise ValueError("the network has BatchNorm: its kernel needs the whole batch in one computation "
+                         "(net.kernel(x)); stores of tiles are not supported")
     tile = tile_size or DEFAULT_TILE
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")

@@ -332,8 +332,12 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
             return x
         return torch.cat([x.reshape(len(x), -1)] + [p.reshape(len(x), -1).to(x.dtype) for p in parts], 1)
 
-    groups1 = unique_rows(keyed(x1, 0))
-    groups2 = None if symmetric else unique_rows(keyed(x2, 1))
+    batch = sampling.whole_batch(layer)
+    if batch:  # batch statistics: the whole batch, repeated rows included, is one tile
+        sampling.check_whole_batch(layer, symmetric, tile_size, len(x1), masks is not None, patterns is not None)
+        tile_size = len(x1)
+    groups1 = None if batch else unique_rows(keyed(x1, 0))
+    groups2 = None if symmetric or batch else unique_rows(keyed(x2, 1))
     if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
         return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, patterns, dtype=dtype,
                          tile_size=tile_size, max_memory=max_memory, progress=progress)

@@ -35,6 +35,7 @@ from .graph import Aggregate, NodeModel, node_kernel, normalized_adjacency
 from .dense import Dense
 from .norm import Dropout, LayerNorm
 from .position_maps import DotGeneral, ImageResize, Index, Slice
+from .batchnorm import BatchNorm
 from .maxpool import MaxPool, MinPool
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from .recurrent import Recurrent
@@ -42,7 +43,7 @@ from .sequence import Reverse, bidirectional
 
 __all__ = [
     "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
-    "AvgPool", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
+    "AvgPool", "BatchNorm", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
     "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Serial", "Sigmoid", "Sign", "Silu", "Sin",

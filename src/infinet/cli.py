@@ -25,7 +25,7 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
   pooling and shape: AvgPool, SumPool, MaxPool, MinPool (sampled kernels), GlobalAvgPool, GlobalSumPool, Flatten,
     Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
-  sequences: Recurrent, Reverse, bidirectional, GlobalSelfAttention
+  sequences: Recurrent, GRU, LSTM (sampled NNGP), Reverse, bidirectional, GlobalSelfAttention
   normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel)
   activations: Relu, LeakyRelu, ABRelu, Abs, Sign, Erf, Gelu, Sin, Cos, Gaussian, Exp,
     Monomial, RectifiedMonomial, Polynomial, Hermite, Rbf, Gabor, ExpNormalized,

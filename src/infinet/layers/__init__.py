@@ -36,6 +36,7 @@ from .dense import Dense
 from .norm import Dropout, LayerNorm
 from .position_maps import DotGeneral, ImageResize, Index, Slice
 from .batchnorm import BatchNorm
+from .gated import GRU, LSTM
 from .maxpool import MaxPool, MinPool
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from .recurrent import Recurrent
@@ -43,7 +44,7 @@ from .sequence import Reverse, bidirectional
 
 __all__ = [
     "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
-    "AvgPool", "BatchNorm", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
+    "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
     "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Serial", "Sigmoid", "Sign", "Silu", "Sin",

@@ -1,0 +1,270 @@
+"""Gated recurrent layers (GRU, LSTM) over sequences N x C x L: finite modules and sampled NNGP kernels.
+
+Finite networks (h_0 = c_0 = 0, weights shared over time, 'ntk' parameterization: every weight and
+bias N(0, 1), scaled at use by w_std / sqrt(width) on the hidden state, u_std / sqrt(C) on the input
+and b_std on biases; a gate has one bias, except GRU's candidate, which has one inside and one
+outside the reset product as in PyTorch):
+
+    GRU   r = sig(a_r), z = sig(a_z), n = tanh(p + r c), h_t = (1 - z) n + z h_(t-1),
+          a_r, a_z = W_i x_t + W_h h_(t-1) + b, p = W_in x_t + b_in, c = W_hn h_(t-1) + b_hn;
+    LSTM  i, f, o = sig(a_i), sig(a_f), sig(a_o), g = tanh(a_g), c_t = f c_(t-1) + i g, h_t = o tanh(c_t),
+          every a = W_i x_t + W_h h_(t-1) + b.
+
+NNGP (Yang 2019, "Tensor Programs I", Sec. 3 and the GRU/LSTM examples of its appendix): at infinite
+width every pre-activation above is, per unit, a Gaussian process over (example, time), the
+different weight matrices giving independent processes, with covariances
+
+    a:  u_std^2 K(t, s) + w_std^2 H(t-1, s-1) + b_std^2,   p: u_std^2 K(t, s) + b_std^2,
+    c:  w_std^2 H(t-1, s-1) + b_std^2,
+
+K the input's kernel and H(t, s) = E[h_t h'_s] the kernel of the hidden states, which is what the
+layer outputs. Each unit's state is a nonlinear function of its own gate values at every earlier
+step, so H has no closed form: it is estimated by sampling whole trajectories of one example (its
+self-covariances) and of each pair of examples (the cross terms) with scrambled Sobol points, the
+covariance of step t built from the estimates of steps < t (an incremental Cholesky factor with
+exact zero pivots, so identical inputs are handled) and replicates of the whole network for
+standard errors (:mod:`infinet.sampling`).
+
+NTK: not implemented. Gradients flow through the gates' products at every step, and with weights
+shared over time the NTK needs the joint law of the gates with their derivatives along each lag
+(Alemohammad et al. 2021 derive it for Elman networks, :class:`~infinet.Recurrent`); asking a GRU or
+LSTM for the NTK raises an error naming this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import sampling
+from ..kernel import Kernel
+from .base import Context, Layer, Spec, with_shape
+from .dense import check_std, std_repr
+from .recurrent import sequence_shape
+
+# pre-activation kinds: "gate" (input, hidden state and bias), "input" (input and bias), "hidden"
+# (hidden state and bias); per layer, the kinds of its pre-activations in the order the step reads them
+_KINDS = {"GRU": ("gate", "gate", "input", "hidden"), "LSTM": ("gate", "gate", "gate", "gate")}
+
+
+class _Gated(Layer):
+    masking = "refuse"
+
+    sampled = True  # replicates for standard errors (infinet.sampling.plan)
+
+    def __init__(self, width: int = 512, w_std: float = 1.0, u_std: float = 1.0, b_std: float | None = None,
+                 return_sequence: bool = False, samples: int = sampling.DEFAULT_SAMPLES,
+                 replicates: int = sampling.DEFAULT_REPLICATES, seed: int = 0):
+        name = type(self).__name__
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"{name} width must be a positive integer, got {width!r}")
+        if not isinstance(return_sequence, bool):
+            raise TypeError(f"{name} return_sequence must be True or False, got {return_sequence!r}")
+        for label, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} {label} must be an integer >= {low}, got {value!r}")
+        self.width, self.return_sequence = width, return_sequence
+        self.w_std = check_std("w_std", w_std, allow_none=False)
+        self.u_std = check_std("u_std", u_std, allow_none=False)
+        self.b_std = check_std("b_std", b_std, allow_none=True)
+        self.samples, self.replicates, self.seed = samples, replicates, seed
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.width}, w_std={std_repr(self.w_std)}, u_std={std_repr(self.u_std)}, "
+                f"b_std={std_repr(self.b_std)}, return_sequence={self.return_sequence!r}, samples={self.samples}, "
+                f"replicates={self.replicates}, seed={self.seed})")
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        shape = sequence_shape(self, spec.shape)
+        out = None if shape is None else ((self.width, shape[1]) if self.return_sequence else (self.width,))
+        return with_shape(spec, out, gaussian=False, fresh=None)
+
+    def needs_full(self, full_out):
+        return True  # every time pair of the input enters the gates
+
+    # -- kernel ----------------------------------------------------------------------------------------
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        name = type(self).__name__
+        if k.ntk is not None:
+            raise ValueError(f"{name}: only the NNGP of gated recurrent layers is implemented (the NTK through gates "
+                             "with weights shared over time is not); compute it with get='nngp'")
+        if not k.full:
+            raise ValueError(f"{self!r} needs the kernel of every time pair (internal layout error)")
+        shape = sequence_shape(self, k.shape)
+        length = shape[1]
+        state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
+        seed = state.next_seed()
+        n1, n2 = k.nngp.shape[:2]
+        dev, dtype = k.nngp.device, k.nngp.dtype
+        kinds = _KINDS[name]
+        z = sampling.normal_points(self.samples, len(kinds) * 2 * length, seed, dtype, dev)
+        z = z.reshape(self.samples, len(kinds), 2 * length)  # per pre-activation, coordinates (time, member)
+
+        def own(var):  # each example with itself: one member per trajectory
+            return self._hidden_kernel(var[:, None, None], z[:, :, :length], 1)[:, :, 0, :, 0]
+
+        var1 = own(k.var1)
+        var2 = var1 if k.var2 is k.var1 else own(k.var2)
+        joint = torch.stack([torch.stack([k.var1[:, None].expand(n1, n2, length, length), k.nngp], 2),
+                             torch.stack([k.nngp.transpose(-1, -2), k.var2[None].expand(n1, n2, length, length)], 2)],
+                            2)  # (n1, n2, 2, 2, L, L): [[K(x, x), K(x, x')], [K(x', x), K(x', x')]]
+        cross = self._hidden_kernel(joint.reshape(n1 * n2, 2, 2, length, length), z, 2)[:, :, 0, :, 1]
+        nngp = cross.reshape(n1, n2, length, length)
+        out = k.replace(nngp=nngp, ntk=None, var1=var1, var2=var2, shape=(self.width, length))
+        if self.return_sequence:
+            return out
+        return out.replace(nngp=nngp[..., -1, -1], var1=var1[:, -1, -1], var2=var2[:, -1, -1], shape=(self.width,),
+                           full=False)
+
+    def _hidden_kernel(self, inputs: Tensor, z: Tensor, m: int) -> Tensor:
+        """H (B, L, m, L, m) of the hidden states of m examples per batch entry, from their joint input
+        kernel ``inputs`` (B, m, m, L, L) and standard normal points z (n, kinds, >= m L), by trajectories
+        sampled step by step: the Cholesky row of each new (time, member) coordinate of every pre-activation
+        kind is solved from the covariances of the steps before (zero pivots stay exact zeros)."""
+        b, length = inputs.shape[0], inputs.shape[-1]
+        dim = m * length
+        kinds = _KINDS[type(self).__name__]
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        u2, w2 = self.u_std**2, self.w_std**2
+        # coordinates ordered (time, member); K[b, (t, e), (s, f)]
+        kin = inputs.permute(0, 3, 1, 4, 2).reshape(b, dim, dim)
+        hidden = inputs.new_zeros(b, dim, dim)  # H(t-1, s-1) in the same coordinates, filled as we go
+        chol = {kind: inputs.new_zeros(b, dim, dim) for kind in set(kinds)}
+        pivot = {kind: inputs.new_zeros(b, dim, dtype=torch.bool) for kind in set(kinds)}
+        values = inputs.new_zeros(len(kinds), b, self.samples, dim)
+        n = self.samples
+        h = inputs.new_zeros(b, n, m)
+        cell = inputs.new_zeros(b, n, m)
+        states = inputs.new_zeros(b, n, length, m)
+        out = inputs.new_zeros(b, length, m, length, m)
+        for t in range(length):
+            if t > 0:  # the hidden-state kernel of step t-1 enters step t: H(t-1, s-1) at (t, s)
+                prev = out[:, t - 1, :, :t, :].reshape(b, m, t * m)  # H(t-1, s) for s < t
+                hidden[:, t * m:(t + 1) * m, m:(t + 1) * m] = prev
+                hidden[:, m:(t + 1) * m, t * m:(t + 1) * m] = prev.transpose(1, 2)
+            for e in range(m):
+                j = t * m + e
+                for kind in set(kinds):
+                    cov = self._covariance(kind, kin[:, j, :j + 1], hidden[:, j, :j + 1], u2, w2, b2)
+                    _cholesky_row(chol[kind], pivot[kind], cov, j)
+                for g, kind in enumerate(kinds):
+                    values[g, :, :, j] = torch.einsum("bk,nk->bn", chol[kind][:, j, :j + 1], z[:, g, :j + 1])
+            step = values[:, :, :, t * m:(t + 1) * m]  # (kinds, b, n, m)
+            h, cell = self._step(step, h, cell)
+            states[:, :, t] = h
+            current = torch.einsum("bnm,bnsf->bmsf", h, states[:, :, :t + 1]) / n  # H(t, s) for s <= t
+            out[:, t, :, :t + 1, :] = current
+            out[:, :t + 1, :, t, :] = current.permute(0, 2, 3, 1)
+        return out
+
+    @staticmethod
+    def _covariance(kind, k_row, h_row, u2, w2, b2):
+        if kind == "gate":
+            return u2 * k_row + w2 * h_row + b2
+        if kind == "input":
+            return u2 * k_row + b2
+        return w2 * h_row + b2  # "hidden"
+
+    def _step(self, a, h, cell):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- finite module ---------------------------------------------------------------------------------
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        self.infer(spec, Context())
+        shape = sequence_shape(self, spec.shape)
+        if shape is None:
+            raise ValueError(f"{self!r}: build the network with input_shape (C, L)")
+        return GatedModule(self, shape[0], seed=ctx.seed())
+
+
+def _cholesky_row(chol: Tensor, pivot: Tensor, cov: Tensor, j: int) -> None:
+    """Fill row j of the lower-triangular factors ``chol`` (B, D, D) from the covariances ``cov`` (B, j + 1)
+    of coordinate j with coordinates 0..j, in place. Coordinates whose pivot was zero (a linear combination
+    of earlier ones) get a unit diagonal in the solve and a zero column, so the row stays exact."""
+    scale = cov[:, j].abs().clamp(min=1e-300)
+    if j > 0:
+        lower = chol[:, :j, :j].clone()
+        idx = torch.arange(j, device=chol.device)
+        lower[:, idx, idx] = torch.where(pivot[:, :j], lower[:, idx, idx], torch.ones_like(lower[:, idx, idx]))
+        row = torch.linalg.solve_triangular(lower, cov[:, :j, None], upper=False).squeeze(-1)
+        row = torch.where(pivot[:, :j], row, torch.zeros_like(row))
+        chol[:, j, :j] = row
+        rest = cov[:, j] - (row * row).sum(1)
+    else:
+        rest = cov[:, 0]
+    ok = rest > 1e-12 * scale
+    chol[:, j, j] = torch.where(ok, rest.clamp(min=0.0).sqrt(), torch.zeros_like(rest))
+    pivot[:, j] = ok
+
+
+class GRU(_Gated):
+    """Gated recurrent unit layer of ``width`` units (Cho et al. 2014; PyTorch's gate equations, see the
+    module docstring); NNGP kernel by sampling, no NTK. ``return_sequence=False`` (default) outputs the
+    last hidden state."""
+
+    def _step(self, a, h, cell):
+        r, zg = torch.sigmoid(a[0]), torch.sigmoid(a[1])
+        candidate = torch.tanh(a[2] + r * a[3])
+        return (1 - zg) * candidate + zg * h, cell
+
+
+class LSTM(_Gated):
+    """Long short-term memory layer of ``width`` units (Hochreiter and Schmidhuber 1997; PyTorch's gate
+    equations, see the module docstring); NNGP kernel by sampling, no NTK."""
+
+    def _step(self, a, h, cell):
+        i, f, g, o = torch.sigmoid(a[0]), torch.sigmoid(a[1]), torch.tanh(a[2]), torch.sigmoid(a[3])
+        cell = f * cell + i * g
+        return o * torch.tanh(cell), cell
+
+
+class GatedModule(nn.Module):
+    """Finite GRU or LSTM of :class:`GRU` / :class:`LSTM` in the 'ntk' parameterization: weights N(0, 1)
+    scaled at use (see the module docstring); ``forward`` takes sequences (N, C, L)."""
+
+    def __init__(self, layer: _Gated, in_channels: int, seed: int):
+        super().__init__()
+        self.layer, self.in_channels = layer, in_channels
+        kinds = _KINDS[type(layer).__name__]
+        n, g = layer.width, len(kinds)
+        gen = torch.Generator().manual_seed(seed)
+
+        def normal(*shape):
+            return nn.Parameter(torch.randn(*shape, generator=gen, dtype=torch.float64).to(torch.get_default_dtype()))
+
+        self.weight_ih = normal(g, n, in_channels)  # rows of kinds without an input term are unused
+        self.weight_hh = normal(g, n, n)
+        self.bias = None if layer.b_std is None else normal(g, n)
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        if x.ndim != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(layer).__name__} expects sequences (N, {self.in_channels}, L), got {tuple(x.shape)}")
+        kinds = _KINDS[type(layer).__name__]
+        n, length = layer.width, x.shape[2]
+        w_ih = self.weight_ih * (layer.u_std / math.sqrt(self.in_channels))
+        w_hh = self.weight_hh * (layer.w_std / math.sqrt(n))
+        bias = None if self.bias is None else self.bias * layer.b_std
+        h = x.new_zeros(len(x), n)
+        cell = x.new_zeros(len(x), n)
+        states = []
+        for t in range(length):
+            pre = []
+            for g, kind in enumerate(kinds):
+                a = x.new_zeros(len(x), n)
+                if kind in ("gate", "input"):
+                    a = a + x[:, :, t] @ w_ih[g].T
+                if kind in ("gate", "hidden"):
+                    a = a + h @ w_hh[g].T
+                if bias is not None:
+                    a = a + bias[g]
+                pre.append(a)
+            h, cell = layer._step(torch.stack(pre), h, cell)
+            states.append(h)
+        return torch.stack(states, 2) if layer.return_sequence else h
+
+    def extra_repr(self) -> str:
+        return repr(self.layer)

@@ -1,0 +1,94 @@
+"""GRU and LSTM: finite modules against torch.nn.GRU / LSTM, sampled NNGP kernels against Monte Carlo of
+width-1024 networks (also composed with Recurrent and pooling over time), and the NTK they refuse."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import infinet as inf
+
+F64 = torch.float64
+W = 1024
+
+
+def sequences(n, c, length, seed=0):
+    return torch.randn(n, c, length, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def max_z(estimate, se, reference, reference_se):
+    rows, cols = torch.triu_indices(len(estimate), len(estimate))
+    return float(((estimate - reference) / (se**2 + reference_se**2).sqrt())[rows, cols].abs().max())
+
+
+CASES = {
+    "gru-last": (lambda: inf.serial(inf.GRU(W, w_std=1.2, u_std=1.5, b_std=0.3), inf.Dense(1)), (4, 2, 6)),
+    "lstm-last": (lambda: inf.serial(inf.LSTM(W, w_std=1.5, u_std=1.2, b_std=0.2), inf.Dense(1)), (4, 2, 6)),
+    "gru-sequence-pooled": (lambda: inf.serial(inf.GRU(W, u_std=2.0, return_sequence=True), inf.GlobalAvgPool(),
+                                               inf.Dense(1, b_std=0.1)), (3, 1, 5)),
+    "lstm-then-elman": (lambda: inf.serial(inf.LSTM(W, w_std=1.3, u_std=1.6, b_std=0.2, return_sequence=True),
+                                           inf.Recurrent(inf.Erf(), W, w_std=1.1, u_std=1.4, return_sequence=False),
+                                           inf.Dense(1)), (3, 2, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sampled_nngp_matches_wide_finite_networks(name):
+    make, shape = CASES[name]
+    net = make()
+    x = sequences(*shape, seed=1)
+    sampled = net.kernel(x, get="nngp")
+    assert sampled.sampled and float(sampled.nngp_se.max() / sampled.nngp.abs().max()) < 0.05
+    mc = inf.monte_carlo_kernel(net, x, n_samples=48, seed=2, get="nngp")
+    assert max_z(sampled.nngp, sampled.nngp_se, mc.nngp, mc.nngp_stderr) < 4.0
+
+
+def test_identical_sequences_and_symmetry():
+    x = sequences(3, 2, 5, seed=3)
+    x = torch.cat([x, x[:1]])  # a repeated sequence: exact zero pivots in the joint factor
+    k = inf.serial(inf.GRU(8, b_std=0.2), inf.Dense(1)).kernel(x, get="nngp", tile_size=2)
+    assert torch.isfinite(k.nngp).all() and torch.equal(k.nngp, k.nngp.T)
+    assert torch.allclose(k.nngp[0], k.nngp[3], rtol=0, atol=1e-12)
+    assert float(torch.linalg.eigvalsh(k.nngp).min()) > -4 * float(k.nngp_se.norm())
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_finite_modules_are_torch_gru_and_lstm(kind):
+    """With the 'ntk' scaling folded into torch's weights (and torch's second bias set to what infinet's
+    gates use), the finite layer is torch.nn.GRU / torch.nn.LSTM."""
+    layer = getattr(inf, kind)(6, w_std=1.3, u_std=0.7, b_std=0.4, return_sequence=True)
+    x = sequences(2, 3, 5, seed=4)
+    model = inf.serial(layer).build((3, 5), seed=0, dtype=F64)[0]
+    ours = model(x)
+    torch_layer = getattr(torch.nn, kind)(3, 6, batch_first=True, dtype=F64)
+    w_ih = model.weight_ih.detach() * (0.7 / math.sqrt(3))
+    w_hh = model.weight_hh.detach() * (1.3 / math.sqrt(6))
+    bias = model.bias.detach() * 0.4
+    with torch.no_grad():
+        if kind == "GRU":  # infinet kinds (r, z, p, c): r and z read both, p the input, c the hidden state
+            torch_layer.weight_ih_l0.copy_(torch.cat([w_ih[0], w_ih[1], w_ih[2]]))
+            torch_layer.weight_hh_l0.copy_(torch.cat([w_hh[0], w_hh[1], w_hh[3]]))
+            torch_layer.bias_ih_l0.copy_(torch.cat([bias[0], bias[1], bias[2]]))
+            torch_layer.bias_hh_l0.copy_(torch.cat([torch.zeros(12, dtype=F64), bias[3]]))
+        else:
+            torch_layer.weight_ih_l0.copy_(w_ih.reshape(24, 3))
+            torch_layer.weight_hh_l0.copy_(w_hh.reshape(24, 6))
+            torch_layer.bias_ih_l0.copy_(bias.reshape(24))
+            torch_layer.bias_hh_l0.zero_()
+        expected, _ = torch_layer(x.transpose(1, 2))
+    assert torch.allclose(ours, expected.transpose(1, 2), rtol=0, atol=1e-12)
+
+
+def test_refusals():
+    x = sequences(3, 2, 4)
+    net = inf.serial(inf.LSTM(8), inf.Dense(1))
+    with pytest.raises(ValueError, match="only the NNGP.*get='nngp'"):
+        net.kernel(x)
+    with pytest.raises(ValueError, match="sequences N x C x L"):
+        inf.serial(inf.GRU(8), inf.Dense(1)).kernel(torch.randn(3, 4, dtype=F64), get="nngp")
+    with pytest.raises(ValueError, match="width"):
+        inf.GRU(0)
+    with pytest.raises(ValueError, match="samples"):
+        inf.LSTM(4, samples=1)

@@ -180,3 +180,55 @@ def test_new_layer_kernels_symmetric_psd_and_tiling_invariant(case, n, seed, til
     if kind == "graph":
         pattern = (torch.rand(n, 5, 5, generator=gen) < 0.5).to(torch.float64)
     _check_symmetric_psd_and_tiling_invariant(net, x, tile, pattern)
+
+
+@st.composite
+def sampled_layer_networks(draw):
+    """Networks through layers without closed forms (issue 21): max/min pooling, batch normalization, GRU and
+    LSTM, with the activations inside them drawn from closed forms and quadrature alike."""
+    kind = draw(st.sampled_from(["maxpool", "minpool", "batchnorm-image", "batchnorm-vector", "gru", "lstm"]))
+    act = draw(st.sampled_from([None, inf.Relu, inf.Erf, inf.Tanh, inf.Gelu]))
+    act = None if act is None else act()
+    w = draw(st.floats(0.5, 2.0))
+    options = dict(samples=64, replicates=3, seed=draw(st.integers(0, 1000)))
+    if kind in ("maxpool", "minpool"):
+        pool = (inf.MaxPool if kind == "maxpool" else inf.MinPool)(
+            draw(st.integers(1, 3)), stride=draw(st.integers(1, 2)), padding=draw(st.sampled_from(["VALID", "SAME",
+                                                                                                  "CIRCULAR"])),
+            activation=act, **options)
+        layers = [inf.Conv(3, 2, w_std=w, b_std=0.1), pool, draw(st.sampled_from([inf.GlobalAvgPool, inf.Flatten]))()]
+    elif kind == "batchnorm-image":
+        layers = [inf.Conv(3, 2, w_std=w), inf.BatchNorm(activation=act, **options), inf.GlobalAvgPool()]
+    elif kind == "batchnorm-vector":
+        layers = [inf.Dense(4, w_std=w, b_std=0.2), inf.BatchNorm(activation=act, eps=draw(st.floats(0.0, 0.5)),
+                                                                   **options)]
+    else:
+        cls = inf.GRU if kind == "gru" else inf.LSTM
+        layers = [cls(4, w_std=w, u_std=draw(st.floats(0.5, 2.0)), b_std=draw(st.one_of(st.none(), st.floats(0, 0.5))),
+                      **options)]
+    return kind, inf.serial(*layers, inf.Dense(1, b_std=0.1))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(sampled_layer_networks(), st.integers(2, 5), st.integers(0, 2**31), st.integers(1, 4))
+def test_sampled_kernels_symmetric_psd_within_their_error_and_finite(case, n, seed, tile):
+    kind, net = case
+    gen = torch.Generator().manual_seed(seed)
+    shape = {"maxpool": (n, 2, 4, 3), "minpool": (n, 2, 4, 3), "batchnorm-image": (n, 2, 3, 3),
+             "batchnorm-vector": (n, 3), "gru": (n, 2, 4), "lstm": (n, 2, 4)}[kind]
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    recurrent = kind in ("gru", "lstm")
+    get = "nngp" if recurrent else ("nngp", "ntk")
+    whole = kind.startswith("batchnorm")
+    k = net.kernel(x, get=get, tile_size=None if whole else tile)
+    for name in ("nngp",) if recurrent else ("nngp", "ntk"):
+        t, se = getattr(k, name), getattr(k, name + "_se")
+        assert torch.isfinite(t).all() and torch.isfinite(se).all() and bool((se >= 0).all())
+        assert torch.equal(t, t.T)
+        # within the stated sampling error: the smallest eigenvalue may dip below 0 by about the norm of the errors
+        assert float(torch.linalg.eigvalsh(t).min()) >= -4 * float(se.norm()) - 1e-12 * float(t.abs().max())
+    if not whole:  # the same points for the same layer in every tile: tiling changes only rounding (which the
+        # square root of a nearly singular covariance amplifies, from 1e-16 to about 1e-10)
+        one = net.kernel(x, get=get, tile_size=n)
+        assert torch.allclose(k.nngp, one.nngp, rtol=1e-8, atol=1e-8 * float(one.nngp.abs().max()))

@@ -111,8 +111,12 @@ class _Gated(Layer):
         joint = torch.stack([torch.stack([k.var1[:, None].expand(n1, n2, length, length), k.nngp], 2),
                              torch.stack([k.nngp.transpose(-1, -2), k.var2[None].expand(n1, n2, length, length)], 2)],
                             2)  # (n1, n2, 2, 2, L, L): [[K(x, x), K(x, x')], [K(x', x), K(x', x')]]
-        cross = self._hidden_kernel(joint.reshape(n1 * n2, 2, 2, length, length), z, 2)[:, :, 0, :, 1]
-        nngp = cross.reshape(n1, n2, length, length)
+        joint = joint.reshape(n1 * n2, 2, 2, length, length)
+        # both orders of the two members, with the same points: the estimate for (x, x') is then exactly the
+        # transpose of the one for (x', x), so tiles holding a pair either way agree
+        cross = self._hidden_kernel(joint, z, 2)[:, :, 0, :, 1]
+        swapped = self._hidden_kernel(joint.flip(1, 2), z, 2)[:, :, 1, :, 0]
+        nngp = (0.5 * (cross + swapped)).reshape(n1, n2, length, length)
         out = k.replace(nngp=nngp, ntk=None, var1=var1, var2=var2, shape=(self.width, length))
         if self.return_sequence:
             return out

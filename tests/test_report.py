@@ -151,10 +151,18 @@ def test_statistics_helpers():
 
 def test_conv_kernels_experiment_runs(tmp_path):
     result, path = run_experiment("conv-kernels", tmp_path, seed=1,
-                                  params={"train_sizes": "20,40", "n_test": "30"})
+                                  params={"train_sizes": "20,40", "n_test": "30", "pool_train": "24",
+                                          "pool_test": "30", "pool_samples": "32", "pool_replicates": "2",
+                                          "pool_draws": "3"})
     data = json.loads((path.parent / "results.json").read_text())
     margins = data["numbers"]["best_conv_minus_fc_ntk_accuracy"]
     assert set(margins) == {"20", "40"} and len(result.tables["accuracy"].rows) == 3 * 2 * 2
     for arch in ("FC-2 (flattened)", "CNN-GAP-3", "Myrtle-5"):
         acc = data["numbers"][arch]["NTK"]["40"]["test_accuracy"]
         assert 0.1 < acc <= 1.0  # well above chance (0.1) on digits
+    pooling = data["numbers"]["pooling"]
+    for kind in ("NNGP", "NTK"):  # the sampled max-pooling kernel: a sampling error and a ridge at its noise level
+        assert pooling["max pooling"][kind]["sampling_se"] >= 0 and pooling["average pooling"][kind]["sampling_se"] == 0
+        assert pooling["max pooling"][kind]["diag_reg"] > 1e-4
+        assert 0.1 < pooling["average pooling"][kind]["test_accuracy"] <= 1.0
+    assert "Max vs average pooling kernels" in result.summary and len(result.tables["pooling"].rows) == 4

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -60,8 +60,42 @@ def kernel_matrix(k: Tensor | Kernel | None, kernel: str, name: str) -> Tensor |
         value = getattr(k, _check_kernel_name(kernel))
         if value is None:
             raise ValueError(f"{name}.{kernel} is needed (compute it with get=('nngp', 'ntk'))")
+        se = getattr(k, kernel + "_se")
+        if k.symmetric and se is not None:
+            return psd_within_error(value, se, f"{name}.{kernel}")
         return value
     raise TypeError(f"{name} must be a torch.Tensor or an infinet Kernel, got {type(k).__name__}")
+
+
+#: a sampled kernel's negative eigenvalues count as sampling error down to this many Frobenius norms of its
+#: standard errors (the largest eigenvalue change a perturbation of that size can cause)
+PSD_ERROR_MULTIPLE = 4.0
+
+
+def psd_within_error(matrix: Tensor, se: Tensor, name: str = "kernel") -> Tensor:
+    """The nearest positive semi-definite matrix (negative eigenvalues set to 0) to a symmetric kernel
+    estimated by sampling (:mod:`infinet.sampling`), whose entries carry standard errors ``se``: such an
+    estimate is PSD only within its error. Raises :class:`~infinet.solve.KernelMatrixError` when an
+    eigenvalue lies below -:data:`PSD_ERROR_MULTIPLE` x ||se||_F (Weyl: no perturbation of that size moves
+    an eigenvalue further), which sampling error cannot explain."""
+    values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
+    bound = PSD_ERROR_MULTIPLE * float(torch.linalg.matrix_norm(se))
+    if float(values.min()) < -bound:
+        raise KernelMatrixError(f"{name} has eigenvalue {float(values.min()):.3g}, below -{bound:.3g} (its sampling "
+                                "error): it is not a kernel matrix")
+    if float(values.min()) >= 0:
+        return matrix
+    projected = (vectors * values.clamp(min=0.0)) @ vectors.T
+    return 0.5 * (projected + projected.T)
+
+
+def noise_ridge(matrix: Tensor, se: Tensor) -> float:
+    """A diagonal regularizer, relative to the mean diagonal (``diag_reg``), at the level of a sampled training
+    kernel's noise: 2 sqrt(n) x the rms of its standard errors, the spectral norm of an n x n symmetric matrix of
+    independent errors of that size (the semicircle law's edge), over the mean diagonal. A smaller ridge lets the
+    solve fit the sampling noise in the kernel's small eigen-directions."""
+    n = matrix.shape[0]
+    return 2.0 * n**0.5 * float(se.pow(2).mean().sqrt()) / float(matrix.diagonal().mean())
 
 
 def _targets(y_train: Tensor, n: int) -> tuple[Tensor, bool]:
@@ -463,3 +497,36 @@ def __getattr__(name: str):
 
         return getattr(fitting, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def sampling_spread(predict: Callable[[Tensor, Tensor], Tensor], k_train: Kernel, k_test: Kernel,
+                    kernel: str = "nngp", draws: int = 16, seed: int = 0) -> list[Tensor]:
+    """Predictions from kernels redrawn within their sampling error, for kernels of networks with sampled
+    layers (:mod:`infinet.sampling`): ``predict(K_train, K_test)`` on ``draws`` pairs of matrices
+    K + E, E with independent entries N(0, se^2) (symmetric for the training kernel), from the standard
+    errors the kernels carry (``nngp_se`` / ``ntk_se``); each redrawn training kernel is projected back onto
+    the positive semi-definite matrices (:func:`psd_within_error`), where the kernel it estimates lies.
+    The spread of any statistic of the returned
+    predictions (an accuracy, an error) over the draws is its standard error due to sampling, to first
+    order; treating the entries' errors as independent is an approximation (entries sampled with common
+    points err together, which moves smooth statistics less). Kernels without standard errors give one
+    prediction."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"draws must be an integer >= 2, got {draws!r}")
+    train, test = kernel_matrix(k_train, kernel, "k_train"), kernel_matrix(k_test, kernel, "k_test")
+    se_train, se_test = getattr(k_train, kernel + "_se", None), getattr(k_test, kernel + "_se", None)
+    if se_train is None and se_test is None:
+        return [predict(train, test)]
+    gen = torch.Generator(device=train.device).manual_seed(seed)
+    out = []
+    for _ in range(draws):
+        noisy_train = train
+        if se_train is not None:
+            e = torch.randn(train.shape, generator=gen, dtype=train.dtype, device=train.device) * se_train
+            e = torch.triu(e) + torch.triu(e, 1).T
+            noisy_train = psd_within_error(train + e, 2.0**0.5 * se_train, "a redrawn k_train")
+        noisy_test = test
+        if se_test is not None:
+            noisy_test = test + torch.randn(test.shape, generator=gen, dtype=test.dtype, device=test.device) * se_test
+        out.append(predict(noisy_train, noisy_test))
+    return out

@@ -4,6 +4,9 @@ The same training sets, three architectures: a fully-connected ReLU network, a C
 2019) and Myrtle-5 (Shankar et al. 2020); for each, the NNGP posterior mean and the NTK prediction at
 t = inf, their test accuracy and MSE as the training set grows, and the time to compute the kernels. Convolutional kernels
 encode locality and (with pooling) translation invariance, which the fully-connected kernel lacks.
+Last, max pooling against average pooling in the same small CNN: the max-pooling kernel has no closed
+form and is sampled per layer (:class:`~infinet.MaxPool`), with its sampling error carried into the
+accuracies.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from tqdm.auto import tqdm
 
 from .. import datasets
 from ..architectures import cntk, myrtle
-from ..layers import Dense, Relu, serial
-from ..predict import gp_inference, gradient_descent_mse
+from ..layers import AvgPool, Conv, Dense, GlobalAvgPool, MaxPool, Relu, serial
+from ..kernel import Kernel
+from ..predict import gp_inference, gradient_descent_mse, kernel_matrix, noise_ridge, sampling_spread
 from ..report import Result, Table
 from . import Experiment, Param
 from ._common import accuracy, mse, pyplot
@@ -84,8 +88,67 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                + ", ".join(f"{w['mse_ratio']:.2f}" for w in wins.values())
                + f". The accuracy standard error of {len(data.x_test)} test images is about "
                + f"{(0.05 * 0.95 / len(data.x_test)) ** 0.5:.3f} at 95% accuracy.")
+    pool_table, numbers["pooling"], timings["pooling"] = _pooling_study(p, data, seed)
+    summary += " " + _pooling_summary(numbers["pooling"])
     return Result(title=f"Convolutional vs fully-connected kernels on {data.name}", summary=summary,
-                  numbers=numbers, tables={"accuracy": table}, figures={"accuracy_vs_n_train": fig}, timings=timings)
+                  numbers=numbers, tables={"accuracy": table, "pooling": pool_table},
+                  figures={"accuracy_vs_n_train": fig}, timings=timings)
+
+
+def _pooling_study(p: dict, data, seed: int):
+    """Max vs average pooling: Conv(3x3, VALID) > pooling 2x2 > Conv(3x3) > Relu > global average > Dense."""
+    t0 = time.perf_counter()
+    n, m = min(p["pool_train"], len(data.x_train)), min(p["pool_test"], len(data.x_test))
+    images = torch.cat([data.x_train[:n], data.x_test[:m]])
+    w, c = 2**0.5, data.n_classes
+    first = Conv(1, 3, padding="VALID", w_std=w)
+    pools = {"average pooling": [first, Relu(), AvgPool(2)],
+             "max pooling": [first, MaxPool(2, activation=Relu(), samples=p["pool_samples"],
+                                            replicates=p["pool_replicates"], seed=seed % 2**31)]}
+    table = Table(["pooling", "kernel", "test accuracy", "accuracy s.e. (sampling)", "diag_reg"],
+                  caption=f"{data.name}: {n} train / {m} test images; Conv(3x3, VALID) > Relu > 2x2 pooling > Conv(3x3) > "
+                          f"Relu > global average pooling > Dense; the max-pooling kernel sampled with "
+                          f"{p['pool_samples']} points x {p['pool_replicates']} replicates (ridge at the level of its "
+                          f"sampling noise)")
+    numbers: dict = {"n_train": n, "n_test": m}
+    y, labels = data.y_train[:n], data.labels_test[:m]
+    for name, head in pools.items():
+        net = serial(*head, Conv(1, 3, w_std=w), Relu(), GlobalAvgPool(), Dense(c, w_std=w))
+        k = net.kernel(images)
+        numbers[name] = {}
+        for kind in ("nngp", "ntk"):
+            full, se = getattr(k, kind), getattr(k, kind + "_se")
+            k_train = Kernel(full[:n, :n], None, full.diagonal()[:n], full.diagonal()[:n], (), symmetric=True,
+                             nngp_se=None if se is None else se[:n, :n])
+            k_test = Kernel(full[n:, :n], None, full.diagonal()[n:], full.diagonal()[:n], (),
+                            nngp_se=None if se is None else se[n:, :n])
+            reg = p["diag_reg"] if se is None else max(p["diag_reg"], noise_ridge(full[:n, :n], se[:n, :n]))
+
+            def predict(train, test, kind=kind, reg=reg):
+                return (gp_inference(train, test, y, diag_reg=reg).mean if kind == "nngp"
+                        else gradient_descent_mse(train, test, y, diag_reg=reg))
+
+            acc = accuracy(predict(kernel_matrix(k_train, "nngp", "k_train"), k_test.nngp), labels)
+            accs = [accuracy(f, labels) for f in sampling_spread(predict, k_train, k_test, draws=p["pool_draws"],
+                                                                   seed=seed)]
+            spread = float(torch.tensor(accs, dtype=torch.float64).std()) if len(accs) > 1 else 0.0
+            numbers[name][kind.upper()] = {"test_accuracy": acc, "sampling_se": spread, "diag_reg": reg}
+            table.add(name, kind.upper(), acc, spread, reg)
+    return table, numbers, time.perf_counter() - t0
+
+
+def _pooling_summary(q: dict) -> str:
+    diffs = {kind: q["max pooling"][kind]["test_accuracy"] - q["average pooling"][kind]["test_accuracy"]
+             for kind in ("NNGP", "NTK")}
+    se = {kind: q["max pooling"][kind]["sampling_se"] for kind in ("NNGP", "NTK")}
+    noise = (0.25 / q["n_test"]) ** 0.5
+    parts = ", ".join(f"{kind} {q['max pooling'][kind]['test_accuracy']:.3f} vs {q['average pooling'][kind]['test_accuracy']:.3f}"
+                      f" ({diffs[kind]:+.3f}, sampling s.e. {se[kind]:.3f})" for kind in ("NNGP", "NTK"))
+    verdict = ("Max pooling beats average pooling" if min(diffs.values()) > 2 * noise else
+               "Average pooling beats max pooling" if max(diffs.values()) < -2 * noise else
+               "Neither pooling wins beyond the test-set noise")
+    return (f"Max vs average pooling kernels, {q['n_train']} training images: {parts}. {verdict} "
+            f"(test-set standard error up to {noise:.3f}).")
 
 
 EXPERIMENT = Experiment(
@@ -99,6 +162,11 @@ EXPERIMENT = Experiment(
         "fc_depth": Param(2, "hidden layers of the fully-connected network"),
         "cnn_depth": Param(3, "Conv + Relu layers of the CNN-GAP"),
         "diag_reg": Param(1e-4, "diagonal regularization relative to the mean kernel diagonal"),
+        "pool_train": Param(100, "training images of the max vs average pooling comparison", quick=40),
+        "pool_test": Param(200, "test images of the pooling comparison", quick=80),
+        "pool_samples": Param(128, "points per replicate of the max-pooling kernel", quick=64, minimum=2),
+        "pool_replicates": Param(4, "replicates of the max-pooling kernel", quick=2, minimum=2),
+        "pool_draws": Param(8, "kernel redraws for the accuracy's sampling error", quick=4, minimum=2),
     },
     run=run,
     details=__doc__,

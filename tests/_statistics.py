@@ -11,3 +11,20 @@ def assert_within_standard_errors(exact, mc, limit: float = 4.0) -> None:
     for name in ("nngp", "ntk"):
         z = ((getattr(mc, name) - getattr(exact, name)) / getattr(mc, name + "_stderr"))[rows, cols]
         assert float(z.abs().max()) < limit, (name, z)
+
+
+def max_combined_z(estimate, se, reference, reference_se=None) -> float:
+    """Largest |estimate - reference| / combined standard error over the entries on or above the diagonal
+    (``reference_se`` None: the reference is exact)."""
+    rows, cols = torch.triu_indices(len(estimate), len(estimate))
+    var = se**2 + (0.0 if reference_se is None else reference_se**2)
+    return float(((estimate - reference) / var.sqrt())[rows, cols].abs().max())
+
+
+def assert_sampled_within_standard_errors(sampled, mc, fields=("nngp", "ntk"), limit: float = 4.0) -> None:
+    """A sampled kernel (an :class:`infinet.Kernel` with standard errors) and Monte Carlo estimates agree within
+    ``limit`` combined standard errors on every entry on or above the diagonal."""
+    for name in fields:
+        z = max_combined_z(getattr(sampled, name), getattr(sampled, name + "_se"), getattr(mc, name),
+                           getattr(mc, name + "_stderr"))
+        assert z < limit, (name, z)

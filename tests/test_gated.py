@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import infinet as inf
+from tests._statistics import assert_sampled_within_standard_errors, max_combined_z
 
 F64 = torch.float64
 W = 1024
@@ -17,10 +18,6 @@ W = 1024
 def sequences(n, c, length, seed=0):
     return torch.randn(n, c, length, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
-
-def max_z(estimate, se, reference, reference_se):
-    rows, cols = torch.triu_indices(len(estimate), len(estimate))
-    return float(((estimate - reference) / (se**2 + reference_se**2).sqrt())[rows, cols].abs().max())
 
 
 CASES = {
@@ -42,7 +39,7 @@ def test_sampled_nngp_matches_wide_finite_networks(name):
     sampled = net.kernel(x, get="nngp")
     assert sampled.sampled and float(sampled.nngp_se.max() / sampled.nngp.abs().max()) < 0.05
     mc = inf.monte_carlo_kernel(net, x, n_samples=48, seed=2, get="nngp")
-    assert max_z(sampled.nngp, sampled.nngp_se, mc.nngp, mc.nngp_stderr) < 4.0
+    assert_sampled_within_standard_errors(sampled, mc, fields=("nngp",))
 
 
 def test_identical_sequences_and_symmetry():

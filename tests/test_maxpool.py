@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import infinet as inf
+from tests._statistics import assert_sampled_within_standard_errors, max_combined_z
 
 F64 = torch.float64
 W = 1024
@@ -18,13 +19,6 @@ W = 1024
 def inputs(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
-
-def combined_z(estimate, se, reference, reference_se=None):
-    """Largest |difference| / combined standard error over the entries on or above the diagonal."""
-    n = estimate.shape[0]
-    rows, cols = torch.triu_indices(n, n)
-    var = se**2 + (0.0 if reference_se is None else reference_se**2)
-    return float(((estimate - reference) / var.sqrt())[rows, cols].abs().max())
 
 
 @pytest.mark.parametrize("activation", [inf.Relu(), inf.Erf(), inf.Gelu()])
@@ -39,7 +33,7 @@ def test_window_of_one_equals_the_closed_form(activation):
     for name in ("nngp", "ntk"):
         est, se = getattr(sampled, name), getattr(sampled, name + "_se")
         assert float((se / est.abs()).max()) < 0.02  # the check below has teeth
-        assert combined_z(est, se, getattr(exact, name)) < 4.0, name
+        assert max_combined_z(est, se, getattr(exact, name)) < 4.0, name
 
 
 CASES = {
@@ -62,10 +56,7 @@ def test_sampled_kernel_matches_wide_finite_networks(name):
     x = inputs(*shape, seed=2)
     sampled = net.kernel(x)
     mc = inf.monte_carlo_kernel(net, x, n_samples=48, seed=4)
-    for field in ("nngp", "ntk"):
-        z = combined_z(getattr(sampled, field), getattr(sampled, field + "_se"), getattr(mc, field),
-                       getattr(mc, field + "_stderr"))
-        assert z < 4.0, (field, z)
+    assert_sampled_within_standard_errors(sampled, mc)
 
 
 def test_standard_errors_are_honest_and_shrink():

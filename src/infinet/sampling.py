@@ -23,8 +23,9 @@ function of its inputs.
 
 Standard errors: the tile engine computes R independent replicates of the whole network (each with
 its own scrambles of every sampled layer), returns their mean and the standard error of the mean,
-sd / sqrt(R), for the NNGP and the NTK (:attr:`infinet.Kernel.nngp_se`). Errors of several sampled
-layers therefore propagate through everything after them exactly, not by a linearization.
+sd / sqrt(R), for the NNGP and the NTK (``nngp_se`` and ``ntk_se`` of :class:`infinet.kernel.Kernel`).
+Errors of several sampled layers therefore propagate through everything after them exactly, not by a
+linearization.
 """
 
 from __future__ import annotations

@@ -28,3 +28,15 @@ def assert_sampled_within_standard_errors(sampled, mc, fields=("nngp", "ntk"), l
         z = max_combined_z(getattr(sampled, name), getattr(sampled, name + "_se"), getattr(mc, name),
                            getattr(mc, name + "_stderr"))
         assert z < limit, (name, z)
+
+
+def assert_case_matches_wide_networks(net, x, mc_seed: int, fields=("nngp", "ntk"), n_networks: int = 48) -> None:
+    """The sampled kernel of ``net`` on ``x`` against Monte Carlo of ``n_networks`` finite networks of the same
+    description (:func:`assert_sampled_within_standard_errors`)."""
+    import infinet as inf
+
+    get = fields if len(fields) > 1 else fields[0]
+    sampled = net.kernel(x, get=get)
+    assert sampled.sampled
+    assert_sampled_within_standard_errors(sampled, inf.monte_carlo_kernel(net, x, n_samples=n_networks, seed=mc_seed,
+                                                                          get=get), fields)

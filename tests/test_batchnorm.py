@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import infinet as inf
-from tests._statistics import assert_sampled_within_standard_errors, max_combined_z
+from tests._statistics import assert_case_matches_wide_networks, max_combined_z
 from infinet.layers.batchnorm import relu_batchnorm_integral
 
 F64 = torch.float64
@@ -57,11 +57,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_sampled_kernel_matches_wide_finite_networks(name):
     make, shape = CASES[name]
-    net = make()
-    x = inputs(*shape, seed=3)
-    sampled = net.kernel(x)
-    mc = inf.monte_carlo_kernel(net, x, n_samples=48, seed=5)
-    assert_sampled_within_standard_errors(sampled, mc)
+    assert_case_matches_wide_networks(make(), inputs(*shape, seed=3), mc_seed=5)
 
 
 def test_kernel_is_symmetric_psd_and_finite():

@@ -209,8 +209,7 @@ def sampled_layer_networks(draw):
     return kind, inf.serial(*layers, inf.Dense(1, b_std=0.1))
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@SETTINGS
 @given(sampled_layer_networks(), st.integers(2, 5), st.integers(0, 2**31), st.integers(1, 4))
 def test_sampled_kernels_symmetric_psd_within_their_error_and_finite(case, n, seed, tile):
     kind, net = case

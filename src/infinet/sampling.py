@@ -60,6 +60,14 @@ class SamplingState:
         return int.from_bytes(digest, "little") >> 1
 
 
+def check_options(name: str, samples: int, replicates: int, seed: int) -> None:
+    """Refuse a sampled layer's options unless samples >= 2, replicates >= 2 (for a standard error) and
+    seed >= 0 are integers."""
+    for label, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} {label} must be an integer >= {low}, got {value!r}")
+
+
 def _parts(layer):
     yield layer
     for child in getattr(layer, "layers", ()):

@@ -38,6 +38,13 @@ class Activation(Layer):
         """phi' if known in closed form; None lets quadrature use autograd."""
         return None
 
+    def value_and_derivative(self, x: Tensor, need_derivative: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(phi(x), phi'(x)) elementwise, phi' in closed form or by autograd (None when not needed): what the
+        sampled layers apply to their Gaussian samples (:mod:`infinet.sampling`)."""
+        if not need_derivative:
+            return self.fn(x), None
+        return self.fn(x), (self.derivative() or gaussian._derivative(self.fn))(x)
+
     def diagonal(self, var: Tensor) -> Tensor:
         """E[phi(u)^2] for u ~ N(0, var)."""
         return self.expectations(var, var, var, need_kdot=False)[0]

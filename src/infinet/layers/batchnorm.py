@@ -56,9 +56,7 @@ class BatchNorm(Layer):
             raise TypeError(f"BatchNorm activation must be an infinet activation such as Relu(), got {activation!r}")
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0 or not math.isfinite(eps):
             raise ValueError(f"BatchNorm eps must be a finite number >= 0, got {eps!r}")
-        for name, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"BatchNorm {name} must be an integer >= {low}, got {value!r}")
+        sampling.check_options("BatchNorm", samples, replicates, seed)
         self.activation, self.eps = activation, float(eps)
         self.samples, self.replicates, self.seed = samples, replicates, seed
 
@@ -115,16 +113,7 @@ def _apply(activation, y: Tensor, need_derivative: bool):
     """(act(y), act'(y)); the identity without an activation."""
     if activation is None:
         return y, torch.ones_like(y) if need_derivative else None
-    derivative = activation.derivative()
-    if not need_derivative:
-        return activation.fn(y), None
-    if derivative is not None:
-        return activation.fn(y), derivative(y)
-    with torch.enable_grad():
-        leaf = y.detach().requires_grad_(True)
-        value = activation.fn(leaf)
-        (grad,) = torch.autograd.grad(value.sum(), leaf)
-    return value.detach(), grad
+    return activation.value_and_derivative(y, need_derivative)
 
 
 def _ntk_term(theta: Tensor, y: Tensor, f: Tensor) -> Tensor:
@@ -169,6 +158,8 @@ def relu_batchnorm_integral(sigma: Tensor, eps: float = 0.0, nodes: int = 200) -
     one-dimensional integral in the module docstring, evaluated with Gauss-Legendre nodes in t after
     s = t / (1 - t), with the arc-cosine kernel (:func:`infinet.gaussian.arccos_order1`) inside."""
     d = sigma.shape[-1]
+    if d < 3:  # the integrand decays as s^-(D+1)/2: too slowly for the rule below with D = 2
+        raise ValueError(f"relu_batchnorm_integral needs D >= 3 normalized entries, got {d}")
     g = torch.eye(d, dtype=sigma.dtype) - 1.0 / d
     sg = g @ sigma @ g
     values, vectors = torch.linalg.eigh(0.5 * (sg + sg.T))

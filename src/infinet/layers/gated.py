@@ -63,9 +63,7 @@ class _Gated(Layer):
             raise ValueError(f"{name} width must be a positive integer, got {width!r}")
         if not isinstance(return_sequence, bool):
             raise TypeError(f"{name} return_sequence must be True or False, got {return_sequence!r}")
-        for label, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} {label} must be an integer >= {low}, got {value!r}")
+        sampling.check_options(name, samples, replicates, seed)
         self.width, self.return_sequence = width, return_sequence
         self.w_std = check_std("w_std", w_std, allow_none=False)
         self.u_std = check_std("u_std", u_std, allow_none=False)

@@ -55,9 +55,7 @@ class MaxPool(_Pool):
         if activation is not None and not isinstance(activation, Activation):
             raise TypeError(f"{type(self).__name__} activation must be an infinet activation such as Relu(), "
                             f"got {activation!r}")
-        for name, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{type(self).__name__} {name} must be an integer >= {low}, got {value!r}")
+        sampling.check_options(type(self).__name__, samples, replicates, seed)
         self.activation, self.samples, self.replicates, self.seed = activation, samples, replicates, seed
 
     def __repr__(self) -> str:
@@ -176,16 +174,7 @@ class MaxPool(_Pool):
         """(act(m), act'(m)) elementwise; the identity without an activation."""
         if self.activation is None:
             return m, torch.ones_like(m) if need_derivative else None
-        if not need_derivative:
-            return self.activation.fn(m), None
-        derivative = self.activation.derivative()
-        if derivative is not None:
-            return self.activation.fn(m), derivative(m)
-        with torch.enable_grad():
-            leaf = m.detach().requires_grad_(True)
-            value = self.activation.fn(leaf)
-            (grad,) = torch.autograd.grad(value.sum(), leaf)
-        return value.detach(), grad
+        return self.activation.value_and_derivative(m, need_derivative)
 
     # -- finite module ---------------------------------------------------------------------------------
     def module(self, spec: Spec, ctx: Context) -> nn.Module:

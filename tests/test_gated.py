@@ -50,6 +50,21 @@ def test_identical_sequences_and_symmetry():
 
 
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_pairs_sampled_in_one_canonical_order(kind):
+    """Each pair is sampled once, its members ordered by their own input kernels: the kernel of (x1, x2) is the
+    transpose of that of (x2, x1) and a block of the symmetric kernel of both, whichever call or tile holds it;
+    pairs whose order keys tie (x and -x have the same own kernel) are sampled both ways."""
+    net = inf.serial(getattr(inf, kind)(8, w_std=1.2, u_std=1.4, b_std=0.2, samples=64), inf.Dense(1))
+    x1, x2 = sequences(3, 2, 4, seed=5), sequences(2, 2, 4, seed=6)
+    x2 = torch.cat([x2, -x1[:1], x1[1:2]])  # a tie, and an example of x1 again
+    ab, ba = net.kernel(x1, x2, get="nngp").nngp, net.kernel(x2, x1, get="nngp").nngp
+    assert torch.allclose(ab, ba.T, rtol=0, atol=1e-12)
+    both = net.kernel(torch.cat([x1, x2]), get="nngp", tile_size=2).nngp
+    assert torch.allclose(both[:3, 3:], ab, rtol=0, atol=1e-12)
+    assert torch.allclose(ab[1, 3], both[1, 1], rtol=0, atol=1e-12)  # the repeated example: its own estimate
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
 def test_finite_modules_are_torch_gru_and_lstm(kind):
     """With the 'ntk' scaling folded into torch's weights (and torch's second bias set to what infinet's
     gates use), the finite layer is torch.nn.GRU / torch.nn.LSTM."""

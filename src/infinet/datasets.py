@@ -455,6 +455,19 @@ def project_to_sphere(x: np.ndarray) -> np.ndarray:
     return (flat * scale).reshape(x.shape)
 
 
+def fibonacci_sphere(n: int) -> np.ndarray:
+    """n nearly uniform points on the unit sphere S^2, (n, 3): the Fibonacci lattice (Gonzalez 2010,
+    "Measurement of areas on a sphere using Fibonacci and latitude-longitude lattices"), z = 1 - (2i + 1)/n
+    and longitude 2 pi i / phi^2 for i = 0..n-1, phi the golden ratio."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    i = np.arange(n, dtype=np.float64)
+    z = 1.0 - (2.0 * i + 1.0) / n
+    radius = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
+    longitude = 2.0 * np.pi * i * (2.0 / (1.0 + np.sqrt(5.0))) ** 2
+    return np.stack([radius * np.cos(longitude), radius * np.sin(longitude), z], axis=1)
+
+
 def one_hot_targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """One-hot targets with zero mean over classes: 1 - 1/C for the class, -1/C elsewhere (Lee et al. 2018)."""
     y = np.full((len(labels), n_classes), -1.0 / n_classes)

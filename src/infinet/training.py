@@ -7,6 +7,7 @@ gradient descent with learning rate ``lr`` correspond to training time t = lr * 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,15 +41,25 @@ def train_gradient_descent(
     x_test: Tensor | None = None,
     y_test: Tensor | None = None,
     record_every: int = 0,
+    optimizer: str = "sgd",
+    schedule: str = "constant",
 ) -> TrainingRecord:
-    """Full-batch gradient descent on :func:`mse_loss` (plain SGD without momentum on the whole batch).
+    """Full-batch training on :func:`mse_loss`: plain gradient descent (``optimizer='sgd'``, no momentum;
+    ``steps`` x ``lr`` is the training time of :func:`infinet.predict.gradient_descent_mse`) or Adam
+    (``'adam'``, Kingma and Ba 2015; to train small networks to convergence). ``schedule='cosine'``
+    decays the learning rate as lr (1 + cos(pi step / steps)) / 2 (Loshchilov and Hutter 2017).
 
     Trains ``model`` in place; raises ``FloatingPointError`` naming the step if the loss becomes NaN
     or inf (a learning rate above the stable limit 2 m / lambda_max of the empirical NTK).
     """
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    if optimizer not in optimizers or schedule not in ("constant", "cosine"):
+        raise ValueError(f"optimizer must be one of {sorted(optimizers)} and schedule 'constant' or 'cosine', got "
+                         f"{optimizer!r} and {schedule!r}")
+    opt = optimizers[optimizer](model.parameters(), lr=lr)
+    decay = None if schedule == "constant" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     rec = TrainingRecord()
 
     def record(step: int, loss: Tensor) -> None:
@@ -67,6 +78,8 @@ def train_gradient_descent(
             record(step, loss.detach())
         loss.backward()
         opt.step()
+        if decay is not None:
+            decay.step()
     with torch.no_grad():
         rec.f_train = model(x)
         final = mse_loss(rec.f_train, y)
@@ -242,7 +255,33 @@ def train_classifier(
         return float((out.argmax(1) == labels).double().mean())
 
 
-__all__ = ["TrainingRecord", "TrainingTrace", "train_classifier", "mse_loss", "train_and_track", "train_gradient_descent", "train_sgd"]
+def _readout_name(model: nn.Module) -> str:
+    names = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no child module with parameters to serve as its readout")
+    return names[-1]
+
+
+def replace_readout(model: nn.Module, fresh: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose readout (its last child module with parameters) takes the parameters of
+    the same child of ``fresh``, a newly initialized network of the same architecture: the usual start of
+    fine-tuning a pretrained network on a new task with the same number of outputs."""
+    out = copy.deepcopy(model)
+    name = _readout_name(out)
+    target, source = getattr(out, name), getattr(fresh, _readout_name(fresh))
+    if type(target) is not type(source):
+        raise ValueError(f"fresh has a different readout ({type(source).__name__}, not {type(target).__name__})")
+    target.load_state_dict(source.state_dict())
+    return out
+
+
+def readout_parameters(model: nn.Module) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the readout's parameters (see :func:`replace_readout`)."""
+    name = _readout_name(model)
+    return [f"{name}.{p}" for p, _ in getattr(model, name).named_parameters()]
+
+
+__all__ = ["TrainingRecord", "replace_readout", "readout_parameters", "TrainingTrace", "train_classifier", "mse_loss", "train_and_track", "train_gradient_descent", "train_sgd"]
 
 
 def max_stable_learning_rate(model: nn.Module, x: Tensor, iterations: int = 20, seed: int = 0) -> float:

@@ -12,7 +12,8 @@ import torch
 import infinet as inf
 from infinet.datasets import fibonacci_sphere
 from infinet.experiments import run_experiment
-from infinet.fitting import ridge_by_leave_one_out
+from infinet.fitting import kernel_regression_by_leave_one_out, ridge_by_leave_one_out
+from infinet.predict import gp_inference
 from infinet.spectrum import sphere_spectrum
 from infinet.training import train_gradient_descent
 
@@ -86,6 +87,9 @@ def test_ridge_by_leave_one_out_matches_refitting():
             errs.append((k[i, keep] @ torch.linalg.solve(a, y[keep]) - y[i]).pow(2))
         assert score == pytest.approx(float(torch.stack(errs).mean()), rel=1e-8)
     assert best == ridges[int(np.argmin(scores))]
+    mean, ridge = kernel_regression_by_leave_one_out(k[:8, :8], k[8:, :8], y[:8], ridges)
+    assert ridge == ridge_by_leave_one_out(k[:8, :8], y[:8], ridges)[0]
+    assert torch.allclose(mean, gp_inference(k[:8, :8], k[8:, :8], y[:8], diag_reg=ridge).mean, atol=1e-12)
     with pytest.raises(ValueError, match="ridges"):
         ridge_by_leave_one_out(k, y, (-1.0,))
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .layers.base import Layer, as_layer
 from .layers.dense import check_std
-from .predict import _targets, log_marginal_likelihood
+from .predict import _targets, gp_inference, log_marginal_likelihood
 from .solve import JitterWarning, KernelMatrixError
 from .tiling import NonFiniteKernelError, compute_kernel
 
@@ -299,3 +299,11 @@ def ridge_by_leave_one_out(k_train_train: Tensor, y_train: Tensor, ridges=(1e-10
     if all(math.isinf(s) for s in scores):
         raise KernelMatrixError(f"k_train_train is not positive definite in floating point at any ridge of {list(ridges)}")
     return float(ridges[scores.index(min(scores))]), scores
+
+
+def kernel_regression_by_leave_one_out(k_train_train: Tensor, k_test_train: Tensor, y_train: Tensor,
+                                       ridges=(1e-10, 1e-8, 1e-6, 1e-4, 1e-2)) -> tuple[Tensor, float]:
+    """Kernel ridge regression's test mean K(x*, X) (K + s I)^-1 Y (:func:`infinet.predict.gp_inference`)
+    with the ridge chosen by :func:`ridge_by_leave_one_out` on the training set alone; returns (mean, ridge)."""
+    ridge, _ = ridge_by_leave_one_out(k_train_train, y_train, ridges)
+    return gp_inference(k_train_train, k_test_train, y_train, diag_reg=ridge).mean, ridge

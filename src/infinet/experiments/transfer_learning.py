@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from .. import datasets
 from ..empirical import empirical_ntk
-from ..fitting import ridge_by_leave_one_out
+from ..fitting import kernel_regression_by_leave_one_out, ridge_by_leave_one_out
 from ..layers import Conv, Dense, Flatten, Relu, serial
 from ..linearization import linearize
-from ..predict import gp_inference, gradient_descent_mse
+from ..predict import gradient_descent_mse
 from ..report import Result, Table
 from ..training import (max_stable_learning_rate, readout_parameters, replace_readout, train_classifier,
                         train_gradient_descent)
@@ -80,9 +80,7 @@ def targets(labels: torch.Tensor) -> torch.Tensor:
 def kernel_regression(k_train, k_test_train, y, f0=None, f0_test=None) -> torch.Tensor:
     """Test predictions of kernel ridge regression (ridge by leave-one-out), on the residuals y - f0 when
     initial outputs are given (the linearized network trained to convergence)."""
-    residual = y if f0 is None else y - f0
-    ridge, _ = ridge_by_leave_one_out(k_train, residual)
-    out = gp_inference(k_train, k_test_train, residual, diag_reg=ridge).mean
+    out, _ = kernel_regression_by_leave_one_out(k_train, k_test_train, y if f0 is None else y - f0)
     return out if f0_test is None else out + f0_test
 
 

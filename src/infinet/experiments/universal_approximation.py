@@ -36,9 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..datasets import fibonacci_sphere
-from ..fitting import ridge_by_leave_one_out
+from ..fitting import kernel_regression_by_leave_one_out
 from ..layers import Erf, Monomial, Relu, Tanh
-from ..predict import gp_inference
 from ..report import Result, Table
 from ..spectrum import sphere_spectrum
 from ..training import train_gradient_descent
@@ -125,10 +124,11 @@ def kernel_regression_study(p, grids, truth, seed, progress) -> tuple[list, dict
                     y = torch.tensor(truth[domain][target][order[:n]])
                     # the ridge by leave-one-out on the training points alone (analytic kernels interpolating
                     # rough data need one; none is chosen by looking at the test grid)
-                    ridge, _ = ridge_by_leave_one_out(matrix[idx][:, idx], y, p["ridges"])
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # jitter notices for the nearly singular polynomial kernels
-                        mean = gp_inference(matrix[idx][:, idx], matrix[:, idx], y, diag_reg=ridge).mean.numpy()
+                        mean, ridge = kernel_regression_by_leave_one_out(matrix[idx][:, idx], matrix[:, idx], y,
+                                                                         p["ridges"])
+                    mean = mean.numpy()
                     sup, l2 = errors(mean, truth[domain][target])
                     rows.append(dict(domain=domain, target=target, activation=act, depth=depth, kernel=name, n=n,
                                      sup=sup, l2=l2, ridge=ridge))

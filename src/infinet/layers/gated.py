@@ -187,13 +187,12 @@ class _Gated(Layer):
         chol = inputs.new_zeros(len(forms), b, dim, dim)
         pivot = inputs.new_zeros(len(forms), b, dim, dtype=torch.bool)
         n = self.samples
-        work = inputs.dtype
-        values = inputs.new_empty(len(kinds), b, m, n, dtype=work)
-        h = inputs.new_zeros(b, m, n, dtype=work)
-        cell = inputs.new_zeros(b, m, n, dtype=work)
-        states = inputs.new_empty(b, length, m, n, dtype=work)  # time-major, so that steps <= t are one block
+        values = inputs.new_empty(len(kinds), b, m, n)
+        h = inputs.new_zeros(b, m, n)
+        cell = inputs.new_zeros(b, m, n)
+        states = inputs.new_empty(b, length, m, n)  # time-major, so that steps <= t are one block
         out = inputs.new_zeros(b, length, m, length, m)
-        zk = z[:, :, :dim].permute(1, 2, 0).to(work)  # (kinds, dim, n)
+        zk = z[:, :, :dim].permute(1, 2, 0)  # (kinds, dim, n)
         for t in range(length):
             if t > 0:  # the hidden-state kernel of step t-1 enters step t: H(t-1, s-1) at (t, s)
                 prev = out[:, t - 1, :, :t, :].reshape(b, m, t * m)  # H(t-1, s) for s < t
@@ -204,13 +203,12 @@ class _Gated(Layer):
                 covs = torch.stack([self._covariance(form, kin[:, j, :j + 1], hidden[:, j, :j + 1], u2, w2, b2)
                                     for form in forms])  # (forms, b, j + 1)
                 _cholesky_row(chol, pivot, covs, j)
-                rows = chol[which, :, j, :j + 1].to(work)  # (kinds, b, j + 1)
+                rows = chol[which, :, j, :j + 1]  # (kinds, b, j + 1)
                 torch.bmm(rows, zk[:, :j + 1], out=values[:, :, e])  # (kinds, b, n)
             h, cell = self._step(values, h, cell)
             states[:, t] = h
-            # H(t, s) for s <= t, accumulated in the kernel's dtype
-            current = torch.bmm(h.to(inputs.dtype), states[:, :t + 1].reshape(b, (t + 1) * m, n).transpose(1, 2)
-                                .to(inputs.dtype)).reshape(b, m, t + 1, m) / n
+            # H(t, s) for s <= t
+            current = torch.bmm(h, states[:, :t + 1].reshape(b, (t + 1) * m, n).transpose(1, 2)).reshape(b, m, t + 1, m) / n
             out[:, t, :, :t + 1, :] = current
             out[:, :t + 1, :, t, :] = current.permute(0, 2, 3, 1)
         return out

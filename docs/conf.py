@@ -74,15 +74,25 @@ def _public_path(app, env, node, contnode):
         return None
     import importlib
 
-    module, _, name = target.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+    from infinet import _compat
+
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):  # the longest prefix that is a module (old flat paths included)
+        try:
+            module = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            continue
+    else:
         return None
-    home = getattr(obj, "__module__", None)
-    if not home or home == module:
+    rest, home = parts[i:], module.__name__
+    if rest:  # an object: where it is defined (its module when it does not say), or the public module re-exporting it
+        defined = getattr(getattr(module, rest[0], None), "__module__", None)
+        home = defined if isinstance(defined, str) and defined.startswith("infinet") else home
+    new = ".".join([_compat.FACADES.get(home, home)] + rest)
+    if new == target:
         return None
-    node["reftarget"] = f"{home}.{name}"
+    node["reftarget"] = new
     domain = env.get_domain("py")
     return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], node["reftarget"], node, contnode)
 

@@ -31,6 +31,6 @@ def test_documentation_builds_without_warnings(tmp_path):
         assert (DOCS / "gallery" / f"{name}.json").exists() and (DOCS / "gallery" / f"{name}.png").exists(), name
         assert f'id="{name}"' in gallery
     assert gallery.count("<img") == len(registry())
-    for name in ("infinet.layers.graph.Aggregate", "infinet.from_torch.from_torch", "infinet.predict.gp_inference",
-                 "infinet.meanfield.critical_w_std", "infinet.sklearn_kernels.NNGPKernel"):
+    for name in ("infinet.engine.layers.graph.Aggregate", "infinet.engine.from_torch.from_torch", "infinet.predict.gp_inference",
+                 "infinet.meanfield.critical_w_std", "infinet.inference.sklearn_kernels.NNGPKernel"):
         assert f'id="{name}"' in api, name

@@ -4,12 +4,20 @@ One architecture description gives the finite ``torch.nn.Module`` (``net.build()
 infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import architectures, datasets, empirical, fitting, gaussian, linearization, predict
-from .empirical import empirical_nngp, empirical_ntk
-from .linearization import linearize, taylor_expand
-from .architectures import cntk, myrtle, wide_resnet
-from .kernel import Kernel
-from .layers import (
+from . import _compat
+
+_compat.install()  # the flat module paths of earlier versions (infinet.tiling, infinet.layers.dense, ...)
+
+from . import datasets, empirical, predict  # noqa: E402  (public modules, the first two by their old paths)
+from .core import __version__  # noqa: E402
+from .engine import architectures, gaussian  # noqa: E402
+from .finite import linearization  # noqa: E402
+from .inference import fitting  # noqa: E402
+from .finite.empirical import empirical_nngp, empirical_ntk
+from .finite.linearization import linearize, taylor_expand
+from .engine.architectures import cntk, myrtle, wide_resnet
+from .engine.kernel import Kernel
+from .engine.layers import (
     Aggregate,
     NodeModel,
     node_kernel,
@@ -72,13 +80,11 @@ from .layers import (
     repeat,
     serial,
 )
-from .fitting import fit_hyperparameters
-from .from_torch import UnsupportedModuleError, from_torch
-from .montecarlo import MonteCarloKernel, monte_carlo_kernel
-from .spec import SpecError, format_spec, parse_spec
-from .tiling import NonFiniteKernelError, compute_kernel, kernel_tile
-
-__version__ = "0.1.0"
+from .inference.fitting import fit_hyperparameters
+from .engine.from_torch import UnsupportedModuleError, from_torch
+from .finite.montecarlo import MonteCarloKernel, monte_carlo_kernel
+from .engine.spec import SpecError, format_spec, parse_spec
+from .engine.tiling import NonFiniteKernelError, compute_kernel, kernel_tile
 
 __all__ = [
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
@@ -92,8 +98,9 @@ __all__ = [
 
 
 #: public submodules, imported on first use (``inf.meanfield``) so that ``import infinet`` stays light and never
-#: imports an optional dependency (see :mod:`infinet._extras`)
-SUBMODULES = ("architectures", "datasets", "depth", "empirical", "estimators", "experiments", "fitting",
+#: imports an optional dependency (see :mod:`infinet.core.extras`); the sub-packages of the layering
+#: (:mod:`infinet.engine`, ...) and the old flat paths (:mod:`infinet._compat`) import the same way
+SUBMODULES = ("app", "core", "engine", "finite", "inference", "theory", "spectrum", "architectures", "datasets", "depth", "empirical", "estimators", "experiments", "fitting",
               "fused", "gaussian", "sampling", "gpytorch_kernels", "kernel", "layers", "linearization", "masks", "meanfield", "montecarlo", "predict", "report",
               "scale", "sklearn_kernels", "solve", "spec", "tiling", "training")
 

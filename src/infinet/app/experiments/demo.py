@@ -1,0 +1,214 @@
+"""The main job: finite networks of growing width against their infinite-width limits, on real data.
+
+On a real data set (scikit-learn digits by default): the NNGP posterior mean and the NTK
+gradient-descent prediction (at the finite networks' training time and at t = inf) of a
+fully-connected ReLU architecture; finite networks of the same description (widths 64 to 4096,
+'ntk' parameterization) trained by full-batch gradient descent with the MSE loss normalization of
+the kernel predictions; test accuracy and MSE of each, with standard errors over seeds; and the
+Monte Carlo kernel error against width, whose log-log slope theory puts at -1/2.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import datasets
+from ...inference.predict import gp_inference, gradient_descent_mse, max_learning_rate
+from ..report import Result, Table
+from ...finite.training import train_gradient_descent
+from . import Experiment, Param
+from ._common import (
+    accuracy,
+    derived_seed,
+    fully_connected,
+    kernel_error_vs_width,
+    loglog_slope,
+    mean_and_stderr,
+    mse,
+    pyplot,
+)
+
+
+def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float):
+    """``depth`` hidden Dense(width) > Relu() blocks and a Dense(n_out) readout."""
+    return fully_connected(width, depth, n_out, w_std, b_std)
+
+
+def run(p: dict, seed: int, progress: bool) -> Result:
+    data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed).flat()
+    if data.task != "classification":
+        raise ValueError(f"the demo needs a classification data set; {p['dataset']!r} is a regression task")
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    n_out = y.shape[1]
+
+    def net(width):
+        return architecture(width, p["depth"], n_out, p["w_std"], p["b_std"])
+
+    # -- infinite width -------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    k_train = net(1).kernel(x)
+    k_test = net(1).kernel(xt, x)
+    kernel_time = time.perf_counter() - t0
+    nngp_mean = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
+    lr = p["lr_fraction"] * max_learning_rate(k_train.ntk, n_out)
+    t_train = lr * p["steps"]
+    ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
+    nngp_fit = gp_inference(k_train.nngp, k_train.nngp, y, diag_reg=p["diag_reg"]).mean
+    fits = gradient_descent_mse(k_train.ntk, k_train.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
+
+    def ntk_train_fit(name):
+        return nngp_fit if name.startswith("NNGP") else fits[0] if "inf" not in name else fits[1]
+
+    kernel_rows = [("NNGP (GP posterior mean)", nngp_mean), (f"NTK at t={t_train:.3g}", ntk_t), ("NTK at t=inf", ntk_inf)]
+
+    table = Table(["model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e.", "train MSE",
+                   "RMS to NTK(t)"],
+                  caption=f"{data.name}: {len(x)} train / {len(xt)} test; depth {p['depth']} ReLU, "
+                          f"w_std={p['w_std']}, b_std={p['b_std']}; finite nets: {p['steps']} steps of "
+                          f"gradient descent, lr={lr:.4g} ({p['lr_fraction']} x the NTK's stable limit), "
+                          f"mean over {p['seeds']} seeds")
+    numbers = {"n_train": len(x), "n_test": len(xt), "learning_rate": lr, "training_time": t_train,
+               "kernel": {}}
+    for name, pred in kernel_rows:
+        acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
+        table.add(name, "inf", acc, 0.0, err, 0.0, mse(ntk_train_fit(name), y), mse(pred, ntk_t) ** 0.5)
+        numbers["kernel"][name] = {"test_accuracy": acc, "test_mse": err}
+
+    # -- finite widths --------------------------------------------------------------------------
+    # Each network is trained twice from the same initialization: as it is, and centered
+    # (f - f0, i.e. trained on targets y + f0(X)), whose infinite-width limit is exactly the NTK mean
+    # prediction; an uncentered network converges instead to one random draw around it.
+    dtype = torch.float64 if p["float64"] else torch.float32
+    t0 = time.perf_counter()
+    runs = [(w, s, c) for w in p["widths"] for s in range(p["seeds"]) for c in (False, True)]
+    per_width = {(w, c): {"acc": [], "mse": [], "train": [], "dist": [], "curve": []}
+                 for w in p["widths"] for c in (False, True)}
+    for width, s, centered in tqdm(runs, desc="training finite networks", disable=not progress):
+        model = net(width).build(x.shape[1], seed=derived_seed(seed, width, s), dtype=dtype)
+        xd, xtd = x.to(dtype), xt.to(dtype)
+        with torch.no_grad():
+            f0, f0_test = (model(xd), model(xtd)) if centered else (0.0, 0.0)
+        rec = train_gradient_descent(model, xd, y.to(dtype) + f0, lr, p["steps"], x_test=xtd,
+                                     record_every=max(1, p["steps"] // 50))
+        f_test, f_train = (rec.f_test - f0_test).double(), (rec.f_train - f0).double()
+        entry = per_width[(width, centered)]
+        entry["acc"].append(accuracy(f_test, data.labels_test))
+        entry["mse"].append(mse(f_test, yt))
+        entry["train"].append(mse(f_train, y))
+        entry["dist"].append(mse(f_test, ntk_t) ** 0.5)
+        entry["curve"].append((rec.steps, rec.loss))
+    for centered in (False, True):
+        name = "finite, centered f - f0" if centered else "finite network"
+        key = "finite_centered" if centered else "finite"
+        numbers[key] = {}
+        for width in p["widths"]:
+            e = per_width[(width, centered)]
+            (acc, acc_se), (err, err_se) = mean_and_stderr(e["acc"]), mean_and_stderr(e["mse"])
+            train, dist = mean_and_stderr(e["train"])[0], mean_and_stderr(e["dist"])[0]
+            table.add(name, width, acc, acc_se, err, err_se, train, dist)
+            numbers[key][str(width)] = {"test_accuracy": acc, "test_accuracy_se": acc_se, "test_mse": err,
+                                        "test_mse_se": err_se, "train_mse": train, "rms_to_ntk_t": dist,
+                                        "test_accuracy_per_seed": e["acc"], "test_mse_per_seed": e["mse"]}
+
+    train_time = time.perf_counter() - t0
+
+    # -- Monte Carlo kernel error vs width ------------------------------------------------------
+    t0 = time.perf_counter()
+    xs = x[: p["mc_points"]]
+    mc_table = Table(["width", "NNGP relative error", "NTK relative error"],
+                     caption=f"Kernel of one random network vs the exact kernel, RMS over {p['mc_samples']} networks "
+                             f"per width on {len(xs)} training inputs: sqrt(E||K_net - K||_F^2) / ||K||_F")
+    study = kernel_error_vs_width(net, xs, p["widths"], p["mc_samples"], seed, progress)
+    errs, slopes = study["errors"], study["slopes"]
+    for i, width in enumerate(p["widths"]):
+        mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
+    mc_time = time.perf_counter() - t0
+    numbers["monte_carlo"] = {"widths": list(p["widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
+                              "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
+                              "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
+
+    dist_slope = loglog_slope(p["widths"], [mean_and_stderr(per_width[(w, True)]["dist"])[0] for w in p["widths"]])
+    numbers["centered_rms_to_ntk_slope"], numbers["centered_rms_to_ntk_slope_se"] = dist_slope
+    figures = _figures(p, per_width, kernel_rows, data, errs, slopes, t_train, lr)
+    best = max(p["widths"])
+    acc = {name: v["test_accuracy"] for name, v in numbers["kernel"].items()}
+    summary = (f"Test accuracy on {data.name}: NNGP {acc[kernel_rows[0][0]]:.3f}, NTK at the networks' training "
+               f"time {acc[kernel_rows[1][0]]:.3f}, NTK at t=inf {acc[kernel_rows[2][0]]:.3f}; finite width {best}: "
+               f"{numbers['finite'][str(best)]['test_accuracy']:.3f} as trained, "
+               f"{numbers['finite_centered'][str(best)]['test_accuracy']:.3f} centered (f - f0, whose limit is the "
+               f"NTK mean prediction; its RMS distance to it falls with width with log-log slope {dist_slope[0]:.2f}). "
+               f"One network's kernel error falls with width with log-log slope {slopes['nngp'][0]:.2f} ± "
+               f"{slopes['nngp'][1]:.2f} (NNGP) and {slopes['ntk'][0]:.2f} ± {slopes['ntk'][1]:.2f} (NTK); theory -1/2.")
+    return Result(title=f"Finite vs infinite width on {data.name}", summary=summary, numbers=numbers,
+                  timings={"kernels": kernel_time, "finite networks": train_time, "monte carlo": mc_time},
+                  tables={"accuracy": table, "monte_carlo": mc_table}, figures=figures)
+
+
+def _figures(p, per_width, kernel_rows, data, errs, slopes, t_train, lr):
+    plt = pyplot()
+    widths = list(p["widths"])
+    figs = {}
+    for key, label, metric in (("acc", "test accuracy", accuracy), ("mse", "test MSE", mse)):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for centered, marker in ((False, "o"), (True, "s")):
+            means = [mean_and_stderr(per_width[(w, centered)][key]) for w in widths]
+            label_c = "finite, centered f - f0" if centered else "finite networks"
+            ax.errorbar(widths, [m for m, _ in means], yerr=[s for _, s in means], marker=marker, capsize=3,
+                        label=f"{label_c} (mean ± s.e.)")
+        for (name, pred), style in zip(kernel_rows, ("--", ":", "-.")):
+            value = metric(pred, data.labels_test if key == "acc" else data.y_test)
+            ax.axhline(value, linestyle=style, color="k" if "NNGP" in name else "C3", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("width")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs width ({data.name})")
+        ax.legend(fontsize=8)
+        figs[f"{key}_vs_width"] = fig
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, marker in (("nngp", "o"), ("ntk", "s")):
+        ax.loglog(widths, errs[name], marker=marker, label=f"{name.upper()} (slope {slopes[name][0]:.2f})")
+    ref = errs["nngp"][0] * (widths[0] / torch.tensor(widths, dtype=torch.float64)) ** 0.5
+    ax.loglog(widths, ref.tolist(), "k--", label="width^-1/2")
+    ax.set_xlabel("width")
+    ax.set_ylabel("relative Frobenius error")
+    ax.set_title("Monte Carlo kernel error vs width")
+    ax.legend(fontsize=8)
+    figs["mc_error_vs_width"] = fig
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, w in enumerate(widths):
+        steps, loss = per_width[(w, False)]["curve"][0]
+        ax.semilogy([s * lr for s in steps], loss, color=f"C{i}", label=f"width {w}")
+    ax.set_xlabel("training time t = lr x steps")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss (first seed)")
+    ax.legend(fontsize=8)
+    figs["training_loss"] = fig
+    return figs
+
+
+EXPERIMENT = Experiment(
+    name="demo",
+    description="Finite ReLU networks (widths 64-4096) vs NNGP and NTK predictions on digits, and Monte Carlo kernel error vs width",
+    params={
+        "dataset": Param("digits", "data set name (see `infinet data`)"),
+        "n_train": Param(1000, "training examples", quick=300),
+        "n_test": Param(797, "test examples", quick=300),
+        "depth": Param(1, "number of hidden Dense > Relu blocks"),
+        "w_std": Param(1.5, "weight standard deviation"),
+        "b_std": Param(0.05, "bias standard deviation"),
+        "widths": Param((64, 256, 1024, 4096), "hidden widths of the finite networks", quick=(32, 128, 512)),
+        "seeds": Param(3, "finite networks trained per width", quick=2),
+        "steps": Param(500, "full-batch gradient descent steps", quick=200),
+        "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit 2m/lambda_max(NTK)"),
+        "diag_reg": Param(1e-4, "diagonal regularization relative to the mean kernel diagonal"),
+        "mc_points": Param(50, "inputs for the Monte Carlo kernel error", quick=30),
+        "float64": Param(False, "train the finite networks in float64 (kernels are always float64)"),
+        "mc_samples": Param(8, "random networks per width for the Monte Carlo kernels (>= 2: standard errors)",
+                            quick=4, minimum=2),
+    },
+    run=run,
+    details=__doc__,
+)

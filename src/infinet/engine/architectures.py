@@ -1,0 +1,80 @@
+"""Ready-made architectures from the literature, as ordinary layer descriptions.
+
+Each returns a :class:`~infinet.Layer`, so it gives both the finite network (``.build()``) and its
+exact kernels (``.kernel()``); the same names work in architecture specs (``"myrtle(5)"``).
+Channel widths matter only for the finite network (the 'ntk' parameterization's limit ignores them).
+"""
+
+from __future__ import annotations
+
+from .layers import AvgPool, Conv, Dense, FanInSum, FanOut, Flatten, GlobalAvgPool, Identity, Relu, parallel, serial
+from .layers.base import Layer
+
+_MYRTLE_BLOCKS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
+SQRT2 = 2.0**0.5
+
+
+def myrtle(depth: int = 5, channels: int = 256, n_out: int = 10, w_std: float = SQRT2, b_std: float | None = None) -> Layer:
+    """Myrtle-5/7/10 (Shankar, Fang, Guo, Fridovich-Keil, Schmidt, Ragan-Kelley and Recht 2020,
+    "Neural kernels without tangents", Sec. 3): three groups of (2, 1, 1), (2, 2, 2) or (3, 3, 3)
+    Conv(3x3, SAME) + Relu blocks separated by 2x2 average pooling, a global average pool (their
+    final pooling down to 1x1) and a Dense readout; depth counts the Conv and Dense layers. Inputs
+    need a spatial size divisible by 4 (8x8 digits, 28x28 MNIST, 32x32 CIFAR-10).
+    """
+    if depth not in _MYRTLE_BLOCKS:
+        raise ValueError(f"Myrtle depth must be one of {sorted(_MYRTLE_BLOCKS)}, got {depth!r}")
+    g1, g2, g3 = _MYRTLE_BLOCKS[depth]
+
+    def blocks(n):
+        return [layer for _ in range(n) for layer in (Conv(channels, 3, w_std=w_std, b_std=b_std), Relu())]
+
+    return serial(*blocks(g1), AvgPool(2), *blocks(g2), AvgPool(2), *blocks(g3), GlobalAvgPool(),
+                  Dense(n_out, w_std=w_std, b_std=b_std))
+
+
+def cntk(depth: int = 5, channels: int = 256, n_out: int = 10, pooling: str = "gap", w_std: float = SQRT2,
+         b_std: float | None = None) -> Layer:
+    """The CNTK-V and CNTK-GAP families (Arora, Du, Hu, Li, Salakhutdinov and Wang 2019, "On exact
+    computation with an infinitely wide neural net", Sec. 4 and Table 1): ``depth`` Conv(3x3, SAME)
+    + Relu layers, then ``pooling='gap'`` (global average pooling) or ``'flatten'`` (vanilla: the
+    flattened last layer), and a Dense readout; w_std = sqrt(2) and no bias as in the paper."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"cntk depth must be a positive integer, got {depth!r}")
+    heads = {"gap": GlobalAvgPool, "flatten": Flatten}
+    if pooling not in heads:
+        raise ValueError(f"cntk pooling must be 'gap' or 'flatten', got {pooling!r}")
+    body = [layer for _ in range(depth) for layer in (Conv(channels, 3, w_std=w_std, b_std=b_std), Relu())]
+    return serial(*body, heads[pooling](), Dense(n_out, w_std=w_std, b_std=b_std))
+
+
+def wide_resnet_block(channels: int, stride: int = 1, project: bool = False, w_std: float = 1.0,
+                      b_std: float | None = None) -> Layer:
+    """One residual block: Relu > Conv(3x3, stride) > Relu > Conv(3x3) added to the input, or to a
+    Conv(3x3, stride) projection of it when ``project`` (channel or size change)."""
+    main = serial(Relu(), Conv(channels, 3, stride=stride, w_std=w_std, b_std=b_std), Relu(),
+                  Conv(channels, 3, w_std=w_std, b_std=b_std))
+    shortcut = Conv(channels, 3, stride=stride, w_std=w_std, b_std=b_std) if project else Identity()
+    return serial(FanOut(2), parallel(main, shortcut), FanInSum())
+
+
+def wide_resnet(block_size: int = 1, k: int = 1, n_out: int = 10, w_std: float = 1.0,
+                b_std: float | None = None) -> Layer:
+    """The WideResNet of the neural-tangents paper (Novak, Xiao, Hron, Lee, Alemi, Sohl-Dickstein and
+    Schoenholz 2020, Listing 1; Zagoruyko and Komodakis 2016): Conv(16), three groups of
+    ``block_size`` residual blocks with 16k, 32k, 64k channels (strides 1, 2, 2), global average
+    pooling and a Dense readout."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"wide_resnet block_size must be a positive integer, got {block_size!r}")
+
+    def group(channels, stride):
+        first = wide_resnet_block(channels, stride, project=True, w_std=w_std, b_std=b_std)
+        rest = [wide_resnet_block(channels, 1, w_std=w_std, b_std=b_std) for _ in range(block_size - 1)]
+        return serial(first, *rest)
+
+    return serial(Conv(16, 3, w_std=w_std, b_std=b_std), group(16 * k, 1), group(32 * k, 2), group(64 * k, 2),
+                  GlobalAvgPool(), Dense(n_out, w_std=w_std, b_std=b_std))
+
+
+ARCHITECTURES = {"myrtle": myrtle, "cntk": cntk, "wide_resnet": wide_resnet, "wide_resnet_block": wide_resnet_block}
+
+__all__ = ["ARCHITECTURES", "cntk", "myrtle", "wide_resnet", "wide_resnet_block"]

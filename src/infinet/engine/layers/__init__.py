@@ -1,0 +1,63 @@
+"""Layers and combinators: each knows its finite module and its infinite-width kernel transform."""
+
+from .activations import (
+    ABRelu,
+    Abs,
+    Activation,
+    Cos,
+    Elementwise,
+    Elu,
+    Erf,
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Gaussian,
+    Gelu,
+    Hermite,
+    LeakyRelu,
+    Monomial,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    Relu,
+    Sigmoid,
+    Sign,
+    Silu,
+    Sin,
+    Softplus,
+    Tanh,
+)
+from .attention import GlobalSelfAttention
+from .base import Layer, Spec
+from .combinators import (
+    FanInConcat,
+    FanInProd,
+    FanInSum,
+    FanOut,
+    Identity,
+    Parallel,
+    Serial,
+    parallel,
+    repeat,
+    serial,
+)
+from .conv import Conv, ConvLocal, ConvTranspose
+from .graph import Aggregate, NodeModel, node_kernel, normalized_adjacency
+from .dense import Dense
+from .norm import Dropout, LayerNorm
+from .position_maps import DotGeneral, ImageResize, Index, Slice
+from .batchnorm import BatchNorm
+from .gated import GRU, LSTM
+from .maxpool import MaxPool, MinPool
+from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
+from .recurrent import Recurrent
+from .sequence import Reverse, bidirectional
+
+__all__ = [
+    "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
+    "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
+    "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
+    "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
+    "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
+    "Softplus", "Spec", "Tanh", "bidirectional", "parallel", "repeat", "serial",
+]

@@ -1,0 +1,571 @@
+"""Elementwise activations: the finite function and its kernel transform.
+
+The kernel transform of every activation is (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1)
+  K'(x, x') = E[phi(u) phi(v)],  Theta'(x, x') = E[phi'(u) phi'(v)] Theta(x, x'),
+with (u, v) ~ N(0, [[K(x, x), K(x, x')], [K(x, x'), K(x', x')]]). The expectations come from
+:mod:`infinet.gaussian` (closed forms, or quadrature for activations without one).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import fused, gaussian
+from ..kernel import Kernel
+from .base import Context, Function, Layer, Spec, with_shape
+
+
+class Activation(Layer):
+    """Base class: subclasses define ``fn`` (finite) and ``expectations`` (infinite width)."""
+
+    masking = "positionwise"
+
+    replays_variances = True  # see infinet.engine.apply.replays_variances
+
+    def fn(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expectations(self, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> gaussian.Pair:
+        """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]); default: :func:`infinet.gaussian.quadrature`."""
+        return gaussian.quadrature(self.fn, cov, var1, var2, need_kdot, dfn=self.derivative())
+
+    def derivative(self) -> Callable[[Tensor], Tensor] | None:
+        """phi' if known in closed form; None lets quadrature use autograd."""
+        return None
+
+    def value_and_derivative(self, x: Tensor, need_derivative: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(phi(x), phi'(x)) elementwise, phi' in closed form or by autograd (None when not needed): what the
+        sampled layers apply to their Gaussian samples (:mod:`infinet.sampling`)."""
+        if not need_derivative:
+            return self.fn(x), None
+        return self.fn(x), (self.derivative() or gaussian._derivative(self.fn))(x)
+
+    def diagonal(self, var: Tensor) -> Tensor:
+        """E[phi(u)^2] for u ~ N(0, var)."""
+        return self.expectations(var, var, var, need_kdot=False)[0]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{v!r}" for v in self._args())
+        return f"{type(self).__name__}({args})"
+
+    def _args(self) -> tuple:
+        return ()
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if not spec.gaussian:
+            raise ValueError(
+                f"{self!r} needs a Gaussian input at infinite width: put a Dense (or other random affine) "
+                "layer before it, not another nonlinearity, a FanInProd or FanInConcat, or the raw input"
+            )
+        return with_shape(spec, spec.shape, gaussian=False, fresh=None)
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        var1, var2 = k.pair_variances()
+        nngp, ntk = self.step(k.nngp, k.ntk, var1, var2)
+        new_var1, new_var2 = k.map_self(lambda c, a, b: self.step(c, None, a, b)[0], self.diagonal)
+        return k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
+
+    def step(self, cov: Tensor, ntk: Tensor | None, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(E[phi(u) phi(v)], E[phi'(u) phi'(v)] x ntk): the layer's elementwise work on a tile (ntk None:
+        the NNGP alone), fused into one compiled loop where :meth:`elementwise_step` gives a pure step
+        (see :mod:`infinet.fused`), else :meth:`expectations` and a product."""
+        fused_step = self.elementwise_step(var1, var2)
+        if fused_step is not None:
+            fn, constants = fused_step
+            return fused.call(fn, cov, ntk, var1, var2, *constants)
+        nngp, kdot = self.expectations(cov, var1, var2, need_kdot=ntk is not None)
+        return nngp, None if ntk is None else kdot * ntk
+
+    def elementwise_step(self, var1: Tensor, var2: Tensor) -> tuple[Callable, tuple] | None:
+        """A pure, branch-free ``fn(cov, ntk, var1, var2, *constants)`` computing :meth:`~Activation.step` and its
+        constants, for the compiler (:mod:`infinet.fused`); None (the default) keeps the eager path."""
+        return None
+
+    def module(self, spec, ctx) -> Function:
+        self.infer(spec, Context())
+        return Function(self.fn, repr(self))
+
+
+class _Quadrature(Activation):
+    """Activation without a closed form: bivariate quadrature (see :func:`infinet.gaussian.quadrature`).
+
+    Entries whose two inputs are identical (cov = var1 = var2 exactly, as for duplicated input rows)
+    take the diagonal values E[phi(u)^2] and E[phi'(u)^2] of the same variance, so identical inputs
+    keep identical kernel rows: the bivariate rule, its interpolant and the one-dimensional diagonal
+    rule agree only to ~1e-11, and in the chaotic phase the correlation map amplifies any difference
+    by chi_1 per layer.
+    """
+
+    def diagonal(self, var: Tensor) -> Tensor:
+        self._check_range(var)
+        return gaussian.quadrature_diagonal(self.fn, var)
+
+    def _check_range(self, *variances):
+        try:
+            gaussian.check_quadrature_range(*variances)
+        except ValueError as e:
+            raise ValueError(f"{self!r}: {e}") from None
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        self._check_range(var1, var2)
+        nngp, kdot = super().expectations(cov, var1, var2, need_kdot)
+        cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
+        same = (cov == var1) & (var1 == var2) & (var1 > 0)
+        if not bool(same.any()):
+            return nngp, kdot
+        values = var1[same]
+        nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
+        if kdot is not None:  # E[phi'(u)^2]: a one-dimensional rule, refined (it costs one line per entry)
+            dfn = self.derivative() or gaussian._derivative(self.fn)
+            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values, nodes=16, extra_panels=2))
+        return nngp, kdot
+
+
+# ---------------------------------------------------------------- ReLU family (arc-cosine kernels)
+class ABRelu(Activation):
+    """phi(x) = a min(x, 0) + b max(x, 0); closed form :func:`infinet.gaussian.abrelu`."""
+
+    def __init__(self, a: float, b: float):
+        self.a, self.b = float(a), float(b)
+
+    def _args(self):
+        return (self.a, self.b)
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * x + (self.b - self.a) * torch.relu(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.abrelu(self.a, self.b, cov, var1, var2, need_kdot)
+
+    def elementwise_step(self, var1, var2):
+        if torch.is_grad_enabled() and (var1.requires_grad or var2.requires_grad):
+            return None  # the autograd-safe path of gaussian.abrelu
+        return gaussian.abrelu_step, (self.a, self.b, False) + gaussian.elementwise_flags(var1, var2)
+
+    def diagonal(self, var):
+        return 0.5 * (self.a**2 + self.b**2) * var
+
+
+class Relu(ABRelu):
+    """phi(x) = max(x, 0): arc-cosine kernel of order 1 (Cho and Saul 2009)."""
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def _args(self):
+        return ()
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+class LeakyRelu(ABRelu):
+    """phi(x) = max(x, 0) + alpha min(x, 0) = ABRelu(alpha, 1)."""
+
+    def __init__(self, alpha: float):
+        super().__init__(alpha, 1.0)
+
+    def _args(self):
+        return (self.a,)
+
+
+class Abs(ABRelu):
+    """phi(x) = |x| = ABRelu(-1, 1)."""
+
+    def __init__(self):
+        super().__init__(-1.0, 1.0)
+
+    def _args(self):
+        return ()
+
+
+class Sign(Activation):
+    """phi(x) = sign(x): nngp = (2/pi) arcsin(rho); kdot = 0 (see :func:`infinet.gaussian.sign`)."""
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.sign(cov, var1, var2, need_kdot)
+
+    def diagonal(self, var):
+        return (var > 0).to(var.dtype)
+
+
+class RectifiedMonomial(Activation):
+    """phi(x) = x^k 1(x > 0), any integer k >= 0: the arc-cosine kernel of order k (Cho and Saul 2009)."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"RectifiedMonomial degree must be an integer >= 0, got {degree!r}")
+        self.degree = degree
+
+    def _args(self):
+        return (self.degree,)
+
+    def fn(self, x: Tensor) -> Tensor:
+        if self.degree == 0:
+            return (x > 0).to(x.dtype)
+        return torch.relu(x) ** self.degree
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.rectified_monomial(self.degree, cov, var1, var2, need_kdot)
+
+
+# ---------------------------------------------------------------- other closed forms
+class Erf(Activation):
+    """phi(x) = a erf(b x) + c (Williams 1997); closed form :func:`infinet.gaussian.erf`."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a, self.b, self.c = float(a), float(b), float(c)
+
+    def _args(self):
+        return (self.a, self.b, self.c)
+
+    def fn(self, x):
+        return self.a * torch.erf(self.b * x) + self.c
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.erf(self.a, self.b, self.c, cov, var1, var2, need_kdot)
+
+
+class Gelu(Activation):
+    """phi(x) = x Phi(x), exact GELU; closed form :func:`infinet.gaussian.gelu`."""
+
+    def fn(self, x):
+        return F.gelu(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.gelu(cov, var1, var2, need_kdot)
+
+
+class Sin(Activation):
+    """phi(x) = a sin(b x + c); closed form :func:`infinet.gaussian.sin`."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a, self.b, self.c = float(a), float(b), float(c)
+
+    def _args(self):
+        return (self.a, self.b, self.c)
+
+    def fn(self, x):
+        return self.a * torch.sin(self.b * x + self.c)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.sin(self.a, self.b, self.c, cov, var1, var2, need_kdot)
+
+
+class Cos(Sin):
+    """phi(x) = a cos(b x + c) = a sin(b x + c + pi/2)."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        super().__init__(a, b, c)
+        self.phase = float(c)
+
+    def _args(self):
+        return (self.a, self.b, self.phase)
+
+    def fn(self, x):
+        return self.a * torch.cos(self.b * x + self.phase)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.sin(self.a, self.b, self.phase + math.pi / 2, cov, var1, var2, need_kdot)
+
+
+class Exp(Activation):
+    """phi(x) = a exp(b x); closed form :func:`infinet.gaussian.exp`."""
+
+    def __init__(self, a: float = 1.0, b: float = 1.0):
+        self.a, self.b = float(a), float(b)
+
+    def _args(self):
+        return (self.a, self.b)
+
+    def fn(self, x):
+        return self.a * torch.exp(self.b * x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.exp(self.a, self.b, cov, var1, var2, need_kdot)
+
+
+class Gaussian(Activation):
+    """phi(x) = a exp(b x^2); closed form :func:`infinet.gaussian.gaussian`."""
+
+    def __init__(self, a: float = 1.0, b: float = -1.0):
+        self.a, self.b = float(a), float(b)
+
+    def _args(self):
+        return (self.a, self.b)
+
+    def fn(self, x):
+        return self.a * torch.exp(self.b * x * x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.gaussian(self.a, self.b, cov, var1, var2, need_kdot)
+
+
+class Polynomial(Activation):
+    """phi(x) = sum_p coefficients[p] x^p, any degree; exact Hermite expansion :func:`infinet.gaussian.polynomial`."""
+
+    def __init__(self, coefficients: Sequence[float]):
+        coefficients = [float(c) for c in coefficients]
+        if not coefficients or not all(math.isfinite(c) for c in coefficients):
+            raise ValueError(f"Polynomial needs a non-empty list of finite coefficients, got {coefficients!r}")
+        self.coefficients = coefficients
+
+    def _args(self):
+        return (self.coefficients,)
+
+    def fn(self, x):
+        out = torch.zeros_like(x)
+        for c in reversed(self.coefficients):
+            out = out * x + c
+        return out
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.polynomial(self.coefficients, cov, var1, var2, need_kdot)
+
+
+class Monomial(Polynomial):
+    """phi(x) = x^k for any integer k >= 0 (exact)."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"Monomial degree must be an integer >= 0, got {degree!r}")
+        self.degree = degree
+        super().__init__([0.0] * degree + [1.0])
+
+    def _args(self):
+        return (self.degree,)
+
+    def fn(self, x):
+        return x**self.degree
+
+
+class Hermite(Polynomial):
+    """phi = He_n / sqrt(n!), the probabilists' Hermite polynomial of ``degree`` n normalized to unit
+    norm under N(0, 1) (neural-tangents' ``Hermite``).
+
+    For unit-variance inputs E[phi(u) phi(v)] = rho^n and E[phi'(u) phi'(v)] = n rho^(n-1) (Mehler 1866),
+    which is what neural-tangents returns whatever the variances (it warns that it assumes them to
+    be 1). infinet computes the exact expectation for any variances (:func:`infinet.gaussian.polynomial`);
+    the two agree when the input variances are 1 (e.g. after LayerNorm).
+    """
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"Hermite degree must be an integer >= 0, got {degree!r}")
+        self.degree = degree
+        previous, current = [0.0], [1.0]  # He_{-1} = 0, He_0 = 1; He_{k+1} = x He_k - k He_{k-1}
+        for k in range(degree):
+            shifted = [0.0] + current
+            lower = previous + [0.0] * (len(shifted) - len(previous))
+            previous, current = current, [a - k * b for a, b in zip(shifted, lower)]
+        norm = math.sqrt(math.factorial(degree))
+        super().__init__([c / norm for c in current])
+
+    def _args(self):
+        return (self.degree,)
+
+
+class Rbf(Activation):
+    """phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4): its NNGP is the RBF kernel exp(-gamma |x - x'|^2 / d)
+    of the inputs (neural-tangents' ``Rbf``; closed form :func:`infinet.gaussian.rbf`)."""
+
+    def __init__(self, gamma: float = 1.0):
+        self.gamma = float(gamma)
+        if not math.isfinite(self.gamma) or self.gamma < 0:
+            raise ValueError(f"Rbf gamma must be a finite number >= 0, got {gamma!r}")
+
+    def _args(self):
+        return (self.gamma,)
+
+    def fn(self, x):
+        return math.sqrt(2.0) * torch.sin(math.sqrt(2.0 * self.gamma) * x + math.pi / 4)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.rbf(self.gamma, cov, var1, var2, need_kdot)
+
+
+class Gabor(Activation):
+    """phi(x) = exp(-x^2) sin(x) (neural-tangents' ``Gabor``; closed form :func:`infinet.gaussian.gabor`)."""
+
+    def fn(self, x):
+        return torch.exp(-x * x) * torch.sin(x)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.gabor(cov, var1, var2, need_kdot)
+
+
+class ExpNormalized(Activation):
+    """The normalized Gaussian kernel (Shankar et al. 2020, "Neural kernels without tangents", Sec. 3;
+    neural-tangents' ``ExpNormalized``): K' = sqrt(q1 q2) exp(gamma (rho + shift)), Theta' =
+    gamma exp(gamma (rho + shift)) Theta (:func:`infinet.gaussian.exp_normalized`).
+
+    Finite module (neural-tangents has none): at each position, with r the root-mean-square of the
+    input over channels, out = r g(y / r), g = sum_n c_n He_n / sqrt(n!), c_n^2 = exp(gamma shift)
+    gamma^n / n!, so that E[g(u) g(v)] = exp(gamma (rho + shift)) for unit-variance u, v of
+    correlation rho; the series is cut where the remaining c_n^2 sum below 1e-16 of the total. At
+    infinite width r is the deterministic sqrt(q), so its gradient adds nothing to the NTK.
+    ``do_clip`` is accepted for compatibility; rho is always clipped to [-1, 1].
+    """
+
+    def __init__(self, gamma: float = 1.0, shift: float = -1.0, do_clip: bool = False):
+        self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)
+        if not math.isfinite(self.gamma) or self.gamma < 0:
+            raise ValueError(f"ExpNormalized gamma must be a finite number >= 0 (exp(gamma rho) with gamma < 0 is "
+                             f"not a covariance), got {gamma!r}")
+        if not math.isfinite(self.shift):
+            raise ValueError(f"ExpNormalized shift must be a finite number, got {shift!r}")
+
+    def _args(self):
+        return (self.gamma, self.shift)
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        return gaussian.exp_normalized(self.gamma, self.shift, cov, var1, var2, need_kdot)
+
+    def coefficients(self) -> list[float]:
+        """c_n of g = sum_n c_n He_n / sqrt(n!), cut where the tail of c_n^2 is below 1e-16 of the total."""
+        if self.gamma > 700:  # exp(gamma) overflows float64
+            raise ValueError(f"{self!r}: the finite module's Hermite series cannot be formed at gamma={self.gamma} "
+                             "(above 700); use a smaller gamma for finite networks")
+        total = math.exp(self.gamma)  # sum_n gamma^n / n!
+        out, term, n = [], 1.0, 0
+        while True:
+            out.append(math.sqrt(math.exp(self.gamma * self.shift) * term))
+            n += 1
+            term *= self.gamma / n
+            # once n > gamma the tail sum_{m >= n} gamma^m / m! is at most term / (1 - gamma / (n + 1))
+            if n > self.gamma and term / (1.0 - self.gamma / (n + 1)) <= 1e-16 * total:
+                return out
+            if n >= 1000:
+                raise ValueError(f"{self!r}: the finite module's Hermite series needs more than 1000 terms at "
+                                 f"gamma={self.gamma}; use a smaller gamma for finite networks")
+
+    def fn(self, x):
+        """g applied to unit-variance inputs (the module normalizes by r first)."""
+        coefficients = self.coefficients()
+        previous, current = torch.zeros_like(x), torch.ones_like(x)  # normalized He_{n-1}, He_n / sqrt(n!)
+        out = coefficients[0] * current
+        for n in range(1, len(coefficients)):
+            previous, current = current, (x * current - math.sqrt(n - 1) * previous) / math.sqrt(n)
+            out = out + coefficients[n] * current
+        return out
+
+    def module(self, spec, ctx):
+        self.infer(spec, Context())
+        return NormalizedFunction(self.fn, repr(self))
+
+
+class NormalizedFunction(Function):
+    """out = r fn(y / r) at each position, r the root-mean-square of y over channels (axis 1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = torch.sqrt((x * x).mean(dim=1, keepdim=True))
+        safe = torch.where(r > 0, r, torch.ones_like(r))
+        return torch.where(r > 0, r * self.fn(x / safe), torch.zeros_like(x))
+
+
+# ---------------------------------------------------------------- quadrature
+class Tanh(_Quadrature):
+    """phi = tanh; kernel by :func:`infinet.gaussian.quadrature` (no closed form)."""
+
+    def fn(self, x):
+        return torch.tanh(x)
+
+    def derivative(self):
+        return lambda x: 1.0 - torch.tanh(x) ** 2
+
+
+class Sigmoid(_Quadrature):
+    """phi = logistic sigmoid 1 / (1 + exp(-x)) (the true logistic, not an erf stand-in); by quadrature."""
+
+    def fn(self, x):
+        return torch.sigmoid(x)
+
+    def derivative(self):
+        return lambda x: torch.sigmoid(x) * torch.sigmoid(-x)
+
+
+class Softplus(_Quadrature):
+    """phi(x) = log(1 + exp(x)); by quadrature."""
+
+    def fn(self, x):
+        return torch.logaddexp(x, torch.zeros_like(x))
+
+    def derivative(self):
+        return torch.sigmoid
+
+
+class Silu(_Quadrature):
+    """phi(x) = x sigmoid(x) (SiLU / swish); by quadrature."""
+
+    def fn(self, x):
+        return F.silu(x)
+
+
+class Elu(_Quadrature):
+    """phi(x) = x for x > 0, alpha (exp(x) - 1) otherwise; by quadrature (its kink at 0 is a panel edge)."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = float(alpha)
+
+    def _args(self):
+        return (self.alpha,)
+
+    def fn(self, x):
+        return F.elu(x, self.alpha)
+
+
+class Elementwise(_Quadrature):
+    """Any elementwise torch function ``fn``.
+
+    Kernels by :func:`infinet.gaussian.quadrature` (phi' from autograd unless ``dfn`` is given), or from
+    a closed form ``nngp_fn(cov, var1, var2) = E[fn(u) fn(v)]`` when given, with ``kdot_fn`` or, without
+    it, kdot = d nngp_fn / d cov by Price's theorem (:func:`infinet.gaussian.price_kdot`).
+    ``fn`` must act elementwise and accept tensors.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        dfn: Callable[[Tensor], Tensor] | None = None,
+        nngp_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        kdot_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        name: str | None = None,
+    ):
+        if not callable(fn):
+            raise TypeError(f"Elementwise needs a callable fn, got {type(fn).__name__}")
+        self._fn, self._dfn, self.nngp_fn, self.kdot_fn = fn, dfn, nngp_fn, kdot_fn
+        self.name = name or getattr(fn, "__name__", "fn")
+
+    def __repr__(self) -> str:
+        return f"Elementwise({self.name})"
+
+    def fn(self, x):
+        return self._fn(x)
+
+    def derivative(self):
+        return self._dfn
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        if self.nngp_fn is None:
+            return super().expectations(cov, var1, var2, need_kdot)
+        cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
+        nngp = self.nngp_fn(cov, var1, var2)
+        if not need_kdot:
+            return nngp, None
+        if self.kdot_fn is not None:
+            return nngp, self.kdot_fn(cov, var1, var2)
+        return nngp, gaussian.price_kdot(self.nngp_fn, cov, var1, var2)
+
+    def diagonal(self, var):
+        if self.nngp_fn is None:
+            return super().diagonal(var)
+        return self.nngp_fn(var, var, var)

@@ -1,0 +1,197 @@
+"""The layer protocol: one description, two meanings (finite module and kernel transform).
+
+A *stream* is what flows between layers: one value, or a tuple of values after ``FanOut``. Every
+layer implements three small pure methods over streams:
+
+* ``infer(spec, ctx)``: static facts (feature shape, Gaussianity, which random layers a value
+  depends on), used to reject invalid architectures before any kernel tile is computed;
+* ``kernel_fn(kernel)``: the infinite-width kernel transform;
+* ``module(spec, ctx)``: the finite ``torch.nn.Module`` with the initialization the theory assumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..kernel import Kernel
+from ..apply import apply_kernel, fit_layout, replays_variances  # noqa: F401 (also importable from here, as before)
+from ..patterns import AggregateModule, GraphModel
+from ..tiling import compute_kernel
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Static facts about a value flowing through an architecture.
+
+    shape: per-example feature shape, or None when not known (a lazily built module).
+    gaussian: the value is a Gaussian process at infinite width (output of a random affine layer).
+    fresh: tokens of the random layers whose fresh, zero-mean weights produced this value (it is
+        uncorrelated with anything not depending on them); None when it is not such a value.
+    ancestry: tokens of every random layer the value depends on.
+    own: tokens of random layers whose fresh outputs this value is a function of, and of nothing else
+        reaching it from before them (an activation, normalization or pooling of a random layer's
+        output keeps its ``own``): at infinite width it is independent of any value that does not
+        depend on those layers (zero-mean only when ``fresh``). None when it has no such layers.
+    """
+
+    shape: tuple[int, ...] | None
+    gaussian: bool = False
+    fresh: frozenset[int] | None = None
+    ancestry: frozenset[int] = field(default_factory=frozenset)
+    own: frozenset[int] | None = None
+
+
+Stream = Union[Spec, tuple]
+KernelStream = Union[Kernel, tuple]
+
+
+class Context:
+    """Per-pass state: a token counter for random layers and, when building, a seed stream."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self._tokens = itertools.count()
+        self.generator = generator
+
+    def token(self) -> int:
+        return next(self._tokens)
+
+    def seed(self) -> int:
+        """A fresh seed for one parametric module, drawn from the build's generator."""
+        if self.generator is None:
+            return int(torch.randint(0, 2**62, (1,)))
+        return int(torch.randint(0, 2**62, (1,), generator=self.generator))
+
+
+def describe(layer_name: str, stream) -> str:
+    if isinstance(stream, tuple):
+        return f"{layer_name} expects one input but got {len(stream)} branches; join them with FanInSum, FanInConcat or FanInProd"
+    return ""
+
+
+class Layer:
+    """Base class of all layers and combinators; any layer is a whole network description."""
+
+    #: layers this description holds in all, every repeated copy counted (combinators sum their parts)
+    n_layers: int = 1
+    #: how the kernel transform treats padded positions (:mod:`infinet.masks`): "positionwise" (acts on
+    #: each position alone; entries at padding are zeroed after it), "own" (handles masks itself) or
+    #: "refuse" (raises on masked input: its result would depend on where the padding sits)
+    masking: str = "refuse"
+
+    def infer(self, spec: Stream, ctx: Context) -> Stream:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def kernel_fn(self, k: KernelStream) -> KernelStream:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def module(self, spec: Stream, ctx: Context) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def needs_full(self, full_out):
+        """Whether this layer's input kernel must keep every pixel pair (full layout), given whether
+        its output must (``full_out``: a bool, or a tuple per branch). Layers that act on each pair of
+        positions separately (activations, convolutions, normalization) need what they give; pooling
+        needs full; Flatten, Dense and global pooling give vectors. Decides the spatial layout."""
+        return full_out
+
+    # -- single-stream helpers -----------------------------------------------------------------
+    def _single(self, stream) -> None:
+        if isinstance(stream, tuple):
+            raise ValueError(describe(repr(self), stream))
+
+    # -- user-facing API -------------------------------------------------------------------------
+    def check(self, input_shape: Iterable[int] | None) -> Stream:
+        """Validate the architecture for inputs of per-example ``input_shape``; return the output spec."""
+        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        return self.infer(Spec(shape), Context())
+
+    def kernel(
+        self,
+        x1,
+        x2=None,
+        get: str | Iterable[str] = ("nngp", "ntk"),
+        *,
+        dtype: torch.dtype = torch.float64,
+        tile_size: int | None = None,
+        max_memory: int | None = None,
+        progress: bool | None = None,
+        mask_constant: float | None = None,
+        lengths=None,
+        lengths2=None,
+        pattern=None,
+        pattern2=None,
+    ) -> Kernel:
+        """Exact infinite-width NNGP and NTK between ``x1`` (N1, ...) and ``x2`` (N2, ...).
+
+        ``x2=None`` means x2 = x1 (each off-diagonal tile is then computed once). Computation is
+        tiled (see :func:`infinet.engine.tiling.compute_kernel` for ``tile_size``, ``max_memory`` and
+        ``progress``); results are float64 unless ``dtype=torch.float32``, on the inputs' device.
+        Variable-length sequences in one batch (:mod:`infinet.masks`): ``mask_constant``, positions
+        whose channels all equal it are padding; or ``lengths`` (``lengths2`` for x2), each sequence's
+        number of valid leading steps. Graphs for :class:`~infinet.Aggregate`: ``pattern`` (one per example
+        of x1) and ``pattern2`` (of x2).
+        Returns a :class:`~infinet.Kernel` with (N1, N2) ``nngp`` and ``ntk`` (None if not in ``get``).
+        """
+        return compute_kernel(self, x1, x2, get, dtype=dtype, tile_size=tile_size, max_memory=max_memory,
+                              progress=progress, mask_constant=mask_constant, lengths=lengths, lengths2=lengths2,
+                              pattern=pattern, pattern2=pattern2)
+
+    def build(
+        self,
+        input_shape: int | Iterable[int] | None = None,
+        *,
+        seed: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> nn.Module:
+        """The finite ``torch.nn.Module`` this description stands for, freshly initialized.
+
+        Weights are drawn so that, as every width grows, its outputs converge to the NNGP of
+        :meth:`kernel` and its tangent kernel to the NTK. ``input_shape`` is the per-example shape
+        (e.g. 784 or (784,)); without it, layers are materialized on the first forward pass (lazy),
+        still from ``seed``. The same ``seed`` gives the same weights; ``seed=None`` draws from torch's
+        global generator, so ``torch.manual_seed`` is honored. A network with :class:`~infinet.Aggregate`
+        layers comes wrapped in :class:`~infinet.layers.graph.GraphModel`: call it as ``model(x, pattern=A)``.
+        """
+        if isinstance(input_shape, int):
+            input_shape = (input_shape,)
+        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        ctx = Context(torch.Generator().manual_seed(int(seed)))
+        model = self.module(Spec(shape), ctx)
+        if any(isinstance(m, AggregateModule) for m in model.modules()):
+            model = GraphModel(model)
+        if dtype is not None or device is not None:
+            model = model.to(device=device, dtype=dtype)
+        return model
+
+
+def as_layer(obj) -> Layer:
+    if not isinstance(obj, Layer):
+        raise TypeError(f"expected an infinet layer, got {type(obj).__name__}: {obj!r}")
+    return obj
+
+
+def with_shape(spec: Spec, shape: tuple[int, ...] | None, **changes) -> Spec:
+    return replace(spec, shape=shape, **changes)
+
+
+class Function(nn.Module):
+    """A parameter-free module applying an elementwise function (the finite form of an activation)."""
+
+    def __init__(self, fn, name: str):
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name

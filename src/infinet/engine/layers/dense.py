@@ -1,0 +1,235 @@
+"""Fully-connected layer: finite module and kernel transform."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from ..kernel import Kernel
+from .base import Context, Layer, Spec, with_shape
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def check_std(name: str, value: float | Tensor | None, allow_none: bool) -> float | Tensor | None:
+    """Validate a weight or bias standard deviation: a finite number >= 0 (None allowed for b_std).
+
+    A 0-dim floating tensor is validated by value and kept as it is, so that kernels can be
+    differentiated with respect to it (``requires_grad=True``; see :mod:`infinet.fitting`).
+    """
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} must be a number, got None")
+    if isinstance(value, Tensor):
+        if value.ndim != 0 or not value.is_floating_point():
+            raise ValueError(f"{name} given as a tensor must be a 0-dim floating tensor, got shape "
+                             f"{tuple(value.shape)} and dtype {value.dtype}")
+        number = float(value.detach())
+    else:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+        number = value = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {number}")
+    if number > 1e150:  # its square would overflow float64 in the kernel
+        raise ValueError(f"{name} must be at most 1e150 (its square must be a finite float64), got {number:g}")
+    return value
+
+
+def std_repr(value: float | Tensor | None) -> str:
+    """repr of a standard deviation as a plain number (a tensor hyperparameter prints its value)."""
+    return repr(float(value.detach()) if isinstance(value, Tensor) else value)
+
+
+def check_parameterization(parameterization: str) -> str:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose from {PARAMETERIZATIONS}")
+    return parameterization
+
+
+class Dense(Layer):
+    """Fully-connected layer z = (w_std / sqrt(n)) W y + b_std b ('ntk') or z = W y + b ('standard').
+
+    'ntk' (default): W_ij, b_i ~ N(0, 1). 'standard': W_ij ~ N(0, w_std^2 / n), b_i ~ N(0, b_std^2).
+    n is the fan-in (number of input features). ``b_std=None`` means no bias, as in neural-tangents.
+    On sequences N x C x L (and feature maps N x C x ...) it acts on the channels at every position with
+    the same weights (a 1x1 convolution; neural-tangents' Dense on its channel axis), n = C, and each
+    pair of positions transforms as below.
+
+    Kernel transform (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1):
+      NNGP  K' = w_std^2 K + b_std^2;
+      NTK   'ntk':      Theta' = K' + w_std^2 Theta;
+            'standard': Theta' = n K + w_std^2 Theta (+ 1 when there is a bias)
+                        (Sohl-Dickstein et al. 2020, "On the infinite width limit of neural networks
+                        with a standard parameterization", eq. 7 with width multiplier s = 1:
+                        the gradient with respect to W_ij is y_j, summing to n K over j; with respect
+                        to b_i it is 1). Here n is the finite fan-in, so this NTK depends on widths.
+    """
+
+    masking = "positionwise"
+
+    replays_variances = True  # see infinet.engine.apply.replays_variances
+
+    def __init__(
+        self,
+        out_features: int,
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+            raise ValueError(f"Dense out_features must be a positive integer, got {out_features!r}")
+        self.out_features = out_features
+        self.w_std = check_std("w_std", w_std, allow_none=False)
+        self.b_std = check_std("b_std", b_std, allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dense({self.out_features}, w_std={std_repr(self.w_std)}, b_std={std_repr(self.b_std)}, "
+            f"parameterization={self.parameterization!r})"
+        )
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if spec.shape is not None and len(spec.shape) < 1:
+            raise ValueError(f"{self!r} expects inputs of shape (N, features) or (N, C, ...); got per-example "
+                             f"shape {spec.shape}")
+        token = ctx.token()
+        shape = None if spec.shape is None else (self.out_features, *spec.shape[1:])
+        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token},
+                          own=frozenset({token}))
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        w2 = self.w_std**2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        nngp = k.nngp * w2
+        if b2:
+            nngp = nngp.add_(b2)  # in place on the fresh product only; k is never mutated
+        var1, var2 = k.map_variances(lambda v: w2 * v + b2)
+        ntk = k.ntk
+        if ntk is not None:
+            if self.parameterization == "ntk":
+                ntk = nngp + ntk * w2 if isinstance(w2, Tensor) else torch.add(nngp, ntk, alpha=w2)
+            else:
+                fan_in = k.shape[0]
+                ntk = fan_in * k.nngp + w2 * ntk + (0.0 if self.b_std is None else 1.0)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(self.out_features, *k.shape[1:]))
+
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        self.infer(spec, Context())
+        in_features = None if spec.shape is None else spec.shape[0]
+        return DenseModule(
+            self.out_features, self.w_std, self.b_std, self.parameterization, in_features, seed=ctx.seed()
+        )
+
+
+class AffineModule(LazyModuleMixin, nn.Module):
+    """Base of the finite random affine modules (Dense, Conv, ConvTranspose).
+
+    'ntk': z = (w_std / sqrt(fan_in)) linear(x; W) + b_std b, W, b ~ N(0, 1); 'standard':
+    z = linear(x; W) + b with W ~ N(0, w_std^2 / fan_in), b ~ N(0, b_std^2). Parameters ``weight``
+    and ``bias`` (absent when b_std is None); with ``in_features=None`` the weight is materialized at
+    the first forward pass. Initialization draws from a private generator seeded with ``seed``, so
+    it is reproducible whether eager or lazy. Subclasses give the weight shape, fan-in and linear map.
+    """
+
+    cls_to_become = None
+    kind = "affine"
+
+    def __init__(self, out_features, w_std, b_std, parameterization, in_features=None, seed=0):
+        super().__init__()
+        self.out_features = out_features
+        self.in_features = in_features
+        self.w_std = w_std
+        self.b_std = b_std
+        self.parameterization = parameterization
+        self.seed = seed
+        if in_features is None:
+            self.weight = UninitializedParameter()
+        else:
+            self.weight = nn.Parameter(torch.empty(self.weight_shape()))
+        if b_std is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.empty(out_features))
+        if in_features is not None:
+            self.reset_parameters()
+
+    # -- what subclasses define ----------------------------------------------------------------------
+    def weight_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def fan_in(self) -> int:
+        return self.in_features
+
+    def input_features(self, x: Tensor) -> int:
+        raise NotImplementedError
+
+    def linear(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bias_view(self, ndim: int) -> Tensor:
+        """The bias shaped to broadcast over an output of ``ndim`` axes (channels on axis 1)."""
+        return self.bias.reshape(-1, *([1] * (ndim - 2)))
+
+    # -- shared ----------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        std_w, std_b = 1.0, 1.0
+        if self.parameterization == "standard":
+            std_w = self.w_std / math.sqrt(self.fan_in())
+            std_b = self.b_std or 0.0
+        with torch.no_grad():
+            w = torch.randn(self.weight.shape, generator=gen, dtype=torch.float64) * std_w
+            self.weight.copy_(w.to(self.weight))
+            if self.bias is not None:
+                b = torch.randn(self.bias.shape, generator=gen, dtype=torch.float64) * std_b
+                self.bias.copy_(b.to(self.bias))
+
+    def initialize_parameters(self, x: Tensor) -> None:  # called by LazyModuleMixin
+        if self.has_uninitialized_params():
+            self.in_features = self.input_features(x)
+            with torch.no_grad():
+                self.weight.materialize(self.weight_shape(), dtype=x.dtype, device=x.device)
+                if self.bias is not None and isinstance(self.bias, UninitializedParameter):
+                    self.bias.materialize((self.out_features,), dtype=x.dtype, device=x.device)
+            self.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
+        if self.parameterization == "ntk":
+            out = out * (self.w_std / math.sqrt(self.fan_in()))
+            return out if self.bias is None else out + self.b_std * self.bias_view(out.ndim)
+        return out if self.bias is None else out + self.bias_view(out.ndim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, w_std={std_repr(self.w_std)}, "
+            f"b_std={std_repr(self.b_std)}, parameterization={self.parameterization!r}"
+        )
+
+
+class DenseModule(AffineModule):
+    """Finite fully-connected module of :class:`Dense`: weight (out, in), bias (out). Inputs (N, in), or
+    (N, in, ...) with the same weights at every position (channels on axis 1)."""
+
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
+
+    def input_features(self, x: Tensor) -> int:
+        return x.shape[1]
+
+    def linear(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"DenseModule expects input of shape (N, {self.in_features}) or (N, {self.in_features}, ...), "
+                             f"got {tuple(x.shape)}")
+        if x.ndim == 2:
+            return x @ self.weight.T
+        return (x.movedim(1, -1) @ self.weight.T).movedim(-1, 1)

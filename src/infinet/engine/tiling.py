@@ -1,0 +1,485 @@
+"""Tiled kernel computation with bounded memory.
+
+:func:`kernel_tile` is the unit of work: a pure function of (architecture, x-rows, x-columns). The
+in-process driver :func:`compute_kernel` runs it over a grid of tiles with a progress bar; the same
+function is what a distributed driver (Dask, issue 9) ships to workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from . import fused, sampling
+from ..core.allocator import tune_allocator
+from .apply import any_layer, apply_kernel, fit_layout, replays_variances
+from .kernel import Kernel, VarianceTrace, as_input, check_pair, input_kernel, parse_get, row_keys, unique_rows
+from .masks import padding_masks
+from .patterns import graph_patterns
+
+#: bytes of working memory per kernel entry while a tile of a closed-form network is computed
+#: (nngp, ntk and about a dozen elementwise temporaries in float64)
+BYTES_PER_ENTRY = 128
+DEFAULT_MAX_MEMORY = 1 << 30
+#: tiles no larger than this keep each elementwise pass in cache (see benchmarks/fc_kernel.py)
+DEFAULT_TILE = 384
+# Spatial kernels are elementwise work over (tile^2 x entries per pair) entries: tiles of about this
+# many entries stay in the CPU's L2 cache across a layer's passes (5-6x faster than one big tile;
+# measured with benchmarks/conv_kernel.py: 2^17 best for the diagonal layout, 2^19 for the full one,
+# whose tiles hold fewer pairs and so more per-tile overhead).
+CACHE_ENTRIES = {False: 1 << 17, True: 1 << 19}
+
+
+class NonFiniteKernelError(FloatingPointError):
+    """A tile produced NaN or inf. ``partial`` holds every tile finished before it (NaN elsewhere)."""
+
+    def __init__(self, message: str, partial: Kernel | None = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+ALIGNMENT = 64  # bytes: the widest SIMD register (AVX-512); torch's allocators align at least this much
+
+
+def aligned(x: Tensor) -> Tensor:
+    """``x`` itself when contiguous and its data starts on a 64-byte boundary, else a fresh copy.
+
+    Vectorized matrix products round differently depending on where their operands start in memory
+    (a view 8 bytes into an array changes the last bits), so a tile computed from a slice of an array
+    could differ from the same tile computed from a copy, on another worker or in another run."""
+    if x.is_contiguous() and x.data_ptr() % ALIGNMENT == 0:
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
+                masks: tuple[Tensor, Tensor | None] | None = None,
+                patterns: tuple[Tensor, Tensor | None] | None = None,
+                trace: VarianceTrace | None = None) -> Kernel:
+    """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
+
+    Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
+    are first made contiguous and aligned (:func:`aligned`), so a tile's value does not depend on
+    where its rows lie in memory: the same rows give bitwise the same tile in any process.
+    ``masks``: the (rows, *S) padding masks of x1 and x2 (x2's None when x2 is None), True at padding
+    (:mod:`infinet.masks`); nothing padded in either means no masks. ``patterns``: the graphs of x1 and
+    x2 for :class:`~infinet.Aggregate` (x2's None when x2 is None). ``trace``: a
+    :class:`~infinet.kernel.VarianceTrace` that records the self-covariances of x1 along the network, or
+    replays recorded ones instead of computing them (the tile engine's business; see :func:`compute_kernel`).
+    """
+    x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
+    if masks is not None:
+        m1, m2 = masks[0], (masks[0] if x2 is None else masks[1])
+        masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
+    full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
+    k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
+    replicates = sampling.plan(layer)
+    if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
+        return _replicated(layer, k, *replicates)
+    if trace is not None:
+        k = trace.step(k)
+    out = fit_layout(apply_kernel(layer, k, False), False)
+    require_vector_output(out)
+    return out if trace is None else trace.finish(out)
+
+
+def _replicated(layer, k: Kernel, replicates: int, seed: int) -> Kernel:
+    """The kernel of a network with sampled layers (:mod:`infinet.sampling`): the mean of ``replicates``
+    independent estimates, each with its own points in every sampled layer, and the standard errors of
+    the mean in nngp_se and ntk_se."""
+    outs = []
+    for r in range(replicates):
+        out = fit_layout(apply_kernel(layer, k.replace(sampling=sampling.SamplingState(seed, r)), False), False)
+        require_vector_output(out)
+        outs.append(out)
+    nngp, nngp_se = sampling.replicate_statistics([o.nngp for o in outs])
+    ntk, ntk_se = (None, None) if outs[0].ntk is None else sampling.replicate_statistics([o.ntk for o in outs])
+    var1 = torch.stack([o.var1 for o in outs]).mean(0)
+    var2 = var1 if outs[0].var2 is outs[0].var1 else torch.stack([o.var2 for o in outs]).mean(0)
+    return outs[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, nngp_se=nngp_se, ntk_se=ntk_se, sampling=None)
+
+
+def require_vector_output(out) -> None:
+    """Raise ValueError unless a network's output (its :class:`~infinet.layers.base.Spec` or
+    :class:`~infinet.Kernel`, or a tuple of branches) is one vector per example: a kernel is (N1, N2)."""
+    if isinstance(out, tuple):
+        raise ValueError(f"the network ends in {len(out)} branches; join them with a FanIn layer")
+    if out.shape is not None and len(out.shape) > 1:
+        raise ValueError(f"the network's output has spatial shape {out.shape}; end it with Flatten() or "
+                         "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
+
+
+def _all_finite(t: Tensor) -> bool:
+    """One reduction pass; the exact elementwise check only if the sum is not finite (or overflowed)."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done) -> Kernel:
+    """The kernel with every finished tile and NaN elsewhere (for NonFiniteKernelError.partial)."""
+    finished = torch.zeros(len(rows), len(cols), dtype=torch.bool)
+    for i, j in done:
+        finished[i, j] = True
+        if symmetric:
+            finished[j, i] = True
+    mask = torch.ones(nngp.shape, dtype=torch.bool, device=nngp.device)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if finished[i, j]:
+                mask[r, c] = False
+    keep = lambda t: None if t is None else t.masked_fill(mask, math.nan)  # noqa: E731
+    return Kernel(keep(nngp), keep(ntk), var1, var1 if symmetric else var2, shape, symmetric)
+
+
+def tile_ranges(n: int, size: int) -> list[slice]:
+    """Split range(n) into consecutive slices of at most ``size`` (any n, no divisibility rule)."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+#: share of a GPU's free memory that one tile's working set may take when no max_memory is given
+GPU_MEMORY_SHARE = 0.5
+
+
+def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_pair: int = 1,
+                     full: bool = False, device: torch.device | None = None) -> int:
+    """``tile_size`` if given, else the largest tile whose working set, ``BYTES_PER_ENTRY x tile^2 x
+    entries_per_pair`` bytes, fits ``max_memory`` (default 1 GiB), capped at :data:`DEFAULT_TILE`
+    for vectors and at ``CACHE_ENTRIES`` kernel entries for feature maps (``entries_per_pair``:
+    S pixels in the diagonal layout, S^2 in the full one, ``full`` saying which).
+
+    On a CUDA ``device`` without ``max_memory`` the budget is :data:`GPU_MEMORY_SHARE` of the device's
+    free memory and there is no cache cap: a GPU wants few, large tiles (each tile is a few dozen
+    kernel launches, whatever its size)."""
+    if tile_size is not None:
+        if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
+            raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+        return tile_size
+    gpu = device is not None and torch.device(device).type == "cuda"
+    if gpu and max_memory is None:
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, math.isqrt(int(free * GPU_MEMORY_SHARE) // (BYTES_PER_ENTRY * entries_per_pair)))
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    if not isinstance(budget, int) or budget < BYTES_PER_ENTRY:
+        raise ValueError(f"max_memory must be an integer number of bytes >= {BYTES_PER_ENTRY}, got {max_memory!r}")
+    cap = DEFAULT_TILE if entries_per_pair == 1 else math.isqrt(CACHE_ENTRIES[full] // entries_per_pair)
+    if gpu:
+        cap = math.isqrt(budget)  # no cache to fit
+    return max(1, min(cap, math.isqrt(budget // (BYTES_PER_ENTRY * entries_per_pair))))
+
+
+def spatial_cost(layer, input_shape: tuple[int, ...], masked: bool = False) -> tuple[int, bool]:
+    """(kernel entries per pair of examples at the input, full layout?): 1 for vectors; S for feature
+    maps of S positions in the diagonal layout, S^2 when the architecture needs the full one (pooling,
+    or padded inputs)."""
+    if len(input_shape) < 2:
+        return 1, False
+    positions = math.prod(input_shape[1:])
+    full = bool(layer.needs_full(False)) or masked
+    return (positions**2 if full else positions), full
+
+
+def _expand(k: Kernel, inverse1: Tensor | None, inverse2: Tensor | None) -> Kernel:
+    def rows(t, inv):
+        return t if t is None or inv is None else t[inv]
+
+    def both(t):
+        return None if t is None else rows(rows(t, inverse1).transpose(0, 1), inverse2).transpose(0, 1)
+
+    var1 = rows(k.var1, inverse1)
+    var2 = var1 if k.symmetric else rows(k.var2, inverse2)
+    return k.replace(nngp=both(k.nngp), ntk=both(k.ntk), var1=var1, var2=var2)
+
+
+def _rows_of(pair, first1, first2, symmetric):
+    """Per-example side data (masks, graphs) of the distinct rows."""
+    if pair is None:
+        return None
+    a = pair[0] if first1 is None else pair[0][first1]
+    return a, None if symmetric else (pair[1] if first2 is None else pair[1][first2])
+
+
+def _expanded(layer, x1, x2, groups1, groups2, names, masks, patterns, **options) -> Kernel:
+    """The kernel of inputs with repeated rows from the kernel of their distinct rows, so that identical
+    inputs get bitwise-identical rows and columns (and the repeated work is skipped)."""
+    first1, inverse1 = groups1 if groups1 is not None else (None, None)
+    first2, inverse2 = groups2 if groups2 is not None else (None, None)
+    if x2 is None:
+        inverse2 = inverse1
+    u1 = x1 if first1 is None else x1[first1]
+    u2 = None if x2 is None else (x2 if first2 is None else x2[first2])
+    masks = _rows_of(masks, first1, first2, x2 is None)
+    patterns = _rows_of(patterns, first1, first2, x2 is None)
+    try:
+        k = _compute(layer, u1, u2, names, masks, patterns, **options)
+    except NonFiniteKernelError as e:
+        partial = None if e.partial is None else _expand(e.partial, inverse1, inverse2)
+        raise NonFiniteKernelError(str(e) + " (row and column numbers count distinct inputs)", partial) from None
+    return _expand(k, inverse1, inverse2)
+
+
+def _tile_results(work, tasks, device):
+    """``(task, work(task))`` in task order. On the CPU with several tiles and T > 1 intra-op threads,
+    the tiles run T at a time on a thread pool with single-threaded torch operations instead of one at
+    a time with T-threaded ones: a tile is hundreds of short elementwise passes, and a multi-threaded
+    pass ends in a barrier that waits for every thread, so on a shared machine each pass waited for a
+    thread the other process had descheduled (24x slower beside a 2-thread torch job; see
+    benchmarks/under_load.py). Independent tiles share the cores with no barriers (torch releases the
+    GIL inside each operation). At most 2T tiles are in flight."""
+    threads = torch.get_num_threads()
+    pooled = os.environ.get("INFINET_TILE_POOL", "1") != "0"  # 0: the old way, for benchmarks/under_load.py
+    # compiled steps (infinet.fused) hold the GIL for their whole loop, so tiles on a pool would wait for
+    # each other; there a tile is a few fused passes, each parallel over all threads
+    if device.type != "cpu" or threads < 2 or len(tasks) < 2 or not pooled or fused.compiling():
+        for task in tasks:
+            yield task, work(task)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(1)
+    pending: deque = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile") as pool:
+            queue = iter(tasks)
+            for task in queue:
+                pending.append((task, pool.submit(work, task)))
+                if len(pending) >= 2 * threads:
+                    break
+            while pending:
+                task, future = pending.popleft()
+                result = future.result()
+                for nxt in queue:
+                    pending.append((nxt, pool.submit(work, nxt)))
+                    break
+                yield task, result
+    finally:
+        for _, future in pending:  # an error or an abandoned generator: start no further tiles
+            future.cancel()
+        torch.set_num_threads(threads)
+
+
+def compute_kernel(
+    layer,
+    x1,
+    x2=None,
+    get: str | Iterable[str] = ("nngp", "ntk"),
+    *,
+    dtype: torch.dtype = torch.float64,
+    tile_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool | None = None,
+    mask_constant: float | None = None,
+    lengths=None,
+    lengths2=None,
+    pattern=None,
+    pattern2=None,
+) -> Kernel:
+    """NNGP / NTK of ``layer`` between ``x1`` and ``x2``, tile by tile.
+
+    Graphs (for :class:`~infinet.Aggregate`): ``pattern``, one graph per example of x1, and ``pattern2``
+    for x2 (see :mod:`infinet.layers.graph` for the dense and sparse forms).
+
+    Variable-length sequences in one batch (:mod:`infinet.masks`), so that a padded batch gives the
+    kernel of the unpadded sequences: ``mask_constant``, positions (of sequences or feature maps)
+    where every channel equals it are padding (neural-tangents' convention); or ``lengths`` (and
+    ``lengths2`` for x2), the number of valid leading steps of each sequence N x C x L. Padded
+    batches use the full layout.
+
+    Memory: besides the (N1, N2) outputs, at most one tile's working set, about
+    ``BYTES_PER_ENTRY * tile_size**2 * E`` bytes with E = 1 for vectors and, for feature maps of S
+    positions, E = S (no pooling: diagonal layout) or S^2 (pooling: full layout), see
+    :func:`choose_tile_size` (activations without a closed form chunk their
+    quadrature to a fixed 32 MiB per temporary). When ``x2`` is None (or is ``x1``) only tiles on
+    or above the diagonal are computed and mirrored. ``progress=None`` shows a tqdm bar only on an
+    interactive terminal when there is more than one tile; True or False forces it.
+    """
+    names = parse_get(get)
+    tune_allocator()
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float64 (default) or torch.float32, got {dtype}")
+    symmetric = x2 is None or x2 is x1
+    x1 = as_input(x1, "x1", dtype)
+    x2 = x1 if symmetric else as_input(x2, "x2", dtype)
+    check_pair(x1, x2)
+    require_vector_output(layer.check(x1.shape[1:]))
+    masks = padding_masks(x1, None if symmetric else x2, mask_constant, lengths, lengths2)
+    patterns = graph_patterns(x1, None if symmetric else x2, pattern, pattern2)
+    if patterns is not None and not any_layer(layer, lambda part: getattr(part, "takes_pattern", False)):
+        raise ValueError("pattern (graphs) given, but the network has no Aggregate layer to use them")
+    pairs = len(x1) * (len(x1) + 1) // 2 if symmetric else len(x1) * len(x2)
+    work = pairs * spatial_cost(layer, tuple(x1.shape[1:]), masks is not None)[0] * layer.n_layers
+    with fused.active(fused.worth_compiling(work)):
+        return _compute(layer, x1, None if symmetric else x2, names, masks, patterns, dtype=dtype,
+                        tile_size=tile_size, max_memory=max_memory, progress=progress)
+
+
+def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, max_memory, progress) -> Kernel:
+    """:func:`compute_kernel` on checked inputs (``x2`` None: symmetric) with padding ``masks`` and graphs
+    ``patterns`` (or None)."""
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    need_ntk = "ntk" in names
+
+    def keyed(x, i):  # identical rows must also have identical padding and graphs to be computed once
+        parts = [t[i] for t in (masks, patterns) if t is not None]
+        if not parts:
+            return x
+        return torch.cat([x.reshape(len(x), -1)] + [p.reshape(len(x), -1).to(x.dtype) for p in parts], 1)
+
+    batch = sampling.whole_batch(layer)
+    if batch:  # batch statistics: the whole batch, repeated rows included, is one tile
+        sampling.check_whole_batch(layer, symmetric, tile_size, len(x1), masks is not None, patterns is not None)
+        tile_size = len(x1)
+    groups1 = None if batch else unique_rows(keyed(x1, 0))
+    groups2 = None if symmetric or batch else unique_rows(keyed(x2, 1))
+    if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
+        return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, patterns, dtype=dtype,
+                         tile_size=tile_size, max_memory=max_memory, progress=progress)
+    size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), masks is not None),
+                            device=x1.device)
+    rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
+    tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
+    replay = None
+    if _replay_pays(layer, x1, None if symmetric else x2, masks, patterns, len(tasks), size):
+        replay = _Replay(symmetric, len(rows), len(cols))
+        tasks = replay.order(tasks)
+
+    def blank(*shape):
+        return torch.empty(shape, dtype=dtype, device=x1.device)
+
+    nngp, var1, var2 = blank(len(x1), len(x2)), blank(len(x1)), blank(len(x2))
+    ntk = blank(len(x1), len(x2)) if need_ntk else None
+    sampled = sampling.plan(layer) is not None
+    nngp_se = blank(len(x1), len(x2)) if sampled else None
+    ntk_se = blank(len(x1), len(x2)) if sampled and need_ntk else None
+    shape: tuple[int, ...] = ()
+    done: list[tuple[int, int]] = []
+    show = progress if progress is not None else (len(tasks) > 1 and sys.stderr.isatty())
+    from tqdm.auto import tqdm
+
+    def work(task):
+        if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)
+            x = x1[rows[task[2]]] if task[1] == 1 else x2[cols[task[2]]]
+            return replay.record(task[1:], lambda trace: kernel_tile(layer, x, x[:1], False, trace=trace))
+        i, j = task
+        diagonal = symmetric and i == j
+        def part(pair):  # this tile's rows and columns of per-example side data (masks, graphs)
+            if pair is None:
+                return None
+            return pair[0][rows[i]], None if diagonal else (pair[0] if symmetric else pair[1])[cols[j]]
+
+        def tile(trace=None):
+            return kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, part(masks),
+                               part(patterns), trace=trace)
+
+        if replay is None:
+            k = tile()
+        elif diagonal:  # a diagonal tile records its rows' self-covariances for the tiles off the diagonal
+            k = replay.record((1, i), tile)
+        else:
+            k = tile(replay.trace(i, j))
+        if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit (or by sampling)
+            sym = lambda t: None if t is None else 0.5 * (t + t.T)  # noqa: E731
+            k = k.replace(nngp=sym(k.nngp), ntk=sym(k.ntk), nngp_se=sym(k.nngp_se), ntk_se=sym(k.ntk_se))
+        return k
+
+    with tqdm(total=len(tasks), desc="kernel tiles", disable=not show, leave=False) as bar:
+        for task, k in _tile_results(work, tasks, x1.device):
+            if task[0] == "record":
+                continue
+            i, j = task
+            r, c = rows[i], cols[j]
+            diagonal = symmetric and i == j
+            bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not _all_finite(t)]
+            if bad:
+                partial = _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done)
+                raise NonFiniteKernelError(
+                    f"{' and '.join(bad)} overflowed to NaN/inf in rows {r.start}:{r.stop}, columns "
+                    f"{c.start}:{c.stop} (an activation such as Exp or a deep network with w_std too large); "
+                    "the tiles already computed are in the exception's .partial",
+                    partial,
+                )
+            for out, value in ((nngp, k.nngp), (ntk, k.ntk), (nngp_se, k.nngp_se), (ntk_se, k.ntk_se)):
+                if out is not None:
+                    out[r, c] = value
+                    if symmetric and not diagonal:
+                        out[c, r] = value.T
+            var1[r] = k.var1
+            var2[c] = k.var2
+            shape = k.shape
+            done.append((i, j))
+            bar.update()
+    if symmetric:
+        var2 = var1
+    keep = "nngp" in names
+    return Kernel(nngp if keep else None, ntk, var1, var2, shape, symmetric, nngp_se=nngp_se if keep else None,
+                  ntk_se=ntk_se)
+
+
+def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:
+    """Whether tiles should replay self-covariances recorded once per block (:class:`_Replay`): feature maps
+    over several tiles, a network whose every layer supports it, no padding masks or graphs, and (for x1
+    against x2) no input shared by the two batches (their rows get equal self-covariances in a tile, so that
+    rho = 1 exactly) and less work recording (about 2 (N1 + N2) kernels of one example) than it saves
+    (N1 N2 (1 / rows + 1 / columns) per tile, one self-covariance per example of each tile)."""
+    if x1.ndim < 3 or n_tiles < 2 or masks is not None or patterns is not None or not replays_variances(layer):
+        return False
+    if x2 is None:
+        return True
+    if bool(torch.isin(row_keys(x1), row_keys(x2)).any()):
+        return False
+    return len(x1) * len(x2) * 2.0 / size > 2.0 * (len(x1) + len(x2))
+
+
+class _Replay:
+    """Self-covariances recorded once per block of rows (and of columns, for x1 against x2) and replayed in
+    every other tile (:class:`~infinet.kernel.VarianceTrace`). A symmetric kernel records them in its
+    diagonal tiles, which compute those examples' pairs anyway; otherwise each block is recorded in a tile
+    of its examples against its first one. Tiles that replay wait for the blocks they need; those are
+    queued first (:meth:`order`) and a thread pool starts tasks in order, so the wait always ends."""
+
+    def __init__(self, symmetric: bool, n_rows: int, n_cols: int):
+        import threading
+
+        self.symmetric = symmetric
+        keys = [(1, i) for i in range(n_rows)] + ([] if symmetric else [(2, j) for j in range(n_cols)])
+        self.ready = {key: threading.Event() for key in keys}
+        self.entries: dict = {}
+
+    def order(self, tasks: list) -> list:
+        if self.symmetric:
+            return [t for t in tasks if t[0] == t[1]] + [t for t in tasks if t[0] != t[1]]
+        return [("record",) + key for key in self.ready] + tasks
+
+    def record(self, key, compute):
+        """``compute(trace)`` with a recording trace, whose entries become block ``key``'s."""
+        trace = VarianceTrace()
+        try:
+            out = compute(trace)
+            self.entries[key] = trace.entries
+            return out
+        finally:
+            self.ready[key].set()
+
+    def trace(self, i: int, j: int) -> VarianceTrace:
+        a, b = (1, i), ((1, j) if self.symmetric else (2, j))
+        for key in (a, b):
+            self.ready[key].wait()
+            if key not in self.entries:
+                raise RuntimeError(f"the self-covariances of block {key} were not recorded (its tile failed)")
+        return VarianceTrace.replay(self.entries[a], self.entries[b])
+
+
+def kernel_diagonal(layer, x, kernel: str = "nngp") -> Tensor:
+    """K(x_i, x_i) for each row of ``x``: the NNGP from one symmetric computation (its self-variances), the NTK
+    row by row (a symmetric kernel would cost N^2). For kernel libraries' ``diag`` (GPyTorch, scikit-learn)."""
+    if kernel == "nngp":
+        return compute_kernel(layer, x, None, get="nngp", progress=False).var1
+    if kernel != "ntk":
+        raise ValueError(f"kernel must be 'nngp' or 'ntk', got {kernel!r}")
+    return torch.stack([compute_kernel(layer, x[i: i + 1], None, get="ntk", progress=False).ntk[0, 0]
+                        for i in range(len(x))])

@@ -84,7 +84,8 @@ from .inference.fitting import fit_hyperparameters
 from .engine.from_torch import UnsupportedModuleError, from_torch
 from .finite.montecarlo import MonteCarloKernel, monte_carlo_kernel
 from .engine.spec import SpecError, format_spec, parse_spec
-from .engine.tiling import NonFiniteKernelError, compute_kernel, kernel_tile
+from .engine.tiles import NonFiniteKernelError
+from .engine.tiling import compute_kernel, kernel_tile
 
 __all__ = [
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",

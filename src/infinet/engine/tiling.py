@@ -1,21 +1,24 @@
-"""Tiled kernel computation with bounded memory.
+"""Kernels of architectures, tile by tile, with bounded memory.
 
-:func:`kernel_tile` is the unit of work: a pure function of (architecture, x-rows, x-columns). The
-in-process driver :func:`compute_kernel` runs it over a grid of tiles with a progress bar; the same
-function is what a distributed driver (Dask, issue 9) ships to workers.
+:func:`kernel_tile` is the unit of work: a pure function of (architecture, x-rows, x-columns), the same
+function the Dask tasks of :mod:`infinet.scale.store` run on workers. :func:`compute_kernel` prepares a
+job (inputs checked, repeated rows computed once, padding masks and graphs, the tile size) and runs it
+on the tile engine (:mod:`infinet.engine.tiles`: plan, finishing step, in-memory sink, executor, progress).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
 from typing import Iterable
 
 import torch
 from torch import Tensor
 
 from . import fused, sampling
+from .tiles import (  # noqa: F401  (NonFiniteKernelError and tile_ranges: importable from here, as before)
+    MemorySink, NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar,
+    tile_ranges,
+)
 from ..core.allocator import tune_allocator
 from .apply import any_layer, apply_kernel, fit_layout, replays_variances
 from .kernel import Kernel, VarianceTrace, as_input, check_pair, input_kernel, parse_get, row_keys, unique_rows
@@ -33,14 +36,6 @@ DEFAULT_TILE = 384
 # measured with benchmarks/conv_kernel.py: 2^17 best for the diagonal layout, 2^19 for the full one,
 # whose tiles hold fewer pairs and so more per-tile overhead).
 CACHE_ENTRIES = {False: 1 << 17, True: 1 << 19}
-
-
-class NonFiniteKernelError(FloatingPointError):
-    """A tile produced NaN or inf. ``partial`` holds every tile finished before it (NaN elsewhere)."""
-
-    def __init__(self, message: str, partial: Kernel | None = None):
-        super().__init__(message)
-        self.partial = partial
 
 
 ALIGNMENT = 64  # bytes: the widest SIMD register (AVX-512); torch's allocators align at least this much
@@ -114,32 +109,6 @@ def require_vector_output(out) -> None:
                          "GlobalAvgPool() and a Dense readout to get an (N1, N2) kernel")
 
 
-def _all_finite(t: Tensor) -> bool:
-    """One reduction pass; the exact elementwise check only if the sum is not finite (or overflowed)."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done) -> Kernel:
-    """The kernel with every finished tile and NaN elsewhere (for NonFiniteKernelError.partial)."""
-    finished = torch.zeros(len(rows), len(cols), dtype=torch.bool)
-    for i, j in done:
-        finished[i, j] = True
-        if symmetric:
-            finished[j, i] = True
-    mask = torch.ones(nngp.shape, dtype=torch.bool, device=nngp.device)
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            if finished[i, j]:
-                mask[r, c] = False
-    keep = lambda t: None if t is None else t.masked_fill(mask, math.nan)  # noqa: E731
-    return Kernel(keep(nngp), keep(ntk), var1, var1 if symmetric else var2, shape, symmetric)
-
-
-def tile_ranges(n: int, size: int) -> list[slice]:
-    """Split range(n) into consecutive slices of at most ``size`` (any n, no divisibility rule)."""
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
-
-
 #: share of a GPU's free memory that one tile's working set may take when no max_memory is given
 GPU_MEMORY_SHARE = 0.5
 
@@ -155,9 +124,7 @@ def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_
     free memory and there is no cache cap: a GPU wants few, large tiles (each tile is a few dozen
     kernel launches, whatever its size)."""
     if tile_size is not None:
-        if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
-            raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-        return tile_size
+        return check_tile_size(tile_size)
     gpu = device is not None and torch.device(device).type == "cuda"
     if gpu and max_memory is None:
         free, _ = torch.cuda.mem_get_info(device)
@@ -221,47 +188,6 @@ def _expanded(layer, x1, x2, groups1, groups2, names, masks, patterns, **options
     return _expand(k, inverse1, inverse2)
 
 
-def _tile_results(work, tasks, device):
-    """``(task, work(task))`` in task order. On the CPU with several tiles and T > 1 intra-op threads,
-    the tiles run T at a time on a thread pool with single-threaded torch operations instead of one at
-    a time with T-threaded ones: a tile is hundreds of short elementwise passes, and a multi-threaded
-    pass ends in a barrier that waits for every thread, so on a shared machine each pass waited for a
-    thread the other process had descheduled (24x slower beside a 2-thread torch job; see
-    benchmarks/under_load.py). Independent tiles share the cores with no barriers (torch releases the
-    GIL inside each operation). At most 2T tiles are in flight."""
-    threads = torch.get_num_threads()
-    pooled = os.environ.get("INFINET_TILE_POOL", "1") != "0"  # 0: the old way, for benchmarks/under_load.py
-    # compiled steps (infinet.fused) hold the GIL for their whole loop, so tiles on a pool would wait for
-    # each other; there a tile is a few fused passes, each parallel over all threads
-    if device.type != "cpu" or threads < 2 or len(tasks) < 2 or not pooled or fused.compiling():
-        for task in tasks:
-            yield task, work(task)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    torch.set_num_threads(1)
-    pending: deque = deque()
-    try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile") as pool:
-            queue = iter(tasks)
-            for task in queue:
-                pending.append((task, pool.submit(work, task)))
-                if len(pending) >= 2 * threads:
-                    break
-            while pending:
-                task, future = pending.popleft()
-                result = future.result()
-                for nxt in queue:
-                    pending.append((nxt, pool.submit(work, nxt)))
-                    break
-                yield task, result
-    finally:
-        for _, future in pending:  # an error or an abandoned generator: start no further tiles
-            future.cancel()
-        torch.set_num_threads(threads)
-
-
 def compute_kernel(
     layer,
     x1,
@@ -314,10 +240,11 @@ def compute_kernel(
     work = pairs * spatial_cost(layer, tuple(x1.shape[1:]), masks is not None)[0] * layer.n_layers
     with fused.active(fused.worth_compiling(work)):
         return _compute(layer, x1, None if symmetric else x2, names, masks, patterns, dtype=dtype,
-                        tile_size=tile_size, max_memory=max_memory, progress=progress)
+                        tile_size=tile_size, max_memory=max_memory, progress_shown=progress)
 
 
-def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, max_memory, progress) -> Kernel:
+def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, max_memory,
+             progress_shown) -> Kernel:
     """:func:`compute_kernel` on checked inputs (``x2`` None: symmetric) with padding ``masks`` and graphs
     ``patterns`` (or None)."""
     symmetric = x2 is None
@@ -338,35 +265,25 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     groups2 = None if symmetric or batch else unique_rows(keyed(x2, 1))
     if groups1 is not None or groups2 is not None:  # repeated inputs: compute each once, then copy
         return _expanded(layer, x1, None if symmetric else x2, groups1, groups2, names, masks, patterns, dtype=dtype,
-                         tile_size=tile_size, max_memory=max_memory, progress=progress)
+                         tile_size=tile_size, max_memory=max_memory, progress_shown=progress_shown)
     size = choose_tile_size(tile_size, max_memory, *spatial_cost(layer, tuple(x1.shape[1:]), masks is not None),
                             device=x1.device)
-    rows, cols = tile_ranges(len(x1), size), tile_ranges(len(x2), size)
-    tasks = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
+    plan = TilePlan(len(x1), len(x2), size, symmetric)
+    rows, cols = plan.rows, plan.cols
+    tasks = plan.tasks()
     replay = None
     if _replay_pays(layer, x1, None if symmetric else x2, masks, patterns, len(tasks), size):
         replay = _Replay(symmetric, len(rows), len(cols))
         tasks = replay.order(tasks)
-
-    def blank(*shape):
-        return torch.empty(shape, dtype=dtype, device=x1.device)
-
-    nngp, var1, var2 = blank(len(x1), len(x2)), blank(len(x1)), blank(len(x2))
-    ntk = blank(len(x1), len(x2)) if need_ntk else None
-    sampled = sampling.plan(layer) is not None
-    nngp_se = blank(len(x1), len(x2)) if sampled else None
-    ntk_se = blank(len(x1), len(x2)) if sampled and need_ntk else None
-    shape: tuple[int, ...] = ()
-    done: list[tuple[int, int]] = []
-    show = progress if progress is not None else (len(tasks) > 1 and sys.stderr.isatty())
-    from tqdm.auto import tqdm
+    sink = MemorySink(plan, need_ntk, sampling.plan(layer) is not None, dtype, x1.device)
 
     def work(task):
         if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)
             x = x1[rows[task[2]]] if task[1] == 1 else x2[cols[task[2]]]
             return replay.record(task[1:], lambda trace: kernel_tile(layer, x, x[:1], False, trace=trace))
         i, j = task
-        diagonal = symmetric and i == j
+        diagonal = plan.diagonal(i, j)
+
         def part(pair):  # this tile's rows and columns of per-example side data (masks, graphs)
             if pair is None:
                 return None
@@ -382,42 +299,18 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
             k = replay.record((1, i), tile)
         else:
             k = tile(replay.trace(i, j))
-        if diagonal:  # exact symmetry: entries (a, b) and (b, a) may differ in the last bit (or by sampling)
-            sym = lambda t: None if t is None else 0.5 * (t + t.T)  # noqa: E731
-            k = k.replace(nngp=sym(k.nngp), ntk=sym(k.ntk), nngp_se=sym(k.nngp_se), ntk_se=sym(k.ntk_se))
-        return k
+        return finish_tile(k, plan, i, j)
 
-    with tqdm(total=len(tasks), desc="kernel tiles", disable=not show, leave=False) as bar:
-        for task, k in _tile_results(work, tasks, x1.device):
-            if task[0] == "record":
-                continue
-            i, j = task
-            r, c = rows[i], cols[j]
-            diagonal = symmetric and i == j
-            bad = [name for name, t in (("nngp", k.nngp), ("ntk", k.ntk)) if t is not None and not _all_finite(t)]
-            if bad:
-                partial = _partial(nngp, ntk, var1, var2, shape, symmetric, rows, cols, done)
-                raise NonFiniteKernelError(
-                    f"{' and '.join(bad)} overflowed to NaN/inf in rows {r.start}:{r.stop}, columns "
-                    f"{c.start}:{c.stop} (an activation such as Exp or a deep network with w_std too large); "
-                    "the tiles already computed are in the exception's .partial",
-                    partial,
-                )
-            for out, value in ((nngp, k.nngp), (ntk, k.ntk), (nngp_se, k.nngp_se), (ntk_se, k.ntk_se)):
-                if out is not None:
-                    out[r, c] = value
-                    if symmetric and not diagonal:
-                        out[c, r] = value.T
-            var1[r] = k.var1
-            var2[c] = k.var2
-            shape = k.shape
-            done.append((i, j))
-            bar.update()
-    if symmetric:
-        var2 = var1
-    keep = "nngp" in names
-    return Kernel(nngp if keep else None, ntk, var1, var2, shape, symmetric, nngp_se=nngp_se if keep else None,
-                  ntk_se=ntk_se)
+    try:
+        with progress_bar(len(plan.tasks()), progress_shown) as bar:
+            for task, k in local_results(work, tasks, x1.device):
+                if task[0] != "record":
+                    sink.write(*task, k)
+                    bar.update()
+    except NonFiniteKernelError as e:
+        raise NonFiniteKernelError(f"{e}; the tiles already computed are in the exception's .partial",
+                                   sink.partial()) from None
+    return sink.kernel(keep_nngp="nngp" in names)
 
 
 def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:

@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..engine.tiles import TilePlan, tile_ranges
+
 
 class KernelMatrixError(ValueError):
     """A kernel matrix that is not finite, not square, not symmetric or not positive semi-definite."""
@@ -121,13 +123,19 @@ class TiledKernel:
         self._diag: Tensor | None = None
 
     def _slices(self):
-        return [slice(i, min(i + self.tile, self.n)) for i in range(0, self.n, self.tile)]
+        return tile_ranges(self.n, self.tile)
 
     def matmul(self, v: Tensor) -> Tensor:
+        """K v over the tile engine's symmetric plan: each block on or above the diagonal is evaluated once
+        and used twice (K[r, c] v[c] and K[r, c]^T v[r]), half the blocks of the full grid."""
+        plan = TilePlan(self.n, self.n, self.tile, symmetric=True)
         out = torch.zeros(self.n, *v.shape[1:], dtype=v.dtype, device=v.device)
-        for r in self._slices():
-            for c in self._slices():
-                out[r] += self.block(r, c).to(v) @ v[c]
+        for i, j in plan.tasks():
+            r, c = plan.rows[i], plan.cols[j]
+            block = self.block(r, c).to(v)
+            out[r] += block @ v[c]
+            if plan.mirrored(i, j):
+                out[c] += block.T @ v[r]
         return out
 
     def diagonal(self) -> Tensor:

@@ -2,7 +2,9 @@
 solvers that stream the store.
 
 :func:`kernel_to_store` computes the kernel of an architecture over a data set tile by tile with the
-core engine's pure tile function (:func:`infinet.tiling.kernel_tile`, unchanged), as Dask tasks on an
+engine's pure tile function (:func:`infinet.engine.tiling.kernel_tile`) on the tile engine
+(:mod:`infinet.engine.tiles`: the plan, the finishing step, progress; this module adds the zarr sink and
+the Dask executor), as Dask tasks on an
 in-process ``LocalCluster`` sized to the machine, on any existing cluster (``scheduler`` address or a
 ``distributed.Client``), or in this process (``workers=0``). Each tile is written into chunk-aligned
 zarr v3 arrays (``nngp``, ``ntk``), then marked done in a separate ``done`` array (one chunk per tile):
@@ -34,7 +36,12 @@ from ..engine import sampling
 from ..core.extras import require
 from ..engine.kernel import as_input, parse_get
 from ..inference.solve import CGReport, TiledKernel, conjugate_gradient
-from ..engine.tiling import DEFAULT_TILE, kernel_tile, tile_ranges
+from ..core import __version__
+from ..engine.spec import format_spec, parse_spec, round_trip_spec
+from ..engine.tiles import (
+    NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar, tile_ranges,
+)
+from ..engine.tiling import DEFAULT_TILE, kernel_tile
 
 FORMAT = 1
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -80,9 +87,6 @@ def fingerprint(*arrays: torch.Tensor) -> str:
 
 
 def _metadata(net, x1, x2, names, dtype: str, tile: int) -> dict:
-    from ..core import __version__
-    from ..engine.spec import round_trip_spec
-
     return {"infinet_store": FORMAT, "architecture": round_trip_spec(net), "data": fingerprint(x1, x2),
             "shape": [len(x1), len(x1) if x2 is None else len(x2)], "symmetric": x2 is None, "dtype": dtype,
             "tile_size": tile, "kernels": list(names), "version": __version__}
@@ -116,10 +120,10 @@ def _open(path: str, meta: dict):
     return group
 
 
-def _missing(group, symmetric: bool) -> list[tuple[int, int]]:
+def _missing(group) -> list[tuple[int, int]]:
+    """The tiles of the store's job not marked done."""
     done = group["done"][...]
-    return [(i, j) for i in range(done.shape[0]) for j in range(done.shape[1])
-            if not done[i, j] and (not symmetric or j >= i)]
+    return [(i, j) for i, j in _plan(dict(group.attrs)).tasks() if not done[i, j]]
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,44 +145,58 @@ def tile_device(device: str = "auto") -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def _plan(meta: dict) -> TilePlan:
+    return TilePlan(meta["shape"][0], meta["shape"][1], meta["tile_size"], meta["symmetric"])
+
+
+class ZarrSink:
+    """Finished tiles into a store's chunks (the tile engine's resumable sink): each kernel's values (and,
+    for a symmetric store, the mirror chunk), then their checksums, then the tile's done-mark, so that a
+    tile marked done always has its values and checksums."""
+
+    def __init__(self, group, plan: TilePlan, names: list[str]):
+        self.group, self.plan, self.names = group, plan, names
+
+    def write(self, i: int, j: int, k) -> None:
+        rows, cols = self.plan.rows[i], self.plan.cols[j]
+        mirrored = self.plan.mirrored(i, j)
+        sums, mirror_sums = [], []
+        for name in self.names:
+            values = getattr(k, name).cpu().numpy()
+            self.group[name][rows, cols] = values
+            sums.append(_tile_checksum(values))
+            if mirrored:
+                self.group[name][cols, rows] = values.T
+                mirror_sums.append(_tile_checksum(values.T))
+        if "checksum" in self.group:
+            self.group["checksum"][i, j, :] = np.array(sums, dtype=np.int64)
+            if mirror_sums:
+                self.group["checksum"][j, i, :] = np.array(mirror_sums, dtype=np.int64)
+        self.group["done"][i, j] = 1
+        if mirrored:
+            self.group["done"][j, i] = 1
+
+
 def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i: int, j: int,
                  device: str = "auto") -> tuple[int, int]:
     """One task: the (i, j) tile of the job stored at ``path`` (rows/columns from the store's tile size)
-    computed on :func:`tile_device` ``(device)``, written into its chunks (and the mirror chunk when
-    symmetric), then marked done."""
+    computed on :func:`tile_device` ``(device)``, finished (:func:`~infinet.engine.tiles.finish_tile`) and
+    written by :class:`ZarrSink` (its values, the mirror chunk when symmetric, then its done-mark)."""
     zarr = require("zarr", "infinet.scale stores")
-
-    from ..engine.spec import parse_spec
 
     where = tile_device(device)
     group = zarr.open_group(path, mode="r+")
     meta = dict(group.attrs)
-    tile, dtype, symmetric = meta["tile_size"], DTYPES[meta["dtype"]], meta["symmetric"]
-    rows = slice(i * tile, min((i + 1) * tile, meta["shape"][0]))
-    cols = slice(j * tile, min((j + 1) * tile, meta["shape"][1]))
-    a = torch.as_tensor(x1[rows], dtype=dtype, device=where)
-    b = None if (symmetric and i == j) else torch.as_tensor((x1 if symmetric else x2)[cols], dtype=dtype, device=where)
-    k = kernel_tile(parse_spec(spec, max_length=None), a, b, "ntk" in meta["kernels"])
-    sums, mirror_sums = [], []
-    for name in meta["kernels"]:
-        t = getattr(k, name)
-        if symmetric and i == j:
-            t = 0.5 * (t + t.T)
-        if not bool(torch.isfinite(t).all()):
-            raise FloatingPointError(f"{name} tile ({i}, {j}) overflowed to NaN/inf; nothing was marked done")
-        values = t.cpu().numpy()
-        group[name][rows, cols] = values
-        sums.append(_tile_checksum(values))
-        if symmetric and i != j:
-            group[name][cols, rows] = values.T
-            mirror_sums.append(_tile_checksum(values.T))
-    if "checksum" in group:  # written before the done-mark: a tile marked done always has its checksum
-        group["checksum"][i, j, :] = np.array(sums, dtype=np.int64)
-        if mirror_sums:
-            group["checksum"][j, i, :] = np.array(mirror_sums, dtype=np.int64)
-    group["done"][i, j] = 1
-    if symmetric and i != j:
-        group["done"][j, i] = 1
+    plan, dtype = _plan(meta), DTYPES[meta["dtype"]]
+    a = torch.as_tensor(x1[plan.rows[i]], dtype=dtype, device=where)
+    b = None if plan.diagonal(i, j) else torch.as_tensor((x1 if plan.symmetric else x2)[plan.cols[j]], dtype=dtype,
+                                                         device=where)
+    try:
+        k = finish_tile(kernel_tile(parse_spec(spec, max_length=None), a, b, "ntk" in meta["kernels"]), plan, i, j,
+                        meta["kernels"])
+    except NonFiniteKernelError as e:
+        raise NonFiniteKernelError(f"{e}; tile ({i}, {j}) was not written and nothing was marked done") from None
+    ZarrSink(group, plan, meta["kernels"]).write(i, j, k)
     return i, j
 
 
@@ -203,8 +221,6 @@ def kernel_to_store(
     for this process only. Tasks are retried twice if a worker dies. ``device``: where each worker
     computes its tiles (:func:`tile_device`; ``"auto"``: its GPU if it has one). Resumes an existing store
     of the same job; refuses (:class:`StoreMismatchError`) one made for another."""
-    from ..engine.spec import format_spec, parse_spec
-
     net = parse_spec(net) if isinstance(net, str) else net
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
@@ -215,9 +231,7 @@ def kernel_to_store(
     if sampling.whole_batch(net):
         raise ValueError("the network has BatchNorm: its kernel needs the whole batch in one computation "
                          "(net.kernel(x)); stores of tiles are not supported")
-    tile = tile_size or DEFAULT_TILE
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+    tile = check_tile_size(DEFAULT_TILE if tile_size is None else tile_size)
     _check_device(device)  # here, before any task: the workers' devices are only known on the workers
     path = str(path)
     meta = _metadata(net, x1, x2, names, dtype, tile)
@@ -230,39 +244,26 @@ def kernel_to_store(
             group["done"][i, j] = 0
             if symmetric:
                 group["done"][j, i] = 0
-    total = len(_all_tiles(meta))
-    todo = _missing(group, symmetric)
+    total = len(_plan(meta).tasks())
+    todo = _missing(group)
     start = time.perf_counter()
     spec = format_spec(net)
     a = x1.cpu().numpy()
     b = None if x2 is None else x2.cpu().numpy()
-    if todo:
-        if workers == 0 and client is None and scheduler is None:
-            for n, (i, j) in enumerate(todo):
-                compute_tile(path, spec, a, b, i, j, device)
-                _progress(progress, n + 1, len(todo), start)
+    with progress_bar(len(todo), progress) as bar:
+        if not todo:
+            pass
+        elif workers == 0 and client is None and scheduler is None:  # this process: the engine's executor
+            for _ in local_results(lambda task: compute_tile(path, spec, a, b, *task, device), todo, tile_device(device)):
+                bar.update()
         else:
-            _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, progress, start)
+            _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, bar)
     return StoreReport(path, total, len(todo), total - len(todo), time.perf_counter() - start, meta)
 
 
-def _all_tiles(meta: dict) -> list[tuple[int, int]]:
-    rows = tile_ranges(meta["shape"][0], meta["tile_size"])
-    cols = tile_ranges(meta["shape"][1], meta["tile_size"])
-    return [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not meta["symmetric"] or j >= i]
-
-
-def _progress(show: bool, done: int, total: int, start: float) -> None:
-    if not show:
-        return
-    elapsed = time.perf_counter() - start
-    rate = done / max(elapsed, 1e-9)
-    eta = (total - done) / max(rate, 1e-9)
-    print(f"\rtiles {done}/{total}  {rate:.2f} tiles/s  ETA {eta:.0f} s", end="" if done < total else "\n", flush=True,
-          file=sys.stderr)
-
-
-def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, progress, start) -> None:
+def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, bar) -> None:
+    """The Dask executor: one task per tile on ``client``, a cluster at ``scheduler`` or a LocalCluster of
+    ``workers`` processes; ``bar`` (:func:`~infinet.engine.tiles.progress`) counts finished tiles."""
     distributed = require("distributed", "Dask execution of infinet.scale")
     Client, LocalCluster, as_completed = distributed.Client, distributed.LocalCluster, distributed.as_completed
 
@@ -279,9 +280,9 @@ def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device,
         data_b = None if b is None else client.scatter(b, broadcast=True)
         futures = [client.submit(compute_tile, path, spec, data_a, data_b, i, j, device, retries=2,
                                  pure=False) for i, j in todo]
-        for n, future in enumerate(as_completed(futures)):
+        for future in as_completed(futures):
             future.result()  # re-raises a task's error (after its retries)
-            _progress(progress, n + 1, len(todo), start)
+            bar.update()
     finally:
         if own is not None:
             cluster = getattr(own, "cluster", None)
@@ -313,7 +314,7 @@ def check_store(path: str | os.PathLike, group=None, checksums: bool = True) -> 
     path = Path(path)
     group = zarr.open_group(str(path), mode="r") if group is None else group
     meta = dict(group.attrs)
-    tile = meta["tile_size"]
+    tile, plan = meta["tile_size"], _plan(meta)
     itemsize = np.dtype(meta["dtype"]).itemsize
     done = group["done"][...]
     stored = group["checksum"][...] if checksums and "checksum" in group else None
@@ -326,9 +327,7 @@ def check_store(path: str | os.PathLike, group=None, checksums: bool = True) -> 
         for n, name in enumerate(meta["kernels"]):
             problem = _chunk_problem(path, name, i, j, tile * tile * itemsize)
             if problem is None and stored is not None and stored[i, j, n] != 0:
-                rows = slice(i * tile, min((i + 1) * tile, meta["shape"][0]))
-                cols = slice(j * tile, min((j + 1) * tile, meta["shape"][1]))
-                if _tile_checksum(group[name][rows, cols]) != stored[i, j, n]:
+                if _tile_checksum(group[name][plan.rows[i], plan.cols[j]]) != stored[i, j, n]:
                     problem = f"{path / name / 'c' / str(i) / str(j)} changed since it was written (checksum)"
             if problem is not None:
                 bad.setdefault(key, problem)
@@ -347,9 +346,9 @@ def open_store(path: str | os.PathLike, verify: bool = True):
     meta = dict(group.attrs)
     if meta.get("infinet_store") != FORMAT:
         raise StoreMismatchError(f"{path} is not an infinet kernel store")
-    missing = _missing(group, meta["symmetric"])
+    missing = _missing(group)
     if missing:
-        raise StoreMismatchError(f"{path} is incomplete: {len(missing)} of {len(_all_tiles(meta))} tiles missing; "
+        raise StoreMismatchError(f"{path} is incomplete: {len(missing)} of {len(_plan(meta).tasks())} tiles missing; "
                                  "rerun the same kernel command to finish it")
     bad = check_store(path, group, checksums=verify)
     if bad:

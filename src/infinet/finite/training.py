@@ -3,16 +3,23 @@
 loss = 1 / (2 * y.numel()) * sum (f(x) - y)^2 (neural-tangents' convention), so ``steps`` of full-batch
 gradient descent with learning rate ``lr`` correspond to training time t = lr * steps in
 :func:`infinet.predict.gradient_descent_mse`.
+
+Every trainer here is one call of :func:`train`, the one training loop: an optimizer, a loss, the rows
+of each step (full batch or minibatches), and callbacks that record what a study needs into one
+:class:`History` at the recorded steps.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp
+
+from .empirical import empirical_ntk
 
 
 def mse_loss(f: Tensor, y: Tensor) -> Tensor:
@@ -21,16 +28,142 @@ def mse_loss(f: Tensor, y: Tensor) -> Tensor:
 
 
 @dataclass
-class TrainingRecord:
-    """Loss every ``record_every`` steps and the final outputs on the training and test inputs."""
+class History:
+    """What a training run recorded, one entry per recorded step (``steps``) unless said otherwise.
+
+    ``loss``: the training loss on the whole training set; ``validation``: the value of a monitor (a
+    validation accuracy, a test loss); ``f_test``: the outputs on the test inputs; ``weight_change``:
+    ||theta_t - theta_0|| / ||theta_0|| over the trainable weights; ``ntk_change``: ||Theta_t - Theta_0||_F /
+    ||Theta_0||_F of the empirical NTK on probe inputs. ``f_train``: the outputs on the training inputs
+    at the end. Lists a run did not record stay empty."""
 
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    f_test: list[Tensor] = field(default_factory=list)
+    weight_change: list[float] = field(default_factory=list)
+    ntk_change: list[float] = field(default_factory=list)
     f_train: Tensor | None = None
-    f_test: Tensor | None = None
+
+    @property
+    def test_loss(self) -> list[float]:
+        """The monitor's values under their earlier name (they were never only test losses): ``validation``."""
+        return self.validation
 
 
+#: a callback: called at each recorded step with (step, model, history, training loss at that step)
+Callback = Callable[[int, nn.Module, History, float], None]
+
+
+def train(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = mse_loss,
+    rows: Callable[[int], Tensor | None] | None = None,
+    penalty: Callable[[], Tensor] | None = None,
+    scheduler=None,
+    record_every: int = 0,
+    callbacks: Sequence[Callback] = (),
+    on_nonfinite: str = "raise",
+) -> History:
+    """The training loop: ``steps`` updates of ``optimizer`` on ``loss_fn(model(x[r]), y[r])`` (+ ``penalty()``),
+    r = ``rows(step)`` (None or no ``rows``: the whole batch), stepping ``scheduler`` after each update.
+
+    At step 0, every ``record_every`` steps (0: never) and after the last update, the step, the training
+    loss on the whole set (the step's own loss when it used the whole batch) and each callback's
+    measurements go into the returned :class:`History`; ``history.f_train`` holds the final outputs on ``x``.
+    A loss that is NaN or inf raises ``FloatingPointError`` naming the step (``on_nonfinite='raise'``; a
+    learning rate above the stable limit 2 m / lambda_max of the empirical NTK) or ends training there
+    (``'stop'``, for studies that record untrainable settings)."""
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    history = History()
+
+    def record(step: int, loss: Tensor | None) -> None:
+        with torch.no_grad():
+            value = loss if loss is not None else loss_fn(model(x), y)
+        history.steps.append(step)
+        history.loss.append(float(value))
+        for callback in callbacks:
+            callback(step, model, history, float(value))
+
+    for step in range(steps):
+        batch = None if rows is None else rows(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y) if batch is None else loss_fn(model(x[batch]), y[batch])
+        if not torch.isfinite(loss):
+            if on_nonfinite == "stop":
+                break
+            raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); "
+                                     "lower the learning rate")
+        if record_every and step % record_every == 0:
+            record(step, loss.detach() if batch is None else None)
+        if penalty is not None:
+            loss = loss + penalty()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    else:
+        step = steps
+    with torch.no_grad():
+        history.f_train = model(x)
+        final = loss_fn(history.f_train, y)
+    if not torch.isfinite(final) and on_nonfinite == "raise":
+        raise FloatingPointError(f"training diverged by step {step}; lower the learning rate")
+    if record_every or callbacks:
+        record(step, final)
+    return history
+
+
+# -- callbacks -------------------------------------------------------------------------------------------------
+def record_test(x_test: Tensor, y_test: Tensor | None = None) -> Callback:
+    """Records the outputs on ``x_test`` (``f_test``) and, given ``y_test``, their :func:`mse_loss` (``validation``)."""
+    def callback(step, model, history, loss):
+        with torch.no_grad():
+            out = model(x_test).detach().clone()
+        history.f_test.append(out)
+        if y_test is not None:
+            history.validation.append(float(mse_loss(out, y_test)))
+    return callback
+
+
+def record_monitor(monitor: Callable[[nn.Module], float]) -> Callback:
+    """Records ``monitor(model)`` (e.g. a validation accuracy) in ``validation``."""
+    def callback(step, model, history, loss):
+        with torch.no_grad():
+            history.validation.append(float(monitor(model)))
+    return callback
+
+
+def record_changes(model: nn.Module, ntk_inputs: Tensor | None = None) -> Callback:
+    """Records how far the trainable weights moved from where they are now (``weight_change``) and, given
+    probe inputs, how much the empirical NTK on them changed (``ntk_change``; traced empirical NTK)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    theta0 = [p.detach().clone() for p in trainable]
+    norm0 = float(torch.sqrt(sum((p * p).sum() for p in theta0)))
+    ntk0 = None if ntk_inputs is None else empirical_ntk(model, ntk_inputs, trace=True)
+
+    def callback(step, model, history, loss):
+        with torch.no_grad():
+            moved = torch.sqrt(sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, theta0)))
+        history.weight_change.append(float(moved) / max(norm0, 1e-300))
+        if ntk0 is not None:
+            ntk = empirical_ntk(model, ntk_inputs, trace=True)
+            history.ntk_change.append(float(torch.linalg.norm(ntk - ntk0) / torch.linalg.norm(ntk0)))
+    return callback
+
+
+def _require(condition: bool, what: str, **values) -> None:
+    if not condition:
+        raise ValueError(f"need {what}; got " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+# -- the trainers of the studies ----------------------------------------------------------------------------------
 def train_gradient_descent(
     model: nn.Module,
     x: Tensor,
@@ -43,52 +176,53 @@ def train_gradient_descent(
     record_every: int = 0,
     optimizer: str = "sgd",
     schedule: str = "constant",
-) -> TrainingRecord:
+) -> History:
     """Full-batch training on :func:`mse_loss`: plain gradient descent (``optimizer='sgd'``, no momentum;
     ``steps`` x ``lr`` is the training time of :func:`infinet.predict.gradient_descent_mse`) or Adam
     (``'adam'``, Kingma and Ba 2015; to train small networks to convergence). ``schedule='cosine'``
     decays the learning rate as lr (1 + cos(pi step / steps)) / 2 (Loshchilov and Hutter 2017).
 
     Trains ``model`` in place; raises ``FloatingPointError`` naming the step if the loss becomes NaN
-    or inf (a learning rate above the stable limit 2 m / lambda_max of the empirical NTK).
+    or inf (a learning rate above the stable limit 2 m / lambda_max of the empirical NTK). With
+    ``x_test``, ``history.f_test[-1]`` holds the final test outputs (and the test loss every
+    ``record_every`` steps goes into ``validation`` when ``y_test`` is given).
     """
-    if steps < 0 or lr <= 0:
-        raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    _require(steps >= 0 and lr > 0, "steps >= 0 and lr > 0", steps=steps, lr=lr)
     optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
     if optimizer not in optimizers or schedule not in ("constant", "cosine"):
         raise ValueError(f"optimizer must be one of {sorted(optimizers)} and schedule 'constant' or 'cosine', got "
                          f"{optimizer!r} and {schedule!r}")
     opt = optimizers[optimizer](model.parameters(), lr=lr)
     decay = None if schedule == "constant" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    rec = TrainingRecord()
+    tracked = x_test is not None and y_test is not None  # the test loss at every recorded step
+    callbacks = [record_test(x_test, y_test)] if tracked else []
+    history = train(model, x, y, steps, opt, scheduler=decay, record_every=record_every, callbacks=callbacks)
+    if not record_every:  # recorded at the end only for the callbacks: the history holds no curve
+        history.steps, history.loss, history.validation = [], [], history.validation[-1:] if tracked else []
+    if x_test is not None and not tracked:
+        with torch.no_grad():
+            history.f_test.append(model(x_test))
+    return history
 
-    def record(step: int, loss: Tensor) -> None:
-        rec.steps.append(step)
-        rec.loss.append(float(loss))
-        if x_test is not None and y_test is not None:
-            with torch.no_grad():
-                rec.test_loss.append(float(mse_loss(model(x_test), y_test)))
 
-    for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = mse_loss(model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); lower the learning rate")
-        if record_every and step % record_every == 0:
-            record(step, loss.detach())
-        loss.backward()
-        opt.step()
-        if decay is not None:
-            decay.step()
-    with torch.no_grad():
-        rec.f_train = model(x)
-        final = mse_loss(rec.f_train, y)
-        if not torch.isfinite(final):
-            raise FloatingPointError(f"training diverged by step {steps}; lower the learning rate")
-        if record_every:
-            record(steps, final)
-        rec.f_test = model(x_test) if x_test is not None else None
-    return rec
+def _epochs(n: int, batch_size: int, seed: int, device) -> Callable[[int], Tensor]:
+    """Minibatches that visit the n training rows in a fresh random order each epoch (drawn from ``seed``)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    state = {"order": torch.empty(0, dtype=torch.long), "position": 0}
+
+    def rows(step: int) -> Tensor:
+        if state["position"] >= len(state["order"]):
+            state["order"], state["position"] = torch.randperm(n, generator=gen).to(device), 0
+        batch = state["order"][state["position"]: state["position"] + batch_size]
+        state["position"] += batch_size
+        return batch
+    return rows
+
+
+def _random_rows(n: int, batch_size: int, seed: int) -> Callable[[int], Tensor]:
+    """Minibatches of ``batch_size`` rows drawn with replacement (from ``seed``)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return lambda step: torch.randint(0, n, (batch_size,), generator=gen)
 
 
 def train_sgd(
@@ -103,61 +237,21 @@ def train_sgd(
     seed: int = 0,
     monitor: Callable[[nn.Module], float] | None = None,
     monitor_every: int = 0,
-) -> TrainingRecord:
+) -> History:
     """Minibatch SGD (optionally with heavy-ball momentum) on :func:`mse_loss` of each minibatch.
 
     Each epoch visits the training set in a fresh random order (drawn from ``seed``); ``steps``
     counts minibatches. ``monitor(model)`` (e.g. validation accuracy) is recorded every
-    ``monitor_every`` steps and at the end in ``record.steps`` / ``record.test_loss``. Trains in
+    ``monitor_every`` steps and at the end in ``history.steps`` / ``history.validation``. Trains in
     place; raises ``FloatingPointError`` naming the step if the loss becomes NaN or inf.
     """
-    if steps < 0 or lr <= 0 or batch_size < 1 or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"need steps >= 0, lr > 0, batch_size >= 1 and 0 <= momentum < 1; got steps={steps}, "
-                         f"lr={lr}, batch_size={batch_size}, momentum={momentum}")
+    _require(steps >= 0 and lr > 0 and batch_size >= 1 and 0.0 <= momentum < 1.0,
+             "steps >= 0, lr > 0, batch_size >= 1 and 0 <= momentum < 1", steps=steps, lr=lr, batch_size=batch_size,
+             momentum=momentum)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    gen = torch.Generator().manual_seed(int(seed))
-    rec = TrainingRecord()
-    order = torch.empty(0, dtype=torch.long)
-    position = 0
-
-    def check(loss: Tensor, step: int) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); lower the learning rate")
-
-    for step in range(steps + 1):
-        if monitor is not None and ((monitor_every and step % monitor_every == 0) or step == steps):
-            with torch.no_grad():
-                rec.steps.append(step)
-                rec.test_loss.append(float(monitor(model)))
-        if step == steps:
-            break
-        if position >= len(order):
-            order, position = torch.randperm(len(x), generator=gen).to(x.device), 0
-        batch = order[position: position + batch_size]
-        position += batch_size
-        opt.zero_grad(set_to_none=True)
-        loss = mse_loss(model(x[batch]), y[batch])
-        check(loss, step)
-        rec.loss.append(float(loss.detach()))
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        rec.f_train = model(x)
-        check(mse_loss(rec.f_train, y), steps)
-    return rec
-
-
-@dataclass
-class TrainingTrace:
-    """What :func:`train_and_track` records every ``record_every`` steps: the step, training loss,
-    test outputs, the relative change of the trainable weights ||theta_t - theta_0|| / ||theta_0||
-    and of the empirical NTK on the probe inputs ||Theta_t - Theta_0||_F / ||Theta_0||_F."""
-
-    steps: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    f_test: list[Tensor] = field(default_factory=list)
-    weight_change: list[float] = field(default_factory=list)
-    ntk_change: list[float] = field(default_factory=list)
+    callbacks = [] if monitor is None else [record_monitor(monitor)]
+    return train(model, x, y, steps, opt, rows=_epochs(len(x), batch_size, seed, x.device),
+                 record_every=monitor_every if monitor is not None else 0, callbacks=callbacks)
 
 
 def train_and_track(
@@ -173,53 +267,28 @@ def train_and_track(
     ntk_inputs: Tensor | None = None,
     seed: int = 0,
     weight_decay: float = 0.0,
-) -> TrainingTrace:
+) -> History:
     """Train ``model`` in place by full-batch gradient descent (``batch_size=None``) or minibatch SGD
-    on :func:`mse_loss`, recording the quantities of :class:`TrainingTrace`. Pass a model and its
+    on :func:`mse_loss`, recording every ``record_every`` steps the training loss, the test outputs
+    (``f_test``), the relative change of the weights and, given ``ntk_inputs`` (a few examples; traced
+    empirical NTK), of the empirical NTK (see :class:`History`). Pass a model and its
     :func:`infinet.linearize` with the same ``lr`` to compare a network with its linearization (Lee et
-    al. 2019, sec. 2-3: both changes shrink as width^-1/2). The NTK change needs ``ntk_inputs``
-    (a few examples; traced empirical NTK). ``weight_decay`` lambda adds (lambda / 2) ||theta - theta_0||^2
-    to the loss (decay toward the initialization): the linearized network then converges to kernel
-    ridge regression f0 + Theta(x, X) (Theta + m lambda I)^-1 (Y - f0(X)), m = y.numel()."""
-    from .empirical import empirical_ntk
-
-    if steps < 0 or lr <= 0 or record_every < 1 or weight_decay < 0:
-        raise ValueError(f"need steps >= 0, lr > 0, record_every >= 1 and weight_decay >= 0; got {steps}, {lr}, "
-                         f"{record_every}, {weight_decay}")
+    al. 2019, sec. 2-3: both changes shrink as width^-1/2). ``weight_decay`` lambda adds
+    (lambda / 2) ||theta - theta_0||^2 to the loss (decay toward the initialization): the linearized
+    network then converges to kernel ridge regression f0 + Theta(x, X) (Theta + m lambda I)^-1 (Y - f0(X)),
+    m = y.numel()."""
+    _require(steps >= 0 and lr > 0 and record_every >= 1 and weight_decay >= 0,
+             "steps >= 0, lr > 0, record_every >= 1 and weight_decay >= 0", steps=steps, lr=lr,
+             record_every=record_every, weight_decay=weight_decay)
     trainable = [p for p in model.parameters() if p.requires_grad]
     theta0 = [p.detach().clone() for p in trainable]
-    norm0 = float(torch.sqrt(sum((p * p).sum() for p in theta0)))
-    ntk0 = None if ntk_inputs is None else empirical_ntk(model, ntk_inputs, trace=True)
-    opt = torch.optim.SGD(trainable, lr=lr)
-    gen = torch.Generator().manual_seed(int(seed))
-    trace = TrainingTrace()
+    callbacks = ([] if x_test is None else [record_test(x_test)]) + [record_changes(model, ntk_inputs)]
+    def decay_to_start():
+        return 0.5 * weight_decay * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, theta0))
 
-    def record(step: int) -> None:
-        with torch.no_grad():
-            trace.steps.append(step)
-            trace.loss.append(float(mse_loss(model(x), y)))
-            if x_test is not None:
-                trace.f_test.append(model(x_test).detach().clone())
-            moved = torch.sqrt(sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, theta0)))
-            trace.weight_change.append(float(moved) / max(norm0, 1e-300))
-        if ntk0 is not None:
-            ntk = empirical_ntk(model, ntk_inputs, trace=True)
-            trace.ntk_change.append(float(torch.linalg.norm(ntk - ntk0) / torch.linalg.norm(ntk0)))
-
-    for step in range(steps):
-        if step % record_every == 0:
-            record(step)
-        rows = slice(None) if batch_size is None else torch.randint(0, len(x), (batch_size,), generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss = mse_loss(model(x[rows]), y[rows])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step} (loss {float(loss.detach())}); lower the learning rate")
-        if weight_decay:
-            loss = loss + 0.5 * weight_decay * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, theta0))
-        loss.backward()
-        opt.step()
-    record(steps)
-    return trace
+    rows = None if batch_size is None else _random_rows(len(x), batch_size, seed)
+    return train(model, x, y, steps, torch.optim.SGD(trainable, lr=lr), rows=rows,
+                 penalty=decay_to_start if weight_decay else None, record_every=record_every, callbacks=callbacks)
 
 
 def train_classifier(
@@ -236,25 +305,15 @@ def train_classifier(
     minibatches for ``steps`` steps; return the final training accuracy. A loss that becomes NaN or
     inf stops training early (the network is then untrainable at this budget) and returns the accuracy
     reached so far, so that trainability studies can record it."""
-    if steps < 0 or lr <= 0 or batch_size < 1:
-        raise ValueError(f"need steps >= 0, lr > 0 and batch_size >= 1; got {steps}, {lr}, {batch_size}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(int(seed))
-    for _ in range(steps):
-        rows = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x[rows]), labels[rows])
-        if not torch.isfinite(loss):
-            break
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        out = model(x)
-        if not bool(torch.isfinite(out).all()):
-            return 0.0
-        return float((out.argmax(1) == labels).double().mean())
-
-
+    _require(steps >= 0 and lr > 0 and batch_size >= 1, "steps >= 0, lr > 0 and batch_size >= 1", steps=steps, lr=lr,
+             batch_size=batch_size)
+    history = train(model, x, labels, steps, torch.optim.Adam(model.parameters(), lr=lr),
+                    loss_fn=nn.functional.cross_entropy, rows=_random_rows(len(x), min(batch_size, len(x)), seed),
+                    on_nonfinite="stop")
+    out = history.f_train
+    if not bool(torch.isfinite(out).all()):
+        return 0.0
+    return float((out.argmax(1) == labels).double().mean())
 def _readout_name(model: nn.Module) -> str:
     names = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
     if not names:
@@ -281,7 +340,12 @@ def readout_parameters(model: nn.Module) -> list[str]:
     return [f"{name}.{p}" for p, _ in getattr(model, name).named_parameters()]
 
 
-__all__ = ["TrainingRecord", "replace_readout", "readout_parameters", "TrainingTrace", "train_classifier", "mse_loss", "train_and_track", "train_gradient_descent", "train_sgd"]
+#: the names of earlier versions for the history object
+TrainingRecord = TrainingTrace = History
+
+__all__ = ["Callback", "History", "TrainingRecord", "TrainingTrace", "max_stable_learning_rate", "mse_loss", "readout_parameters",
+           "record_changes", "record_monitor", "record_test", "replace_readout", "train", "train_and_track", "train_classifier",
+           "train_gradient_descent", "train_sgd"]
 
 
 def max_stable_learning_rate(model: nn.Module, x: Tensor, iterations: int = 20, seed: int = 0) -> float:
@@ -292,8 +356,6 @@ def max_stable_learning_rate(model: nn.Module, x: Tensor, iterations: int = 20, 
     any depth evolve as linear models under gradient descent", Sec. 2.2). lambda_max by power iteration
     with Jacobian-vector and vector-Jacobian products (``iterations`` of each; it approaches lambda_max
     from below, so keep a margin)."""
-    from torch.func import functional_call, jvp, vjp
-
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v for k, v in model.named_buffers()}
 

@@ -463,5 +463,5 @@ def predict_from_store(path, alpha: torch.Tensor, *, kernel: str = "nngp") -> to
     return torch.cat(parts)
 
 
-__all__ = ["DEVICES", "StoreCorruptError", "StoreKernel", "StoreMismatchError", "StoreReport", "check_store", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
+__all__ = ["DEVICES", "StoreCorruptError", "StoreKernel", "StoreMismatchError", "StoreReport", "ZarrSink", "check_store", "compute_tile", "fingerprint", "kernel_to_store", "open_store",
            "predict_from_store", "solve_store", "stored_kernel", "tile_device"]

@@ -29,7 +29,24 @@ from scipy.integrate import solve_ivp
 from scipy.stats import binom
 
 from ..core.deprecation import renamed_keywords
+from ..engine.layers.combinators import FanInSum, FanOut, Identity, parallel, serial
+from ..engine.layers.dense import Dense
+from ..finite.ensembles import built_layers, ensemble_forward, sample_ensemble
+from ..core.stats import loglog_slope, mean_and_stderr
 from .meanfield import activation as _activation
+
+
+def resnet_layers(act, width: int, depth: int, *, w_std: float = 1.0, branch_scale: float | None = None):
+    """The descriptions of the residual network of the module docstring: the embedding Dense(width, w_std=1,
+    no bias), Y_0 = W_in x with (W_in)_ij ~ N(0, 1/d), and one residual block Y + branch_scale w_std n^(-1/2)
+    W phi(Y) (branch_scale L^(-1/2) by default), as ``FanOut(2) > parallel(Identity(), act > Dense) >
+    FanInSum()``. ``serial(embed, repeat(block, depth))`` is the whole network; its kernel is the
+    width-then-depth limit."""
+    scale = 1.0 / math.sqrt(depth) if branch_scale is None else branch_scale
+    embed = Dense(width, w_std=1.0, b_std=None)
+    block = serial(FanOut(2), parallel(Identity(), serial(_activation(act), Dense(width, w_std=w_std * scale, b_std=None))),
+                   FanInSum())
+    return embed, block
 
 
 @renamed_keywords(sigma_w="w_std")
@@ -41,8 +58,8 @@ def simulate_resnet(act, width: int, depth: int, n_networks: int, *, w_std: floa
     input of ones in R^width, so that Y_0 ~ N(0, |x|^2/d I) with |x|^2/d = 1).
 
     ``branch_scale`` multiplies each residual branch: L^(-1/2) by default (the scaling under which the
-    depth limit exists); pass 1.0 to see what happens without it. Vectorized over networks: one batched
-    product per layer. Returns ``t`` (l / L at the recorded layers), ``y`` (pre-activations,
+    depth limit exists); pass 1.0 to see what happens without it. The layers are the modules that
+    :func:`resnet_layers` build, run on all networks at once (:mod:`infinet.finite.ensembles`). Returns ``t`` (l / L at the recorded layers), ``y`` (pre-activations,
     (T, R, n) for one input, (T, R, n, m) for several) and ``post_norm`` (|phi(Y_l)| per input, (T, R) or
     (T, R, m)).
     """
@@ -54,19 +71,18 @@ def simulate_resnet(act, width: int, depth: int, n_networks: int, *, w_std: floa
         x = torch.ones(width, dtype=dtype)  # |x|^2 / d = 1
     x = x.to(dtype)
     single = x.ndim == 1
-    xs = x[None] if single else x  # (m, d)
-    d = xs.shape[1]
-    w_in = torch.randn(n_networks, width, d, generator=gen, dtype=dtype) / math.sqrt(d)
-    y = (w_in @ xs.T).to(device)  # (R, n, m)
-    scale = w_std / math.sqrt(width) * (1.0 / math.sqrt(depth) if branch_scale is None else branch_scale)
-    ts, ys, norms = [0.0], [y.clone()], [act.fn(y).norm(dim=1)]
+    xs = (x[None] if single else x).to(device)  # (m, d)
+    embed, block = built_layers(resnet_layers(act, width, depth, w_std=w_std, branch_scale=branch_scale), xs.shape[1],
+                                dtype=dtype, device=device)
+    y = ensemble_forward(embed, sample_ensemble(embed, n_networks, gen, dtype=dtype, device=device), xs,
+                         shared_input=True)  # (R, m, n)
+    ts, ys, norms = [0.0], [y.transpose(1, 2)], [act.fn(y).norm(dim=2)]
     for l in range(1, depth + 1):
-        w = torch.randn(n_networks, width, width, generator=gen, dtype=dtype).to(device)
-        y = y + scale * (w @ act.fn(y))
+        y = ensemble_forward(block, sample_ensemble(block, n_networks, gen, dtype=dtype, device=device), y)
         if l % record_every == 0 or l == depth:
             ts.append(l / depth)
-            ys.append(y.clone())
-            norms.append(act.fn(y).norm(dim=1))
+            ys.append(y.transpose(1, 2))
+            norms.append(act.fn(y).norm(dim=2))
     y_out, n_out = torch.stack(ys), torch.stack(norms)
     if single:
         y_out, n_out = y_out[..., 0], n_out[..., 0]
@@ -117,13 +133,14 @@ def weak_error_identity(width: int, steps: Sequence[int], n_paths: int, *, w_std
             log_sq += 2 * norm[:, 0].log()
             x = x / norm
         g = log_sq.exp()
-        means.append(float(g.mean()))
-        stderrs.append(float(g.std(unbiased=True) / math.sqrt(n_paths)))
+        mean, se = mean_and_stderr(g, dim=0)
+        means.append(float(mean))
+        stderrs.append(float(se))
     exact = math.exp(w_std**2 * t_end)
     h = np.array([t_end / s for s in steps])
     diffs = np.abs(np.diff(means))
     finer = slice(max(0, len(diffs) - 3), len(diffs))  # the asymptotic regime: the three finest differences
-    order = float(np.polyfit(np.log(h[:-1][finer]), np.log(diffs[finer]), 1)[0])
+    order = loglog_slope(h[:-1][finer], diffs[finer])[0]
     return {"steps": steps, "h": h.tolist(), "means": means, "stderrs": stderrs, "exact": exact,
             "errors": [m - exact for m in means], "em_exact": [(1 + w_std**2 * t) ** (t_end / t) for t in h],
             "order": order}
@@ -168,7 +185,8 @@ def post_activation_drift_estimate(act, width: int, n_networks: int = 200000, de
     phi1 = act.fn(y0 + dy)
     change = torch.log((phi1 * phi1).sum(1) / norm2) - 2 * (phi0 * dy).sum(1) / norm2
     values = change * depth
-    return float(values.mean()), float(values.std(unbiased=True) / math.sqrt(len(values)))
+    mean, se = mean_and_stderr(values, dim=0)
+    return float(mean), float(se)
 
 
 @renamed_keywords(sigma_w="w_std")
@@ -199,5 +217,5 @@ def relu_correlation_rhs(c: float, w_std: float = 1.0) -> float:
     return w_std**2 * ((math.sqrt(1 - c * c) + (math.pi - math.acos(c)) * c) / (2 * math.pi) - 0.5 * c)
 
 
-__all__ = ["covariance_ode", "euler_maruyama", "post_activation_drift_estimate", "weak_error_identity", "identity_log_norm_moments", "relu_correlation_rhs",
+__all__ = ["resnet_layers", "covariance_ode", "euler_maruyama", "post_activation_drift_estimate", "weak_error_identity", "identity_log_norm_moments", "relu_correlation_rhs",
            "relu_post_activation_drift", "simulate_resnet"]

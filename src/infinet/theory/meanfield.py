@@ -24,9 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.optimize import brentq
+from torch.func import vjp
 
 from ..core.deprecation import variances_as_stds
-from ..engine.gaussian import _derivative as _gaussian_derivative
+from ..core.stats import mean_and_stderr
+from ..engine.layers.combinators import serial
+from ..engine.layers.dense import Dense
+from ..finite.ensembles import built_layers, ensemble_forward, sample_ensemble
 from ..engine.layers import activations as _acts
 from ..engine.layers.activations import Activation
 
@@ -264,54 +268,59 @@ def _gradient_growth(act, w_var: float, b_var: float, depth: int) -> np.ndarray:
 def _simulate(act, q0: float, c0: float, w_var: float, b_var: float, depth: int, width: int = 1000,
              n_networks: int = 8, seed: int = 0, device=None, dtype: torch.dtype = torch.float32) -> dict:
     """Propagate a pair of inputs with length q0 and correlation c0 through ``n_networks`` independent
-    random networks (weights N(0, w_var / width), biases N(0, b_var)), batched over networks, and
-    backpropagate a random readout f = v . phi(h^depth) / sqrt(width), v ~ N(0, 1), of the first
-    input. Returns per layer (0 = input) the means over networks and standard errors of q^l (mean
-    square pre-activation), c^l and the squared gradient norm ||df / dh^l||^2.
+    random networks and backpropagate a random readout f = v . phi(h^depth) / sqrt(width), v ~ N(0, 1), of
+    the first input. Each layer is the module ``serial(act, Dense(width, w_std, b_std)).build()`` returns,
+    h^l = (w_std / sqrt(width)) W phi(h^(l-1)) + b_std b (weights N(0, w_var / width), biases N(0, b_var)),
+    after an embedding Dense layer that gives the two inputs h^0 ~ N(0, q0) per unit with correlation c0,
+    run on all networks at once (:mod:`infinet.finite.ensembles`). Returns per layer (0 = input) the means
+    over networks and standard errors of q^l (mean square pre-activation), c^l and the squared gradient
+    norm ||df / dh^l||^2 (delta^(l-1) from the layer's vector-Jacobian product, autograd through the module).
 
-    Memory is one layer's weights at a time: each layer's weights come from their own seeded
-    generator and are drawn again for the backward pass (delta^(l-1) = phi'(h^(l-1)) * W_l^T delta^l).
-    The networks run in ``dtype`` (float32 by default: 4x faster sampling; its round-off is far below
-    the standard errors of any feasible number of networks); statistics are accumulated in float64.
+    Memory is one layer's weights at a time: each layer's weights come from their own seeded generator and
+    are drawn again for the backward pass. The networks run in ``dtype`` (float32 by default: 4x faster
+    sampling; its round-off is far below the standard errors of any feasible number of networks);
+    statistics are accumulated in float64.
     """
     act = activation(act)
     if n_networks < 2:
         raise ValueError(f"n_networks must be >= 2 for standard errors, got {n_networks}")
-    dphi = act.derivative() or _gaussian_derivative(act.fn)
     r, n = n_networks, width
+    # the network serial(embed, repeat(block, depth)): h^0 = W_0 x for two inputs x in R^2 of length sqrt(q0)
+    # and correlation c0, so that h^0 ~ N(0, q0) per unit; then h^l = block(h^(l-1))
+    embed, block = built_layers([Dense(width, w_std=math.sqrt(2.0), b_std=None),
+                                 serial(act, Dense(width, w_std=math.sqrt(w_var), b_std=math.sqrt(b_var)))], 2,
+                                dtype=dtype, device=device)
     base = torch.Generator().manual_seed(int(seed))
     layer_seeds = torch.randint(0, 2**62, (depth + 2,), generator=base).tolist()
 
-    def layer(l: int):
-        gen = torch.Generator().manual_seed(int(layer_seeds[l]))
-        w = torch.randn(r, n, n, generator=gen, dtype=dtype).to(device) * math.sqrt(w_var / n)
-        b = torch.randn(r, n, 1, generator=gen, dtype=dtype).to(device) * math.sqrt(b_var)
-        return w, b
+    def layer(l: int):  # the weights of layer l of every network (drawn again for the backward pass)
+        return sample_ensemble(block, r, torch.Generator().manual_seed(int(layer_seeds[l])), dtype=dtype, device=device)
 
-    z = torch.randn(r, n, 2, generator=base, dtype=torch.float64)
-    mix = torch.tensor([[1.0, c0], [0.0, math.sqrt(max(0.0, 1.0 - c0 * c0))]], dtype=torch.float64)
-    hs = [(math.sqrt(q0) * z @ mix).to(device=device, dtype=dtype)]  # (R, n, 2): the two inputs' pre-activations
-    for l in range(1, depth + 1):
-        w, b = layer(l)
-        hs.append(w @ act.fn(hs[-1]) + b)
+    x = math.sqrt(q0) * torch.tensor([[1.0, 0.0], [c0, math.sqrt(max(0.0, 1.0 - c0 * c0))]], dtype=dtype, device=device)
+    hs = [ensemble_forward(embed, sample_ensemble(embed, r, base, dtype=dtype, device=device), x, shared_input=True)]
+    for l in range(1, depth + 1):  # hs[l]: (R, 2, n), the two inputs' pre-activations in every network
+        hs.append(ensemble_forward(block, layer(l), hs[-1]))
     v = torch.randn(r, n, generator=torch.Generator().manual_seed(int(layer_seeds[-1])), dtype=dtype).to(device)
-    delta = v * dphi(hs[-1][..., 0]) / math.sqrt(n)
+    _, pullback = vjp(act.fn, hs[-1][:, 0])
+    (delta,) = pullback(v / math.sqrt(n))
     grads = [None] * (depth + 1)
     grads[depth] = (delta**2).sum(1)
     for l in range(depth, 0, -1):
-        w, _ = layer(l)
-        delta = dphi(hs[l - 1][..., 0]) * (w.transpose(1, 2) @ delta[..., None])[..., 0]
+        params = layer(l)
+        _, pullback = vjp(lambda h: ensemble_forward(block, params, h), hs[l - 1][:, :1])
+        (delta,) = pullback(delta[:, None])
+        delta = delta[:, 0]
         grads[l - 1] = (delta**2).sum(1)
     grads = [g.double() for g in grads]
     q, c = [], []
     for h in (h.double() for h in hs):
-        q_pair = (h * h).mean(1)  # (R, 2)
+        q_pair = (h * h).mean(2)  # (R, 2)
         q.append(q_pair[:, 0])
-        c.append((h[..., 0] * h[..., 1]).mean(1) / q_pair.prod(1).sqrt())
+        c.append((h[:, 0] * h[:, 1]).mean(1) / q_pair.prod(1).sqrt())
 
-    def stats(rows):
-        a = torch.stack(rows)  # (layers, R)
-        return a.mean(1).cpu().numpy(), (a.std(1, unbiased=True) / math.sqrt(r)).cpu().numpy()
+    def stats(rows):  # over the R networks, per layer
+        mean, se = mean_and_stderr(torch.stack(rows), dim=1)
+        return mean.cpu().numpy(), se.cpu().numpy()
 
     (qm, qse), (cm, cse), (gm, gse) = stats(q), stats(c), stats(grads)
     return {"q": qm, "q_se": qse, "c": cm, "c_se": cse, "grad_norm2": gm, "grad_norm2_se": gse}

@@ -71,7 +71,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
             with torch.no_grad():  # centered (f - f0): its infinite-width limit is the NTK mean prediction
                 f0, f0_test = model(x.float()), model(xt.float())
             rec = train_gradient_descent(model, x.float(), y.float() + f0, lr, p["steps"], x_test=xt.float())
-            finite.append(accuracy((rec.f_test - f0_test).double(), data.labels_test))
+            finite.append(accuracy((rec.f_test[-1] - f0_test).double(), data.labels_test))
         acc, se = mean_and_stderr(finite)
         c = curves[name]
         numbers[name] = {"nngp_accuracy": nngp_acc, "ntk_accuracy": ntk_acc, "finite_accuracy": acc,

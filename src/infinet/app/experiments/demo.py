@@ -93,7 +93,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
             f0, f0_test = (model(xd), model(xtd)) if centered else (0.0, 0.0)
         rec = train_gradient_descent(model, xd, y.to(dtype) + f0, lr, p["steps"], x_test=xtd,
                                      record_every=max(1, p["steps"] // 50))
-        f_test, f_train = (rec.f_test - f0_test).double(), (rec.f_train - f0).double()
+        f_test, f_train = (rec.f_test[-1] - f0_test).double(), (rec.f_train - f0).double()
         entry = per_width[(width, centered)]
         entry["acc"].append(accuracy(f_test, data.labels_test))
         entry["mse"].append(mse(f_test, yt))

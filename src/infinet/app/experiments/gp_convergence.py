@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import datasets
 from ..report import Result, Table
 from . import Experiment, Param
-from ._common import derived_seed, fully_connected, kernel_error_vs_width, loglog_slope, pyplot
+from ._common import derived_seed, fully_connected, kernel_error_vs_width, loglog_slope, mean_and_stderr, pyplot
 
 
 def architecture(width: int, depth: int, w_std: float, b_std: float):
@@ -32,7 +32,8 @@ def architecture(width: int, depth: int, w_std: float, b_std: float):
 def moments(z: np.ndarray) -> dict:
     """Mean, variance, skewness, excess kurtosis of a sample with normal-theory standard errors."""
     n = len(z)
-    return {"mean": float(z.mean()), "mean_se": float(z.std(ddof=1) / math.sqrt(n)),
+    mean, mean_se = mean_and_stderr(z)
+    return {"mean": mean, "mean_se": mean_se,
             "variance": float(z.var(ddof=1)), "variance_se": float(z.var(ddof=1) * math.sqrt(2.0 / (n - 1))),
             "skewness": float(stats.skew(z)), "skewness_se": math.sqrt(6.0 / n),
             "excess_kurtosis": float(stats.kurtosis(z)), "excess_kurtosis_se": math.sqrt(24.0 / n)}

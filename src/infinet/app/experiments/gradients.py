@@ -14,6 +14,7 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...core import stats
 from ...theory import meanfield as mf
 from ..report import Result, Table
 from . import Experiment, Param
@@ -37,13 +38,13 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                           width=p["width"], n_networks=p["networks"], seed=seed)
         layers = np.arange(p["skip"], depth)
         logs = np.log(sim["grad_norm2"][layers])
-        (slope, _), cov = np.polyfit(layers, logs, 1, cov=True)
+        slope, slope_se = stats.slope(layers, logs)
         theory = -math.log(r.chi_1)  # the norm grows by 1/chi_1 going from layer l + 1 down to l: slope in l is -log chi_1
         numbers["phases"][name] = {"w_var": w, "chi_1": r.chi_1, "theory_slope": theory, "measured_slope": float(slope),
-                                   "measured_slope_se": float(math.sqrt(cov[0, 0])),
+                                   "measured_slope_se": slope_se,
                                    "grad_norm2": sim["grad_norm2"].tolist(), "grad_norm2_se": sim["grad_norm2_se"].tolist(),
                                    "predicted": (sim["grad_norm2"][-1] * mf.gradient_growth(p["activation"], w_std=math.sqrt(w), b_std=math.sqrt(b), depth=depth)).tolist()}
-        table.add(name, w, r.chi_1, theory, float(slope), float(math.sqrt(cov[0, 0])))
+        table.add(name, w, r.chi_1, theory, slope, slope_se)
     ph = numbers["phases"]
     def back(name):  # the factor per layer going back toward the input, and over all layers
         v = ph[name]

@@ -94,10 +94,10 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                 with torch.no_grad():
                     f0 = nodes(torch.arange(data.n_nodes)).double()
                 rec = train_gradient_descent(nodes, train, y.float(), lr, p["steps"], x_test=test)
-                score(f"GCN width {width}", rec.f_test.double())
+                score(f"GCN width {width}", rec.f_test[-1].double())
                 # the infinite-width prediction from this network's own initial outputs (Lee et al. 2019, eq. 9)
                 change = gradient_descent_mse(ntk[train][:, train], ntk[test][:, train], y - f0[train], t_train)
-                distance = float((rec.f_test.double() - f0[test] - change).norm() / change.norm())
+                distance = float((rec.f_test[-1].double() - f0[test] - change).norm() / change.norm())
                 distances.setdefault(per_class, {}).setdefault(width, []).append(distance)
         entry = {}
         for name, values in scores.items():

@@ -97,10 +97,10 @@ def select_finite_model(data, activation: str, p: dict, fit, val, seed: int, pro
             _, rec = train(net, fit, p["nn_steps"], lambda m: accuracy(m(x[val]), labels[val]), key=i)
         except FloatingPointError:
             continue  # a diverged configuration is simply not chosen
-        j = max(range(len(rec.test_loss)), key=lambda t: rec.test_loss[t])
-        if best is None or rec.test_loss[j] > best["validation_accuracy"]:
+        j = max(range(len(rec.validation)), key=lambda t: rec.validation[t])
+        if best is None or rec.validation[j] > best["validation_accuracy"]:
             best = {"depth": depth, "w2": w2, "b2": b2, "readout_scale": scale, "steps": rec.steps[j],
-                    "validation_accuracy": rec.test_loss[j]}
+                    "validation_accuracy": rec.validation[j]}
     if best is None:
         raise FloatingPointError(f"every {activation} SGD configuration diverged; lower nn_lr")
     net = fully_connected(activation, best["depth"], best["w2"], best["b2"], data.n_classes, p["width"],

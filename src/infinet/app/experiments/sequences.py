@@ -97,7 +97,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):
             model = models[(width, s)]
             rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
-            f_test = rec.f_test.double()
+            f_test = rec.f_test[-1].double()
             per_width[width]["acc"].append(accuracy(f_test, data.labels_test))
             per_width[width]["mse"].append(mse(f_test, yt))
         timings[f"{name} finite networks"] = time.perf_counter() - t0
@@ -194,7 +194,7 @@ def _gated_study(p: dict, data, seed: int, progress: bool):
                 model = network(cls, width).build(tuple(x.shape[1:]), seed=derived_seed(seed, width, s, len(name)))
                 lr = p["lr_fraction"] * max_stable_learning_rate(model, x.float())
                 rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
-                accs.append(accuracy(rec.f_test.double(), labels))
+                accs.append(accuracy(rec.f_test[-1].double(), labels))
             mean, se = mean_and_stderr(accs)
             table.add(name, "finite network", width, mean, se)
             entry["finite"][str(width)] = {"test_accuracy": mean, "test_accuracy_se": se, "per_seed": accs}

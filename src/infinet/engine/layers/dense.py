@@ -180,12 +180,31 @@ class AffineModule(LazyModuleMixin, nn.Module):
         return self.bias.reshape(-1, *([1] * (ndim - 2)))
 
     # -- shared ----------------------------------------------------------------------------------------
+    def _init_stds(self) -> tuple[float, float]:
+        """The standard deviations of the initial weight and bias entries: 1 and 1 in 'ntk' (the forward pass
+        scales), w_std / sqrt(fan_in) and b_std in 'standard'."""
+        if self.parameterization == "standard":
+            return self.w_std / math.sqrt(self.fan_in()), self.b_std or 0.0
+        return 1.0, 1.0
+
+    def sample_parameters(self, count: int, generator: torch.Generator, *, dtype: torch.dtype = torch.float64,
+                          device=None) -> dict[str, Tensor]:
+        """``count`` independent draws of ``weight`` (and ``bias``) from this module's initialization law,
+        each with a leading axis of ``count``: the parameters of ``count`` networks for
+        :func:`infinet.finite.ensembles.ensemble_forward`."""
+        def draw(shape, std):
+            value = torch.randn((count, *shape), generator=generator, dtype=dtype).to(device)
+            return value if std == 1.0 else value * std
+
+        std_w, std_b = self._init_stds()
+        out = {"weight": draw(self.weight_shape(), std_w)}
+        if self.bias is not None:
+            out["bias"] = draw((self.out_features,), std_b)
+        return out
+
     def reset_parameters(self) -> None:
         gen = torch.Generator().manual_seed(self.seed)
-        std_w, std_b = 1.0, 1.0
-        if self.parameterization == "standard":
-            std_w = self.w_std / math.sqrt(self.fan_in())
-            std_b = self.b_std or 0.0
+        std_w, std_b = self._init_stds()
         with torch.no_grad():
             w = torch.randn(self.weight.shape, generator=gen, dtype=torch.float64) * std_w
             self.weight.copy_(w.to(self.weight))

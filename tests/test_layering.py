@@ -178,3 +178,9 @@ def test_old_paths_of_submodules_and_patching_through_them():
         assert tiling.DEFAULT_TILE == before + 1
     finally:
         tiling_old.DEFAULT_TILE = before
+
+
+def test_an_old_path_does_not_hide_the_public_name_of_the_same_spelling():
+    import infinet.from_torch  # noqa: F401  (the module, by its old path)
+
+    assert callable(infinet.from_torch) and infinet.from_torch is infinet.engine.from_torch.from_torch

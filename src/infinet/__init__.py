@@ -87,6 +87,8 @@ from .engine.spec import SpecError, format_spec, parse_spec
 from .engine.tiles import NonFiniteKernelError
 from .engine.tiling import compute_kernel, kernel_tile
 
+_compat.register_loaded()
+
 __all__ = [
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",

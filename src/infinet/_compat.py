@@ -69,6 +69,15 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder())
 
 
+def register_loaded() -> None:
+    """Enter the old path of every moved module that is already imported into ``sys.modules``. An old path
+    imported for the first time becomes an attribute of ``infinet``, which would hide a public name of the same
+    spelling (the function ``infinet.from_torch``); a registered one is found in ``sys.modules`` and is not set."""
+    for old, new in MOVED.items():
+        if new in sys.modules and old not in sys.modules:
+            sys.modules[old] = sys.modules[new]
+
+
 #: implementation module -> the public module that re-exports its names (documented there)
 FACADES = {
     "infinet.inference.predict": "infinet.predict",

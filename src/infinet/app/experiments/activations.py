@@ -22,13 +22,9 @@ from ...inference.predict import gp_inference, gradient_descent_mse, max_learnin
 from ..report import Result, Table
 from ...finite.training import train_gradient_descent
 from . import Experiment, Param
-from ._common import accuracy, derived_seed, fully_connected, mean_and_stderr, pyplot
+from ._common import accuracy, data_params, derived_seed, mean_and_stderr, network_of, network_params, pyplot, training_params
 
 ACTIVATIONS = {"ReLU": Relu, "tanh": Tanh, "sigmoid": Sigmoid, "erf": Erf, "GELU": Gelu}
-
-
-def architecture(activation: str, width: int, depth: int, n_out: int, w_std: float, b_std: float):
-    return fully_connected(width, depth, n_out, w_std, b_std, activation=ACTIVATIONS[activation])
 
 
 def angle_kernels(p: dict) -> dict:
@@ -40,7 +36,7 @@ def angle_kernels(p: dict) -> dict:
     out = {"theta": theta}
     for name, cls in ACTIVATIONS.items():
         nngp1, kdot1 = cls().expectations(torch.cos(theta), ones, ones)
-        k = architecture(name, 1, p["depth"], 1, p["w_std"], p["b_std"]).kernel(circle[:1], circle)
+        k = network_of(p, width=1, n_out=1, activation=cls).kernel(circle[:1], circle)
         out[name] = {"nngp_1layer": nngp1 / nngp1[0], "kdot_1layer": kdot1 / kdot1[0],
                      "nngp_deep": k.nngp[0] / k.nngp[0, 0], "ntk_deep": k.ntk[0] / k.ntk[0, 0]}
     return out
@@ -60,7 +56,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     numbers: dict = {}
     quarter = (p["angles"] - 1) // 2
     for name in tqdm(ACTIVATIONS, desc="activations", disable=not progress, leave=False):
-        net = architecture(name, p["width"], p["depth"], n_out, p["w_std"], p["b_std"])
+        net = network_of(p, width=p["width"], n_out=n_out, activation=ACTIVATIONS[name])
         k, kt = net.kernel(x), net.kernel(xt, x)
         nngp_acc = accuracy(gp_inference(k.nngp, kt.nngp, y, diag_reg=p["diag_reg"]).mean, data.labels_test)
         ntk_acc = accuracy(gradient_descent_mse(k.ntk, kt.ntk, y, diag_reg=p["diag_reg"]), data.labels_test)
@@ -125,16 +121,10 @@ EXPERIMENT = Experiment(
     name="activations",
     description="Kernels vs input angle (NNGP, Kdot, NTK) and finite-vs-infinite accuracy for ReLU, tanh, sigmoid, erf, GELU",
     params={
-        "dataset": Param("digits", "classification data set"),
-        "n_train": Param(500, "training examples", quick=300),
-        "n_test": Param(500, "test examples", quick=300),
-        "depth": Param(3, "hidden Dense > activation blocks"),
-        "w_std": Param(1.5, "weight standard deviation"),
-        "b_std": Param(0.1, "bias standard deviation"),
+        **data_params(n_train=500, n_test=500, quick_train=300, quick_test=300),
+        **network_params(depth=3, w_std=1.5, b_std=0.1, blocks="Dense > activation"),
         "width": Param(512, "width of the finite networks", quick=256),
-        "seeds": Param(3, "finite networks per activation", quick=2),
-        "steps": Param(400, "gradient descent steps", quick=200),
-        "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit"),
+        **training_params(steps=400, quick_steps=200, seeds=3, quick_seeds=2),
         "diag_reg": Param(1e-4, "kernel regression regularization relative to the mean diagonal"),
         "angles": Param(181, "angles between 0 and 180 degrees (odd: includes 90)"),
     },

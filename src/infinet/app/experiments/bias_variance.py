@@ -27,11 +27,7 @@ from ...inference.predict import gradient_descent_mse_ensemble
 from ..report import Result, Table
 from . import Experiment, Param
 from ...core.stats import mean_and_stderr
-from ._common import derived_seed, fully_connected, pyplot
-
-
-def architecture(depth: int, n_out: int, w_std: float, b_std: float):
-    return fully_connected(512, depth, n_out, w_std, b_std)
+from ._common import data_params, derived_seed, network_of, network_params, pyplot
 
 
 def decompose(means: torch.Tensor, variances: torch.Tensor, y: torch.Tensor) -> dict:
@@ -74,7 +70,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     sizes = sorted(p["train_sizes"])
     data = datasets.load(p["dataset"], n_train=p["pool"], n_test=p["n_test"], seed=seed).flat()
     pool, yp, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
-    net = architecture(p["depth"], yp.shape[1], p["w_std"], p["b_std"])
+    net = network_of(p, width=512, n_out=yp.shape[1])
     everything = torch.cat([pool, xt])
     k_all = net.kernel(everything)
     test = torch.arange(len(pool), len(everything))
@@ -164,15 +160,12 @@ EXPERIMENT = Experiment(
     name="bias-variance",
     description="Bias^2 / sample variance / initialization variance of NTK ensembles vs n and t; double descent vs theory",
     params={
-        "dataset": Param("digits", "classification data set (one-hot targets)"),
-        "pool": Param(1000, "pool the training sets are drawn from", quick=600),
-        "n_test": Param(400, "test points", quick=200),
+        **data_params(n_train=1000, quick_train=600, n_test=400, quick_test=200, train_name="pool",
+                      what="classification data set (one-hot targets); training sets are drawn from a pool"),
         "train_sizes": Param((25, 50, 100, 200, 400), "training-set sizes", quick=(25, 50, 100, 200)),
         "draws": Param(10, "training sets per size", quick=6),
         "times": Param((1.0, 10.0, 100.0, 1000.0, 10000.0), "training times (t = inf is added)"),
-        "depth": Param(2, "hidden Dense > Relu blocks"),
-        "w_std": Param(1.5, "weight standard deviation"),
-        "b_std": Param(0.1, "bias standard deviation"),
+        **network_params(depth=2, w_std=1.5, b_std=0.1),
         "diag_reg": Param(1e-6, "regularization relative to the mean NTK diagonal"),
         "gammas": Param((0.2, 0.4, 0.6, 0.75, 1.33, 1.5, 2.0, 3.0, 5.0), "p / n values for double descent"),
         "dd_n": Param(400, "samples n in the double-descent simulation"),

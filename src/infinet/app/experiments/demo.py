@@ -23,18 +23,16 @@ from . import Experiment, Param
 from ._common import (
     accuracy,
     derived_seed,
-    fully_connected,
+    data_params,
     kernel_error_vs_width,
     loglog_slope,
     mean_and_stderr,
     mse,
+    network_of,
+    network_params,
     pyplot,
+    training_params,
 )
-
-
-def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float):
-    """``depth`` hidden Dense(width) > Relu() blocks and a Dense(n_out) readout."""
-    return fully_connected(width, depth, n_out, w_std, b_std)
 
 
 def run(p: dict, seed: int, progress: bool) -> Result:
@@ -45,7 +43,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     n_out = y.shape[1]
 
     def net(width):
-        return architecture(width, p["depth"], n_out, p["w_std"], p["b_std"])
+        return network_of(p, width=width, n_out=n_out)
 
     # -- infinite width -------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -193,16 +191,11 @@ EXPERIMENT = Experiment(
     name="demo",
     description="Finite ReLU networks (widths 64-4096) vs NNGP and NTK predictions on digits, and Monte Carlo kernel error vs width",
     params={
-        "dataset": Param("digits", "data set name (see `infinet data`)"),
-        "n_train": Param(1000, "training examples", quick=300),
-        "n_test": Param(797, "test examples", quick=300),
-        "depth": Param(1, "number of hidden Dense > Relu blocks"),
-        "w_std": Param(1.5, "weight standard deviation"),
-        "b_std": Param(0.05, "bias standard deviation"),
+        **data_params(n_train=1000, n_test=797, quick_train=300, quick_test=300,
+                      what="classification data set (see `infinet data`)"),
+        **network_params(depth=1, w_std=1.5, b_std=0.05),
         "widths": Param((64, 256, 1024, 4096), "hidden widths of the finite networks", quick=(32, 128, 512)),
-        "seeds": Param(3, "finite networks trained per width", quick=2),
-        "steps": Param(500, "full-batch gradient descent steps", quick=200),
-        "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit 2m/lambda_max(NTK)"),
+        **training_params(steps=500, quick_steps=200, seeds=3, quick_seeds=2),
         "diag_reg": Param(1e-4, "diagonal regularization relative to the mean kernel diagonal"),
         "mc_points": Param(50, "inputs for the Monte Carlo kernel error", quick=30),
         "float64": Param(False, "train the finite networks in float64 (kernels are always float64)"),

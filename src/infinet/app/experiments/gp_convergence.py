@@ -22,11 +22,7 @@ from tqdm.auto import tqdm
 from .. import datasets
 from ..report import Result, Table
 from . import Experiment, Param
-from ._common import derived_seed, fully_connected, kernel_error_vs_width, loglog_slope, mean_and_stderr, pyplot
-
-
-def architecture(width: int, depth: int, w_std: float, b_std: float):
-    return fully_connected(width, depth, 1, w_std, b_std)
+from ._common import derived_seed, kernel_error_vs_width, loglog_slope, mean_and_stderr, network_of, network_params, pyplot
 
 
 def moments(z: np.ndarray) -> dict:
@@ -45,7 +41,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     xs = data.x_train[p["n_points"]:]
 
     def net(width):
-        return architecture(width, p["depth"], p["w_std"], p["b_std"])
+        return network_of(p, width=width, n_out=1)
 
     variance = net(1).kernel(x, get="nngp").nngp.diagonal()
     widths = list(p["widths"])
@@ -140,9 +136,7 @@ EXPERIMENT = Experiment(
     params={
         "dataset": Param("digits", "data set whose inputs are used"),
         "n_points": Param(4, "inputs at which outputs are sampled"),
-        "depth": Param(2, "hidden Dense > Relu blocks"),
-        "w_std": Param(1.4, "weight standard deviation"),
-        "b_std": Param(0.1, "bias standard deviation"),
+        **network_params(depth=2, w_std=1.4, b_std=0.1),
         "widths": Param((2, 8, 32, 128, 512), "widths for the output distribution", quick=(2, 8, 32, 128)),
         "n_networks": Param(2000, "random networks per width", quick=500),
         "mc_points": Param(40, "inputs for the kernel error", quick=20),

@@ -20,11 +20,7 @@ from ...inference.predict import linearized_dynamics, max_learning_rate
 from ..report import Result, Table
 from ...finite.training import train_and_track
 from . import Experiment, Param
-from ._common import derived_seed, fully_connected, loglog_slope, mean_and_stderr, pyplot
-
-
-def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float):
-    return fully_connected(width, depth, n_out, w_std, b_std)
+from ._common import data_params, derived_seed, loglog_slope, mean_and_stderr, network_of, network_params, pyplot, training_params
 
 
 def rms(a, b) -> float:
@@ -37,7 +33,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     n_out = y.shape[1]
 
     def net(width):
-        return architecture(width, p["depth"], n_out, p["w_std"], p["b_std"])
+        return network_of(p, width=width, n_out=n_out)
 
     k_train, k_test = net(1).kernel(x, get="ntk"), net(1).kernel(xt, x, get="ntk")
     lr = p["lr_fraction"] * max_learning_rate(k_train.ntk, n_out)
@@ -130,16 +126,10 @@ EXPERIMENT = Experiment(
     name="lazy-training",
     description="Weight and NTK change vs width; network vs linearization vs infinite-width prediction (Lee et al. 2019)",
     params={
-        "dataset": Param("digits", "classification data set"),
-        "n_train": Param(200, "training examples", quick=100),
-        "n_test": Param(100, "test examples", quick=50),
-        "depth": Param(1, "hidden Dense > Relu blocks"),
-        "w_std": Param(1.4, "weight standard deviation"),
-        "b_std": Param(0.1, "bias standard deviation"),
+        **data_params(n_train=200, n_test=100, quick_train=100, quick_test=50),
+        **network_params(depth=1, w_std=1.4, b_std=0.1),
         "widths": Param((64, 256, 1024, 4096), "widths", quick=(64, 256, 1024)),
-        "seeds": Param(3, "networks per width", quick=2),
-        "steps": Param(400, "gradient descent steps", quick=200),
-        "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit 2m/lambda_max(NTK)"),
+        **training_params(steps=400, quick_steps=200, seeds=3, quick_seeds=2),
         "records": Param(40, "recorded points along training"),
         "ntk_points": Param(10, "training inputs on which the empirical NTK change is measured"),
     },

@@ -31,12 +31,13 @@ ACTIVATIONS = {"ReLU": Relu, "tanh": Tanh}
 PAPER_MNIST_1K = {("ReLU", "NNGP"): 0.9279, ("tanh", "NNGP"): 0.9266, ("ReLU", "SGD"): 0.9252, ("tanh", "SGD"): 0.9254}
 
 
-def fully_connected(activation: str, depth: int, w2: float, b2: float, n_out: int, width: int = 512,
-                    readout_scale: float = 1.0):
+def lee_network(*, activation: str, depth: int, w2: float, b2: float, n_out: int, width: int = 512,
+                readout_scale: float = 1.0):
     """``depth`` hidden Dense(width) + activation layers and a Dense readout, all with w_std^2 = w2 and
     b_std^2 = b2 (the readout's w_std times ``readout_scale``)."""
     w = math.sqrt(w2)
-    return _fc(width, depth, n_out, w, math.sqrt(b2), activation=ACTIVATIONS[activation], readout_w_std=w * readout_scale)
+    return _fc(width=width, depth=depth, n_out=n_out, w_std=w, b_std=math.sqrt(b2), activation=ACTIVATIONS[activation],
+               readout_w_std=w * readout_scale)
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,13 +62,14 @@ def select_kernel_models(data, activation: str, p: dict, fit, val, progress: boo
     grid = [(d, w2, b2) for d in p["depths"] for w2 in p["w2_grid"] for b2 in p["b2_grid"]]
     best: dict = {}
     for depth, w2, b2 in tqdm(grid, desc=f"{activation} kernels", disable=not progress, leave=False):
-        net = fully_connected(activation, depth, w2, b2, data.n_classes)
+        net = lee_network(activation=activation, depth=depth, w2=w2, b2=b2, n_out=data.n_classes)
         for kind, pred in kernel_predictions(net, x[fit], y[fit], x[val], p["diag_reg"]).items():
             acc = accuracy(pred, labels[val])
             if kind not in best or acc > best[kind]["validation_accuracy"]:
                 best[kind] = {"depth": depth, "w2": w2, "b2": b2, "validation_accuracy": acc}
     for kind, chosen in best.items():
-        net = fully_connected(activation, chosen["depth"], chosen["w2"], chosen["b2"], data.n_classes)
+        net = lee_network(activation=activation, depth=chosen["depth"], w2=chosen["w2"], b2=chosen["b2"],
+                          n_out=data.n_classes)
         pred = kernel_predictions(net, x, y, data.x_test.flatten(1), p["diag_reg"])[kind]
         chosen["test_accuracy"] = accuracy(pred, data.labels_test)
     return best
@@ -92,7 +94,8 @@ def select_finite_model(data, activation: str, p: dict, fit, val, seed: int, pro
         return model, rec
 
     for i, (depth, w2, b2, scale) in enumerate(tqdm(grid, desc=f"{activation} SGD", disable=not progress, leave=False)):
-        net = fully_connected(activation, depth, w2, b2, data.n_classes, p["width"], scale)
+        net = lee_network(activation=activation, depth=depth, w2=w2, b2=b2, n_out=data.n_classes, width=p["width"],
+                          readout_scale=scale)
         try:
             _, rec = train(net, fit, p["nn_steps"], lambda m: accuracy(m(x[val]), labels[val]), key=i)
         except FloatingPointError:
@@ -103,8 +106,8 @@ def select_finite_model(data, activation: str, p: dict, fit, val, seed: int, pro
                     "validation_accuracy": rec.validation[j]}
     if best is None:
         raise FloatingPointError(f"every {activation} SGD configuration diverged; lower nn_lr")
-    net = fully_connected(activation, best["depth"], best["w2"], best["b2"], data.n_classes, p["width"],
-                          best["readout_scale"])
+    net = lee_network(activation=activation, depth=best["depth"], w2=best["w2"], b2=best["b2"], n_out=data.n_classes,
+                      width=p["width"], readout_scale=best["readout_scale"])
     model, _ = train(net, torch.arange(len(x)), best["steps"], key=len(grid))
     with torch.no_grad():
         best["test_accuracy"] = accuracy(model(data.x_test.flatten(1).float()), data.labels_test)

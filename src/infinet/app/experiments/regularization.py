@@ -23,11 +23,7 @@ from ...inference.predict import gp_inference, gradient_descent_mse, max_learnin
 from ..report import Result, Table
 from ...finite.training import train_and_track
 from . import Experiment, Param
-from ._common import accuracy, derived_seed, fully_connected, mse, pyplot
-
-
-def architecture(width: int, depth: int, n_out: int, w_std: float, b_std: float, dropout: float = 0.0):
-    return fully_connected(width, depth, n_out, w_std, b_std, dropout=dropout)
+from ._common import accuracy, data_params, derived_seed, mse, network_of, network_params, pyplot
 
 
 def noisy_targets(data, fraction: float, seed: int) -> torch.Tensor:
@@ -59,7 +55,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     n_out, m = y.shape[1], y.numel()
 
     def net(width, dropout=0.0):
-        return architecture(width, p["depth"], n_out, p["w_std"], p["b_std"], dropout)
+        return network_of(p, width=width, n_out=n_out, dropout=dropout)
 
     k, kt = net(1).kernel(x), net(1).kernel(xt, x)
     mean_diag = float(k.ntk.diagonal().mean())
@@ -170,13 +166,9 @@ EXPERIMENT = Experiment(
     name="regularization",
     description="Weight decay vs ridge, early stopping vs training time, and dropout's kernel effect",
     params={
-        "dataset": Param("digits", "classification data set (one-hot targets, MSE)"),
+        **data_params(n_train=100, n_test=300, quick_test=200, what="classification data set (one-hot targets, MSE)"),
         "label_noise": Param(0.3, "fraction of training labels replaced by random classes"),
-        "n_train": Param(100, "training examples"),
-        "n_test": Param(300, "test examples", quick=200),
-        "depth": Param(1, "hidden Dense > Relu blocks"),
-        "w_std": Param(1.5, "weight standard deviation"),
-        "b_std": Param(0.1, "bias standard deviation"),
+        **network_params(depth=1, w_std=1.5, b_std=0.1),
         "width": Param(2048, "finite network width", quick=1024),
         "lr_fraction": Param(0.5, "learning rate as a fraction of the stable limit"),
         "ridges": Param((0.03, 0.1, 0.3, 1.0, 3.0), "ridge values (relative to the mean NTK diagonal)",

@@ -25,9 +25,10 @@ from . import Experiment, Param
 from ._common import derived_seed, fully_connected, pyplot
 
 
-def architecture(depth: int, width: int, n_out: int, w_var: float, b_var: float):
-    return fully_connected(width, depth, n_out, math.sqrt(w_var), math.sqrt(b_var), activation=Tanh,
-                           parameterization="standard")
+def architecture(*, depth: int, width: int, n_out: int, w_var: float, b_var: float):
+    """Schoenholz et al.'s networks: tanh, 'standard' parameterization, given w_std^2 and b_std^2."""
+    return fully_connected(width=width, depth=depth, n_out=n_out, w_std=math.sqrt(w_var), b_std=math.sqrt(b_var),
+                           activation=Tanh, parameterization="standard")
 
 
 def fit_multiple(depths, w_vars, trainable: np.ndarray, xi: np.ndarray) -> tuple[float, float]:
@@ -56,7 +57,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     acc = np.zeros((len(depths), len(w_vars)))
     cells = [(i, j) for i in range(len(depths)) for j in range(len(w_vars))]
     for i, j in tqdm(cells, desc="networks", disable=not progress, leave=False):
-        net = architecture(depths[i], p["width"], data.n_classes, w_vars[j], b_var)
+        net = architecture(depth=depths[i], width=p["width"], n_out=data.n_classes, w_var=w_vars[j], b_var=b_var)
         model = net.build(x.shape[1], seed=derived_seed(seed, i, j), dtype=torch.float32)
         acc[i, j] = train_classifier(model, x, labels, p["steps"], lr=p["lr"], batch_size=p["batch"],
                                      seed=derived_seed(seed, i, j, 1))

@@ -79,9 +79,9 @@ def targets(domain: str, coords: np.ndarray, p: dict, seed: int) -> dict[str, np
     return {name: (f - f.mean()) / np.sqrt(np.mean((f - f.mean()) ** 2)) for name, f in out.items()}
 
 
-def network(activation: str, depth: int, width: int, p: dict):
+def network(p: dict, *, activation: str, depth: int, width: int):
     act, w_std = ACTIVATIONS[activation]
-    return fully_connected(width, depth, 1, w_std, p["b_std"], activation=act)
+    return fully_connected(width=width, depth=depth, n_out=1, w_std=w_std, b_std=p["b_std"], activation=act)
 
 
 def polynomial_floor(x: np.ndarray, target: np.ndarray, degree: int) -> float:
@@ -108,7 +108,7 @@ def kernel_regression_study(p, grids, truth, seed, progress) -> tuple[list, dict
     configs = [(d, a, depth) for d in grids for a in p["activations"] for depth in p["depths"]]
     for domain, act, depth in tqdm(configs, desc="kernels", disable=not progress, leave=False):
         x = torch.tensor(grids[domain][0])
-        k = network(act, depth, 1, p).kernel(x, get=KERNELS)
+        k = network(p, activation=act, depth=depth, width=1).kernel(x, get=KERNELS)
         order = np.random.default_rng(derived_seed(seed, 5, len(x))).permutation(len(x))
         for name in KERNELS:
             matrix = getattr(k, name)
@@ -145,7 +145,7 @@ def finite_network_study(p, grids, truth, seed, progress) -> tuple[list, dict]:
         x = torch.tensor(grids[domain][0])
         y = torch.tensor(truth[domain][target])[:, None]
         train = slice(0, None, 2)
-        model = network(act, 1, width, p).build(x.shape[1], seed=derived_seed(seed, 11, width), dtype=torch.float64)
+        model = network(p, activation=act, depth=1, width=width).build(x.shape[1], seed=derived_seed(seed, 11, width), dtype=torch.float64)
         rec = train_gradient_descent(model, x[train], y[train], p["adam_lr"], p["steps"], optimizer="adam",
                                      schedule="cosine")
         with torch.no_grad():
@@ -170,7 +170,8 @@ def spectrum_study(p) -> tuple[Table, dict]:
     cases += [(a, 1, False) for a in ("relu", "erf") if a in p["activations"]]
     for act, depth, biases in cases:
         cls, w_std = ACTIVATIONS[act]
-        net = fully_connected(1, depth, 1, w_std, p["b_std"] if biases else None, activation=cls)
+        net = fully_connected(width=1, depth=depth, n_out=1, w_std=w_std, b_std=p["b_std"] if biases else None,
+                              activation=cls)
         spec = sphere_spectrum(net, dim=3, degrees=p["degrees"])
         for name in KERNELS:
             mu = np.asarray(spec.mu[name])

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..core.extras import require
+from ..core.checks import check_int
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 TASKS = ("classification", "regression")
@@ -395,8 +396,7 @@ def _take(labels: np.ndarray | None, pool: int, n: int | None, seed: int, what: 
 
     if n is None or n == pool:
         return np.random.default_rng(seed).permutation(pool)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DatasetError(f"{what} must be a positive integer, got {n!r}")
+    check_int(n, what, error=DatasetError, numpy_ints=True)
     if n > pool:
         raise DatasetError(f"{source}: asked for {what}={n} but only {pool} examples are available")
     try:
@@ -459,8 +459,7 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     """n nearly uniform points on the unit sphere S^2, (n, 3): the Fibonacci lattice (Gonzalez 2010,
     "Measurement of areas on a sphere using Fibonacci and latitude-longitude lattices"), z = 1 - (2i + 1)/n
     and longitude 2 pi i / phi^2 for i = 0..n-1, phi the golden ratio."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int(n, "n")
     i = np.arange(n, dtype=np.float64)
     z = 1.0 - (2.0 * i + 1.0) / n
     radius = np.sqrt(np.clip(1.0 - z * z, 0.0, None))

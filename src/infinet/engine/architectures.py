@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .layers import AvgPool, Conv, Dense, FanInSum, FanOut, Flatten, GlobalAvgPool, Identity, Relu, parallel, serial
 from .layers.base import Layer
+from ..core.checks import check_int
 
 _MYRTLE_BLOCKS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
 SQRT2 = 2.0**0.5
@@ -38,8 +39,7 @@ def cntk(depth: int = 5, channels: int = 256, n_out: int = 10, pooling: str = "g
     computation with an infinitely wide neural net", Sec. 4 and Table 1): ``depth`` Conv(3x3, SAME)
     + Relu layers, then ``pooling='gap'`` (global average pooling) or ``'flatten'`` (vanilla: the
     flattened last layer), and a Dense readout; w_std = sqrt(2) and no bias as in the paper."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"cntk depth must be a positive integer, got {depth!r}")
+    check_int(depth, "cntk depth")
     heads = {"gap": GlobalAvgPool, "flatten": Flatten}
     if pooling not in heads:
         raise ValueError(f"cntk pooling must be 'gap' or 'flatten', got {pooling!r}")
@@ -63,8 +63,7 @@ def wide_resnet(block_size: int = 1, k: int = 1, n_out: int = 10, w_std: float =
     Schoenholz 2020, Listing 1; Zagoruyko and Komodakis 2016): Conv(16), three groups of
     ``block_size`` residual blocks with 16k, 32k, 64k channels (strides 1, 2, 2), global average
     pooling and a Dense readout."""
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"wide_resnet block_size must be a positive integer, got {block_size!r}")
+    check_int(block_size, "wide_resnet block_size")
 
     def group(channels, stride):
         first = wide_resnet_block(channels, stride, project=True, w_std=w_std, b_std=b_std)

@@ -304,6 +304,22 @@ def _scalar(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, rank: dict) -> _Term:
+    """The term of a call of a submodule (its layer after ``first``; an RNN starts a recurrent term)."""
+    layer = _convert_module(module, where, init)
+    if isinstance(layer, _RNNLayers):
+        if first.steps:
+            raise UnsupportedModuleError(f"{where} (RNN): an nn.RNN must read the model's input directly (its "
+                                         "layout is moved to infinet's N x C x L there)")
+        rank["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
+        return _Term(((node.name, layer.layer),), "rnn", layer)
+    if isinstance(layer, _KeepDims):
+        layer = layer.layer
+    elif isinstance(layer, _LayerNormShape):
+        layer = _layer_norm(layer, rank.get(node.args[0].name))
+    return first.then(node.name, layer)
+
+
 def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, rank: dict) -> _Term:
     """The term of one fx node (raises for anything without a counterpart)."""
     where = node.name if node.op != "call_module" else str(node.target)
@@ -317,19 +333,7 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, rank: dict
     if first is not None and first.kind != "tensor":
         return _recurrent_output(node, first, where, args)
     if node.op == "call_module":
-        m = modules[node.target]
-        layer = _convert_module(m, where, init)
-        if isinstance(layer, _RNNLayers):
-            if first.steps:
-                raise UnsupportedModuleError(f"{where} (RNN): an nn.RNN must read the model's input directly (its "
-                                             "layout is moved to infinet's N x C x L there)")
-            rank["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
-            return _Term(((node.name, layer.layer),), "rnn", layer)
-        if isinstance(layer, _KeepDims):
-            return unary(layer.layer)
-        if isinstance(layer, _LayerNormShape):
-            return unary(_layer_norm(layer, rank.get(node.args[0].name)))
-        return unary(layer)
+        return _module_term(node, first, modules[node.target], where, init, rank)
     target = node.target
     if node.op == "call_function" and target in _FUNCTIONS:
         return unary(_FUNCTIONS[target]())

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.checks import check_int
 from ..core.stats import mean_and_stderr
 
 #: points per replicate and replicates, unless a layer says otherwise
@@ -65,8 +66,7 @@ def check_options(name: str, samples: int, replicates: int, seed: int) -> None:
     """Refuse a sampled layer's options unless samples >= 2, replicates >= 2 (for a standard error) and
     seed >= 0 are integers."""
     for label, value, low in (("samples", samples, 2), ("replicates", replicates, 2), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} {label} must be an integer >= {low}, got {value!r}")
+        check_int(value, f"{name} {label}", low)
 
 
 def _parts(layer):

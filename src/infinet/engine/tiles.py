@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel import Kernel
+from ..core.checks import check_int
 
 
 class NonFiniteKernelError(FloatingPointError):
@@ -46,9 +47,7 @@ def tile_ranges(n: int, size: int) -> list[slice]:
 
 def check_tile_size(size) -> int:
     """``size`` if it is a positive integer; else ValueError naming it."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"tile_size must be a positive integer, got {size!r}")
-    return size
+    return check_int(size, "tile_size")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import math
 
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from ..core.checks import check_int
 
 
 class TaylorExpansion(nn.Module):
@@ -27,8 +28,7 @@ class TaylorExpansion(nn.Module):
 
     def __init__(self, model: nn.Module, order: int = 1):
         super().__init__()
-        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-            raise ValueError(f"order must be an integer >= 0, got {order!r}")
+        check_int(order, "order", 0)
         self.order = order
         self.model = copy.deepcopy(model)
         self._names = [name for name, p in self.model.named_parameters() if p.requires_grad]

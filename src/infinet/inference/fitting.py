@@ -21,6 +21,7 @@ from torch import Tensor
 from ..engine.layers.base import Layer, as_layer
 from ..engine.layers.dense import check_std
 from .predict import _targets, gp_inference, log_marginal_likelihood
+from ..core.checks import check_int
 from .solve import JitterWarning, KernelMatrixError
 from ..engine.tiling import NonFiniteKernelError, compute_kernel
 
@@ -167,9 +168,8 @@ def fit_hyperparameters(
         raise ValueError(f"kernel must be 'nngp' or 'ntk', got {kernel!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose from {OPTIMIZERS}")
-    for name, value, low in (("steps", steps, 1), ("restarts", restarts, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("steps", steps), ("restarts", restarts)):
+        check_int(value, name)
     if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
     if not (isinstance(diag_reg, (int, float)) and math.isfinite(diag_reg) and diag_reg >= 0):

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_keyword
 from ..engine.kernel import Kernel
 from .solve import KernelMatrixError, _require_psd, check_kernel_matrix, cholesky, eigh_psd, regularized
+from ..core.checks import check_int
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,20 @@ def gradient_descent_mse(
                                          learning_rate=learning_rate).mean
 
 
+def _nngp_parts(need, k_train_train, k_test_train, k_test_test, n: int, evecs: Tensor):
+    """The NNGP pieces of the ensemble covariance: K(x*, x*'), V^T K(X, X) V and V^T K(X, x*) (test points are
+    the training points when ``k_test_train`` is None)."""
+    k = check_kernel_matrix(need(k_train_train, "k_train_train", "nngp"), "k_train_train.nngp")
+    if k_test_train is None:
+        k_s, k_ss = k, k
+    else:
+        k_s = _cross(need(k_test_train, "k_test_train", "nngp"), n, "k_test_train.nngp")
+        k_ss = check_kernel_matrix(need(k_test_test, "k_test_test", "nngp"), "k_test_test.nngp")
+        if k_ss.shape != (len(k_s), len(k_s)):
+            raise KernelMatrixError(f"k_test_test must be ({len(k_s)}, {len(k_s)}), got {tuple(k_ss.shape)}")
+    return k_ss, evecs.T @ k @ evecs, evecs.T @ k_s.T
+
+
 def gradient_descent_mse_ensemble(
     k_train_train: Kernel | Tensor,
     y_train: Tensor,
@@ -271,8 +287,6 @@ def gradient_descent_mse_ensemble(
     ``get=`` is the old name of ``kernel=`` (deprecated).
     """
     if get is not None:
-        from ..core.deprecation import deprecated_keyword
-
         deprecated_keyword("gradient_descent_mse_ensemble", "get", "kernel", get,
                            " ('get' means 'compute these' elsewhere in infinet)")
         kernel = get
@@ -301,16 +315,7 @@ def gradient_descent_mse_ensemble(
     a = theta_s @ evecs  # Theta(x*, X) V
     coeff_y = evecs.T @ y
     if compute_cov:
-        k = check_kernel_matrix(need(k_train_train, "k_train_train", "nngp"), "k_train_train.nngp")
-        if on_train:
-            k_s, k_ss = k, k
-        else:
-            k_s = _cross(need(k_test_train, "k_test_train", "nngp"), n, "k_test_train.nngp")
-            k_ss = check_kernel_matrix(need(k_test_test, "k_test_test", "nngp"), "k_test_test.nngp")
-            if k_ss.shape != (len(k_s), len(k_s)):
-                raise KernelMatrixError(f"k_test_test must be ({len(k_s)}, {len(k_s)}), got {tuple(k_ss.shape)}")
-        b = evecs.T @ k @ evecs  # V^T K V
-        c = evecs.T @ k_s.T  # V^T K(X, x*)
+        k_ss, b, c = _nngp_parts(need, k_train_train, k_test_train, k_test_test, n, evecs)
     means, covs = [], []
     for time in times.tolist():
         g = _flow_factor(evals, time, rate)
@@ -501,8 +506,7 @@ def sampling_spread(predict: Callable[[Tensor, Tensor], Tensor], k_train: Kernel
     order; treating the entries' errors as independent is an approximation (entries sampled with common
     points err together, which moves smooth statistics less). Kernels without standard errors give one
     prediction."""
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
-        raise ValueError(f"draws must be an integer >= 2, got {draws!r}")
+    check_int(draws, "draws", 2)
     train, test = kernel_matrix(k_train, kernel, "k_train"), kernel_matrix(k_test, kernel, "k_test")
     se_train, se_test = getattr(k_train, kernel + "_se", None), getattr(k_test, kernel + "_se", None)
     if se_train is None and se_test is None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..engine.tiles import TilePlan, tile_ranges
+from ..core.checks import check_int
 
 
 class KernelMatrixError(ValueError):
@@ -244,54 +245,22 @@ def _check_number(name: str, value, minimum: float, strict: bool = False) -> Non
         raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
 
 
-def conjugate_gradient(
-    k,
-    b: Tensor,
-    diag_reg: float = 0.0,
-    *,
-    tol: float = 1e-10,
-    max_iter: int | None = None,
-    preconditioner_rank: int = 100,
-    preconditioner: str = "nystrom",
-    progress: bool = False,
-) -> tuple[Tensor, CGReport]:
-    """Solve (K + s I) X = B, s = diag_reg x mean(diag K), by preconditioned conjugate gradients on
-    all columns of B at once, to relative residual ``tol`` (every column); K is a tensor or a
-    :class:`TiledKernel`. Preconditioner: P = L L^T + s I, inverted by Woodbury,
-    P^-1 v = (v - L (s I + L^T L)^-1 L^T v) / s (s > 0; without regularization a tiny s = 1e-10 mean
-    diag is used in P only), with L of rank ``preconditioner_rank`` from :func:`nystrom_factor`
-    (``"nystrom"``: one extra product with ``rank`` columns; fewest iterations per rank in our tests),
-    :func:`pivoted_cholesky` (``"pivoted-cholesky"``: ``rank`` columns of K read one by one) or none.
-    ``progress`` prints iteration, residual, rate and ETA to stderr. Raises :class:`KernelMatrixError`
-    on NaN or divergence."""
+def _check_cg_options(preconditioner, preconditioner_rank, diag_reg, tol, max_iter) -> None:
     if preconditioner not in PRECONDITIONERS:
         raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
-    if isinstance(preconditioner_rank, bool) or not isinstance(preconditioner_rank, int) or preconditioner_rank < 0:
-        raise ValueError(f"preconditioner_rank must be an integer >= 0, got {preconditioner_rank!r}")
+    check_int(preconditioner_rank, "preconditioner_rank", 0)
     _check_number("diag_reg", diag_reg, minimum=0.0)
     _check_number("tol", tol, minimum=0.0, strict=True)
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    matmul, diagonal, column, n = _operator(k)
-    if not bool(torch.isfinite(b).all()):
-        raise ValueError("the right-hand side contains NaN or inf")
-    vector = b.ndim == 1
-    b = (b[:, None] if vector else b).to(torch.float64)
-    if len(b) != n:
-        raise ValueError(f"right-hand side has {len(b)} rows for a {n} x {n} kernel")
-    diag = diagonal().to(b)
-    mean_diag = float(diag.mean())
-    if not mean_diag > 0 or not bool(torch.isfinite(diag).all()):
-        raise KernelMatrixError(f"the kernel's diagonal must be finite with a positive mean, got mean {mean_diag:.3g}")
-    shift = diag_reg * mean_diag
-    p_shift = shift if shift > 0 else 1e-10 * mean_diag
-    setup = time.perf_counter()
-    rank = 0 if preconditioner == "none" else preconditioner_rank
-    if progress and rank:
-        print(f"building the {preconditioner} preconditioner of rank {rank} ...", end="", file=sys.stderr, flush=True)
-    if preconditioner == "pivoted-cholesky":
+
+
+def _woodbury_preconditioner(kind: str, rank: int, matmul, column, diag: Tensor, n: int, p_shift: float, b: Tensor):
+    """(P^-1 as a function, L): P = L L^T + p_shift I with L of ``rank`` columns (``kind``: 'nystrom',
+    'pivoted-cholesky' or 'none'), inverted by Woodbury, P^-1 v = (v - L (p_shift I + L^T L)^-1 L^T v) / p_shift."""
+    if kind == "pivoted-cholesky":
         low = pivoted_cholesky(diag, lambda j: column(j).to(b), rank)
-    elif preconditioner == "nystrom":
+    elif kind == "nystrom":
         low = nystrom_factor(matmul, n, rank, dtype=b.dtype, device=b.device)
     else:
         low = b.new_zeros(n, 0)
@@ -302,21 +271,18 @@ def conjugate_gradient(
             return v.clone()
         return (v - low @ torch.cholesky_solve(low.T @ v, inner)) / p_shift
 
-    def apply(v):
-        return matmul(v) + shift * v
+    return precondition, low
 
-    max_iter = max_iter or 10 * n
+
+def _pcg_iterations(apply, precondition, b: Tensor, tol: float, max_iter: int, report: CGReport, progress: bool,
+                    start: float) -> Tensor:
+    """Preconditioned conjugate gradients on every column of ``b`` from x = 0, recording into ``report``."""
     x = torch.zeros_like(b)
     r = b.clone()
     z = precondition(r)
     p = z.clone()
     rz = (r * z).sum(0)
     b_norm = b.norm(dim=0).clamp(min=1e-300)
-    report = CGReport(0, preconditioner_rank=low.shape[1], preconditioner=preconditioner,
-                      setup_seconds=time.perf_counter() - setup)
-    if progress and rank:
-        print(f" {report.setup_seconds:.1f} s", file=sys.stderr, flush=True)
-    start = time.perf_counter()
     # columns already solved (zero right-hand sides, or converged) take no further steps: their
     # step sizes would be 0/0
     active = b.norm(dim=0) > 0
@@ -347,6 +313,59 @@ def conjugate_gradient(
         rz_new = (r * z).sum(0)
         p = z + torch.where(active, rz_new / torch.where(active, rz, 1.0), 0.0) * p
         rz = rz_new
+    return x
+
+
+def conjugate_gradient(
+    k,
+    b: Tensor,
+    diag_reg: float = 0.0,
+    *,
+    tol: float = 1e-10,
+    max_iter: int | None = None,
+    preconditioner_rank: int = 100,
+    preconditioner: str = "nystrom",
+    progress: bool = False,
+) -> tuple[Tensor, CGReport]:
+    """Solve (K + s I) X = B, s = diag_reg x mean(diag K), by preconditioned conjugate gradients on
+    all columns of B at once, to relative residual ``tol`` (every column); K is a tensor or a
+    :class:`TiledKernel`. Preconditioner: P = L L^T + s I, inverted by Woodbury,
+    P^-1 v = (v - L (s I + L^T L)^-1 L^T v) / s (s > 0; without regularization a tiny s = 1e-10 mean
+    diag is used in P only), with L of rank ``preconditioner_rank`` from :func:`nystrom_factor`
+    (``"nystrom"``: one extra product with ``rank`` columns; fewest iterations per rank in our tests),
+    :func:`pivoted_cholesky` (``"pivoted-cholesky"``: ``rank`` columns of K read one by one) or none.
+    ``progress`` prints iteration, residual, rate and ETA to stderr. Raises :class:`KernelMatrixError`
+    on NaN or divergence."""
+    _check_cg_options(preconditioner, preconditioner_rank, diag_reg, tol, max_iter)
+    matmul, diagonal, column, n = _operator(k)
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("the right-hand side contains NaN or inf")
+    vector = b.ndim == 1
+    b = (b[:, None] if vector else b).to(torch.float64)
+    if len(b) != n:
+        raise ValueError(f"right-hand side has {len(b)} rows for a {n} x {n} kernel")
+    diag = diagonal().to(b)
+    mean_diag = float(diag.mean())
+    if not mean_diag > 0 or not bool(torch.isfinite(diag).all()):
+        raise KernelMatrixError(f"the kernel's diagonal must be finite with a positive mean, got mean {mean_diag:.3g}")
+    shift = diag_reg * mean_diag
+    p_shift = shift if shift > 0 else 1e-10 * mean_diag
+    setup = time.perf_counter()
+    rank = 0 if preconditioner == "none" else preconditioner_rank
+    if progress and rank:
+        print(f"building the {preconditioner} preconditioner of rank {rank} ...", end="", file=sys.stderr, flush=True)
+    precondition, low = _woodbury_preconditioner(preconditioner, rank, matmul, column, diag, n, p_shift, b)
+
+    def apply(v):
+        return matmul(v) + shift * v
+
+    max_iter = max_iter or 10 * n
+    report = CGReport(0, preconditioner_rank=low.shape[1], preconditioner=preconditioner,
+                      setup_seconds=time.perf_counter() - setup)
+    if progress and rank:
+        print(f" {report.setup_seconds:.1f} s", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    x = _pcg_iterations(apply, precondition, b, tol, max_iter, report, progress, start)
     report.seconds = time.perf_counter() - start
     if progress:
         print(file=sys.stderr)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import special
+from ..core.checks import check_int
 
 
 @dataclass
@@ -64,8 +65,7 @@ def sphere_spectrum(net, dim: int = 3, degrees: int = 12, nodes: int = 2000,
     change from nodes / 2) plus 1e-12 max_k |mu_k| (rounding)."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 3:
         raise ValueError(f"dim must be an integer >= 3 (the sphere S^(dim-1) of dimension >= 2), got {dim!r}")
-    if isinstance(degrees, bool) or not isinstance(degrees, int) or degrees < 0:
-        raise ValueError(f"degrees must be an integer >= 0, got {degrees!r}")
+    check_int(degrees, "degrees", 0)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2 * degrees + 2:
         raise ValueError(f"nodes must be an integer >= 2 degrees + 2 = {2 * degrees + 2}, got {nodes!r}")
     a = (dim - 3) / 2

@@ -35,17 +35,10 @@ from ._common import (
 )
 
 
-def run(p: dict, seed: int, progress: bool) -> Result:
-    data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed).flat()
-    if data.task != "classification":
-        raise ValueError(f"the demo needs a classification data set; {p['dataset']!r} is a regression task")
-    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
-    n_out = y.shape[1]
-
-    def net(width):
-        return network_of(p, width=width, n_out=n_out)
-
-    # -- infinite width -------------------------------------------------------------------------
+def kernel_study(p: dict, data, net) -> dict:
+    """The infinite-width predictions: the NNGP posterior mean and the NTK gradient-descent mean at the finite
+    networks' training time t = lr x steps and at t = inf, on the test set and on the training set."""
+    x, y, xt, n_out = data.x_train, data.y_train, data.x_test, data.y_train.shape[1]
     t0 = time.perf_counter()
     k_train = net(1).kernel(x)
     k_test = net(1).kernel(xt, x)
@@ -61,24 +54,17 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         return nngp_fit if name.startswith("NNGP") else fits[0] if "inf" not in name else fits[1]
 
     kernel_rows = [("NNGP (GP posterior mean)", nngp_mean), (f"NTK at t={t_train:.3g}", ntk_t), ("NTK at t=inf", ntk_inf)]
+    return {"rows": kernel_rows, "train_fit": ntk_train_fit, "lr": lr, "t_train": t_train, "ntk_t": ntk_t,
+            "seconds": kernel_time}
 
-    table = Table(["model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e.", "train MSE",
-                   "RMS to NTK(t)"],
-                  caption=f"{data.name}: {len(x)} train / {len(xt)} test; depth {p['depth']} ReLU, "
-                          f"w_std={p['w_std']}, b_std={p['b_std']}; finite nets: {p['steps']} steps of "
-                          f"gradient descent, lr={lr:.4g} ({p['lr_fraction']} x the NTK's stable limit), "
-                          f"mean over {p['seeds']} seeds")
-    numbers = {"n_train": len(x), "n_test": len(xt), "learning_rate": lr, "training_time": t_train,
-               "kernel": {}}
-    for name, pred in kernel_rows:
-        acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
-        table.add(name, "inf", acc, 0.0, err, 0.0, mse(ntk_train_fit(name), y), mse(pred, ntk_t) ** 0.5)
-        numbers["kernel"][name] = {"test_accuracy": acc, "test_mse": err}
 
-    # -- finite widths --------------------------------------------------------------------------
-    # Each network is trained twice from the same initialization: as it is, and centered
-    # (f - f0, i.e. trained on targets y + f0(X)), whose infinite-width limit is exactly the NTK mean
-    # prediction; an uncentered network converges instead to one random draw around it.
+def finite_study(p: dict, data, net, lr: float, ntk_t, seed: int, progress: bool) -> tuple[dict, float]:
+    """Finite networks of every width and seed trained by full-batch gradient descent, each twice from the same
+    initialization: as it is, and centered (f - f0, i.e. trained on targets y + f0(X)), whose infinite-width
+    limit is exactly the NTK mean prediction; an uncentered network converges instead to one random draw
+    around it. Returns per (width, centered) the test accuracy, test MSE, train MSE, RMS distance to the NTK
+    prediction and the loss curve of each seed, and the seconds taken."""
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     dtype = torch.float64 if p["float64"] else torch.float32
     t0 = time.perf_counter()
     runs = [(w, s, c) for w in p["widths"] for s in range(p["seeds"]) for c in (False, True)]
@@ -98,6 +84,54 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         entry["train"].append(mse(f_train, y))
         entry["dist"].append(mse(f_test, ntk_t) ** 0.5)
         entry["curve"].append((rec.steps, rec.loss))
+    return per_width, time.perf_counter() - t0
+
+
+def monte_carlo_study(p: dict, data, net, seed: int, progress: bool) -> tuple[Table, dict, float]:
+    """One random network's kernel error against width, and its log-log slopes (theory -1/2)."""
+    x = data.x_train
+    t0 = time.perf_counter()
+    xs = x[: p["mc_points"]]
+    mc_table = Table(["width", "NNGP relative error", "NTK relative error"],
+                     caption=f"Kernel of one random network vs the exact kernel, RMS over {p['mc_samples']} networks "
+                             f"per width on {len(xs)} training inputs: sqrt(E||K_net - K||_F^2) / ||K||_F")
+    study = kernel_error_vs_width(net, xs, p["widths"], p["mc_samples"], seed, progress)
+    errs, slopes = study["errors"], study["slopes"]
+    for i, width in enumerate(p["widths"]):
+        mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
+    mc_time = time.perf_counter() - t0
+    numbers = {"widths": list(p["widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
+               "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
+               "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
+    return mc_table, numbers, mc_time
+
+
+def run(p: dict, seed: int, progress: bool) -> Result:
+    data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed).flat()
+    if data.task != "classification":
+        raise ValueError(f"the demo needs a classification data set; {p['dataset']!r} is a regression task")
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    n_out = y.shape[1]
+
+    def net(width):
+        return network_of(p, width=width, n_out=n_out)
+
+    kernels = kernel_study(p, data, net)
+    kernel_rows, ntk_train_fit, lr, t_train, ntk_t = (kernels[k] for k in ("rows", "train_fit", "lr", "t_train", "ntk_t"))
+    table = Table(["model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e.", "train MSE",
+                   "RMS to NTK(t)"],
+                  caption=f"{data.name}: {len(x)} train / {len(xt)} test; depth {p['depth']} ReLU, "
+                          f"w_std={p['w_std']}, b_std={p['b_std']}; finite nets: {p['steps']} steps of "
+                          f"gradient descent, lr={lr:.4g} ({p['lr_fraction']} x the NTK's stable limit), "
+                          f"mean over {p['seeds']} seeds")
+    numbers = {"n_train": len(x), "n_test": len(xt), "learning_rate": lr, "training_time": t_train,
+               "kernel": {}}
+    for name, pred in kernel_rows:
+        acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
+        table.add(name, "inf", acc, 0.0, err, 0.0, mse(ntk_train_fit(name), y), mse(pred, ntk_t) ** 0.5)
+        numbers["kernel"][name] = {"test_accuracy": acc, "test_mse": err}
+
+    per_width, train_time = finite_study(p, data, net, lr, ntk_t, seed, progress)
     for centered in (False, True):
         name = "finite, centered f - f0" if centered else "finite network"
         key = "finite_centered" if centered else "finite"
@@ -111,23 +145,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                                         "test_mse_se": err_se, "train_mse": train, "rms_to_ntk_t": dist,
                                         "test_accuracy_per_seed": e["acc"], "test_mse_per_seed": e["mse"]}
 
-    train_time = time.perf_counter() - t0
-
-    # -- Monte Carlo kernel error vs width ------------------------------------------------------
-    t0 = time.perf_counter()
-    xs = x[: p["mc_points"]]
-    mc_table = Table(["width", "NNGP relative error", "NTK relative error"],
-                     caption=f"Kernel of one random network vs the exact kernel, RMS over {p['mc_samples']} networks "
-                             f"per width on {len(xs)} training inputs: sqrt(E||K_net - K||_F^2) / ||K||_F")
-    study = kernel_error_vs_width(net, xs, p["widths"], p["mc_samples"], seed, progress)
-    errs, slopes = study["errors"], study["slopes"]
-    for i, width in enumerate(p["widths"]):
-        mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
-    mc_time = time.perf_counter() - t0
-    numbers["monte_carlo"] = {"widths": list(p["widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
-                              "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
-                              "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
-
+    mc_table, numbers["monte_carlo"], mc_time = monte_carlo_study(p, data, net, seed, progress)
+    errs = {"nngp": numbers["monte_carlo"]["nngp_error"], "ntk": numbers["monte_carlo"]["ntk_error"]}
+    slopes = {k: (numbers["monte_carlo"][f"{k}_slope"], numbers["monte_carlo"][f"{k}_slope_se"]) for k in ("nngp", "ntk")}
     dist_slope = loglog_slope(p["widths"], [mean_and_stderr(per_width[(w, True)]["dist"])[0] for w in p["widths"]])
     numbers["centered_rms_to_ntk_slope"], numbers["centered_rms_to_ntk_slope_se"] = dist_slope
     figures = _figures(p, per_width, kernel_rows, data, errs, slopes, t_train, lr)
@@ -141,7 +161,7 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                f"One network's kernel error falls with width with log-log slope {slopes['nngp'][0]:.2f} ± "
                f"{slopes['nngp'][1]:.2f} (NNGP) and {slopes['ntk'][0]:.2f} ± {slopes['ntk'][1]:.2f} (NTK); theory -1/2.")
     return Result(title=f"Finite vs infinite width on {data.name}", summary=summary, numbers=numbers,
-                  timings={"kernels": kernel_time, "finite networks": train_time, "monte carlo": mc_time},
+                  timings={"kernels": kernels["seconds"], "finite networks": train_time, "monte carlo": mc_time},
                   tables={"accuracy": table, "monte_carlo": mc_table}, figures=figures)
 
 

@@ -26,13 +26,8 @@ from ...core.stats import mean_and_stderr
 from ._common import pyplot
 
 
-def run(p: dict, seed: int, progress: bool) -> Result:
-    numbers: dict = {}
-    tables: dict = {}
-    plt = pyplot()
-    figs = {}
-
-    # 1. identity: log-normal norms ----------------------------------------------------------------
+def identity_study(p: dict, seed: int, plt, numbers: dict, tables: dict, figs: dict) -> None:
+    """Identity residual networks: log |X_1| / |X_0| is normal with the diffusion's mean and variance."""
     t1 = Table(["width", "mean", "theory mean", "variance", "theory variance", "KS statistic", "KS p-value"],
                caption=f"phi = identity, w_std = {p['w_std']}, depth {p['depth']}, {p['networks']} networks")
     fig, axes = plt.subplots(2, len(p["widths_identity"]), figsize=(4 * len(p["widths_identity"]), 7), squeeze=False)
@@ -60,7 +55,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     figs["identity_log_norm"] = fig
     tables["identity"] = t1
 
-    # 2. ReLU at width 1 ---------------------------------------------------------------------------
+
+def relu_width1_study(p: dict, seed: int, plt, numbers: dict, tables: dict, figs: dict) -> None:
+    """ReLU at width 1: log(X_1 / X_0) ~ N(-1/2, 1) for X_0 > 0."""
     sim = depth.simulate_resnet("relu", 1, p["depth"], p["networks"], w_std=1.0, x=torch.ones(1, dtype=torch.float64),
                                 seed=seed + 101, record_every=p["depth"])
     y0, y1 = sim["y"][0, :, 0], sim["y"][-1, :, 0]
@@ -69,7 +66,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     numbers["relu_width1"] = {"mean": float(z.mean()), "variance": float(z.var(ddof=1)), "ks": float(ks.statistic),
                               "ks_pvalue": float(ks.pvalue), "positive_starts": int(len(z))}
 
-    # 3. the width 3 -> 4 change of regime -------------------------------------------------------
+
+def regime_study(p: dict, seed: int, plt, numbers: dict, tables: dict, figs: dict) -> None:
+    """The drift of log |relu(X)|^2 at t = 0 changes sign between widths 3 and 4; longer times."""
     t3 = Table(["width", "exact drift", "simulated drift", "95% interval"],
                caption=f"drift at t = 0 of log |relu(X_t)|^2 (w_std = 1): exact w_std^2 E[k - 2 | k >= 1] / n and "
                        f"from the first layer of {p['drift_networks']} random networks (depth {p['depth']})")
@@ -107,7 +106,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     fig3.tight_layout()
     figs["regime_change"] = fig3
 
-    # 4. Euler-Maruyama weak order -----------------------------------------------------------------
+
+def weak_order_study(p: dict, seed: int, plt, numbers: dict, tables: dict, figs: dict) -> None:
+    """Euler-Maruyama: depth-L networks converge weakly with order 1."""
     weak = depth.weak_error_identity(p["weak_width"], p["weak_steps"], p["weak_paths"], w_std=1.0, seed=seed)
     numbers["weak_convergence"] = weak
     fig4, ax4 = plt.subplots(figsize=(6, 4))
@@ -119,7 +120,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     ax4.legend(fontsize=8)
     figs["weak_convergence"] = fig4
 
-    # 5. sequential limits ---------------------------------------------------------------------------
+
+def sequential_study(p: dict, seed: int, plt, numbers: dict, tables: dict, figs: dict) -> None:
+    """Depth-then-width and joint limits against the width-then-depth covariance ODE; unscaled branches."""
     xs = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64) * math.sqrt(2.0)  # q11 = q22 = 1, q12 = 0.6
     ode = depth.covariance_ode("relu", np.array([1.0, 0.6, 1.0]), 1.0, times=[1.0])["q"][-1]
     t5 = Table(["width n", "networks", "depth-then-width q12 (L = %d)" % p["seq_depth"], "s.e.", "joint q12 (L = n)", "s.e.",
@@ -164,7 +167,13 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     fig5.tight_layout()
     figs["sequential_limits"] = fig5
 
-    z_seq = max(abs(v - ode[1]) / se for key in ("depth_then_width", "joint")
+
+def summarize(p: dict, numbers: dict) -> str:
+    """The report's summary, computed from the studies' numbers."""
+    weak, horizon = numbers["weak_convergence"], p["long_time"]
+    ode_q12, seq = numbers["sequential"]["ode_q12"], numbers["sequential"]
+    unscaled = numbers["unscaled_variance"]["mean_square"]
+    z_seq = max(abs(v - ode_q12) / se for key in ("depth_then_width", "joint")
                 for v, se in zip(seq[key], seq[key + "_se"]))
     idn = numbers["identity"]
     worst_p = min(v["ks_pvalue"] for v in idn.values())
@@ -181,9 +190,20 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                f"{1.96 * reg['4']['stderr']:.4f} at n = 4); by t = {horizon:g} the median log norm ratio is {long3:+.2f} at n = 3 "
                f"and {long4:+.2f} at n = 4. Euler-Maruyama (depth-L networks) converges weakly with fitted order "
                f"{weak['order']:.2f} (theory 1). With 1/sqrt(L) branches, depth-then-width and joint-limit covariances "
-               f"agree with the width-then-depth ODE's {ode[1]:.4f} within {z_seq:.1f} standard errors at every width; without the scaling, the mean square reaches "
+               f"agree with the width-then-depth ODE's {ode_q12:.4f} within {z_seq:.1f} standard errors at every width; without the scaling, the mean square reaches "
                f"{unscaled[-1]:.3g} at depth {p['unscaled_depths'][-1]}.")
-    return Result(title="Infinite depth at finite width", summary=summary, numbers=numbers, tables=tables, figures=figs)
+    return summary
+
+
+def run(p: dict, seed: int, progress: bool) -> Result:
+    numbers: dict = {}
+    tables: dict = {}
+    figs: dict = {}
+    plt = pyplot()
+    for study in (identity_study, relu_width1_study, regime_study, weak_order_study, sequential_study):
+        study(p, seed, plt, numbers, tables, figs)
+    return Result(title="Infinite depth at finite width", summary=summarize(p, numbers), numbers=numbers, tables=tables,
+                  figures=figs)
 
 
 EXPERIMENT = Experiment(

@@ -48,26 +48,15 @@ def centered_network(net, x, y, xt, lr, steps, seed, record_every, weight_decay=
     return trace, f0_test
 
 
-def run(p: dict, seed: int, progress: bool) -> Result:
-    data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed).flat()
-    x, xt, yt = data.x_train, data.x_test, data.y_test
-    y = noisy_targets(data, p["label_noise"], derived_seed(seed, 3))
-    n_out, m = y.shape[1], y.numel()
-
-    def net(width, dropout=0.0):
-        return network_of(p, width=width, n_out=n_out, dropout=dropout)
-
-    k, kt = net(1).kernel(x), net(1).kernel(xt, x)
+def weight_decay_study(p, data, y, net, k, kt, lr, seed, progress) -> tuple[Table, list]:
+    """Centered networks trained with weight decay toward the initialization against NTK ridge regression."""
+    x, xt, yt, m = data.x_train, data.x_test, data.y_test, y.numel()
     mean_diag = float(k.ntk.diagonal().mean())
-    lr = p["lr_fraction"] * max_learning_rate(k.ntk, n_out)
-    numbers: dict = {"learning_rate": lr}
-
-    # 1. weight decay vs ridge ---------------------------------------------------------------------
     ridge = Table(["diag_reg", "lambda (weight decay)", "steps", "NTK ridge test MSE", "network test MSE",
                    "RMS network - kernel"],
                   caption=f"centered networks of width {p['width']} trained with (lambda/2)||theta - theta_0||^2; "
                           f"lambda = diag_reg x mean diag Theta / m, m = {m}")
-    numbers["weight_decay"] = []
+    rows = []
     for r in tqdm(p["ridges"], desc="weight decay", disable=not progress, leave=False):
         lam = r * mean_diag / m
         steps = min(p["max_steps"], math.ceil(p["convergence"] / (lr * lam)))
@@ -77,10 +66,15 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         f_net = trace.f_test[-1] - f0_test
         row = {"diag_reg": r, "lambda": lam, "steps": steps, "kernel_test_mse": mse(kernel_pred, yt),
                "network_test_mse": mse(f_net, yt), "rms_network_kernel": float((f_net - kernel_pred).pow(2).mean().sqrt())}
-        numbers["weight_decay"].append(row)
+        rows.append(row)
         ridge.add(*row.values())
 
-    # 2. early stopping vs training time -----------------------------------------------------------
+    return ridge, rows
+
+
+def early_stopping_study(p, data, y, net, k, kt, lr, seed) -> dict:
+    """A centered network's test error along training against the NTK prediction at the same times."""
+    x, xt, yt = data.x_train, data.x_test, data.y_test
     steps = p["time_steps"]
     every = max(1, steps // p["records"])
     trace, f0_test = centered_network(net(p["width"]), x, y, xt, lr, steps, derived_seed(seed, 2), every)
@@ -91,15 +85,18 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     ntk_inf = mse(gradient_descent_mse(k.ntk, kt.ntk, y), yt)
     best_k = min(range(len(times)), key=lambda i: kernel_mse[i])
     best_n = min(range(len(times)), key=lambda i: net_mse[i])
-    numbers["early_stopping"] = {"times": times, "kernel_test_mse": kernel_mse, "network_test_mse": net_mse,
-                                 "kernel_best_time": times[best_k], "network_best_time": times[best_n],
-                                 "ntk_t_inf_test_mse": ntk_inf}
+    return {"times": times, "kernel_test_mse": kernel_mse, "network_test_mse": net_mse,
+            "kernel_best_time": times[best_k], "network_best_time": times[best_n],
+            "ntk_t_inf_test_mse": ntk_inf}
 
-    # 3. dropout's kernel effect -------------------------------------------------------------------
+
+def dropout_study(p, data, y, net, k, kt) -> tuple[Table, list]:
+    """Dropout before the readout: its NNGP posterior mean against ridge regression with its diagonal."""
+    x, xt, yt = data.x_train, data.x_test, data.y_test
     drop = Table(["dropout rate", "NNGP test MSE", "NNGP test accuracy", "max |dropout NNGP - ridge equivalent|"],
                  caption="Dropout(rate) before the readout: its NNGP posterior mean vs the plain NNGP with the "
                          "diagonal difference added as ridge")
-    numbers["dropout"] = []
+    rows = []
     plain = k.nngp
     for rate in p["dropout_rates"]:
         kd = net(1, rate)
@@ -110,14 +107,20 @@ def run(p: dict, seed: int, progress: bool) -> Result:
         equiv = gp_inference(plain + extra + reg * torch.eye(len(plain), dtype=plain.dtype), kt.nngp, y).mean
         row = {"rate": rate, "test_mse": mse(pred, yt), "test_accuracy": accuracy(pred, data.labels_test),
                "max_difference_to_ridge": float((pred - equiv).abs().max())}
-        numbers["dropout"].append(row)
+        rows.append(row)
         drop.add(*row.values())
 
+    return drop, rows
+
+
+def summarize(p, data, numbers) -> str:
+    """The report's summary, computed from the studies' numbers."""
     wd = numbers["weight_decay"]
     worst = max(r["rms_network_kernel"] / max(r["network_test_mse"] ** 0.5, 1e-300) for r in wd)
     best_ridge = min(wd, key=lambda r: r["kernel_test_mse"])
     es = numbers["early_stopping"]
     dr = numbers["dropout"]
+    ntk_inf = es["ntk_t_inf_test_mse"]
     if min(es["kernel_test_mse"]) < ntk_inf:
         stopping = (f"Early stopping helps: the NTK test MSE is lowest at t = {es['kernel_best_time']:.3g} "
                     f"({min(es['kernel_test_mse']):.4f}, vs {ntk_inf:.4f} at t = inf)")
@@ -131,8 +134,25 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                f"t = {es['network_best_time']:.3g} ({min(es['network_test_mse']):.4f}). Dropout before the readout changes the NNGP test MSE from "
                f"{dr[0]['test_mse']:.4f} (rate {dr[0]['rate']}) to {dr[-1]['test_mse']:.4f} (rate {dr[-1]['rate']}) and "
                f"equals ridge regression with its diagonal to {max(r['max_difference_to_ridge'] for r in dr):.1e}.")
-    return Result(title="Regularization: weight decay, early stopping and dropout at infinite width", summary=summary,
-                  numbers=numbers, tables={"weight_decay": ridge, "dropout": drop},
+    return summary
+
+
+def run(p: dict, seed: int, progress: bool) -> Result:
+    data = datasets.load(p["dataset"], n_train=p["n_train"], n_test=p["n_test"], seed=seed).flat()
+    y = noisy_targets(data, p["label_noise"], derived_seed(seed, 3))
+    n_out = y.shape[1]
+
+    def net(width, dropout=0.0):
+        return network_of(p, width=width, n_out=n_out, dropout=dropout)
+
+    k, kt = net(1).kernel(data.x_train), net(1).kernel(data.x_test, data.x_train)
+    lr = p["lr_fraction"] * max_learning_rate(k.ntk, n_out)
+    numbers: dict = {"learning_rate": lr}
+    ridge, numbers["weight_decay"] = weight_decay_study(p, data, y, net, k, kt, lr, seed, progress)
+    numbers["early_stopping"] = early_stopping_study(p, data, y, net, k, kt, lr, seed)
+    drop, numbers["dropout"] = dropout_study(p, data, y, net, k, kt)
+    return Result(title="Regularization: weight decay, early stopping and dropout at infinite width",
+                  summary=summarize(p, data, numbers), numbers=numbers, tables={"weight_decay": ridge, "dropout": drop},
                   figures=_figures(numbers, p))
 
 

@@ -54,61 +54,55 @@ def architectures(width: int, n_out: int) -> dict:
     }
 
 
-def run(p: dict, seed: int, progress: bool) -> Result:
-    data = datasets.load("mnist1d", n_train=p["n_train"], n_test=p["n_test"], seed=seed)
+def architecture_study(p: dict, data, name: str, table: Table, seed: int, progress: bool, timings: dict):
+    """One architecture of :func:`architectures`: its NNGP and NTK predictions and its finite networks trained
+    at one learning rate stable for all of them; rows go into ``table``, seconds into ``timings``. Returns the
+    numbers and the per-width accuracies and MSEs of the seeds."""
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     n_out = y.shape[1]
-    names = list(architectures(1, n_out))
-    table = Table(["architecture", "model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e."],
-                  caption=f"MNIST-1D: {len(x)} train / {len(xt)} test sequences of length {x.shape[-1]}; finite "
-                          f"networks: {p['steps']} steps of full-batch gradient descent at {p['lr_fraction']} x the "
-                          f"smallest stable learning rate of the NTK and of the finite networks at initialization, "
-                          f"mean over {p['seeds']} seeds")
-    numbers: dict = {"n_train": len(x), "n_test": len(xt), "published": PUBLISHED}
-    timings: dict = {}
-    curves: dict = {}
-    for name in names:
-        t0 = time.perf_counter()
-        net = architectures(1, n_out)[name]
-        k_train, k_test = net.kernel(x), net.kernel(xt, x)
-        timings[f"{name} kernels"] = time.perf_counter() - t0
-        runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
-        models = {(w, s): architectures(w, n_out)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, w, s, len(name)))
-                  for w, s in runs}
-        # one learning rate per architecture, stable for the infinite network and for every finite one (finite
-        # recurrent networks have much larger tangent kernels than their limit at small widths), so that all
-        # share the training time t at which the NTK prediction is compared
-        limits = {"infinite": max_learning_rate(k_train.ntk, n_out)}
-        for (w, s), model in models.items():
-            limits[f"{w}/{s}"] = max_stable_learning_rate(model, x.float())
-        lr = p["lr_fraction"] * min(limits.values())
-        t_train = lr * p["steps"]
-        nngp = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
-        ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
-        entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {},
-                 "stable_learning_rates": limits}
-        for key, label, pred in (("NNGP", "NNGP", nngp), ("NTK t=train", f"NTK t={t_train:.3g}", ntk_t),
-                                 ("NTK t=inf", "NTK t=inf", ntk_inf)):
-            acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
-            table.add(name, label, "inf", acc, 0.0, err, 0.0)
-            entry["kernel"][key] = {"test_accuracy": acc, "test_mse": err}
-        t0 = time.perf_counter()
-        per_width: dict = {w: {"acc": [], "mse": []} for w in p["widths"]}
-        for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):
-            model = models[(width, s)]
-            rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
-            f_test = rec.f_test[-1].double()
-            per_width[width]["acc"].append(accuracy(f_test, data.labels_test))
-            per_width[width]["mse"].append(mse(f_test, yt))
-        timings[f"{name} finite networks"] = time.perf_counter() - t0
-        for width in p["widths"]:
-            (acc, acc_se), (err, err_se) = mean_and_stderr(per_width[width]["acc"]), mean_and_stderr(per_width[width]["mse"])
-            table.add(name, "finite network", width, acc, acc_se, err, err_se)
-            entry["finite"][str(width)] = {"test_accuracy": acc, "test_accuracy_se": acc_se, "test_mse": err,
-                                           "test_mse_se": err_se, "test_accuracy_per_seed": per_width[width]["acc"]}
-        numbers[name] = entry
-        curves[name] = per_width
+    t0 = time.perf_counter()
+    net = architectures(1, n_out)[name]
+    k_train, k_test = net.kernel(x), net.kernel(xt, x)
+    timings[f"{name} kernels"] = time.perf_counter() - t0
+    runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
+    models = {(w, s): architectures(w, n_out)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, w, s, len(name)))
+              for w, s in runs}
+    # one learning rate per architecture, stable for the infinite network and for every finite one (finite
+    # recurrent networks have much larger tangent kernels than their limit at small widths), so that all
+    # share the training time t at which the NTK prediction is compared
+    limits = {"infinite": max_learning_rate(k_train.ntk, n_out)}
+    for (w, s), model in models.items():
+        limits[f"{w}/{s}"] = max_stable_learning_rate(model, x.float())
+    lr = p["lr_fraction"] * min(limits.values())
+    t_train = lr * p["steps"]
+    nngp = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
+    ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
+    entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {},
+             "stable_learning_rates": limits}
+    for key, label, pred in (("NNGP", "NNGP", nngp), ("NTK t=train", f"NTK t={t_train:.3g}", ntk_t),
+                             ("NTK t=inf", "NTK t=inf", ntk_inf)):
+        acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
+        table.add(name, label, "inf", acc, 0.0, err, 0.0)
+        entry["kernel"][key] = {"test_accuracy": acc, "test_mse": err}
+    t0 = time.perf_counter()
+    per_width: dict = {w: {"acc": [], "mse": []} for w in p["widths"]}
+    for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):
+        model = models[(width, s)]
+        rec = train_gradient_descent(model, x.float(), y.float(), lr, p["steps"], x_test=xt.float())
+        f_test = rec.f_test[-1].double()
+        per_width[width]["acc"].append(accuracy(f_test, data.labels_test))
+        per_width[width]["mse"].append(mse(f_test, yt))
+    timings[f"{name} finite networks"] = time.perf_counter() - t0
+    for width in p["widths"]:
+        (acc, acc_se), (err, err_se) = mean_and_stderr(per_width[width]["acc"]), mean_and_stderr(per_width[width]["mse"])
+        table.add(name, "finite network", width, acc, acc_se, err, err_se)
+        entry["finite"][str(width)] = {"test_accuracy": acc, "test_accuracy_se": acc_se, "test_mse": err,
+                                       "test_mse_se": err_se, "test_accuracy_per_seed": per_width[width]["acc"]}
+    return entry, per_width
 
+
+def rnn_kernel_error_study(p: dict, x, seed: int, progress: bool, timings: dict):
+    """The recurrent network's kernel error against width (one random network vs the exact kernel)."""
     t0 = time.perf_counter()
     xs = x[: p["mc_points"]]
     rnn = "RNN, mean over time"
@@ -121,9 +115,31 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                              f"networks per width on {len(xs)} training sequences: sqrt(E||K_net - K||_F^2) / ||K||_F")
     for i, width in enumerate(p["mc_widths"]):
         mc_table.add(width, errs["nngp"][i], errs["ntk"][i])
-    numbers["rnn_kernel_error"] = {"widths": list(p["mc_widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
-                                   "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
-                                   "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
+    numbers = {"widths": list(p["mc_widths"]), "nngp_error": errs["nngp"], "ntk_error": errs["ntk"],
+               "nngp_slope": slopes["nngp"][0], "nngp_slope_se": slopes["nngp"][1],
+               "ntk_slope": slopes["ntk"][0], "ntk_slope_se": slopes["ntk"][1]}
+    return mc_table, numbers, rnn
+
+
+def run(p: dict, seed: int, progress: bool) -> Result:
+    data = datasets.load("mnist1d", n_train=p["n_train"], n_test=p["n_test"], seed=seed)
+    x, y, xt = data.x_train, data.y_train, data.x_test
+    n_out = y.shape[1]
+    names = list(architectures(1, n_out))
+    table = Table(["architecture", "model", "width", "test accuracy", "accuracy s.e.", "test MSE", "MSE s.e."],
+                  caption=f"MNIST-1D: {len(x)} train / {len(xt)} test sequences of length {x.shape[-1]}; finite "
+                          f"networks: {p['steps']} steps of full-batch gradient descent at {p['lr_fraction']} x the "
+                          f"smallest stable learning rate of the NTK and of the finite networks at initialization, "
+                          f"mean over {p['seeds']} seeds")
+    numbers: dict = {"n_train": len(x), "n_test": len(xt), "published": PUBLISHED}
+    timings: dict = {}
+    curves: dict = {}
+    for name in names:
+        numbers[name], curves[name] = architecture_study(p, data, name, table, seed, progress, timings)
+    mc_table, numbers["rnn_kernel_error"], rnn = rnn_kernel_error_study(p, x, seed, progress, timings)
+    errs = {"nngp": numbers["rnn_kernel_error"]["nngp_error"], "ntk": numbers["rnn_kernel_error"]["ntk_error"]}
+    slopes = {k: (numbers["rnn_kernel_error"][f"{k}_slope"], numbers["rnn_kernel_error"][f"{k}_slope_se"])
+              for k in ("nngp", "ntk")}
     gated_table, numbers["gated"], timings["gated"] = _gated_study(p, data, seed, progress)
     best = max(p["widths"])
     parts = [f"{n}: NNGP {numbers[n]['kernel']['NNGP']['test_accuracy']:.3f}, NTK at t=inf "

@@ -18,6 +18,7 @@ from torch import Tensor
 from .. import fused, gaussian
 from ..kernel import Kernel
 from .base import Context, Function, Layer, Spec, with_shape
+from ...core.checks import check_int
 
 
 class Activation(Layer):
@@ -202,8 +203,7 @@ class RectifiedMonomial(Activation):
     """phi(x) = x^k 1(x > 0), any integer k >= 0: the arc-cosine kernel of order k (Cho and Saul 2009)."""
 
     def __init__(self, degree: int):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"RectifiedMonomial degree must be an integer >= 0, got {degree!r}")
+        check_int(degree, "RectifiedMonomial degree", 0)
         self.degree = degree
 
     def _args(self):
@@ -336,8 +336,7 @@ class Monomial(Polynomial):
     """phi(x) = x^k for any integer k >= 0 (exact)."""
 
     def __init__(self, degree: int):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"Monomial degree must be an integer >= 0, got {degree!r}")
+        check_int(degree, "Monomial degree", 0)
         self.degree = degree
         super().__init__([0.0] * degree + [1.0])
 
@@ -359,8 +358,7 @@ class Hermite(Polynomial):
     """
 
     def __init__(self, degree: int):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"Hermite degree must be an integer >= 0, got {degree!r}")
+        check_int(degree, "Hermite degree", 0)
         self.degree = degree
         previous, current = [0.0], [1.0]  # He_{-1} = 0, He_0 = 1; He_{k+1} = x He_k - k He_{k-1}
         for k in range(degree):

@@ -43,8 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from ..kernel import Kernel
+from ..masks import remask
 from .base import Context, Layer, Spec, with_shape
 from .dense import check_std, std_repr
+from ...core.checks import check_int
 
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
 POS_EMB_TYPES = ("NONE", "SUM", "CONCAT")
@@ -96,8 +98,7 @@ class GlobalSelfAttention(Layer):
                  n_chan_pos_emb: int | None = None, W_pos_emb_std: float = 1.0, val_pos_emb: bool = False):
         for name, value in (("n_chan_out", n_chan_out), ("n_chan_key", n_chan_key), ("n_chan_val", n_chan_val),
                             ("n_heads", n_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GlobalSelfAttention {name} must be a positive integer, got {value!r}")
+            check_int(value, f"GlobalSelfAttention {name}")
         if n_chan_pos_emb is not None and (isinstance(n_chan_pos_emb, bool) or not isinstance(n_chan_pos_emb, int)
                                            or n_chan_pos_emb < 1):
             raise ValueError(f"n_chan_pos_emb must be a positive integer or None, got {n_chan_pos_emb!r}")
@@ -179,6 +180,22 @@ class GlobalSelfAttention(Layer):
             return c / (c + c_e), pw * c_e / (c + c_e)
         return 1.0, pw
 
+    def _position_terms(self, spatial, valid1, valid2, c, c_e, like: Tensor):
+        """The positional-embedding covariances of the pairs (x1, x2), (x1, x1), (x2, x2), padded positions
+        masked out as neural-tangents does, and ``mix(t, r)``, the logits' covariance from the inputs' ``t``
+        and the embeddings' ``r`` (``t`` itself without embeddings)."""
+        if self.pos_emb_type == "NONE":
+            return None, None, None, lambda t, r: t
+        r = position_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, like.dtype, like.device)
+        kw, pw = self._weights(c, c_e)
+        if valid1 is None:
+            r12 = r11 = r22 = r
+        else:
+            r12 = r * (valid1[:, None, :, None] & valid2[None, :, None, :])
+            r11 = r * (valid1[:, :, None] & valid1[:, None, :])
+            r22 = r11 if valid2 is valid1 else r * (valid2[:, :, None] & valid2[:, None, :])
+        return r12, r11, r22, lambda t, r: kw * t + pw * r
+
     def kernel_fn(self, k: Kernel) -> Kernel:
         if not k.full:
             raise ValueError(f"{self!r} needs the kernel of every pair of positions (full layout)")
@@ -192,23 +209,7 @@ class GlobalSelfAttention(Layer):
         v2 = v1 if k.var2 is k.var1 else flat(k.var2, (len(k.var2),))
         valid1 = None if k.mask1 is None else ~k.mask1.reshape(n1, p)
         valid2 = None if k.mask2 is None else ~k.mask2.reshape(n2, p)
-        if self.pos_emb_type != "NONE":
-            r = position_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, nngp.dtype, nngp.device)
-            kw, pw = self._weights(c, c_e)
-            if valid1 is None:
-                r12 = r11 = r22 = r
-            else:  # the embeddings of padded positions are masked out, as neural-tangents does
-                r12 = r * (valid1[:, None, :, None] & valid2[None, :, None, :])
-                r11 = r * (valid1[:, :, None] & valid1[:, None, :])
-                r22 = r11 if valid2 is valid1 else r * (valid2[:, :, None] & valid2[:, None, :])
-
-            def mix(t, r):
-                return kw * t + pw * r
-        else:
-            r12 = r11 = r22 = None
-
-            def mix(t, r):
-                return t
+        r12, r11, r22, mix = self._position_terms(spatial, valid1, valid2, c, c_e, nngp)
         qk, ov = self.W_query_std * self.W_key_std, self.W_out_std * self.W_value_std
         ov2, b2 = ov**2, (0.0 if self.b_std is None else self.b_std**2)
         vals = mix if self.val_pos_emb else (lambda t, r: t)
@@ -258,11 +259,7 @@ class GlobalSelfAttention(Layer):
         out = k.replace(nngp=unflat(new_nngp, (n1, n2)), ntk=unflat(new_ntk, (n1, n2)), var1=var1,
                         var2=var1 if new_v2 is new_v1 else unflat(new_v2, (len(new_v2),)),
                         shape=(self.n_chan_out, *spatial))
-        if k.mask1 is None:
-            return out
-        from ..masks import remask
-
-        return remask(out)
+        return out if k.mask1 is None else remask(out)
 
     # -- finite module --------------------------------------------------------------------------------
     def module(self, spec: Spec, ctx: Context) -> nn.Module:

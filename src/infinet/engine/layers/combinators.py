@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..apply import apply_kernel, fit_layout
 from .base import Context, Layer, Spec, as_layer
+from ...core.checks import check_int
 
 
 def _pin(k, before=None):
@@ -103,8 +104,7 @@ class Repeat(Serial):
     """``layer`` applied ``n`` times in sequence; its repr keeps the ``repeat`` (short specs for deep nets)."""
 
     def __init__(self, layer: Layer, n: int):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"repeat count must be an integer >= 0, got {n!r}")
+        check_int(n, "repeat count", 0)
         layer = as_layer(layer)
         if n * layer.n_layers > MAX_LAYERS:  # checked before the copies are listed
             _total((n * layer.n_layers,), f"repeat(..., {n})")

@@ -25,9 +25,11 @@ from torch import nn
 from torch import Tensor
 
 from ..kernel import Kernel
+from ..masks import refuse, remask
 from . import spatial as sp
 from .base import Context, Layer, Spec, with_shape
 from .dense import AffineModule, check_parameterization, check_std, std_repr
+from ...core.checks import check_int
 
 
 class Conv(Layer):
@@ -57,8 +59,7 @@ class Conv(Layer):
         b_std: float | None = None,
         parameterization: str = "ntk",
     ):
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"{type(self).__name__} out_channels must be a positive integer, got {out_channels!r}")
+        check_int(out_channels, f"{type(self).__name__} out_channels")
         self.out_channels = out_channels
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
@@ -124,8 +125,6 @@ class Conv(Layer):
     def kernel_fn(self, k: Kernel) -> Kernel:
         geo = self.geometry(k.shape)
         if k.mask1 is not None and (self.padding != "SAME" or any(g[1] != 1 for g in geo)):
-            from ..masks import refuse
-
             raise refuse(self, "only stride-1 SAME convolutions see padding as the zeros beyond an unpadded input")
         size = math.prod(g[0] for g in geo)
         w2 = self.w_std**2
@@ -160,8 +159,6 @@ class Conv(Layer):
         shape = (self.out_channels,) + tuple(g[5] for g in geo)
         out = k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
         if k.mask1 is not None:
-            from ..masks import remask
-
             out = remask(out)
         return out
 

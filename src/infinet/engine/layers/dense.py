@@ -12,6 +12,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from ..kernel import Kernel
 from .base import Context, Layer, Spec, with_shape
+from ...core.checks import check_int
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -83,8 +84,7 @@ class Dense(Layer):
         b_std: float | None = None,
         parameterization: str = "ntk",
     ):
-        if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
-            raise ValueError(f"Dense out_features must be a positive integer, got {out_features!r}")
+        check_int(out_features, "Dense out_features")
         self.out_features = out_features
         self.w_std = check_std("w_std", w_std, allow_none=False)
         self.b_std = check_std("b_std", b_std, allow_none=True)

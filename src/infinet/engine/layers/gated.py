@@ -54,6 +54,7 @@ from ..kernel import Kernel
 from .base import Context, Layer, Spec, with_shape
 from .dense import check_std, std_repr
 from .recurrent import sequence_shape
+from ...core.checks import check_int
 
 # pre-activation kinds: "gate" (input, hidden state and bias), "input" (input and bias), "hidden"
 # (hidden state and bias); per layer, the kinds of its pre-activations in the order the step reads them
@@ -68,8 +69,7 @@ class _Gated(Layer):
     def __init__(self, width: int = 512, w_std: float = 1.0, u_std: float = 1.0, b_std: float | None = None,
                  return_sequence: bool = False, samples: int = 2048, replicates: int = 4, seed: int = 0):
         name = type(self).__name__
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"{name} width must be a positive integer, got {width!r}")
+        check_int(width, f"{name} width")
         if not isinstance(return_sequence, bool):
             raise TypeError(f"{name} return_sequence must be True or False, got {return_sequence!r}")
         sampling.check_options(name, samples, replicates, seed)

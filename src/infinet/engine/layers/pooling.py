@@ -16,6 +16,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..kernel import Kernel
+from ..masks import remask, valid_counts
 from . import spatial as sp
 from .base import Context, Layer, Spec, with_shape
 
@@ -150,8 +151,6 @@ class GlobalAvgPool(Layer):
 def _masked_global_pool(k: Kernel, sum_pool: bool) -> Kernel:
     """Global pooling of a padded kernel: K' = sum over valid position pairs, divided by T1 T2 (the
     valid positions of each member) for the mean (see :mod:`infinet.masks`)."""
-    from ..masks import remask, valid_counts
-
     k = remask(k)
     axes = tuple(range(1, 1 + (2 if k.full else 1) * len(k.spatial)))
     c1, c2 = valid_counts(k.mask1).to(k.var1.dtype), valid_counts(k.mask2).to(k.var1.dtype)
@@ -207,8 +206,6 @@ class Flatten(Layer):
         if not k.spatial:
             return k
         if k.mask1 is not None:  # padded positions are zeros of the flattened vector
-            from ..masks import remask
-
             k = remask(k).replace(mask1=None, mask2=None)
         k = k.to_diagonal()
         n = len(k.spatial)

@@ -37,9 +37,11 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from ..kernel import Kernel
+from ..masks import remask
 from .activations import Activation
 from .base import Context, Layer, Spec, with_shape
 from .dense import check_parameterization, check_std, std_repr
+from ...core.checks import check_int
 
 
 def sequence_shape(layer, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -71,8 +73,7 @@ class Recurrent(Layer):
                  bias_terms: int = 1):
         if not isinstance(activation, Activation):
             raise TypeError(f"Recurrent needs an infinet activation such as Relu() or Tanh(), got {activation!r}")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"Recurrent width must be a positive integer, got {width!r}")
+        check_int(width, "Recurrent width")
         if not isinstance(return_sequence, bool):
             raise TypeError(f"return_sequence must be True or False, got {return_sequence!r}")
         self.activation, self.width = activation, width
@@ -81,8 +82,7 @@ class Recurrent(Layer):
         self.b_std = check_std("b_std", b_std, allow_none=True)
         self.parameterization = check_parameterization(parameterization)
         self.return_sequence = return_sequence
-        if isinstance(bias_terms, bool) or not isinstance(bias_terms, int) or bias_terms < 1:
-            raise ValueError(f"Recurrent bias_terms must be a positive integer, got {bias_terms!r}")
+        check_int(bias_terms, "Recurrent bias_terms")
         self.bias_terms = bias_terms
 
     def __repr__(self) -> str:
@@ -211,8 +211,6 @@ class Recurrent(Layer):
                             var2=var1 if k.var2 is k.var1 else own(k.var2, idx2), mask1=None, mask2=None)
         out = self._sequence_kernel(compact)
         if self.return_sequence:
-            from ..masks import remask
-
             var1 = own(out.var1, inv1)
             back = out.replace(nngp=pairs(out.nngp, inv1, inv2), ntk=pairs(out.ntk, inv1, inv2), var1=var1,
                                var2=var1 if out.var2 is out.var1 else own(out.var2, inv2), mask1=k.mask1, mask2=k.mask2)

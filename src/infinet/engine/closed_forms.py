@@ -22,7 +22,8 @@ Pair = tuple[Tensor, Tensor | None]
 _TWO_PI = 2.0 * math.pi
 
 
-def _broadcast(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def broadcast_pair(cov: Tensor, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``cov``, ``var1`` and ``var2`` broadcast to one shape (every expectation here is elementwise over them)."""
     return torch.broadcast_tensors(cov, var1, var2)
 
 
@@ -149,7 +150,7 @@ def arccos_kernel(order: int, cov: Tensor, var1: Tensor, var2: Tensor) -> Tensor
     Cho and Saul 2009, eqs. 6-7 (their kernel is twice this expectation); theta = arccos(rho).
     Exact for every integer order k >= 0; zero where either variance is zero.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     rho, norm, ok = correlation(cov, var1, var2)
     p, q = arccos_polynomials(order)
     sin = torch.sqrt(torch.clamp(1.0 - rho * rho, min=0.0))
@@ -238,7 +239,7 @@ class _ReluAngle(torch.autograd.Function):
 def _arccos_order1_autograd(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool) -> Pair:
     """:func:`arccos_order1` out of place with finite derivatives everywhere, for differentiating
     kernels with respect to hyperparameters (:mod:`infinet.fitting`)."""
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     rho, norm, ok = correlation(cov, var1, var2)
     nngp = torch.where(ok, norm * _ReluCorrelation.apply(rho) / _TWO_PI, 0.0)
     if not need_kdot:
@@ -287,7 +288,7 @@ def sign(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pai
     The derivative is zero almost everywhere, so kdot = 0: parameters before a Sign receive no
     gradient, exactly as in the finite network under autograd.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     rho, _, ok = correlation(cov, var1, var2)
     nngp = torch.where(ok, torch.arcsin(rho) * (2.0 / math.pi), torch.zeros_like(rho))
     return nngp, (torch.zeros_like(nngp) if need_kdot else None)
@@ -317,7 +318,7 @@ def erf(a: float, b: float, c: float, cov: Tensor, var1: Tensor, var2: Tensor, n
     r = 2 b^2 cov sqrt(e1 e2) and 1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2), so the result
     stays finite for every finite variance (erf is bounded) and exact near rho = +-1.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, rho, _ = bounded_covariance(cov, var1, var2)
     b2 = b * b
     x1, x2 = 2.0 * b2 * torch.clamp(var1, min=0.0), 2.0 * b2 * torch.clamp(var2, min=0.0)
@@ -349,7 +350,7 @@ def gelu(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pai
     (cov^2 + P D^2) / (P1 D) = r^2 / D + var1 e1 var2 e2 D, D = sqrt(1 - r^2) / sqrt(e1 e2) and
     1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2).
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, rho, _ = bounded_covariance(cov, var1, var2)
     v1, v2 = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
     e1, e2 = 1.0 / (1.0 + v1), 1.0 / (1.0 + v2)
@@ -375,7 +376,7 @@ def sin(a: float, b: float, c: float, cov: Tensor, var1: Tensor, var2: Tensor, n
     with cov kept within +-sqrt(var1 var2) (:func:`bounded_covariance`; identical inputs then have
     var1 + var2 - 2 cov = 0 exactly) and the halves formed without overflow.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, _, _ = bounded_covariance(cov, var1, var2)
     half = 0.5 * torch.clamp(var1, min=0.0) + 0.5 * torch.clamp(var2, min=0.0)
     minus = torch.exp(-b * b * torch.clamp(half - cov, min=0.0))
@@ -389,7 +390,7 @@ def exp(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: 
 
     Grows without bound with the variances; an overflow is reported by the kernel driver.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, _, _ = bounded_covariance(cov, var1, var2)
     nngp = a * a * torch.exp(b * b * (0.5 * var1 + 0.5 * var2 + cov))
     return nngp, (b * b * nngp if need_kdot else None)
@@ -404,7 +405,7 @@ def gaussian(a: float, b: float, cov: Tensor, var1: Tensor, var2: Tensor, need_k
     nothing overflows. For b > 0, E[phi(u)^2] = a^2 / sqrt(1 - 4 b var) is finite only for
     var < 1 / (4 b); otherwise a ValueError.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     if b > 0 and bool(torch.any(torch.maximum(var1, var2) >= 1.0 / (4.0 * b))):
         raise ValueError(
             f"Gaussian(b={b}): E[exp(2 b u^2)] is infinite for input variance >= 1/(4b) = {1 / (4 * b):g}; "
@@ -429,7 +430,7 @@ def rbf(gamma: float, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool =
     :func:`sin` with a = sqrt(2), b = sqrt(2 gamma), c = pi/4, where cos(2c) = 0 drops the second term
     (Rahimi and Recht 2007, random Fourier features). Identical inputs give exactly 1.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, _, _ = bounded_covariance(cov, var1, var2)
     half = 0.5 * torch.clamp(var1, min=0.0) + 0.5 * torch.clamp(var2, min=0.0)
     nngp = torch.exp(-2.0 * gamma * torch.clamp(half - cov, min=0.0))
@@ -450,7 +451,7 @@ def gabor(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pa
     gm = ((8c + 2) D - 8c (s - 2c)) / (2 D^2), gp = ((8c - 2) D - 8c (s + 2c)) / (2 D^2). delta is formed as
     ab (1 - rho)(1 + rho) (no cancellation).
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, rho, _ = bounded_covariance(cov, var1, var2)
     a, b = torch.clamp(var1, min=0.0), torch.clamp(var2, min=0.0)
     delta = a * b * (1.0 - rho) * (1.0 + rho)
@@ -480,7 +481,7 @@ def exp_normalized(gamma: float, shift: float, cov: Tensor, var1: Tensor, var2: 
     r g(y / r), g = sum_n sqrt(exp(gamma shift) gamma^n / n!) He_n / sqrt(n!) (Mehler), r the
     root-mean-square over channels (see :class:`~infinet.ExpNormalized`).
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     rho, norm, nondegenerate = correlation(cov, var1, var2)
     factor = torch.exp(gamma * (rho + shift))
     nngp = torch.where(nondegenerate, norm * factor, torch.zeros_like(norm))
@@ -536,7 +537,7 @@ def polynomial(
 
     kdot is the same moment of the derivative polynomial sum_p p coefficients[p] x^(p-1).
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, _, _ = bounded_covariance(cov, var1, var2)
     coefficients = [float(c) for c in coefficients] or [0.0]
     nngp = _polynomial_moment(coefficients, cov, var1, var2)

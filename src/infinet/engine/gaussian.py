@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import chebyshev as _chebyshev
 from .closed_forms import *  # noqa: F401,F403  (the closed forms: one home for all Gaussian expectations)
-from .closed_forms import Pair, _broadcast, clamp_unit, correlation
+from .closed_forms import Pair, broadcast_pair, clamp_unit, correlation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +99,9 @@ def _arc_rule(scale: float, nodes: int, extra_panels: int, dtype, device) -> tup
     return _as(both, dtype, device), _as(np.concatenate([0.5 * tw, 0.5 * tw[::-1]]), dtype, device)
 
 
-def _derivative(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+def autograd_derivative(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """phi' of an elementwise ``fn`` by autograd (zero where ``fn`` does not depend on its input), itself
+    differentiable when its input requires grad: the derivative kernel's integrand where no closed form is given."""
     def dfn(x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:  # keep phi' differentiable (hyperparameter fitting)
             y = fn(x)
@@ -148,7 +150,7 @@ def quadrature(
     Cost: (radial nodes) x (angular nodes), about 2e4 evaluations per entry at unit variance, more
     (logarithmically) at large variance; chunked to ``max_elements`` evaluations at a time.
     """
-    cov, var1, var2 = _broadcast(cov, var1, var2)
+    cov, var1, var2 = broadcast_pair(cov, var1, var2)
     check_quadrature_range(var1, var2)
     differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
     if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
@@ -183,7 +185,7 @@ def _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels,
     scale = math.sqrt(max(float(var1_f.detach().max()), float(var2_f.detach().max()), 0.0))
     radius, radial_w = _radial_rule(scale, nodes, extra_panels, dtype, device)
     arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, dtype, device)
-    derivative = dfn if dfn is not None else _derivative(fn)
+    derivative = dfn if dfn is not None else autograd_derivative(fn)
     if differentiate:  # backward holds a chunk's graph (phi, phi' and their derivatives): smaller chunks
         max_elements = max(1, max_elements // 4)
     chunk = max(1, max_elements // (radius.numel() * 4 * arc_t.numel()))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..engine.layers.base import Layer, as_layer
 from ..engine.layers.dense import check_std
-from .predict import _targets, gp_inference, log_marginal_likelihood
+from .predict import target_matrix, gp_inference, log_marginal_likelihood
 from ..core.checks import check_int
 from .solve import JitterWarning, KernelMatrixError
 from ..engine.tiling import NonFiniteKernelError, compute_kernel
@@ -176,7 +176,7 @@ def fit_hyperparameters(
         raise ValueError(f"diag_reg must be a finite number >= 0, got {diag_reg!r}")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    y, _ = _targets(y, len(x))
+    y, _ = target_matrix(y, len(x))
     problem = _Problem(net, x, y, kernel, share, diag_reg, fit_diag_reg, tile_size)
     gen = torch.Generator().manual_seed(int(seed))
     runs, best = [], None
@@ -282,7 +282,7 @@ def ridge_by_leave_one_out(k_train_train: Tensor, y_train: Tensor, ridges=(1e-10
     from the others misses y_i by [A^-1 y]_i / [A^-1]_ii. Ridges whose matrix is not positive definite
     in floating point count as infinitely bad; if none is, :class:`~infinet.solve.KernelMatrixError`."""
     k = torch.as_tensor(k_train_train)
-    y, _ = _targets(torch.as_tensor(y_train, dtype=k.dtype), len(k))
+    y, _ = target_matrix(torch.as_tensor(y_train, dtype=k.dtype), len(k))
     scale = float(k.diagonal().mean())
     scores = []
     for ridge in ridges:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..core.deprecation import deprecated_keyword
 from ..engine.kernel import Kernel
-from .solve import KernelMatrixError, _require_psd, check_kernel_matrix, cholesky, eigh_psd, regularized
+from .solve import KernelMatrixError, require_psd, check_kernel_matrix, cholesky, eigh_psd, regularized
 from ..core.checks import check_int
 
 
@@ -100,7 +100,9 @@ def noise_ridge(matrix: Tensor, se: Tensor) -> float:
     return 2.0 * n**0.5 * float(se.pow(2).mean().sqrt()) / float(matrix.diagonal().mean())
 
 
-def _targets(y_train: Tensor, n: int) -> tuple[Tensor, bool]:
+def target_matrix(y_train: Tensor, n: int) -> tuple[Tensor, bool]:
+    """Targets of ``n`` training points as an (n, C) matrix, and whether they came as a vector (n,); refuses
+    other types, a wrong number of rows and NaN or inf."""
     if not isinstance(y_train, Tensor):
         raise TypeError(f"y_train must be a torch.Tensor, got {type(y_train).__name__}")
     vector = y_train.ndim == 1
@@ -125,7 +127,7 @@ def _cross(k: Tensor, n: int, name: str) -> Tensor:
 def _check(k_train_train: Tensor, k_test_train: Tensor, y_train: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
     k = check_kernel_matrix(k_train_train, "k_train_train")
     ks = _cross(k_test_train, len(k), "k_test_train")
-    y, vector = _targets(y_train, len(k))
+    y, vector = target_matrix(y_train, len(k))
     return k, ks, y, vector
 
 
@@ -158,7 +160,7 @@ def gp_inference(
         kss = check_kernel_matrix(k_test_test, "k_test_test")
         if kss.shape != (len(ks), len(ks)):
             raise KernelMatrixError(f"k_test_test must be ({len(ks)}, {len(ks)}), got {tuple(kss.shape)}")
-        _require_psd(kss, "k_test_test")
+        require_psd(kss, "k_test_test")
         v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
         cov = kss - v.T @ v
     return Posterior(mean[:, 0] if vector else mean, cov)
@@ -178,7 +180,7 @@ def log_marginal_likelihood(k_train_train: Tensor | Kernel, y_train: Tensor, dia
     """
     k_train_train = kernel_matrix(k_train_train, kernel, "k_train_train")
     k = check_kernel_matrix(k_train_train, "k_train_train")
-    y, _ = _targets(y_train, len(k))
+    y, _ = target_matrix(y_train, len(k))
     chol, _ = cholesky(k, diag_reg, name="k_train_train")
     alpha = torch.linalg.solve_triangular(chol, y, upper=False)  # L^-1 Y: tr(Y^T K^-1 Y) = |L^-1 Y|^2
     n, c = y.shape
@@ -306,7 +308,7 @@ def gradient_descent_mse_ensemble(
 
     theta = check_kernel_matrix(need(k_train_train, "k_train_train", get), f"k_train_train.{get}")
     n = len(theta)
-    y, vector = _targets(y_train, n)
+    y, vector = target_matrix(y_train, n)
     times, single = _times(t)
     on_train = k_test_train is None
     theta_s = theta if on_train else _cross(need(k_test_train, "k_test_train", get), n, f"k_test_train.{get}")
@@ -361,8 +363,8 @@ def linearized_dynamics(
     """
     theta = check_kernel_matrix(ntk_train_train, "ntk_train_train")
     n = len(theta)
-    y, vector = _targets(y_train, n)
-    f0, _ = _targets(f0_train, n)
+    y, vector = target_matrix(y_train, n)
+    f0, _ = target_matrix(f0_train, n)
     if (t is None) == (steps is None):
         raise ValueError("give exactly one of t (gradient flow) or steps (gradient descent)")
     if not (learning_rate > 0 and math.isfinite(learning_rate)) or not 0 <= momentum < 1:
@@ -371,7 +373,7 @@ def linearized_dynamics(
     if test and f0_test is None:
         raise ValueError("f0_test (the network's initial outputs on the test points) is needed with ntk_test_train")
     theta_s = _cross(ntk_test_train, n, "ntk_test_train") if test else theta
-    base = _targets(f0_test, len(theta_s))[0] if test else f0
+    base = target_matrix(f0_test, len(theta_s))[0] if test else f0
     evals, evecs = eigh_psd(theta, "ntk_train_train")
     rate = learning_rate / y.numel()
     r = evecs.T @ (f0 - y)  # initial residual in the eigenbasis
@@ -437,14 +439,14 @@ def gradient_descent_cross_entropy(
             raise ValueError(f"y_train must be ({n},) integer labels or ({n}, C) one-hot targets")
         y = torch.nn.functional.one_hot(y_train.long()).to(torch.float64)
     else:
-        y, _ = _targets(y_train, n)
+        y, _ = target_matrix(y_train, n)
     c = y.shape[1]
     times, _ = _times(t)
     if bool(torch.isinf(times).any()):
         raise ValueError("cross-entropy training has no t = inf limit (the logits grow without bound); give finite times")
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    f0 = torch.zeros(n, c, dtype=torch.float64) if f0_train is None else _targets(f0_train, n)[0]
+    f0 = torch.zeros(n, c, dtype=torch.float64) if f0_train is None else target_matrix(f0_train, n)[0]
     rate = learning_rate / n
     th, yy = theta.cpu().numpy(), y.cpu().numpy()
 
@@ -472,7 +474,7 @@ def gradient_descent_cross_entropy(
         return f_train
     theta_s = _cross(ntk_test_train, n, "ntk_test_train")
     base = torch.zeros(len(theta_s), c, dtype=torch.float64, device=theta.device) if f0_test is None \
-        else _targets(f0_test, len(theta_s))[0]
+        else target_matrix(f0_test, len(theta_s))[0]
     evals, evecs = eigh_psd(regularized(theta, diag_reg), "ntk_train_train")
     inverse = _flow_factor(evals, math.inf, 1.0)  # 1 / lambda, 0 on the null space (f_t - f0 lies in Theta's range)
     delta = (f_train - f0.to(theta.device)).permute(1, 0, 2).reshape(n, -1)

@@ -87,12 +87,14 @@ def cholesky(k: Tensor, diag_reg: float = 0.0, max_tries: int = 8, name: str = "
                               stacklevel=3)
             return chol, base + jitter
         if attempt == 0:
-            _require_psd(k.detach(), name)
+            require_psd(k.detach(), name)
         jitter = max(base, 1e-12) * 10 ** (attempt + (0 if base < 1e-12 else 1)) - base
     raise KernelMatrixError(f"{name} could not be factored even with diag_reg {base + jitter:.1e}")
 
 
-def _require_psd(k: Tensor, name: str) -> None:
+def require_psd(k: Tensor, name: str) -> None:
+    """Raise :class:`KernelMatrixError` naming ``name`` unless the symmetric ``k`` is positive semi-definite up to
+    round-off: its smallest eigenvalue at least -PSD_TOLERANCE times the largest in magnitude."""
     evals = torch.linalg.eigvalsh(k)
     top = float(evals.abs().max()) if len(evals) else 0.0
     if float(evals.min()) < -PSD_TOLERANCE * max(top, 1e-300):

@@ -44,7 +44,7 @@ class Activation(Layer):
         sampled layers apply to their Gaussian samples (:mod:`infinet.sampling`)."""
         if not need_derivative:
             return self.fn(x), None
-        return self.fn(x), (self.derivative() or gaussian._derivative(self.fn))(x)
+        return self.fn(x), (self.derivative() or gaussian.autograd_derivative(self.fn))(x)
 
     def diagonal(self, var: Tensor) -> Tensor:
         """E[phi(u)^2] for u ~ N(0, var)."""
@@ -123,7 +123,7 @@ class _Quadrature(Activation):
         values = var1[same]
         nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
         if kdot is not None:  # E[phi'(u)^2]: a one-dimensional rule, refined (it costs one line per entry)
-            dfn = self.derivative() or gaussian._derivative(self.fn)
+            dfn = self.derivative() or gaussian.autograd_derivative(self.fn)
             kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values, nodes=16, extra_panels=2))
         return nngp, kdot
 

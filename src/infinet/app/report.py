@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
+from ..core import __version__
 
 
 @dataclass
@@ -97,8 +98,6 @@ def versions() -> dict[str, str]:
     """Versions of Python, infinet and the numerical libraries, for reproducibility."""
     import numpy
     import torch
-
-    from ..core import __version__
 
     out = {"infinet": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "numpy": numpy.__version__, "platform": platform.platform()}

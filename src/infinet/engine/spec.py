@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from . import layers as _layers
 from .layers.base import Layer
+from .architectures import ARCHITECTURES
 
 MAX_LENGTH = 20_000
 MAX_DEPTH = 64
@@ -61,8 +62,6 @@ def constructors() -> dict[str, Callable[..., Layer]]:
         if inspect.isclass(obj) and issubclass(obj, Layer) and obj is not Layer:
             table[name] = obj
     table.update(serial=_layers.serial, parallel=_layers.parallel, repeat=_repeat, bidirectional=_layers.bidirectional)
-    from .architectures import ARCHITECTURES
-
     table.update(ARCHITECTURES)
     return table
 

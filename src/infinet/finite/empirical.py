@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from ..engine.layers.dense import DenseModule
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
 DEFAULT_MAX_MEMORY = 2 << 30  # bytes for Jacobians / product vectors held at once
@@ -177,8 +178,6 @@ def _affine_scales(module: nn.Module) -> tuple[float, float] | None:
     last axis (nn.Linear, infinet's Dense module), else None."""
     if type(module) is nn.Linear:
         return 1.0, 1.0
-    from ..engine.layers.dense import DenseModule
-
     if isinstance(module, DenseModule) and not module.has_uninitialized_params():
         if module.parameterization == "ntk":
             return float(module.w_std) / math.sqrt(module.in_features), float(module.b_std or 0.0)
@@ -203,8 +202,6 @@ def _affine_sites(model: nn.Module, params: dict) -> dict:
 def _features_last(module: nn.Module, t: Tensor, axis: int) -> Tensor:
     """``t`` with the affine module's feature axis last: infinet's Dense module takes channels on axis 1
     of (N, C, ...) inputs (``axis`` is where that axis sits in ``t``); nn.Linear already acts on the last."""
-    from ..engine.layers.dense import DenseModule
-
     if isinstance(module, DenseModule) and t.ndim > axis + 1:
         return t.movedim(axis, -1)
     return t

@@ -13,6 +13,8 @@ from .empirical import empirical_ntk
 from ..engine.kernel import as_input, check_pair, parse_get
 from ..engine.layers.combinators import Serial
 from ..engine.layers.dense import Dense
+from ..engine import sampling
+from ..engine.patterns import GraphModel, graph_patterns
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,6 @@ def _nngp_sample(net, model, x1: Tensor, x2: Tensor, patterns=None) -> Tensor:
         body = (model[:-1] if isinstance(net, Serial) else (lambda x: x)) if dense is not None else model
         h1, h2 = body(x1), body(x2)
     else:
-        from ..engine.patterns import GraphModel
-
         body = GraphModel(model.network[:-1]) if dense is not None else model
         h1, h2 = body(x1, pattern=patterns[0]), body(x2, pattern=patterns[1])
     h1, h2 = h1.reshape(len(x1), -1), h2.reshape(len(x2), -1)
@@ -126,8 +126,6 @@ def monte_carlo_kernel(
     x1 = as_input(x1, "x1", dtype)
     x2 = x1 if x2 is None else as_input(x2, "x2", dtype)
     check_pair(x1, x2)
-    from ..engine.patterns import graph_patterns
-
     patterns = graph_patterns(x1, None if same else x2, pattern, pattern2)
     if patterns is not None:
         p1 = patterns[0]
@@ -135,8 +133,6 @@ def monte_carlo_kernel(
     out_spec = net.check(x1.shape[1:])
     if isinstance(out_spec, tuple):
         raise ValueError(f"the network ends in {len(out_spec)} branches; join them with a FanIn layer")
-    from ..engine import sampling
-
     batch = sampling.whole_batch(net)
     if batch:
         sampling.check_whole_batch(net, same, None, len(x1), False, patterns is not None)

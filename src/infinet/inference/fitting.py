@@ -24,6 +24,7 @@ from .predict import target_matrix, gp_inference, log_marginal_likelihood
 from ..core.checks import check_int
 from .solve import JitterWarning, KernelMatrixError
 from ..engine.tiling import NonFiniteKernelError, compute_kernel
+from ..engine.spec import parse_spec
 
 OPTIMIZERS = ("lbfgs", "adam")
 #: box on the log scale keeping every trial kernel finite: std in [1e-3, 1e3], diag_reg in [1e-10, 1e2]
@@ -161,8 +162,6 @@ def fit_hyperparameters(
     best finished restart is returned. Cost per step: one kernel of ``x`` with its backward pass
     (memory about 30 N^2 floats for closed-form activations; fit on a subset for large N).
     """
-    from ..engine.spec import parse_spec
-
     net = parse_spec(net) if isinstance(net, str) else as_layer(net)
     if kernel not in ("nngp", "ntk"):
         raise ValueError(f"kernel must be 'nngp' or 'ntk', got {kernel!r}")

@@ -24,6 +24,7 @@ from gpytorch.constraints import Positive  # noqa: E402
 from .fitting import affine_layers, with_stds
 from ..engine.layers.base import Layer
 from ..engine.tiling import compute_kernel, kernel_diagonal
+from ..engine.spec import parse_spec
 
 
 class _NetworkKernel(gpytorch.kernels.Kernel):
@@ -33,8 +34,6 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
     def __init__(self, architecture, share: bool = True, w_std_constraint=None, b_std_constraint=None,
                  input_shape=None, **kwargs):
         super().__init__(**kwargs)
-        from ..engine.spec import parse_spec
-
         arch = parse_spec(architecture) if isinstance(architecture, str) else architecture
         if not isinstance(arch, Layer):
             raise TypeError(f"architecture must be an infinet layer or spec, got {type(architecture).__name__}")

@@ -24,6 +24,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from .fitting import affine_layers, with_stds
 from ..engine.layers.base import Layer
 from ..engine.tiling import compute_kernel, kernel_diagonal
+from ..engine.spec import parse_spec
 
 
 class _NetworkKernel(Kernel):
@@ -57,8 +58,6 @@ class _NetworkKernel(Kernel):
     # -- the network ---------------------------------------------------------------------------------------------
     def _network(self, w: torch.Tensor, b: torch.Tensor):
         """A copy of the architecture with w_std = w, b_std = b (tensors of 1 or one-per-layer values)."""
-        from ..engine.spec import parse_spec
-
         arch = parse_spec(self.architecture) if isinstance(self.architecture, str) else self.architecture
         if not isinstance(arch, Layer):
             raise TypeError(f"architecture must be an infinet layer or spec, got {type(self.architecture).__name__}")

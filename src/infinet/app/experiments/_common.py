@@ -10,6 +10,7 @@ from ...core.stats import loglog_slope, mean_and_stderr  # noqa: F401 (the exper
 from ...engine.layers import Dense, Dropout, Relu, serial
 from ...finite.montecarlo import monte_carlo_kernel
 from . import _UNSET, Param
+from ...core.extras import require
 
 
 def accuracy(f: Tensor, labels: Tensor) -> float:
@@ -83,8 +84,6 @@ def derived_seed(seed: int, *keys: int) -> int:
 
 def pyplot():
     """matplotlib.pyplot with the non-interactive Agg backend (reports are written to files)."""
-    from ...core.extras import require
-
     matplotlib = require("matplotlib", "the experiments' figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

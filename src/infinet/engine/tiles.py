@@ -22,6 +22,7 @@ import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -65,11 +66,11 @@ class TilePlan:
         if self.symmetric and self.n1 != self.n2:
             raise ValueError(f"a symmetric kernel is square, got {self.n1} x {self.n2}")
 
-    @property
+    @cached_property
     def rows(self) -> list[slice]:
         return tile_ranges(self.n1, self.size)
 
-    @property
+    @cached_property
     def cols(self) -> list[slice]:
         return tile_ranges(self.n2, self.size)
 

@@ -194,12 +194,11 @@ def train_gradient_descent(
                          f"{optimizer!r} and {schedule!r}")
     opt = optimizers[optimizer](model.parameters(), lr=lr)
     decay = None if schedule == "constant" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    tracked = x_test is not None and y_test is not None  # the test loss at every recorded step
-    callbacks = [record_test(x_test, y_test)] if tracked else []
-    history = train(model, x, y, steps, opt, scheduler=decay, record_every=record_every, callbacks=callbacks)
-    if not record_every:  # recorded at the end only for the callbacks: the history holds no curve
-        history.steps, history.loss, history.validation = [], [], history.validation[-1:] if tracked else []
-    if x_test is not None and not tracked:
+    # the test loss along training (it records the test outputs too); otherwise the final test outputs alone
+    curve = x_test is not None and y_test is not None and record_every > 0
+    history = train(model, x, y, steps, opt, scheduler=decay, record_every=record_every,
+                    callbacks=[record_test(x_test, y_test)] if curve else [])
+    if x_test is not None and not curve:
         with torch.no_grad():
             history.f_test.append(model(x_test))
     return history

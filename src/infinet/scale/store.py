@@ -251,12 +251,10 @@ def kernel_to_store(
     a = x1.cpu().numpy()
     b = None if x2 is None else x2.cpu().numpy()
     with progress_bar(len(todo), progress) as bar:
-        if not todo:
-            pass
-        elif workers == 0 and client is None and scheduler is None:  # this process: the engine's executor
+        if todo and workers == 0 and client is None and scheduler is None:  # this process: the engine's executor
             for _ in local_results(lambda task: compute_tile(path, spec, a, b, *task, device), todo, tile_device(device)):
                 bar.update()
-        else:
+        elif todo:
             _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, bar)
     return StoreReport(path, total, len(todo), total - len(todo), time.perf_counter() - start, meta)
 

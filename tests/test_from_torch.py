@@ -11,59 +11,13 @@ from torch import nn
 
 import infinet as inf
 from tests._statistics import assert_within_standard_errors
+from tests._torch_models import gaussian_init, per_example_ntk, torch_monte_carlo  # noqa: F401
 
 F64 = torch.float64
 
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def gaussian_init(model):
-    """Redraw every parameter i.i.d. Gaussian with the variance of PyTorch's default (uniform) initialization,
-    1 / (3 fan_in): the initialization from_torch assumes (uniform weights of a layer with a small fan-in, such as
-    the first layer on 5 input features, are not Gaussian and give another limit)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.RNN):
-                for p in m.parameters():
-                    p.normal_(0, (3 * m.hidden_size) ** -0.5)
-            elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                fan_in = m.weight[0].numel()
-                m.weight.normal_(0, (3 * fan_in) ** -0.5)
-                m.bias.normal_(0, (3 * fan_in) ** -0.5)
-    return model
-
-
-def per_example_ntk(model, x):
-    """Theta(x_i, x_j) = grad f(x_i) . grad f(x_j) for a one-output model, one example at a time."""
-    params = list(model.parameters())
-    rows = []
-    for i in range(len(x)):
-        grads = torch.autograd.grad(model(x[i: i + 1]).sum(), params)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    jac = torch.stack(rows)
-    return jac @ jac.T
-
-
-def torch_monte_carlo(make, x, n_samples=32):
-    """Empirical NNGP (readout weights integrated with the init variance 1/(3 fan_in)) and NTK of ``n_samples``
-    freshly initialized models ``make()`` (Gaussian weights, see :func:`gaussian_init`), whose readout is ``fc``."""
-    nngps, ntks = [], []
-    for s in range(n_samples):
-        torch.manual_seed(1000 + s)
-        model = gaussian_init(make().double())
-        features = {}
-        model.fc.register_forward_hook(lambda m, args, out: features.__setitem__("h", args[0]))
-        with torch.no_grad():
-            model(x)
-        h = features["h"].reshape(len(x), -1)
-        fan_in = h.shape[1]
-        nngps.append((h @ h.T + 1.0) / (3.0 * fan_in))
-        ntks.append(per_example_ntk(model, x))
-    stack = lambda ts: (torch.stack(ts).mean(0), torch.stack(ts).std(0) / len(ts) ** 0.5)  # noqa: E731
-    (nngp, nngp_se), (ntk, ntk_se) = stack(nngps), stack(ntks)
-    return inf.MonteCarloKernel(nngp, ntk, nngp_se, ntk_se, n_samples)
 
 
 class MLP(nn.Module):
@@ -151,6 +105,23 @@ class Functional(nn.Module):
         self.c1 = nn.Conv1d(2, 8, 3, padding=1)
         self.c2 = nn.Conv1d(2, 8, 3, padding=1)
         self.c3 = nn.Conv1d(16, 8, 1)
+        self.c4 = nn.Conv1d(2, 8, 1)
+        self.fc = nn.Linear(8 * 7, 1)
+
+    def forward(self, x):
+        a, b = torch.tanh(self.c1(x)), F.leaky_relu(self.c2(x), 0.2)
+        h = self.c3(torch.cat([a, b], dim=1)) * 0.5
+        h = h * self.c4(x)
+        return self.fc(h.view(h.size(0), -1))
+
+
+class SharedWeights(nn.Module):
+    """The earlier version of :class:`Functional`: c3's weights serve two calls, and a, b feed both factors of
+    the product. from_torch used to treat both factors as independent (a wrong kernel); now it refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv1d(2, 8, 3, padding=1), nn.Conv1d(2, 8, 3, padding=1), nn.Conv1d(16, 8, 1)
         self.fc = nn.Linear(8 * 7, 1)
 
     def forward(self, x):
@@ -158,6 +129,11 @@ class Functional(nn.Module):
         h = self.c3(torch.cat([a, b], dim=1)) * 0.5
         h = h * self.c3(torch.cat([b, a], dim=1))
         return self.fc(h.view(h.size(0), -1))
+
+
+def test_shared_weights_and_values_reused_across_a_product_are_refused():
+    with pytest.raises(inf.UnsupportedModuleError, match="c3 .Conv1d. is called 2 times"):
+        inf.from_torch(SharedWeights(), randn(4, 2, 7))
 
 
 def test_functional_model_equals_the_hand_written_architecture():
@@ -170,9 +146,8 @@ def test_functional_model_equals_the_hand_written_architecture():
 
     a, b = inf.serial(conv(8, 3, 6), inf.Tanh()), inf.serial(conv(8, 3, 6), inf.LeakyRelu(0.2))
     both = inf.serial(inf.FanOut(2), inf.parallel(a, b), inf.FanInConcat())
-    swapped = inf.serial(inf.FanOut(2), inf.parallel(b, a), inf.FanInConcat())
     left = inf.serial(both, conv(8, 1, 16), inf.DotGeneral(rhs=0.5))
-    right = inf.serial(swapped, conv(8, 1, 16))
+    right = conv(8, 1, 2)
     hand = inf.serial(inf.FanOut(2), inf.parallel(left, right), inf.FanInProd(), inf.Flatten(),
                       inf.Dense(1, w_std=s3, b_std=(3 * 56) ** -0.5, parameterization="standard"))
     got = inf.from_torch(Functional(), x).kernel(x)

@@ -49,6 +49,7 @@ from .engine.layers import (
     Abs,
     Cos,
     Dense,
+    Scale,
     Elementwise,
     Elu,
     Erf,
@@ -94,7 +95,7 @@ __all__ = [
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "GlobalSelfAttention", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
-    "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Sigmoid", "Sign",
+    "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Scale", "Sigmoid", "Sign",
     "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "empirical", "empirical_nngp", "empirical_ntk", "fit_hyperparameters", "linearization", "linearize", "taylor_expand", "fitting", "format_spec", "gaussian",
     "bidirectional", "kernel_tile", "monte_carlo_kernel", "parallel", "parse_spec", "predict", "repeat", "serial",
 ]

@@ -187,7 +187,8 @@ def kernel(
                            '"Conv(64, 5) > Relu() > GlobalSelfAttention(64, 64, 64, 4) > GlobalAvgPool() > Dense(10)".'),
     data: str = typer.Option(..., "--data", "-d", help="Data set name, NAME:FOLDER, or a .npz/.csv path (see `infinet data`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .npz file (or use --store)."),
-    get: str = typer.Option("nngp,ntk", "--get", help="Comma-separated kernels: nngp, ntk."),
+    get: str = typer.Option("auto", "--get", help="Comma-separated kernels: nngp, ntk; auto (default): both, or the "
+                            "NNGP alone for architectures without an NTK (GRU, LSTM)."),
     n_train: Optional[int] = typer.Option(None, "--n-train", help="Training examples (default: the data set's split)."),
     n_test: Optional[int] = typer.Option(None, "--n-test", help="Test examples (default: the data set's split)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
@@ -196,7 +197,11 @@ def kernel(
     store: Optional[Path] = typer.Option(None, "--store", help="Write resumable zarr stores PATH/train and PATH/test (Dask tiles) instead of an .npz."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler (with --store)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (with --store; 0: this process; default: all cores)."),
-    device: str = typer.Option("auto", "--device", help="Where workers compute tiles (with --store): auto (a worker's GPU if it has one), cpu, cuda."),
+    mask_constant: Optional[float] = typer.Option(None, "--mask-constant", help="Padded sequences: positions whose "
+                                                  "channels all equal this value are padding (neural-tangents' "
+                                                  "convention). Sequence lengths and graphs come from a .npz data "
+                                                  "file's arrays lengths / pattern (or NAME_train and NAME_test)."),
+    device: str = typer.Option("auto", "--device", help="Where tiles are computed: auto (with --store: a worker's GPU if it has one; with --out: this process's GPU if it has one), cpu, cuda."),
 ) -> None:
     """Compute the kernel matrices of an architecture over a data set and save them to an .npz file:
     GET_train_train (N_train x N_train) and GET_test_train (N_test x N_train) for each kernel in --get,
@@ -210,31 +215,37 @@ def kernel(
             raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
         if (out is None) == (store is None):
             raise ValueError("give exactly one of --out FILE.npz and --store PATH")
+        if device == "cuda" and scheduler is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda, but torch sees no CUDA device on this machine (use auto or cpu)")
         if store is not None:
-            _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers, device)
+            _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers, device,
+                          mask_constant)
         else:
-            _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size)
+            _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size, device, mask_constant)
 
 
-def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers, device) -> None:
+def _kernel_store(arch, data, store, get, n_train, n_test, seed, dtype, tile_size, scheduler, workers, device,
+                  mask_constant=None) -> None:
     from .datasets import load
     from ..scale.store import kernel_to_store
     from ..engine.spec import parse_spec
 
-    names = [g.strip() for g in get.split(",") if g.strip()]
-    if device == "cuda" and scheduler is None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda, but torch sees no CUDA device on this machine (use auto or cpu)")
     net = parse_spec(arch)
+    names = _kernel_names(get, net)
     ds = _fit_input(net, load(data, n_train=n_train, n_test=n_test, seed=seed))
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
+    train = {"lengths": ds.side_train.get("lengths"), "pattern": ds.side_train.get("pattern")}
+    sides = {"train": train, "test": {"lengths": ds.side_test.get("lengths"), "pattern": ds.side_test.get("pattern"),
+                                      "lengths2": train["lengths"], "pattern2": train["pattern"]}}
     for split, (a, b) in {"train": (ds.x_train, None), "test": (ds.x_test, ds.x_train)}.items():
         typer.echo(f"{split}: {len(a)} x {len(ds.x_train)} into {store / split}", err=True)
         report = kernel_to_store(net, a, store / split, x2=b, get=names, dtype=dtype, tile_size=tile_size,
-                                 scheduler=scheduler, workers=workers, device=device, progress=True)
+                                 scheduler=scheduler, workers=workers, device=device, progress=True,
+                                 mask_constant=mask_constant, **sides[split])
         typer.echo(f"{split}: {report.tiles_computed} tiles computed, {report.tiles_skipped} already there, "
                    f"{report.seconds:.1f} s", err=True)
     targets = {"y_train": ds.y_train.numpy(), "y_test": ds.y_test.numpy()}
@@ -319,7 +330,49 @@ def solve(
             _save(Path(out), {"predictions": pred.numpy()})
 
 
-def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> None:
+def _split_kernels(net, ds, names, dtype, tile_size, where, mask_constant):
+    """("train_train" | "test_train", a function computing that kernel), with the data set's sequence lengths
+    and graphs (``ds.side_*``). Networks with BatchNorm normalize over one batch: their kernel is computed
+    once over the training and test examples together, and both blocks are cut from it."""
+    import torch
+
+    from ..engine import sampling
+
+    def side(d, suffix=""):
+        return {f"lengths{suffix}": d.get("lengths"), f"pattern{suffix}": d.get("pattern")}
+
+    def on(t):
+        return None if t is None else t.to(where)
+
+    common = dict(get=names, dtype=dtype, tile_size=tile_size, progress=True, mask_constant=mask_constant)
+    if sampling.whole_batch(net):
+        both = {}
+        n = len(ds.x_train)
+
+        def joint():
+            if not both:
+                extra = {k: (None if v is None else torch.cat([v, ds.side_test[k]]).to(where))
+                         for k, v in ds.side_train.items()}
+                both["k"] = net.kernel(torch.cat([ds.x_train, ds.x_test]).to(where), lengths=extra.get("lengths"),
+                                       pattern=extra.get("pattern"), **common)
+            return both["k"]
+
+        def block(rows, cols):
+            def cut():
+                k = joint()
+                pick = lambda t: None if t is None else t[rows][:, cols]  # noqa: E731
+                return k.replace(nngp=pick(k.nngp), ntk=pick(k.ntk), nngp_se=pick(k.nngp_se), ntk_se=pick(k.ntk_se))
+            return cut
+
+        return [("train_train", block(slice(0, n), slice(0, n))), ("test_train", block(slice(n, None), slice(0, n)))]
+    train = {k: on(v) for k, v in side(ds.side_train).items()}
+    test = {k: on(v) for k, v in side(ds.side_test).items()}
+    second = {k: on(v) for k, v in side(ds.side_train, "2").items()}
+    return [("train_train", lambda: net.kernel(ds.x_train.to(where), **train, **common)),
+            ("test_train", lambda: net.kernel(ds.x_test.to(where), ds.x_train.to(where), **test, **second, **common))]
+
+
+def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size, device="auto", mask_constant=None) -> None:
     import numpy as np
     import torch
 
@@ -329,7 +382,6 @@ def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> No
     from ..engine.spec import format_spec, parse_spec
     from ..engine.tiling import NonFiniteKernelError
 
-    names = parse_get([g.strip() for g in get.split(",") if g.strip()])
     dtypes = {"float64": torch.float64, "float32": torch.float32}
     if dtype not in dtypes:
         raise ValueError(f"--dtype must be float64 or float32, got {dtype!r}")
@@ -339,6 +391,7 @@ def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> No
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     net = parse_spec(arch)
+    names = _kernel_names(get, net)
     ds = load(data, n_train=n_train, n_test=n_test, seed=seed)
     ds = _fit_input(net, ds)
     typer.echo(f"{ds!r}; architecture {format_spec(net)}", err=True)
@@ -346,9 +399,10 @@ def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> No
               "dataset": np.array(data), "infinet_version": np.array(__version__)}
     if ds.labels_train is not None:
         arrays.update(labels_train=ds.labels_train.numpy(), labels_test=ds.labels_test.numpy())
-    for split, (a, b) in {"train_train": (ds.x_train, None), "test_train": (ds.x_test, ds.x_train)}.items():
+    where = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    for split, compute in _split_kernels(net, ds, names, dtypes[dtype], tile_size, where, mask_constant):
         try:
-            k = net.kernel(a, b, get=names, dtype=dtypes[dtype], tile_size=tile_size, progress=True)
+            k = compute()
         except NonFiniteKernelError as e:
             for name in names:
                 part = getattr(e.partial, name, None)
@@ -359,9 +413,24 @@ def _kernel(arch, data, out, get, n_train, n_test, seed, dtype, tile_size) -> No
                                        e.partial) from None
         for name in names:
             arrays[f"{name}_{split}"] = getattr(k, name).cpu().numpy()
+            if getattr(k, f"{name}_se", None) is not None:  # sampled layers: the standard errors too
+                arrays[f"{name}_se_{split}"] = getattr(k, f"{name}_se").cpu().numpy()
     _save(out, arrays)
     shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith(tuple(names)))
     typer.echo(f"saved {out}: {shapes}")
+
+
+def _kernel_names(get: str, net) -> tuple[str, ...]:
+    """The kernels --get names; "auto": NNGP and NTK, or the NNGP alone where the architecture has no NTK."""
+    from ..engine.apply import has_ntk
+    from ..engine.kernel import parse_get
+
+    if get.strip() == "auto":
+        if has_ntk(net):
+            return ("nngp", "ntk")
+        typer.echo("--get auto: this architecture has no NTK (gated recurrent layers); computing the NNGP", err=True)
+        return ("nngp",)
+    return parse_get([g.strip() for g in get.split(",") if g.strip()])
 
 
 def _fit_input(net, ds):

@@ -23,7 +23,7 @@ import os
 import pickle
 import random
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,10 @@ class Dataset:
     labels_test: Tensor | None
     task: str
     classes: tuple[str, ...] | None
+    #: per-example data beside the inputs, split with them: {"lengths": (N,) valid steps of each sequence,
+    #: "pattern": (N, V, V) graphs}, from a .npz file's arrays of those names; empty when it has none
+    side_train: dict = field(default_factory=dict)
+    side_test: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -86,6 +90,12 @@ class _Raw:
     y_test: np.ndarray | None = None
     task: str | None = None
     classes: tuple[str, ...] | None = None
+    side: dict = field(default_factory=dict)  # per-example arrays of x ("lengths", "pattern")
+    side_test: dict = field(default_factory=dict)  # and of x_test
+
+
+#: per-example arrays a .npz file may carry beside its inputs (``NAME``, or ``NAME_train`` / ``NAME_test``)
+SIDE_ARRAYS = ("lengths", "pattern")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,10 +326,16 @@ def _npz(path) -> _Raw:
     except Exception as e:  # OSError, ValueError, EOFError, zipfile.BadZipFile (truncated), ...
         raise DatasetError(f"{path}: cannot read .npz file ({type(e).__name__}: {e})") from None
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        return _Raw(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
+        side = {k: arrays[f"{k}_train"] for k in SIDE_ARRAYS if f"{k}_train" in arrays}
+        side_test = {k: arrays[f"{k}_test"] for k in SIDE_ARRAYS if f"{k}_test" in arrays}
+        if side.keys() != side_test.keys():
+            raise DatasetError(f"{path}: give each of {sorted(side.keys() | side_test.keys())} for both splits "
+                               "(NAME_train and NAME_test)")
+        return _Raw(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], side=side,
+                    side_test=side_test)
     for xk, yk in (("x", "y"), ("X", "y"), ("data", "labels"), ("data", "target")):
         if xk in arrays and yk in arrays:
-            return _Raw(arrays[xk], arrays[yk])
+            return _Raw(arrays[xk], arrays[yk], side={k: arrays[k] for k in SIDE_ARRAYS if k in arrays})
     raise DatasetError(f"{path}: expected arrays 'x' and 'y' (or x_train, y_train, x_test, y_test); "
                        f"found {sorted(arrays)}")
 
@@ -413,7 +429,8 @@ def _split(raw: _Raw, labels, n_train, n_test, seed, source):
         test_labels = labels[1]
         i = _take(labels[0], len(raw.x), n_train, seed, "n_train", source)
         j = _take(test_labels, len(raw.x_test), n_test, seed + 1, "n_test", source)
-        return raw.x[i], raw.y[i], raw.x_test[j], raw.y_test[j]
+        return (raw.x[i], raw.y[i], raw.x_test[j], raw.y_test[j], {k: v[i] for k, v in raw.side.items()},
+                {k: v[j] for k, v in raw.side_test.items()})
     pool = len(raw.x)
     for what, n in (("n_train", n_train), ("n_test", n_test)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
@@ -433,7 +450,8 @@ def _split(raw: _Raw, labels, n_train, n_test, seed, source):
                                 random_state=seed, stratify=labels[0])
     except ValueError as e:
         raise DatasetError(f"{source}: cannot split into a stratified n_train={n_train}, n_test={n_test}: {e}") from None
-    return raw.x[i], raw.y[i], raw.x[j], raw.y[j]
+    return (raw.x[i], raw.y[i], raw.x[j], raw.y[j], {k: v[i] for k, v in raw.side.items()},
+            {k: v[j] for k, v in raw.side.items()})
 
 
 def standardize(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -523,7 +541,11 @@ def load(
     else:
         classes = None
         labels = (None, None)
-    x_tr, y_tr, x_te, y_te = _split(raw, labels, n_train, n_test, seed, name)
+    for side, owner in ((raw.side, raw.x), (raw.side_test, raw.x_test)):
+        for what, arr in side.items():
+            if len(arr) != len(owner):
+                raise DatasetError(f"{name}: {what} has {len(arr)} entries for {len(owner)} examples")
+    x_tr, y_tr, x_te, y_te, side_tr, side_te = _split(raw, labels, n_train, n_test, seed, name)
     x_tr, x_te = x_tr.astype(np.float64), np.asarray(x_te, dtype=np.float64)
     if standardize_inputs:
         x_tr, x_te = standardize(x_tr, x_te)
@@ -542,7 +564,12 @@ def load(
     def t(a):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
-    return Dataset(key, t(x_tr), t(t_tr), t(x_te), t(t_te), lab_tr, lab_te, task, classes)
+    def side(d):  # lengths stay integers, graphs take the inputs' dtype
+        return {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.long if k == "lengths" else dtype)
+                for k, v in d.items()}
+
+    return Dataset(key, t(x_tr), t(t_tr), t(x_te), t(t_te), lab_tr, lab_te, task, classes, side(side_tr),
+                   side(side_te))
 
 
 # ---------------------------------------------------------------------------------------------

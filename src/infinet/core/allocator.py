@@ -16,7 +16,11 @@ import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 64 << 20  # blocks below 64 MiB come from the heap
+# blocks below 16 MiB come from the heap. Not higher: larger blocks allocated and freed by the tile pool's two
+# or more threads fragment the heap (small blocks settle in the holes, the next large block does not fit)
+# and the process grows without bound: a Tanh kernel on 401 inputs, whose quadrature chunks are 32 MiB
+# arrays, passed 23 GB at 64 MiB (tests/test_reliability.py); mmap'ed blocks go back to the OS on free
+MMAP_THRESHOLD = 16 << 20
 TRIM_THRESHOLD = 512 << 20  # keep up to 512 MiB of freed heap before giving it back
 _done = False
 
@@ -36,3 +40,4 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+

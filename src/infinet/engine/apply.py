@@ -57,3 +57,9 @@ def replays_variances(layer) -> bool:
 def any_layer(layer, test: Callable[[object], bool]) -> bool:
     """Whether ``test`` holds for ``layer`` or any layer inside it (through combinators' ``layers``)."""
     return bool(test(layer)) or any(any_layer(part, test) for part in getattr(layer, "layers", ()))
+
+
+def has_ntk(layer) -> bool:
+    """Whether ``layer`` has an NTK: false when any layer inside it declares ``has_ntk = False`` (the gated
+    recurrent layers, whose NTK is not implemented), so callers ask only for the kernels that exist."""
+    return not any_layer(layer, lambda part: getattr(part, "has_ntk", True) is False)

@@ -27,6 +27,7 @@ parameterization each adds its own NTK term. The limit of a trained model is not
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from typing import Callable
@@ -36,232 +37,24 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from . import layers as L
-from .layers.base import Layer
+from .layers.base import Context, Layer, Spec
+from .torch_dataflow import InplaceProxy, InplaceRefused, check_dataflow, functionalize, seeded_run
+from .torch_modules import (UnsupportedModuleError, _convert_module, _infinet_module, _KeepDims,  # noqa: F401
+                            _LayerNormShape, _RNNLayers, TorchLinear)
 
 INITS = ("pytorch", "parameters")
 
 
-class UnsupportedModuleError(ValueError):
-    """A module or operation with no infinite-width counterpart; the message names it and where it sits."""
-
-
-# ------------------------------------------------------------------ modules built by infinet
-def _infinet_module(m: nn.Module) -> Layer | None:
-    """The layer an infinet-built module stands for, or None if ``m`` is not one."""
-    from .layers.activations import Activation
-    from .layers.base import Function
-    from .layers.combinators import FanOutModule, ParallelModule, SerialModule, _Join
-    from .layers.conv import ConvModule
-    from .layers.dense import DenseModule
-    from .patterns import AggregateModule, GraphModel
-    from .layers.norm import LayerNormModule
-    from .layers.pooling import GlobalPoolModule, PoolModule
-    from .layers.position_maps import PositionMapModule
-    from .layers.recurrent import RecurrentModule
-    from .layers.attention import AttentionModule
-    from .layers.sequence import ReverseModule
-
-    if isinstance(m, GraphModel):
-        return _infinet_module(m.network)
-    if isinstance(m, SerialModule):
-        return L.serial(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
-    if isinstance(m, ParallelModule):
-        return L.parallel(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
-    if isinstance(m, FanOutModule):
-        return L.FanOut(m.n)
-    if isinstance(m, _Join):
-        return {"sum": L.FanInSum, "prod": L.FanInProd, "concat": L.FanInConcat}[m.how]()
-    if isinstance(m, DenseModule):
-        return L.Dense(m.out_features, w_std=m.w_std, b_std=m.b_std, parameterization=m.parameterization)
-    if isinstance(m, (ConvModule, PoolModule, PositionMapModule, AggregateModule, RecurrentModule, AttentionModule)):
-        return m.layer
-    if isinstance(m, GlobalPoolModule):
-        return L.GlobalSumPool() if m.sum_pool else L.GlobalAvgPool()
-    if isinstance(m, LayerNormModule):
-        return L.LayerNorm(m.axes, m.eps)
-    if isinstance(m, ReverseModule):
-        return L.Reverse()
-    if isinstance(m, Function) and isinstance(getattr(m.fn, "__self__", None), Activation):
-        return m.fn.__self__
-    return None
-
-
-# ------------------------------------------------------------------ standard torch modules
-def _affine_stds(weight: Tensor, bias: Tensor | None, fan_in: int, init: str, torch_fan_in: int) -> tuple:
-    """(w_std, b_std) in the standard parameterization with the convention fan-in ``fan_in``."""
-    if init == "pytorch":
-        w_std = math.sqrt(fan_in / (3.0 * torch_fan_in))
-        b_std = None if bias is None else 1.0 / math.sqrt(3.0 * torch_fan_in)
-    else:
-        w_std = float(weight.detach().double().pow(2).mean().sqrt()) * math.sqrt(fan_in)
-        b_std = None if bias is None else float(bias.detach().double().pow(2).mean().sqrt())
-    return w_std, b_std
-
-
-def _conv_padding(m, where: str) -> str:
-    n = len(m.kernel_size)
-    pad = m.padding if isinstance(m.padding, str) else tuple(m.padding)
-    if m.padding_mode not in ("zeros", "circular"):
-        raise UnsupportedModuleError(f"{where} ({type(m).__name__}): padding_mode {m.padding_mode!r} has no "
-                                     "counterpart; use 'zeros' or 'circular'")
-    circular = m.padding_mode == "circular"
-    if pad == "valid" or pad == (0,) * n:  # no padding: the wrap-around mode never applies
-        return "VALID"
-    same = tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
-    odd = all((d * (k - 1)) % 2 == 0 for k, d in zip(m.kernel_size, m.dilation))
-    if (pad == "same" or (pad == same and odd)) and all(s == 1 for s in m.stride):
-        return "CIRCULAR" if circular else "SAME"
-    raise UnsupportedModuleError(f"{where} ({type(m).__name__}): padding {m.padding} with stride {m.stride} has no "
-                                 "counterpart; use padding=0 (VALID), or 'same' / (kernel_size - 1) // 2 with stride 1")
-
-
-_ELEMENTWISE = {nn.ReLU: L.Relu, nn.Tanh: L.Tanh, nn.Sigmoid: L.Sigmoid, nn.SiLU: L.Silu}
-
-
-def _activation_module(m: nn.Module) -> Layer | None:
-    if type(m) in _ELEMENTWISE:
-        return _ELEMENTWISE[type(m)]()
-    if isinstance(m, nn.LeakyReLU):
-        return L.LeakyRelu(m.negative_slope)
-    if isinstance(m, nn.ELU):
-        return L.Elu(m.alpha)
-    if isinstance(m, nn.GELU):
-        return L.Gelu() if m.approximate == "none" else L.Elementwise(m, name="GELU(tanh)")
-    if isinstance(m, nn.Softplus):
-        return L.Softplus() if m.beta == 1 and m.threshold >= 20 else L.Elementwise(m, name=repr(m))
-    if isinstance(m, (nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.SELU, nn.CELU, nn.Softsign,
-                      nn.Tanhshrink, nn.LogSigmoid, nn.Softshrink, nn.Hardshrink)):
-        return L.Elementwise(m, name=repr(m))
-    return None
-
-
-def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
-    """The layer of one standard torch module, or :class:`UnsupportedModuleError` naming it."""
-    act = _activation_module(m)
-    if act is not None:
-        return act
-    name = type(m).__name__
-    if isinstance(m, nn.Linear):
-        w, b = _affine_stds(m.weight, m.bias, m.in_features, init, m.in_features)
-        return L.Dense(m.out_features, w_std=w, b_std=b, parameterization="standard")
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        if m.groups != 1:
-            raise UnsupportedModuleError(f"{where} ({name}): grouped convolutions (groups={m.groups}) have no "
-                                         "counterpart")
-        fan_in = m.in_channels * math.prod(m.kernel_size)
-        w, b = _affine_stds(m.weight, m.bias, fan_in, init, fan_in)
-        return L.Conv(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=_conv_padding(m, where),
-                      dilation=tuple(m.dilation), w_std=w, b_std=b, parameterization="standard")
-    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        if m.groups != 1 or any(p != 0 for p in m.padding) or any(p != 0 for p in m.output_padding):
-            raise UnsupportedModuleError(f"{where} ({name}): only padding=0, output_padding=0, groups=1 have a "
-                                         "counterpart (ConvTranspose with VALID padding)")
-        size = math.prod(m.kernel_size)
-        w, b = _affine_stds(m.weight, m.bias, m.in_channels * size, init, m.out_channels * size)
-        return L.ConvTranspose(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding="VALID",
-                               dilation=tuple(m.dilation), w_std=w, b_std=b, parameterization="standard")
-    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
-        pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
-        if any(p != 0 for p in pad) or m.ceil_mode:
-            raise UnsupportedModuleError(f"{where} ({name}): only padding=0 without ceil_mode has a counterpart")
-        return L.AvgPool(m.kernel_size, stride=m.stride, padding="VALID")
-    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
-        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
-        if any(s != 1 for s in size):
-            raise UnsupportedModuleError(f"{where} ({name}): only output size 1 (global average pooling) has a "
-                                         "counterpart")
-        return _KeepDims(L.GlobalAvgPool())
-    if isinstance(m, nn.Flatten):
-        if m.start_dim != 1 or m.end_dim != -1:
-            raise UnsupportedModuleError(f"{where} (Flatten): only start_dim=1, end_dim=-1 has a counterpart")
-        return L.Flatten()
-    if isinstance(m, nn.Dropout):
-        return L.Dropout(m.p, train=m.training)
-    if isinstance(m, nn.Identity):
-        return L.Identity()
-    if isinstance(m, nn.LayerNorm):
-        if m.elementwise_affine:
-            raise UnsupportedModuleError(f"{where} (LayerNorm): its elementwise affine parameters add terms to the NTK "
-                                         "that infinet's LayerNorm does not model; use elementwise_affine=False")
-        return _LayerNormShape(tuple(m.normalized_shape), m.eps, where)
-    if isinstance(m, nn.RNN):
-        return _rnn(m, where, init)
-    if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
-        raise UnsupportedModuleError(
-            f"{where} ({name}): torch's attention scales logits by 1/sqrt(d), and with softmax that limit has no closed "
-            "form (Hron et al. 2020: only the IDENTITY mechanism does); write the model with "
-            "infinet.GlobalSelfAttention (1/d scaling, neural-tangents' semantics)")
-    if isinstance(m, (nn.GRU, nn.LSTM)):
-        raise UnsupportedModuleError(f"{where} ({name}): gated recurrent layers have no closed-form limit; their "
-                                     "kernels by Gaussian sampling per layer are planned (Yang 2019, Tensor Programs I)")
-    if isinstance(m, nn.Sequential):
-        return L.serial(*[_convert_module(child, f"{where}.{n}", init) for n, child in m.named_children()])
-    raise UnsupportedModuleError(f"{where} ({name}) has no infinite-width counterpart in infinet")
-
-
-def _convert_module(m: nn.Module, where: str, init: str) -> Layer:
-    layer = _infinet_module(m)
-    return layer if layer is not None else _torch_module(m, where, init)
-
-
-class _KeepDims:
-    """Marker: global pooling that keeps singleton spatial axes in torch (AdaptiveAvgPool to 1); infinet's
-    global pooling drops them, which a following flatten makes equivalent."""
-
-    def __init__(self, layer: Layer):
-        self.layer = layer
-
-
-class _LayerNormShape:
-    """Marker: nn.LayerNorm over its trailing ``normalized_shape``, resolved once the input rank is known."""
-
-    def __init__(self, shape: tuple[int, ...], eps: float, where: str):
-        self.shape, self.eps, self.where = shape, eps, where
-
-
-def _rnn(m: nn.RNN, where: str, init: str) -> Layer:
-    """nn.RNN (Elman, tanh or relu) as Recurrent layers returning sequences. torch draws every weight and both
-    biases from U(-1/sqrt(H), 1/sqrt(H)), H the hidden size: Var = 1 / (3H), so in the standard
-    parameterization w_std = 1/sqrt(3), u_std = sqrt(d / (3H)) and b_std = sqrt(2 / (3H)) (b_ih + b_hh)."""
-    if m.proj_size:
-        raise UnsupportedModuleError(f"{where} (RNN): proj_size has no counterpart")
-    act = L.Tanh() if m.nonlinearity == "tanh" else L.Relu()
-    out, d = [], m.input_size
-    for layer in range(m.num_layers):
-        cells = []
-        for suffix in ("", "_reverse")[: 2 if m.bidirectional else 1]:
-            w_hh, w_ih = getattr(m, f"weight_hh_l{layer}{suffix}"), getattr(m, f"weight_ih_l{layer}{suffix}")
-            biases = [getattr(m, f"{b}_l{layer}{suffix}") for b in ("bias_ih", "bias_hh")] if m.bias else None
-            h = m.hidden_size
-            if init == "pytorch":
-                w_std, u_std = 1.0 / math.sqrt(3.0), math.sqrt(d / (3.0 * h))
-                b_std = None if biases is None else math.sqrt(2.0 / (3.0 * h))
-            else:
-                rms = lambda t: float(t.detach().double().pow(2).mean().sqrt())  # noqa: E731
-                w_std, u_std = rms(w_hh) * math.sqrt(h), rms(w_ih) * math.sqrt(d)
-                b_std = None if biases is None else math.sqrt(rms(biases[0]) ** 2 + rms(biases[1]) ** 2)
-            cells.append(L.Recurrent(act, h, w_std=w_std, u_std=u_std, b_std=b_std, parameterization="standard",
-                                     bias_terms=1 if biases is None else 2))
-        out.append(L.bidirectional(*cells) if m.bidirectional else cells[0])
-        if m.dropout and m.training and layer < m.num_layers - 1:
-            out.append(L.Dropout(m.dropout))
-        d = h * (2 if m.bidirectional else 1)
-    return _RNNLayers(L.serial(*out), m.batch_first, m.num_layers, m.bidirectional)
-
-
-class _RNNLayers:
-    """Marker: the layers of an nn.RNN and the facts needed to read its (output, h_n) tuple."""
-
-    def __init__(self, layer: Layer, batch_first: bool, num_layers: int, bidirectional: bool):
-        self.layer, self.batch_first, self.num_layers, self.bidirectional = layer, batch_first, num_layers, bidirectional
-
-
 # ------------------------------------------------------------------ torch.fx graphs
 class _Tracer(fx.Tracer):
-    """Standard torch.nn layers and infinet-built modules are leaves; everything else is traced through."""
+    """Standard torch.nn layers and infinet-built modules are leaves; everything else is traced through.
+    Augmented assignments are recorded as the in-place operators they are (:class:`InplaceProxy`)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return _infinet_module(m) is not None or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return InplaceProxy(node, self)
 
 
 _FUNCTIONS: dict[Callable, Callable[..., Layer]] = {
@@ -271,18 +64,23 @@ _FUNCTIONS: dict[Callable, Callable[..., Layer]] = {
 }
 _METHODS = {"relu": L.Relu, "tanh": L.Tanh, "sigmoid": L.Sigmoid, "erf": L.Erf, "sin": L.Sin, "cos": L.Cos,
             "abs": L.Abs, "exp": L.Exp, "sign": L.Sign}
+#: arithmetic on values, by function or method: what it is
+_ARITHMETIC = {operator.add: "add", torch.add: "add", "add": "add", operator.sub: "sub", torch.sub: "sub", "sub": "sub",
+               operator.mul: "mul", torch.mul: "mul", "mul": "mul", operator.truediv: "div", torch.div: "div",
+               "div": "div", "truediv": "div"}
 
 
 class _Term:
-    """The value of an fx node: the steps (key, layer) that compute it from the model's input. ``kind``:
-    'tensor' (infinet's layout), 'sequence' (an nn.RNN output, time on axis ``time_axis``), 'rnn' (the
-    (output, h_n) tuple) or 'state' (h_n)."""
+    """The value of an fx node: the steps (key, layer, random) that compute it from the model's input, where
+    ``random`` names the random fx nodes (layers with weights, dropout) inside the step. ``kind``: 'tensor'
+    (infinet's layout), 'sequence' (an nn.RNN output, time on axis ``time_axis``), 'rnn' (the (output, h_n)
+    tuple) or 'state' (h_n)."""
 
     def __init__(self, steps: tuple, kind: str = "tensor", rnn=None):
         self.steps, self.kind, self.rnn = steps, kind, rnn
 
-    def then(self, key: str, layer: Layer, kind: str | None = None) -> "_Term":
-        return _Term(self.steps + ((key, layer),), self.kind if kind is None else kind, self.rnn)
+    def then(self, key: str, layer: Layer, kind: str | None = None, random: frozenset = frozenset()) -> "_Term":
+        return _Term(self.steps + ((key, layer, random),), self.kind if kind is None else kind, self.rnn)
 
     @property
     def time_axis(self) -> int:
@@ -290,55 +88,141 @@ class _Term:
 
 
 def _join(terms: list, key: str, fan_in: Layer) -> _Term:
-    """The branches ``terms`` joined by ``fan_in`` after their longest common path."""
+    """The branches ``terms`` joined by ``fan_in`` after their longest common path. A random node (weights,
+    dropout) inside two branches would be two independent copies in the architecture, where the model has one
+    value used twice: that is refused, naming the node."""
     common = 0
     while all(len(t.steps) > common for t in terms) and len({t.steps[common][0] for t in terms}) == 1:
         common += 1
-    branches = [L.serial(*[layer for _, layer in t.steps[common:]]) if len(t.steps) > common + 1 else
+    seen: dict = {}
+    for i, t in enumerate(terms):
+        for name in frozenset().union(*(step[2] for step in t.steps[common:])):
+            if name in seen and seen[name] != i:
+                raise UnsupportedModuleError(
+                    f"{key}: the value computed by {name} reaches it along two paths after a join; as one value used "
+                    "twice its kernel needs the covariance between correlated branches, which from_torch does not "
+                    "compute yet, and two copies with independent weights would give a wrong kernel")
+            seen[name] = i
+    branches = [L.serial(*[step[1] for step in t.steps[common:]]) if len(t.steps) > common + 1 else
                 (t.steps[common][1] if len(t.steps) > common else L.Identity()) for t in terms]
+    fan_in.origin = f"torch node {key}"
     block = L.serial(L.FanOut(len(terms)), L.parallel(*branches), fan_in)
-    return _Term(terms[0].steps[:common] + ((key, block),))
+    return _Term(terms[0].steps[:common] + ((key, block, frozenset(seen)),))
 
 
 def _scalar(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, rank: dict) -> _Term:
+def _random(node: fx.Node, modules: dict) -> frozenset:
+    """The name of ``node`` when it draws randomness (a module with weights, dropout in training), else empty."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        random = any(True for _ in m.parameters()) or (isinstance(m, nn.Dropout) and m.training and m.p > 0)
+        return frozenset({f"{node.target} ({type(m).__name__})"}) if random else frozenset()
+    if node.op == "call_function" and node.target is F.dropout:
+        return frozenset({node.name})
+    return frozenset()
+
+
+def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, shapes: dict, random) -> _Term:
     """The term of a call of a submodule (its layer after ``first``; an RNN starts a recurrent term)."""
     layer = _convert_module(module, where, init)
     if isinstance(layer, _RNNLayers):
         if first.steps:
             raise UnsupportedModuleError(f"{where} (RNN): an nn.RNN must read the model's input directly (its "
                                          "layout is moved to infinet's N x C x L there)")
-        rank["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
-        return _Term(((node.name, layer.layer),), "rnn", layer)
+        shapes["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
+        return _Term(((node.name, layer.layer, random),), "rnn", layer)
+    if isinstance(layer, TorchLinear) and shapes:
+        layer.infer(Spec(shapes[node.args[0].name][1:]), Context())  # refuses a Linear on (N, L, C) here
     if isinstance(layer, _KeepDims):
         layer = layer.layer
     elif isinstance(layer, _LayerNormShape):
-        layer = _layer_norm(layer, rank.get(node.args[0].name))
-    return first.then(node.name, layer)
+        layer = _layer_norm(layer, _rank(shapes, node.args[0]))
+    return first.then(node.name, layer, random=random)
 
 
-def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, rank: dict) -> _Term:
-    """The term of one fx node (raises for anything without a counterpart)."""
+def _rank(shapes: dict, node) -> int | None:
+    """The number of non-batch axes of ``node``'s value on the example input (None when not known)."""
+    shape = shapes.get(getattr(node, "name", None))
+    return None if shape is None else len(shape) - 1
+
+
+def _is_batch_size(node) -> bool:
+    """Whether an fx node is the batch size of a value: ``x.size(0)``, ``x.shape[0]`` or ``x.size()[0]``."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method" and node.target == "size":
+        return node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None) == 0
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        source = node.args[0]
+        return isinstance(source, fx.Node) and (
+            (source.op == "call_function" and source.target is getattr and source.args[1] == "shape")
+            or (source.op == "call_method" and source.target == "size" and len(source.args) == 1))
+    return False
+
+
+def _reshape(node: fx.Node, where: str, shapes: dict) -> Layer:
+    """``view`` / ``reshape`` to (batch, -1) or (-1, features): Flatten; anything else is refused."""
+    shape = node.args[1:] if node.op == "call_method" else node.args[1]
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+    if len(shape) == 2 and shape[1] == -1 and (_is_batch_size(shape[0]) or shape[0] == -1):
+        return L.Flatten()
+    source = shapes.get(node.args[0].name)
+    if len(shape) == 2 and shape[0] == -1 and source is not None and shape[1] == math.prod(source[1:]):
+        return L.Flatten()
+    hint = "" if source is not None else "; pass example_input to from_torch to check other shapes"
+    raise UnsupportedModuleError(f"{where}: reshape to {shape} has no counterpart: only a flatten of each example, "
+                                 f"x.view(x.size(0), -1), keeps the batch{hint}")
+
+
+def _arithmetic(node, op, args, tensor_args, where, unary) -> _Term:
+    """Sums, differences and products of two values (joins); scalar multiples and quotients (Scale)."""
+    if op in ("add", "sub") and node.kwargs.get("alpha", 1) != 1:
+        raise UnsupportedModuleError(f"{where}: torch.{op} with alpha has no counterpart; write a + c * b")
+    if len(tensor_args) == 2 and op in ("add", "sub", "mul"):
+        a, b = tensor_args
+        if op == "sub":
+            b = b.then(f"{node.name}.negated", L.Scale(-1.0))
+        return _join([a, b], node.name, L.FanInProd() if op == "mul" else L.FanInSum())
+    if len(tensor_args) == 1:
+        c = _scalar(args[1] if isinstance(args[0], _Term) else args[0])
+        if op == "mul" and c is not None:
+            return unary(L.Scale(c))
+        if op == "div" and isinstance(args[0], _Term) and c is not None and c != 0:
+            return unary(L.Scale(1.0 / c))
+        if op in ("add", "sub"):
+            raise UnsupportedModuleError(f"{where}: adding a constant shifts the mean; it has no counterpart")
+    raise UnsupportedModuleError(f"{where}: this {op} has no counterpart (sums, differences and products of two "
+                                 "values, and multiples of one by a number, have)")
+
+
+def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: dict) -> _Term | None:
+    """The term of one fx node (raises for anything without a counterpart); None for sizes and shapes."""
     where = node.name if node.op != "call_module" else str(node.target)
     args = [terms.get(a) if isinstance(a, fx.Node) else a for a in node.args]
     tensor_args = [a for a in args if isinstance(a, _Term)]
     first = tensor_args[0] if tensor_args else None
+    random = _random(node, modules)
 
     def unary(layer):
-        return first.then(node.name, layer)
+        return first.then(node.name, layer, random=random)
 
+    target = node.target
+    if node.op in ("call_method", "call_function") and (target in ("size", "dim") or target is getattr
+                                                           or (target is operator.getitem and first is None)):
+        return None  # sizes and shapes: read by reshapes, never values of the network
     if first is not None and first.kind != "tensor":
         return _recurrent_output(node, first, where, args)
     if node.op == "call_module":
-        return _module_term(node, first, modules[node.target], where, init, rank)
-    target = node.target
+        return _module_term(node, first, modules[node.target], where, init, shapes, random)
     if node.op == "call_function" and target in _FUNCTIONS:
         return unary(_FUNCTIONS[target]())
     if node.op == "call_method" and target in _METHODS:
         return unary(_METHODS[target]())
+    if node.op in ("call_function", "call_method") and target in _ARITHMETIC:
+        return _arithmetic(node, _ARITHMETIC[target], args, tensor_args, where, unary)
     if node.op == "call_function" and target in (F.leaky_relu,):
         slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
         return unary(L.LeakyRelu(slope))
@@ -349,35 +233,19 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, rank: dict
         return unary(L.Elu(node.kwargs.get("alpha", node.args[1] if len(node.args) > 1 else 1.0)))
     if (node.op == "call_function" and target in (torch.flatten,)) or (node.op == "call_method" and target == "flatten"):
         start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
-        if start != 1:
-            raise UnsupportedModuleError(f"{where}: flatten from dim {start} has no counterpart (use start_dim=1)")
+        end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+        if start != 1 or end != -1:
+            raise UnsupportedModuleError(f"{where}: flatten from dim {start} to {end} has no counterpart (use "
+                                         "start_dim=1, the default end_dim=-1)")
         return unary(L.Flatten())
     if node.op == "call_method" and target in ("view", "reshape") or (node.op == "call_function"
                                                                         and target is torch.reshape):
-        shape = node.args[1:] if node.op == "call_method" else node.args[1]
-        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
-        flat = len(shape) == 2 and shape[1] == -1 and (isinstance(shape[0], fx.Node) or shape[0] == -1)
-        if flat:
-            return unary(L.Flatten())
-        raise UnsupportedModuleError(f"{where}: reshape to {shape} has no counterpart (only x.view(x.size(0), -1))")
-    if node.op == "call_function" and target in (operator.add, torch.add, operator.iadd):
-        if len(tensor_args) == 2:
-            return _join(tensor_args, node.name, L.FanInSum())
-        raise UnsupportedModuleError(f"{where}: adding a constant shifts the mean; it has no counterpart")
-    if node.op == "call_function" and target in (operator.mul, torch.mul, operator.imul):
-        if len(tensor_args) == 2:
-            return _join(tensor_args, node.name, L.FanInProd())
-        c = _scalar(args[1] if isinstance(args[0], _Term) else args[0])
-        if c is not None:
-            return unary(L.DotGeneral(rhs=c))
-    if node.op == "call_function" and target in (operator.truediv,) and isinstance(args[0], _Term):
-        c = _scalar(args[1])
-        if c is not None and c != 0:
-            return unary(L.DotGeneral(rhs=1.0 / c))
+        return unary(_reshape(node, where, shapes))
     if node.op == "call_function" and target is torch.cat:
         items = node.args[0]
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        if dim == 1 and all(isinstance(a, fx.Node) for a in items):
+        rank = _rank(shapes, items[0]) if items else None
+        if (dim == 1 or (rank is not None and dim % (rank + 1) == 1)) and all(isinstance(a, fx.Node) for a in items):
             return _join([terms[a] for a in items], node.name, L.FanInConcat())
         raise UnsupportedModuleError(f"{where}: torch.cat over dim {dim} has no counterpart (channels, dim=1, only)")
     if node.op == "call_function" and target is F.dropout:
@@ -388,15 +256,17 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, rank: dict
         size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
         if all(s == 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
             return unary(L.GlobalAvgPool())
-    if node.op == "call_method" and target == "mean" and node.args[0].name in rank:
+    if node.op == "call_method" and target == "mean" and _rank(shapes, node.args[0]) is not None:
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
-        n = rank[node.args[0].name] + 1
-        if sorted(d % n for d in dims) == list(range(2, n)) and not node.kwargs.get("keepdim", False):
+        n = _rank(shapes, node.args[0]) + 1
+        if n > 2 and sorted(d % n for d in dims) == list(range(2, n)) and not node.kwargs.get("keepdim", False):
             return unary(L.GlobalAvgPool())
-    if node.op == "call_method" and target == "size":
-        return None
-    what = node.target if node.op != "call_method" else f".{node.target}()"
+    if node.op == "call_method" and target == "mean" and not shapes:
+        raise UnsupportedModuleError(f"{where} (.mean()): pass example_input to from_torch, so that the axes it "
+                                     "averages can be told apart (over all positions it is global average pooling)")
+    what = node.meta.get("infinet_inplace", node.target)
+    what = what if node.op != "call_method" else f".{what}()"
     raise UnsupportedModuleError(f"{where} ({getattr(what, '__name__', what)}) has no infinite-width counterpart in "
                                  "infinet")
 
@@ -445,12 +315,17 @@ def _layer_norm(marker: _LayerNormShape, input_rank: int | None) -> Layer:
 def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: str = "pytorch") -> Layer:
     """The infinite-width architecture of ``model`` (see :mod:`infinet.from_torch` for what is read and what
     is assumed about initialization): ``from_torch(model).kernel(x)`` is the NNGP / NTK that ``model``'s
-    outputs approach as its widths grow, with every Linear / Conv initialized i.i.d. as ``init`` says.
+    outputs approach as its widths grow, with every Linear / Conv initialized i.i.d. as ``init`` says
+    (Lee et al. 2018; Jacot et al. 2018; in the standard parameterization, Sohl-Dickstein et al. 2020).
 
-    ``example_input`` (a batch in the model's layout) lets LayerNorm shapes be resolved and is checked to
-    run. A module or operation without an infinite-width counterpart raises
-    :class:`UnsupportedModuleError` naming it and its place in the model (e.g. ``features.3 (MaxPool2d)``).
-    ``from_torch(net.build())`` gives back ``net``'s layers, with the same kernels.
+    The graph is read as torch computes it: in-place operations change the value they act on for every
+    later reader (:mod:`infinet.engine.torch_dataflow`). With ``example_input`` (a batch in the model's
+    layout) LayerNorm shapes are resolved, the rewritten graph is run and compared with ``model``'s own
+    output, and the architecture is checked layer by layer, so that a refusal names the torch node.
+    Anything without an exact counterpart raises :class:`UnsupportedModuleError` naming the node and
+    module in the model (e.g. ``features.3 (MaxPool2d)``) and what to do: a value reused after a join, a
+    module with weights called twice, nn.Linear on a tensor with more than one feature axis, a constructor
+    argument that is not honoured. ``from_torch(net.build())`` gives back ``net``'s layers.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"from_torch takes a torch.nn.Module, got {type(model).__name__}")
@@ -459,13 +334,19 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
     direct = _infinet_module(model)
     if direct is not None:
         return direct
+    work = copy.deepcopy(model)  # functionalize turns the copy's in-place modules out of place
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer().trace(work)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
         raise UnsupportedModuleError(f"{type(model).__name__} cannot be traced by torch.fx ({type(e).__name__}: {e}); "
                                      "write its forward without data-dependent control flow") from None
-    modules = dict(model.named_modules())
-    ranks = _ranks(model, graph, example_input)
+    modules = dict(work.named_modules())
+    try:
+        functionalize(graph, modules)
+        shapes = _shapes(model, work, graph, example_input)
+    except InplaceRefused as e:
+        raise UnsupportedModuleError(str(e)) from None
+    _refuse_shared_weights(graph, modules)
     terms: dict = {}
     output = None
     for node in graph.nodes:
@@ -479,15 +360,48 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
             raise UnsupportedModuleError(f"{node.target}: a parameter or buffer used directly in forward has no "
                                          "counterpart (use it inside a module)")
         else:
-            terms[node] = _node_layer(node, terms, modules, init, ranks)
+            terms[node] = _node_layer(node, terms, modules, init, shapes)
     if not isinstance(output, fx.Node) or terms.get(output) is None:
         raise UnsupportedModuleError("the model must return one tensor")
     term = terms[output]
     if term.kind != "tensor":
         raise UnsupportedModuleError(f"the model returns an nn.RNN's {term.kind}; return a tensor read from it")
-    layers = [layer for _, layer in term.steps] or [L.Identity()]
-    permutation = ranks.get("input_permutation")
+    permutation = shapes.get("input_permutation")
+    if example_input is not None:
+        _validate(term, graph, shapes, permutation)
+    layers = [step[1] for step in term.steps] or [L.Identity()]
     return L.serial(*layers) if permutation is None else TorchInputOrder(layers, permutation)
+
+
+def _refuse_shared_weights(graph: fx.Graph, modules: dict) -> None:
+    """A module with weights called more than once shares them between its calls; the architecture would give
+    each call weights of its own (a different limit), so that is refused, naming the module."""
+    calls: dict = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and any(True for _ in modules[node.target].parameters()):
+            calls.setdefault(node.target, []).append(node.name)
+    for target, names in calls.items():
+        if len(names) > 1:
+            raise UnsupportedModuleError(
+                f"{target} ({type(modules[target]).__name__}) is called {len(names)} times ({', '.join(names)}): its "
+                "weights are shared between the calls, whose infinite-width kernel from_torch does not compute; "
+                "use one module per call")
+
+
+def _validate(term: _Term, graph: fx.Graph, shapes: dict, permutation) -> None:
+    """Check the architecture step by step on the example's shape, naming the torch node where it fails."""
+    shape = shapes["input"]
+    if permutation is not None:
+        shape = tuple(shape[i] for i in permutation)
+    spec, ctx = Spec(tuple(shape[1:])), Context()
+    targets = {n.name: n.target for n in graph.nodes}
+    for key, layer, _ in term.steps:
+        try:
+            spec = layer.infer(spec, ctx)
+        except ValueError as e:
+            where = targets.get(key, key)
+            named = key if where == key or not isinstance(where, str) else f"{key} ({where})"
+            raise UnsupportedModuleError(f"torch node {named}: {e}") from None
 
 
 class TorchInputOrder(L.Serial):
@@ -509,22 +423,27 @@ class TorchInputOrder(L.Serial):
         return super().kernel(order(x1), order(x2), *args, **kwargs)
 
 
-def _ranks(model: nn.Module, graph: fx.Graph, example_input: Tensor | None) -> dict:
-    """Per fx node, the number of non-batch axes of its value, from a run on ``example_input`` (or {})."""
+def _shapes(model: nn.Module, work: nn.Module, graph: fx.Graph, example_input: Tensor | None) -> dict:
+    """Per fx node, the shape of its value on ``example_input`` ("input": the input's), from a run of the
+    rewritten graph over ``work`` that is checked against ``model``'s own output; {} without an example."""
     if example_input is None:
         return {}
-    ranks: dict = {}
+    shapes: dict = {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
             if isinstance(out, Tensor):
-                ranks[n.name] = out.ndim - 1
+                shapes[n.name] = tuple(out.shape)
             return out
 
     dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
     x = torch.as_tensor(example_input)
     x = x.to(dtypes[0]) if dtypes and x.is_floating_point() else x
-    with torch.no_grad():
-        Recorder(fx.GraphModule(model, graph)).run(x)
-    return ranks
+    shapes["input"] = tuple(x.shape)
+    try:
+        got = seeded_run(Recorder(fx.GraphModule(work, graph)).run, x)
+    except (RuntimeError, TypeError, IndexError) as e:
+        raise ValueError(f"example_input of shape {tuple(x.shape)} does not run through the model: {e}") from None
+    check_dataflow(model, x, got)
+    return shapes

@@ -24,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
 from torch import Tensor
 
 from . import chebyshev as _chebyshev
@@ -177,28 +176,80 @@ def check_quadrature_range(*variances: Tensor) -> None:
 
 
 def _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate):
+    if differentiate:
+        nngp, kdot = _DifferentiableQuadrature.apply(cov, var1, var2,
+                                                     (fn, need_kdot, dfn, nodes, extra_panels, max_elements))
+        return nngp, (kdot if need_kdot else None)
+    return _quadrature_values(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, None)
+
+
+class _DifferentiableQuadrature(torch.autograd.Function):
+    """Quadrature whose gradient never holds a chunk's graph: the expectations act entrywise, so their
+    Jacobian is diagonal: three partial derivatives per entry and output (d/dcov, d/dvar1, d/dvar2), taken by
+    autograd one chunk at a time in the forward pass and kept, O(entries) memory. The backward pass is then
+    a product with them, itself differentiable in the incoming gradient (scikit-learn's kernel gradient
+    differentiates it once more in that, hyperparameter fitting does not); second derivatives in the
+    hyperparameters through quadrature are not formed (they come out as zero)."""
+
+    @staticmethod
+    def forward(ctx, cov, var1, var2, options):
+        fn, need_kdot, dfn, nodes, extra_panels, max_elements = options
+        partials: list = []
+        nngp, kdot = _quadrature_values(fn, cov.detach(), var1.detach(), var2.detach(), need_kdot, dfn, nodes,
+                                        extra_panels, max(1, max_elements // 4), partials)
+        ctx.save_for_backward(*partials)
+        ctx.need_kdot = need_kdot
+        return nngp, (kdot if need_kdot else torch.zeros_like(nngp))
+
+    @staticmethod
+    def backward(ctx, grad_nngp, grad_kdot):
+        saved = ctx.saved_tensors
+        grads = [grad_nngp * saved[i] for i in range(3)]
+        if ctx.need_kdot and grad_kdot is not None:
+            grads = [g + grad_kdot * saved[3 + i] for i, g in enumerate(grads)]
+        return grads[0], grads[1], grads[2], None
+
+
+def _chunk_with_partials(fn, derivative, need_kdot, cov, var1, var2, rule) -> tuple:
+    """One chunk's values and their partial derivatives in (cov, var1, var2), by autograd on the chunk alone."""
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(True) for t in (cov, var1, var2)]
+        n_val, k_val = _polar_chunk(fn, derivative, need_kdot, *inputs, *rule)
+        d_n = torch.autograd.grad(n_val.sum(), inputs, retain_graph=need_kdot, allow_unused=True)
+        d_k = torch.autograd.grad(k_val.sum(), inputs, allow_unused=True) if need_kdot else (None,) * 3
+    zero = torch.zeros_like(cov)
+    return (n_val.detach(), None if k_val is None else k_val.detach(),
+            [zero if d is None else d for d in d_n] + [zero if d is None else d for d in d_k])
+
+
+def _quadrature_values(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, partials):
+    """The polar rule over all entries, chunked; with ``partials`` (a list) also the six partial derivatives
+    (nngp then kdot, each in cov, var1, var2), appended to it in the entries' shape."""
     shape, dtype, device = cov.shape, cov.dtype, cov.device
     cov_f, var1_f, var2_f = cov.reshape(-1), var1.reshape(-1), var2.reshape(-1)
     if cov_f.numel() == 0:
         empty = torch.zeros(shape, dtype=dtype, device=device)
+        if partials is not None:
+            partials.extend(empty.clone() for _ in range(6))
         return empty, (empty.clone() if need_kdot else None)
     scale = math.sqrt(max(float(var1_f.detach().max()), float(var2_f.detach().max()), 0.0))
     radius, radial_w = _radial_rule(scale, nodes, extra_panels, dtype, device)
     arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, dtype, device)
     derivative = dfn if dfn is not None else autograd_derivative(fn)
-    if differentiate:  # backward holds a chunk's graph (phi, phi' and their derivatives): smaller chunks
-        max_elements = max(1, max_elements // 4)
     chunk = max(1, max_elements // (radius.numel() * 4 * arc_t.numel()))
-    nngp_parts, kdot_parts = [], []
+    rule = (radius, radial_w, arc_t, arc_w)
+    nngp_parts, kdot_parts, partial_parts = [], [], []
     for start in range(0, cov_f.numel(), chunk):
         sl = slice(start, start + chunk)
-        args = (fn, derivative, need_kdot, cov_f[sl], var1_f[sl], var2_f[sl], radius, radial_w, arc_t, arc_w)
-        if differentiate:  # differentiating (hyperparameter fitting): keep only each chunk's inputs, recompute in backward
-            n_val, k_val = checkpoint(_polar_chunk, *args, use_reentrant=False)
+        if partials is None:
+            n_val, k_val = _polar_chunk(fn, derivative, need_kdot, cov_f[sl], var1_f[sl], var2_f[sl], *rule)
         else:
-            n_val, k_val = _polar_chunk(*args)
+            n_val, k_val, d = _chunk_with_partials(fn, derivative, need_kdot, cov_f[sl], var1_f[sl], var2_f[sl], rule)
+            partial_parts.append(d)
         nngp_parts.append(n_val)
         kdot_parts.append(k_val)
+    if partials is not None:
+        partials.extend(torch.cat([p[i] for p in partial_parts]).reshape(shape) for i in range(6))
     nngp = torch.cat(nngp_parts).reshape(shape)
     kdot = torch.cat(kdot_parts).reshape(shape) if need_kdot else None
     return nngp, kdot

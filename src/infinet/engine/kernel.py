@@ -206,7 +206,7 @@ class VarianceTrace:
 
 def parse_get(get: str | Iterable[str]) -> tuple[str, ...]:
     """Normalize ``get`` ("nngp", "ntk" or a tuple of them) and reject unknown names."""
-    names = (get,) if isinstance(get, str) else tuple(get)
+    names = tuple(n.strip() for n in get.split(",")) if isinstance(get, str) else tuple(get)  # "nngp,ntk" as the CLI
     if not names:
         raise ValueError(f"get must name at least one of {GET_CHOICES}")
     for name in names:

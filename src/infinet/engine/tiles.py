@@ -92,6 +92,16 @@ class TilePlan:
         return f"rows {r.start}:{r.stop}, columns {c.start}:{c.stop}"
 
 
+def tile_part(pair, plan: TilePlan, i: int, j: int):
+    """Tile (i, j)'s rows and columns of per-example side data ``pair`` = (x1's, x2's or None when x2 is
+    x1), such as padding masks or graphs: (rows' part, columns' part or None on a diagonal tile); None
+    stays None."""
+    if pair is None:
+        return None
+    cols = None if plan.diagonal(i, j) else (pair[0] if plan.symmetric else pair[1])[plan.cols[j]]
+    return pair[0][plan.rows[i]], cols
+
+
 def _all_finite(t: Tensor) -> bool:
     """One reduction pass; the exact elementwise check only if the sum is not finite (or overflowed)."""
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
@@ -179,6 +189,7 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
         return
     torch.set_num_threads(1)
     pending: deque = deque()
+
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile") as pool:
             queue = iter(tasks)

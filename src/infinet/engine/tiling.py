@@ -17,7 +17,7 @@ from torch import Tensor
 from . import fused, sampling
 from .tiles import (  # noqa: F401  (NonFiniteKernelError and tile_ranges: importable from here, as before)
     MemorySink, NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar,
-    tile_ranges,
+    tile_part, tile_ranges,
 )
 from ..core.allocator import tune_allocator
 from .apply import any_layer, apply_kernel, fit_layout, replays_variances
@@ -188,6 +188,16 @@ def _expanded(layer, x1, x2, groups1, groups2, names, masks, patterns, **options
     return _expand(k, inverse1, inverse2)
 
 
+def _same_side(first, second) -> bool:
+    """Whether x2's graphs or lengths (``second``) are x1's (``first``): not given, the same object or equal."""
+    if second is None or second is first:
+        return True
+    try:
+        return bool(torch.equal(torch.as_tensor(first), torch.as_tensor(second)))
+    except (TypeError, ValueError, RuntimeError):  # lists of sparse graphs, different shapes: not known equal
+        return False
+
+
 def compute_kernel(
     layer,
     x1,
@@ -227,7 +237,9 @@ def compute_kernel(
     tune_allocator()
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float64 (default) or torch.float32, got {dtype}")
-    symmetric = x2 is None or x2 is x1
+    symmetric = x2 is None or (x2 is x1 and _same_side(pattern, pattern2) and _same_side(lengths, lengths2))
+    if symmetric and x2 is x1:  # x2 is x1 with its own graphs / lengths given again: the symmetric kernel
+        pattern2 = lengths2 = None
     x1 = as_input(x1, "x1", dtype)
     x2 = x1 if symmetric else as_input(x2, "x2", dtype)
     check_pair(x1, x2)
@@ -284,14 +296,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
         i, j = task
         diagonal = plan.diagonal(i, j)
 
-        def part(pair):  # this tile's rows and columns of per-example side data (masks, graphs)
-            if pair is None:
-                return None
-            return pair[0][rows[i]], None if diagonal else (pair[0] if symmetric else pair[1])[cols[j]]
-
         def tile(trace=None):
-            return kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk, part(masks),
-                               part(patterns), trace=trace)
+            return kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk,
+                               tile_part(masks, plan, i, j), tile_part(patterns, plan, i, j), trace=trace)
 
         if replay is None:
             k = tile()

@@ -99,6 +99,9 @@ def _functional(model: nn.Module, rest: dict) -> Callable[[dict, Tensor], Tensor
 
 def _friendly(err: RuntimeError) -> EmpiricalKernelError:
     text = str(err)
+    if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text:
+        return EmpiricalKernelError(f"ran out of memory computing the empirical NTK ({text.splitlines()[0]}); pass a "
+                                    "smaller max_memory (the chunks follow it), or fewer examples at a time")
     if "forward AD" in text:
         return EmpiricalKernelError(f"an operation of the model has no forward-mode derivative ({text.splitlines()[0]}), "
                                     "which implementation='ntvp' needs; use 'jacobian' or 'structured'")
@@ -152,22 +155,52 @@ def _ntk_jacobian(f, params, x1, x2, same, trace, budget) -> Tensor:
     return torch.cat(blocks, dim=0)
 
 
-def _ntk_vector_products(f, params, x1, x2, trace, budget) -> Tensor:
+def activation_bytes(model: nn.Module, f, params: dict, x: Tensor) -> int:
+    """Bytes of the intermediate values of one example's forward pass: the outputs of every module (forward
+    hooks), at least the input's size. What a forward- or reverse-mode product holds per example."""
+    total = [x[:1].numel() * x.element_size()]
+
+    def hook(module, args, out):
+        if isinstance(out, Tensor):
+            total[0] += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            f(params, x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def _ntk_vector_products(model, f, params, x1, x2, trace, budget) -> Tensor:
+    """Theta column by column: for each (x2 row, output) a vector-Jacobian product gives a parameter-space
+    vector, and its Jacobian-vector product over a chunk of x1 gives those rows of the column. Memory: each
+    of the rows x outputs lanes holds its vector (P values) and, per x1 example in the chunk, the forward
+    values and their tangents; the chunks keep all of it under ``budget`` bytes."""
     n_out = f(params, x1[:1]).shape[1]
     eye = torch.eye(n_out, dtype=x1.dtype, device=x1.device)
-    n_params = sum(p.numel() for p in params.values())
+    element = x1.element_size()
+    vector_bytes = 3 * sum(p.numel() for p in params.values()) * element
+    example_bytes = 3 * (activation_bytes(model, f, params, x1) + n_out * element)
+    per_lane = max(1, budget // n_out - vector_bytes)
+    chunk = max(1, min(len(x1), per_lane // max(1, example_bytes)))
+    rows = _rows(len(x2), n_out * (vector_bytes + chunk * example_bytes), budget)
 
-    def column(x2_row: Tensor, cotangent: Tensor) -> Tensor:  # Theta[:, b, :, o] for one (b, o)
+    def vector(x2_row: Tensor, cotangent: Tensor) -> dict:
         _, pullback = vjp(lambda p: f(p, x2_row.unsqueeze(0))[0], params)
-        (vector,) = pullback(cotangent)
-        return jvp(lambda p: f(p, x1), (params,), (vector,))[1]  # (N1, O)
+        return pullback(cotangent)[0]
 
-    per_row = n_out * (n_params + len(x1) * n_out) * x1.element_size() * 3
-    rows = _rows(len(x2), per_row, budget)
+    def column(v: dict, x1_chunk: Tensor) -> Tensor:  # Theta[chunk, b, :, o] for one (b, o)
+        return jvp(lambda p: f(p, x1_chunk), (params,), (v,))[1]  # (chunk, O)
+
     blocks = []
     for j in range(0, len(x2), rows):
-        cols = vmap(vmap(column, in_dims=(None, 0)), in_dims=(0, None))(x2[j: j + rows], eye)  # (b, o2, N1, o1)
-        theta = cols.permute(2, 0, 3, 1)  # (N1, b, o1, o2)
+        vectors = vmap(vmap(vector, in_dims=(None, 0)), in_dims=(0, None))(x2[j: j + rows], eye)  # (b, o2, ...)
+        parts = [vmap(vmap(column, in_dims=(0, None)), in_dims=(0, None))(vectors, x1[i: i + chunk])
+                 for i in range(0, len(x1), chunk)]  # each (b, o2, chunk, o1)
+        theta = torch.cat(parts, dim=2).permute(2, 0, 3, 1)  # (N1, b, o1, o2)
         blocks.append(theta.diagonal(dim1=2, dim2=3).mean(-1) if trace else theta)
     return torch.cat(blocks, dim=1)
 
@@ -363,7 +396,7 @@ def empirical_ntk(
         if implementation == "jacobian":
             theta = _ntk_jacobian(f, chosen, x1, x2, same, trace, budget)
         elif implementation == "ntvp":
-            theta = _ntk_vector_products(f, chosen, x1, x2, trace, budget)
+            theta = _ntk_vector_products(model, f, chosen, x1, x2, trace, budget)
         else:
             theta = _ntk_structured(model, f, chosen, rest, x1, x2, same, trace, budget)
     except RuntimeError as err:

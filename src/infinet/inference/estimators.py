@@ -71,13 +71,17 @@ class _KernelEstimator(BaseEstimator):
         self.net_ = net
         self.X_train_ = torch.tensor(np.array(X, dtype=np.float64))
         self.y_train_ = torch.tensor(np.array(Y, dtype=np.float64))
-        self.k_train_ = net.kernel(self.X_train_)
+        self.k_train_ = net.kernel(self.X_train_, get=self._kernels())
         return self
+
+    def _kernels(self) -> tuple[str, ...]:
+        """What the ensemble needs: the NNGP alone for NNGP estimators (gated layers have no NTK to ask for)."""
+        return ("nngp",) if self.kernel_name == "nngp" else ("nngp", "ntk")
 
     def _posterior(self, X, return_cov: bool):
         check_is_fitted(self, "k_train_")
         X = torch.tensor(np.array(_validate_X(self, X, reset=False), dtype=np.float64))
-        ks = self.net_.kernel(X, self.X_train_)
+        ks = self.net_.kernel(X, self.X_train_, get=self._kernels())
         kss = self.net_.kernel(X, get="nngp") if return_cov else None
         post = gradient_descent_mse_ensemble(self.k_train_, self.y_train_, float(self.t), ks, kss,
                                              kernel=self.kernel_name, compute_cov=return_cov, diag_reg=self.diag_reg,

@@ -81,10 +81,11 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
         if last_dim_is_batch:
             raise NotImplementedError(f"{type(self).__name__} does not take last_dim_is_batch")
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], self.batch_shape)
-        w = self.w_std.expand(*batch, self.w_std.shape[-1]).reshape(-1, self.w_std.shape[-1])
-        b = self.b_std.expand(*batch, self.b_std.shape[-1]).reshape(-1, self.b_std.shape[-1])
-        a = x1.expand(*batch, *x1.shape[-2:]).reshape(-1, *x1.shape[-2:])
-        c = x2.expand(*batch, *x2.shape[-2:]).reshape(-1, *x2.shape[-2:])
+        n = math.prod(batch)  # explicit: an architecture without biases has b_std of 0 values (-1 is ambiguous)
+        w = self.w_std.expand(*batch, self.w_std.shape[-1]).reshape(n, self.w_std.shape[-1])
+        b = self.b_std.expand(*batch, self.b_std.shape[-1]).reshape(n, self.b_std.shape[-1])
+        a = x1.expand(*batch, *x1.shape[-2:]).reshape(n, *x1.shape[-2:])
+        c = x2.expand(*batch, *x2.shape[-2:]).reshape(n, *x2.shape[-2:])
         outs = [self._one(w[i], b[i], a[i], c[i], diag) for i in range(len(a))]
         out = torch.stack(outs).reshape(*batch, *outs[0].shape)
         return out.to(x1.dtype)

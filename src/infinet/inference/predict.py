@@ -493,7 +493,7 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
 
 __all__ = ["KernelMatrixError", "Posterior", "gp_inference", "kernel_matrix", "log_marginal_likelihood", "gradient_descent_cross_entropy", "gradient_descent_mse",
            "gradient_descent_mse_ensemble",
-           "linearized_dynamics", "max_learning_rate"]
+           "linearized_dynamics", "max_learning_rate", "noise_ridge", "psd_within_error", "sampling_spread"]
 
 
 def sampling_spread(predict: Callable[[Tensor, Tensor], Tensor], k_train: Kernel, k_test: Kernel,

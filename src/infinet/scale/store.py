@@ -34,12 +34,15 @@ import torch
 
 from ..engine import sampling
 from ..core.extras import require
+from ..engine.apply import any_layer
 from ..engine.kernel import as_input, parse_get
+from ..engine.masks import padding_masks
+from ..engine.patterns import graph_patterns
 from ..inference.solve import CGReport, TiledKernel, conjugate_gradient
 from ..core import __version__
 from ..engine.spec import format_spec, parse_spec, round_trip_spec
 from ..engine.tiles import (
-    NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar, tile_ranges,
+    NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar, tile_part, tile_ranges,
 )
 from ..engine.tiling import DEFAULT_TILE, kernel_tile
 
@@ -80,16 +83,26 @@ def fingerprint(*arrays: torch.Tensor) -> str:
         if a is None:
             h.update(b"none")
             continue
-        t = a.detach().cpu().contiguous()
+        t = a.detach().cpu()
+        t = (t.to_dense() if t.layout != torch.strided else t).contiguous()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
 
 
-def _metadata(net, x1, x2, names, dtype: str, tile: int) -> dict:
-    return {"infinet_store": FORMAT, "architecture": round_trip_spec(net), "data": fingerprint(x1, x2),
+def _metadata(net, x1, x2, names, dtype: str, tile: int, side: tuple = (), sampled: bool = False) -> dict:
+    """The job a store holds: architecture, data (inputs and their side data: masks, graphs), shape, dtype,
+    tile size, the kernels asked for and the arrays written (with standard errors for sampled layers)."""
+    arrays = list(names) + ([f"{name}_se" for name in names] if sampled else [])
+    flat = [t for pair in side if pair is not None for t in pair]
+    return {"infinet_store": FORMAT, "architecture": round_trip_spec(net), "data": fingerprint(x1, x2, *flat),
             "shape": [len(x1), len(x1) if x2 is None else len(x2)], "symmetric": x2 is None, "dtype": dtype,
-            "tile_size": tile, "kernels": list(names), "version": __version__}
+            "tile_size": tile, "kernels": list(names), "arrays": arrays, "version": __version__}
+
+
+def stored_arrays(meta: dict) -> list[str]:
+    """The arrays of a store: its kernels, and their standard errors when its network has sampled layers."""
+    return list(meta.get("arrays", meta["kernels"]))
 
 
 def _open(path: str, meta: dict):
@@ -101,19 +114,21 @@ def _open(path: str, meta: dict):
         if existing.get("infinet_store") != FORMAT:
             raise StoreMismatchError(f"{path} is not an infinet kernel store (or a different format)")
         diffs = [f"{k}: store has {existing.get(k)!r}, job has {meta[k]!r}" for k in
-                 ("architecture", "data", "shape", "symmetric", "dtype", "tile_size", "kernels") if existing.get(k) != meta[k]]
+                 ("architecture", "data", "shape", "symmetric", "dtype", "tile_size", "kernels")
+                 if existing.get(k) != meta[k]]
         if diffs:
             raise StoreMismatchError(f"{path} holds a different job; refusing to mix results ({'; '.join(diffs)}). "
                                      "Use a new store path, or delete this one to start over")
         return group
     n1, n2 = meta["shape"]
     tile = meta["tile_size"]
-    for name in meta["kernels"]:
+    for name in stored_arrays(meta):
         # uncompressed: kernel values barely compress (~15% with zstd) and every CG iteration re-reads them
         group.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=meta["dtype"], fill_value=float("nan"),
                            compressors=None)
     rows, cols = math.ceil(n1 / tile), math.ceil(n2 / tile)
-    group.create_array("checksum", shape=(rows, cols, len(meta["kernels"])), chunks=(1, 1, len(meta["kernels"])),
+    n_arrays = len(stored_arrays(meta))
+    group.create_array("checksum", shape=(rows, cols, n_arrays), chunks=(1, 1, n_arrays),
                        dtype="int64", fill_value=0)
     group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0)
     group.attrs.update(meta)  # written last: a store without attributes is re-initialized
@@ -178,25 +193,32 @@ class ZarrSink:
 
 
 def compute_tile(path: str, spec: str, x1: np.ndarray, x2: np.ndarray | None, i: int, j: int,
-                 device: str = "auto") -> tuple[int, int]:
+                 device: str = "auto", masks: tuple | None = None, patterns: tuple | None = None) -> tuple[int, int]:
     """One task: the (i, j) tile of the job stored at ``path`` (rows/columns from the store's tile size)
     computed on :func:`tile_device` ``(device)``, finished (:func:`~infinet.engine.tiles.finish_tile`) and
-    written by :class:`ZarrSink` (its values, the mirror chunk when symmetric, then its done-mark)."""
+    written by :class:`ZarrSink` (its values, the mirror chunk when symmetric, then its done-mark).
+    ``masks`` and ``patterns``: the padding masks and graphs of x1 and x2 (x2's None when symmetric)."""
     zarr = require("zarr", "infinet.scale stores")
 
     where = tile_device(device)
     group = zarr.open_group(path, mode="r+")
     meta = dict(group.attrs)
     plan, dtype = _plan(meta), DTYPES[meta["dtype"]]
-    a = torch.as_tensor(x1[plan.rows[i]], dtype=dtype, device=where)
-    b = None if plan.diagonal(i, j) else torch.as_tensor((x1 if plan.symmetric else x2)[plan.cols[j]], dtype=dtype,
-                                                         device=where)
+
+    def on_device(pair, as_dtype=None):
+        part = tile_part(pair, plan, i, j)
+        return None if part is None else tuple(None if t is None else torch.as_tensor(t, dtype=as_dtype, device=where)
+                                               for t in part)
+
+    a, b = on_device((x1, x2), dtype)
+    arrays = stored_arrays(meta)
     try:
-        k = finish_tile(kernel_tile(parse_spec(spec, max_length=None), a, b, "ntk" in meta["kernels"]), plan, i, j,
-                        meta["kernels"])
+        k = kernel_tile(parse_spec(spec, max_length=None), a, b, "ntk" in meta["kernels"], on_device(masks),
+                        on_device(patterns))
+        k = finish_tile(k, plan, i, j, arrays)
     except NonFiniteKernelError as e:
         raise NonFiniteKernelError(f"{e}; tile ({i}, {j}) was not written and nothing was marked done") from None
-    ZarrSink(group, plan, meta["kernels"]).write(i, j, k)
+    ZarrSink(group, plan, arrays).write(i, j, k)
     return i, j
 
 
@@ -214,13 +236,22 @@ def kernel_to_store(
     workers: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    mask_constant: float | None = None,
+    lengths=None,
+    lengths2=None,
+    pattern=None,
+    pattern2=None,
 ) -> StoreReport:
     """Compute ``net``'s kernels between ``x1`` and ``x2`` (None: x1 with itself) into the zarr store at
     ``path``, tile by tile (see the module docstring). ``client``/``scheduler``: run on that Dask cluster;
     else ``workers`` processes of an in-process LocalCluster (default: the machine's cores), or ``workers=0``
     for this process only. Tasks are retried twice if a worker dies. ``device``: where each worker
     computes its tiles (:func:`tile_device`; ``"auto"``: its GPU if it has one). Resumes an existing store
-    of the same job; refuses (:class:`StoreMismatchError`) one made for another."""
+    of the same job; refuses (:class:`StoreMismatchError`) one made for another.
+
+    As :meth:`~infinet.layers.base.Layer.kernel`: padded sequences (``mask_constant``, or ``lengths`` and
+    ``lengths2``) and graphs for :class:`~infinet.Aggregate` (``pattern``, ``pattern2``); networks with
+    sampled layers also store their standard errors (arrays ``nngp_se``, ``ntk_se``)."""
     net = parse_spec(net) if isinstance(net, str) else net
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
@@ -228,13 +259,17 @@ def kernel_to_store(
     x1 = as_input(x1, "x1", DTYPES[dtype])
     x2 = None if x2 is None else as_input(x2, "x2", DTYPES[dtype])
     net.check(tuple(x1.shape[1:]))
+    masks = padding_masks(x1, x2, mask_constant, lengths, lengths2)
+    patterns = graph_patterns(x1, x2, pattern, pattern2)
+    if patterns is not None and not any_layer(net, lambda part: getattr(part, "takes_pattern", False)):
+        raise ValueError("pattern (graphs) given, but the network has no Aggregate layer to use them")
     if sampling.whole_batch(net):
         raise ValueError("the network has BatchNorm: its kernel needs the whole batch in one computation "
                          "(net.kernel(x)); stores of tiles are not supported")
     tile = check_tile_size(DEFAULT_TILE if tile_size is None else tile_size)
     _check_device(device)  # here, before any task: the workers' devices are only known on the workers
     path = str(path)
-    meta = _metadata(net, x1, x2, names, dtype, tile)
+    meta = _metadata(net, x1, x2, names, dtype, tile, (masks, patterns), sampling.plan(net) is not None)
     group = _open(path, meta)
     symmetric = x2 is None
     bad = check_store(path, group, checksums=True)
@@ -250,16 +285,21 @@ def kernel_to_store(
     spec = format_spec(net)
     a = x1.cpu().numpy()
     b = None if x2 is None else x2.cpu().numpy()
+    def host(t):  # side data as numpy arrays for the tasks (graphs given sparse go dense)
+        return None if t is None else (t.to_dense() if t.layout != torch.strided else t).cpu().numpy()
+
+    side = tuple(None if pair is None else tuple(host(t) for t in pair) for pair in (masks, patterns))
     with progress_bar(len(todo), progress) as bar:
         if todo and workers == 0 and client is None and scheduler is None:  # this process: the engine's executor
-            for _ in local_results(lambda task: compute_tile(path, spec, a, b, *task, device), todo, tile_device(device)):
+            for _ in local_results(lambda task: compute_tile(path, spec, a, b, *task, device, *side), todo,
+                                   tile_device(device)):
                 bar.update()
         elif todo:
-            _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, bar)
+            _run_distributed(todo, path, spec, (a, b), side, client, scheduler, workers, device, bar)
     return StoreReport(path, total, len(todo), total - len(todo), time.perf_counter() - start, meta)
 
 
-def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device, bar) -> None:
+def _run_distributed(todo, path, spec, inputs, side, client, scheduler, workers, device, bar) -> None:
     """The Dask executor: one task per tile on ``client``, a cluster at ``scheduler`` or a LocalCluster of
     ``workers`` processes; ``bar`` (:func:`~infinet.engine.tiles.progress`) counts finished tiles."""
     distributed = require("distributed", "Dask execution of infinet.scale")
@@ -274,9 +314,15 @@ def _run_distributed(todo, path, spec, a, b, client, scheduler, workers, device,
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
             client = own = Client(cluster)
     try:
-        data_a = client.scatter(a, broadcast=True)
-        data_b = None if b is None else client.scatter(b, broadcast=True)
-        futures = [client.submit(compute_tile, path, spec, data_a, data_b, i, j, device, retries=2,
+        def scatter(value):  # an array, or a pair of them (side data), sent to every worker once
+            if value is None:
+                return None
+            if isinstance(value, tuple):
+                return tuple(scatter(v) for v in value)
+            return client.scatter(value, broadcast=True)
+
+        data, extra = scatter(inputs), scatter(side)
+        futures = [client.submit(compute_tile, path, spec, *data, i, j, device, *extra, retries=2,
                                  pure=False) for i, j in todo]
         for future in as_completed(futures):
             future.result()  # re-raises a task's error (after its retries)
@@ -322,7 +368,7 @@ def check_store(path: str | os.PathLike, group=None, checksums: bool = True) -> 
         if meta["symmetric"] and j < i:
             continue
         key = (i, j)
-        for n, name in enumerate(meta["kernels"]):
+        for n, name in enumerate(stored_arrays(meta)):
             problem = _chunk_problem(path, name, i, j, tile * tile * itemsize)
             if problem is None and stored is not None and stored[i, j, n] != 0:
                 if _tile_checksum(group[name][plan.rows[i], plan.cols[j]]) != stored[i, j, n]:

@@ -43,7 +43,7 @@ from .combinators import (
 )
 from .conv import Conv, ConvLocal, ConvTranspose
 from .graph import Aggregate, NodeModel, node_kernel, normalized_adjacency
-from .dense import Dense
+from .dense import Dense, Scale
 from .norm import Dropout, LayerNorm
 from .position_maps import DotGeneral, ImageResize, Index, Slice
 from .batchnorm import BatchNorm
@@ -59,5 +59,5 @@ __all__ = [
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",
     "Parallel", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Serial", "Sigmoid", "Sign", "Silu", "Sin",
-    "Softplus", "Spec", "Tanh", "bidirectional", "parallel", "repeat", "serial",
+    "Scale", "Softplus", "Spec", "Tanh", "bidirectional", "parallel", "repeat", "serial",
 ]

@@ -263,9 +263,11 @@ class _FanIn(Layer):
         own_a, own_b = getattr(a, self.independence), getattr(b, self.independence)
         if (own_a is not None and not (own_a & b.ancestry)) or (own_b is not None and not (own_b & a.ancestry)):
             return
+        origin = getattr(self, "origin", None)  # where a converted model's join sits (from_torch sets it)
         raise ValueError(
-            f"{self!r}: branches {i} and {j} are correlated ({self.missing}); their joint kernel needs moments "
-            "across branches that the infinite-width calculus here does not track. Put a Dense layer into one of them"
+            f"{self!r}{'' if origin is None else f' ({origin})'}: branches {i} and {j} are correlated "
+            f"({self.missing}); their joint kernel needs moments across branches that the infinite-width calculus "
+            "here does not track. Put a Dense layer into one of them"
         )
 
     def _joined(self, branches, shape) -> Spec:

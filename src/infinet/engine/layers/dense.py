@@ -252,3 +252,52 @@ class DenseModule(AffineModule):
         if x.ndim == 2:
             return x @ self.weight.T
         return (x.movedim(1, -1) @ self.weight.T).movedim(-1, 1)
+
+
+class Scale(Layer):
+    """A fixed scalar multiple z = c y (``lin(x) * 2`` in a torch model), on vectors or feature maps.
+
+    No parameters. Kernel transform: K' = c^2 K, Theta' = c^2 Theta (the gradient of c y with respect to
+    the earlier parameters is c times theirs). A Gaussian input stays Gaussian, and a zero-mean random
+    output stays one (c != 0), so a scaled branch joins a sum as its unscaled self would.
+    """
+
+    masking = "positionwise"
+    replays_variances = True
+
+    def __init__(self, c: float):
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c):
+            raise ValueError(f"Scale takes a finite number, got {c!r}")
+        self.c = float(c)
+
+    def __repr__(self) -> str:
+        return f"Scale({self.c!r})"
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if self.c == 0:
+            return with_shape(spec, spec.shape, gaussian=False, fresh=None, own=None)
+        return spec
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        c2 = self.c**2
+        var1, var2 = k.map_variances(lambda v: c2 * v)
+        return k.replace(nngp=k.nngp * c2, ntk=None if k.ntk is None else k.ntk * c2, var1=var1, var2=var2)
+
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        self.infer(spec, Context())
+        return ScaleModule(self.c)
+
+
+class ScaleModule(nn.Module):
+    """The finite form of :class:`Scale`: multiplies its input by ``c``."""
+
+    def __init__(self, c: float):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.c
+
+    def extra_repr(self) -> str:
+        return repr(self.c)

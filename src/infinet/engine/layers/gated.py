@@ -62,6 +62,7 @@ _KINDS = {"GRU": ("gate", "gate", "input", "hidden"), "LSTM": ("gate", "gate", "
 
 
 class _Gated(Layer):
+    has_ntk = False  # see infinet.engine.apply.has_ntk
     masking = "refuse"
 
     sampled = True  # replicates for standard errors (infinet.sampling.plan)

@@ -103,7 +103,12 @@ class MaxPool(_Pool):
         return torch.tensor(index), torch.tensor(valid), tuple(g[4] for g in geo)
 
     # -- kernel ----------------------------------------------------------------------------------------
-    def kernel_fn(self, k: Kernel) -> Kernel:
+    plans_layout = True  # told whether its output must keep every position pair (infinet.engine.apply)
+
+    def kernel_fn(self, k: Kernel, full_out: bool = True) -> Kernel:
+        """The sampled transform. Where the next layer needs only same-position pairs (Flatten, Dense,
+        elementwise layers before them), only the output pairs (o, o) are sampled: O instead of O^2 window
+        pairs per pair of examples."""
         if not k.full:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (internal layout error)")
         spatial = k.spatial
@@ -121,40 +126,58 @@ class MaxPool(_Pool):
         def blocks(t):  # (..., P, P) -> (..., O, O, w, w): the window of o against the window of o'
             return t[..., index[:, None, :, None], index[None, :, None, :]]
 
-        v1 = flat(k.var1, 1)
-        v2 = v1 if k.var2 is k.var1 else flat(k.var2, 1)
-        own1 = blocks(v1).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)  # (n1, O, w, w)
-        own2 = own1 if v2 is v1 else blocks(v2).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+        def own_blocks(t):  # (..., P, P) -> (..., O, w, w): the window of o against itself
+            return t[..., index[:, :, None], index[:, None, :]]
 
-        def pairs(cross, left, right, theta):
-            """E[g g'] (and the NTK term) for cross blocks (A, B, O, O, w, w) with the windows' own
-            covariances left (A, O, w, w) and right (B, O, w, w)."""
-            a, b = cross.shape[:2]
-            c11 = left[:, None, :, None].expand(a, b, o, o, w, w).reshape(-1, w, w)
-            c22 = right[None, :, None, :].expand(a, b, o, o, w, w).reshape(-1, w, w)
-            c12 = cross.reshape(-1, w, w)
-            th = None if theta is None else theta.reshape(-1, w, w)
-            ok_a = valid[None, None, :, None].expand(a, b, o, o, w).reshape(-1, w)
-            ok_b = valid[None, None, None, :].expand(a, b, o, o, w).reshape(-1, w)
+        def expect(c11, c12, c22, ok_a, ok_b, theta):
+            """E[g g'] (and the NTK term) for flat (B, w, w) covariance blocks, in chunks."""
             out_k, out_t = [], []
             for part in sampling.chunks(len(c12), self.samples * 4 * w * w):
                 kk, tt = self._expect(c11[part], c12[part], c22[part], ok_a[part], ok_b[part],
-                                      None if th is None else th[part], z)
+                                      None if theta is None else theta[part], z)
                 out_k.append(kk)
                 out_t.append(tt)
+            return torch.cat(out_k), (None if theta is None else torch.cat(out_t))
+
+        v1 = flat(k.var1, 1)
+        v2 = v1 if k.var2 is k.var1 else flat(k.var2, 1)
+        own1 = own_blocks(v1)  # (n1, O, w, w)
+        own2 = own1 if v2 is v1 else own_blocks(v2)
+        a, b = k.nngp_shape()[:2]
+        theta = None if k.ntk is None else flat(k.ntk, 2)
+        if full_out:  # every pair (o, o') of output positions
+            c11 = own1[:, None, :, None].expand(a, b, o, o, w, w).reshape(-1, w, w)
+            c22 = own2[None, :, None, :].expand(a, b, o, o, w, w).reshape(-1, w, w)
+            ok_a = valid[None, None, :, None].expand(a, b, o, o, w).reshape(-1, w)
+            ok_b = valid[None, None, None, :].expand(a, b, o, o, w).reshape(-1, w)
+            nngp, ntk = expect(c11, blocks(flat(k.nngp, 2)).reshape(-1, w, w), c22, ok_a, ok_b,
+                               None if theta is None else blocks(theta).reshape(-1, w, w))
             shape = (a, b) + out_spatial * 2
-            nngp = torch.cat(out_k).reshape(shape)
-            return nngp, None if theta is None else torch.cat(out_t).reshape(shape)
+        else:  # the same position o in both members only
+            c11 = own1[:, None].expand(a, b, o, w, w).reshape(-1, w, w)
+            c22 = own2[None].expand(a, b, o, w, w).reshape(-1, w, w)
+            ok = valid[None, None].expand(a, b, o, w).reshape(-1, w)
+            nngp, ntk = expect(c11, own_blocks(flat(k.nngp, 2)).reshape(-1, w, w), c22, ok, ok,
+                               None if theta is None else own_blocks(theta).reshape(-1, w, w))
+            shape = (a, b) + out_spatial
 
-        nngp, ntk = pairs(blocks(flat(k.nngp, 2)), own1, own2, None if k.ntk is None else blocks(flat(k.ntk, 2)))
-
-        def self_cov(v, own):  # (n, P, P) -> (n, *So, *So): each example with itself
-            out = [pairs(blocks(v[i])[None, None], own[i:i + 1], own[i:i + 1], None)[0][0] for i in range(len(v))]
-            return torch.cat(out, 0) if out else v.new_zeros((0,) + out_spatial * 2)
+        def self_cov(v, own):  # each example with itself: (n, *So, *So), or (n, *So) on the diagonal
+            n = len(v)
+            if not full_out:
+                c = own.reshape(-1, w, w)
+                ok = valid[None].expand(n, o, w).reshape(-1, w)
+                return expect(c, c, c, ok, ok, None)[0].reshape(n, *out_spatial)
+            c_own = own[:, :, None].expand(n, o, o, w, w).reshape(-1, w, w)
+            c_other = own[:, None, :].expand(n, o, o, w, w).reshape(-1, w, w)
+            ok_a = valid[None, :, None].expand(n, o, o, w).reshape(-1, w)
+            ok_b = valid[None, None, :].expand(n, o, o, w).reshape(-1, w)
+            return expect(c_own, blocks(v).reshape(-1, w, w), c_other, ok_a, ok_b, None)[0].reshape(
+                n, *out_spatial, *out_spatial)
 
         var1 = self_cov(v1, own1)
         var2 = var1 if v2 is v1 else self_cov(v2, own2)
-        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(k.shape[0],) + out_spatial)
+        return k.replace(nngp=nngp.reshape(shape), ntk=None if ntk is None else ntk.reshape(shape), var1=var1,
+                         var2=var2, shape=(k.shape[0],) + out_spatial, full=full_out)
 
     def _expect(self, c11, c12, c22, ok_a, ok_b, theta, z):
         """Sample means of g(u) g(u') and of act'(g) act'(g') Theta[a*, b*] over the points ``z``."""

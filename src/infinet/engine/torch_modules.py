@@ -1,0 +1,311 @@
+"""Standard ``torch.nn`` modules as infinet layers: the conversion table of :func:`infinet.from_torch`.
+
+Each mapped module's constructor arguments are either honoured or refused (:data:`ARGUMENTS` lists, for
+every mapped class, the arguments it honours; any other argument must keep its default, or the module is
+refused naming it). See :mod:`infinet.engine.from_torch` for the initialization assumed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+from torch import Tensor, nn
+
+from . import layers as L
+from .layers.base import Layer
+
+class UnsupportedModuleError(ValueError):
+    """A module or operation with no infinite-width counterpart; the message names it and where it sits."""
+
+
+# ------------------------------------------------------------------ modules built by infinet
+def _infinet_module(m: nn.Module) -> Layer | None:
+    """The layer an infinet-built module stands for, or None if ``m`` is not one."""
+    from .layers.activations import Activation
+    from .layers.base import Function
+    from .layers.combinators import FanOutModule, ParallelModule, SerialModule, _Join
+    from .layers.conv import ConvModule
+    from .layers.dense import DenseModule
+    from .patterns import AggregateModule, GraphModel
+    from .layers.norm import LayerNormModule
+    from .layers.pooling import GlobalPoolModule, PoolModule
+    from .layers.position_maps import PositionMapModule
+    from .layers.recurrent import RecurrentModule
+    from .layers.attention import AttentionModule
+    from .layers.sequence import ReverseModule
+
+    if isinstance(m, GraphModel):
+        return _infinet_module(m.network)
+    if isinstance(m, SerialModule):
+        return L.serial(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
+    if isinstance(m, ParallelModule):
+        return L.parallel(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
+    if isinstance(m, FanOutModule):
+        return L.FanOut(m.n)
+    if isinstance(m, _Join):
+        return {"sum": L.FanInSum, "prod": L.FanInProd, "concat": L.FanInConcat}[m.how]()
+    if isinstance(m, DenseModule):
+        return L.Dense(m.out_features, w_std=m.w_std, b_std=m.b_std, parameterization=m.parameterization)
+    if isinstance(m, (ConvModule, PoolModule, PositionMapModule, AggregateModule, RecurrentModule, AttentionModule)):
+        return m.layer
+    if isinstance(m, GlobalPoolModule):
+        return L.GlobalSumPool() if m.sum_pool else L.GlobalAvgPool()
+    if isinstance(m, LayerNormModule):
+        return L.LayerNorm(m.axes, m.eps)
+    if isinstance(m, ReverseModule):
+        return L.Reverse()
+    if isinstance(m, Function) and isinstance(getattr(m.fn, "__self__", None), Activation):
+        return m.fn.__self__
+    return None
+
+
+# ------------------------------------------------------------------ standard torch modules
+def _affine_stds(weight: Tensor, bias: Tensor | None, fan_in: int, init: str, torch_fan_in: int) -> tuple:
+    """(w_std, b_std) in the standard parameterization with the convention fan-in ``fan_in``."""
+    if init == "pytorch":
+        w_std = math.sqrt(fan_in / (3.0 * torch_fan_in))
+        b_std = None if bias is None else 1.0 / math.sqrt(3.0 * torch_fan_in)
+    else:
+        w_std = float(weight.detach().double().pow(2).mean().sqrt()) * math.sqrt(fan_in)
+        b_std = None if bias is None else float(bias.detach().double().pow(2).mean().sqrt())
+    return w_std, b_std
+
+
+def _conv_padding(m, where: str) -> str:
+    n = len(m.kernel_size)
+    pad = m.padding if isinstance(m.padding, str) else tuple(m.padding)
+    if m.padding_mode not in ("zeros", "circular"):
+        raise UnsupportedModuleError(f"{where} ({type(m).__name__}): padding_mode {m.padding_mode!r} has no "
+                                     "counterpart; use 'zeros' or 'circular'")
+    circular = m.padding_mode == "circular"
+    if pad == "valid" or pad == (0,) * n:  # no padding: the wrap-around mode never applies
+        return "VALID"
+    same = tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
+    odd = all((d * (k - 1)) % 2 == 0 for k, d in zip(m.kernel_size, m.dilation))
+    if (pad == "same" or (pad == same and odd)) and all(s == 1 for s in m.stride):
+        return "CIRCULAR" if circular else "SAME"
+    raise UnsupportedModuleError(f"{where} ({type(m).__name__}): padding {m.padding} with stride {m.stride} has no "
+                                 "counterpart; use padding=0 (VALID), or 'same' / (kernel_size - 1) // 2 with stride 1")
+
+
+_ELEMENTWISE = {nn.ReLU: L.Relu, nn.Tanh: L.Tanh, nn.Sigmoid: L.Sigmoid, nn.SiLU: L.Silu}
+
+
+def _activation_module(m: nn.Module) -> Layer | None:
+    if type(m) in _ELEMENTWISE:
+        return _ELEMENTWISE[type(m)]()
+    if isinstance(m, nn.LeakyReLU):
+        return L.LeakyRelu(m.negative_slope)
+    if isinstance(m, nn.ELU):
+        return L.Elu(m.alpha)
+    if isinstance(m, nn.GELU):
+        return L.Gelu() if m.approximate == "none" else L.Elementwise(m, name="GELU(tanh)")
+    if isinstance(m, nn.Softplus):
+        return L.Softplus() if m.beta == 1 and m.threshold >= 20 else L.Elementwise(m, name=repr(m))
+    if isinstance(m, ELEMENTWISE_MODULES):
+        return L.Elementwise(m, name=repr(m))
+    return None
+
+
+#: per mapped class, the constructor arguments whose values the conversion honours (``device`` and ``dtype``
+#: never change a limit); every other argument must keep its default (:func:`check_arguments`)
+_ALWAYS = frozenset({"device", "dtype", "inplace"})  # inplace: read by infinet.engine.torch_dataflow
+# groups, and ConvTranspose's padding and output_padding, are checked where the module is converted
+_CONV = {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias", "padding_mode", "groups"}
+ARGUMENTS: dict[type, frozenset] = {
+    nn.Linear: frozenset({"in_features", "out_features", "bias"}),
+    **{c: frozenset(_CONV) for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
+    **{c: frozenset(_CONV | {"output_padding"}) for c in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
+    # count_include_pad only matters with padding, which is refused
+    **{c: frozenset({"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"})
+       for c in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)},
+    **{c: frozenset({"output_size"}) for c in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)},
+    nn.Flatten: frozenset({"start_dim", "end_dim"}),
+    nn.Dropout: frozenset({"p"}),
+    nn.Identity: frozenset({"args", "kwargs"}),
+    nn.LayerNorm: frozenset({"normalized_shape", "eps", "elementwise_affine", "bias"}),
+    nn.RNN: frozenset({"input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first", "dropout",
+                       "bidirectional", "proj_size", "args", "kwargs"}),
+    nn.LeakyReLU: frozenset({"negative_slope"}), nn.ELU: frozenset({"alpha"}), nn.GELU: frozenset({"approximate"}),
+    nn.Softplus: frozenset({"beta", "threshold"}),
+}
+#: modules applied as they are (``Elementwise(module)``): every argument is honoured by the module itself
+ELEMENTWISE_MODULES = (nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.SELU, nn.CELU, nn.Softsign,
+                       nn.Tanhshrink, nn.LogSigmoid, nn.Softshrink, nn.Hardshrink)
+
+
+def constructor_arguments(cls: type) -> list[str]:
+    """The names of ``cls.__init__``'s arguments (after self)."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def check_arguments(m: nn.Module, where: str) -> None:
+    """Raise :class:`UnsupportedModuleError` when ``m``'s class is mapped but one of its constructor
+    arguments is neither honoured (:data:`ARGUMENTS`) nor at its default value."""
+    cls = type(m)
+    if cls in _ELEMENTWISE or cls in ELEMENTWISE_MODULES or cls is nn.Sequential:
+        return
+    honoured = ARGUMENTS.get(cls)
+    if honoured is None:
+        return
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.name in honoured or param.name in _ALWAYS or param.name == "self":
+            continue
+        if param.default is inspect.Parameter.empty or not hasattr(m, param.name):
+            continue
+        value = getattr(m, param.name)
+        if isinstance(value, tuple) and not isinstance(param.default, tuple):  # torch stores (p, p) for p
+            value = value[0] if len(set(value)) == 1 else value
+        if value != param.default:
+            raise UnsupportedModuleError(f"{where} ({cls.__name__}): {param.name}={getattr(m, param.name)!r} has no "
+                                         f"counterpart in infinet; use the default {param.default!r}")
+
+
+def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
+    """The layer of one standard torch module, or :class:`UnsupportedModuleError` naming it."""
+    check_arguments(m, where)
+    act = _activation_module(m)
+    if act is not None:
+        return act
+    name = type(m).__name__
+    if isinstance(m, nn.Linear):
+        w, b = _affine_stds(m.weight, m.bias, m.in_features, init, m.in_features)
+        return TorchLinear(m.out_features, w_std=w, b_std=b, parameterization="standard", where=where)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if m.groups != 1:
+            raise UnsupportedModuleError(f"{where} ({name}): grouped convolutions (groups={m.groups}) have no "
+                                         "counterpart")
+        fan_in = m.in_channels * math.prod(m.kernel_size)
+        w, b = _affine_stds(m.weight, m.bias, fan_in, init, fan_in)
+        return L.Conv(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=_conv_padding(m, where),
+                      dilation=tuple(m.dilation), w_std=w, b_std=b, parameterization="standard")
+    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        if m.groups != 1 or any(p != 0 for p in m.padding) or any(p != 0 for p in m.output_padding):
+            raise UnsupportedModuleError(f"{where} ({name}): only padding=0, output_padding=0, groups=1 have a "
+                                         "counterpart (ConvTranspose with VALID padding)")
+        size = math.prod(m.kernel_size)
+        w, b = _affine_stds(m.weight, m.bias, m.in_channels * size, init, m.out_channels * size)
+        return L.ConvTranspose(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding="VALID",
+                               dilation=tuple(m.dilation), w_std=w, b_std=b, parameterization="standard")
+    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+        pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
+        if any(p != 0 for p in pad) or m.ceil_mode:
+            raise UnsupportedModuleError(f"{where} ({name}): only padding=0 without ceil_mode has a counterpart")
+        pool = L.AvgPool(m.kernel_size, stride=m.stride, padding="VALID")
+        divisor = getattr(m, "divisor_override", None)
+        if divisor is None:
+            return pool
+        # the window's sum divided by ``divisor`` instead of its size: average pooling times size / divisor
+        n = 1 if isinstance(m, nn.AvgPool1d) else (2 if isinstance(m, nn.AvgPool2d) else 3)
+        size = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * n
+        return L.serial(pool, L.Scale(math.prod(size) / divisor))
+    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+        if any(s != 1 for s in size):
+            raise UnsupportedModuleError(f"{where} ({name}): only output size 1 (global average pooling) has a "
+                                         "counterpart")
+        return _KeepDims(L.GlobalAvgPool())
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise UnsupportedModuleError(f"{where} (Flatten): only start_dim=1, end_dim=-1 has a counterpart")
+        return L.Flatten()
+    if isinstance(m, nn.Dropout):
+        return L.Dropout(m.p, train=m.training)
+    if isinstance(m, nn.Identity):
+        return L.Identity()
+    if isinstance(m, nn.LayerNorm):
+        if m.elementwise_affine:
+            raise UnsupportedModuleError(f"{where} (LayerNorm): its elementwise affine parameters add terms to the NTK "
+                                         "that infinet's LayerNorm does not model; use elementwise_affine=False")
+        return _LayerNormShape(tuple(m.normalized_shape), m.eps, where)
+    if isinstance(m, nn.RNN):
+        return _rnn(m, where, init)
+    if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        raise UnsupportedModuleError(
+            f"{where} ({name}): torch's attention scales logits by 1/sqrt(d), and with softmax that limit has no closed "
+            "form (Hron et al. 2020: only the IDENTITY mechanism does); write the model with "
+            "infinet.GlobalSelfAttention (1/d scaling, neural-tangents' semantics)")
+    if isinstance(m, (nn.GRU, nn.LSTM)):
+        raise UnsupportedModuleError(f"{where} ({name}): gated recurrent layers have no closed-form limit; their "
+                                     "kernels by Gaussian sampling per layer are planned (Yang 2019, Tensor Programs I)")
+    if isinstance(m, nn.Sequential):
+        return L.serial(*[_convert_module(child, f"{where}.{n}", init) for n, child in m.named_children()])
+    raise UnsupportedModuleError(f"{where} ({name}) has no infinite-width counterpart in infinet")
+
+
+class TorchLinear(L.Dense):
+    """``nn.Linear``: a Dense layer that refuses inputs with more than one feature axis. torch's Linear acts on
+    the last axis of (N, ..., C) (a per-token MLP), infinet's Dense on the channel axis 1 (N x C x ...); on
+    such inputs the two differ, and no kernel is better than the wrong one."""
+
+    def __init__(self, *args, where: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where = where
+
+    def infer(self, spec, ctx):
+        if spec.shape is not None and len(spec.shape) > 1:
+            raise UnsupportedModuleError(
+                f"{self.where} (Linear): input with per-example shape {spec.shape}; torch's Linear acts on the last "
+                "axis, infinet's Dense on the channels (axis 1) of N x C x ..., so this has no counterpart yet. "
+                "Flatten first, or use a 1x1 Conv over channels")
+        return super().infer(spec, ctx)
+
+
+def _convert_module(m: nn.Module, where: str, init: str) -> Layer:
+    layer = _infinet_module(m)
+    return layer if layer is not None else _torch_module(m, where, init)
+
+
+class _KeepDims:
+    """Marker: global pooling that keeps singleton spatial axes in torch (AdaptiveAvgPool to 1); infinet's
+    global pooling drops them, which a following flatten makes equivalent."""
+
+    def __init__(self, layer: Layer):
+        self.layer = layer
+
+
+class _LayerNormShape:
+    """Marker: nn.LayerNorm over its trailing ``normalized_shape``, resolved once the input rank is known."""
+
+    def __init__(self, shape: tuple[int, ...], eps: float, where: str):
+        self.shape, self.eps, self.where = shape, eps, where
+
+
+def _rnn(m: nn.RNN, where: str, init: str) -> Layer:
+    """nn.RNN (Elman, tanh or relu) as Recurrent layers returning sequences. torch draws every weight and both
+    biases from U(-1/sqrt(H), 1/sqrt(H)), H the hidden size: Var = 1 / (3H), so in the standard
+    parameterization w_std = 1/sqrt(3), u_std = sqrt(d / (3H)) and b_std = sqrt(2 / (3H)) (b_ih + b_hh)."""
+    if m.proj_size:
+        raise UnsupportedModuleError(f"{where} (RNN): proj_size has no counterpart")
+    act = L.Tanh() if m.nonlinearity == "tanh" else L.Relu()
+    out, d = [], m.input_size
+    for layer in range(m.num_layers):
+        cells = []
+        for suffix in ("", "_reverse")[: 2 if m.bidirectional else 1]:
+            w_hh, w_ih = getattr(m, f"weight_hh_l{layer}{suffix}"), getattr(m, f"weight_ih_l{layer}{suffix}")
+            biases = [getattr(m, f"{b}_l{layer}{suffix}") for b in ("bias_ih", "bias_hh")] if m.bias else None
+            h = m.hidden_size
+            if init == "pytorch":
+                w_std, u_std = 1.0 / math.sqrt(3.0), math.sqrt(d / (3.0 * h))
+                b_std = None if biases is None else math.sqrt(2.0 / (3.0 * h))
+            else:
+                rms = lambda t: float(t.detach().double().pow(2).mean().sqrt())  # noqa: E731
+                w_std, u_std = rms(w_hh) * math.sqrt(h), rms(w_ih) * math.sqrt(d)
+                b_std = None if biases is None else math.sqrt(rms(biases[0]) ** 2 + rms(biases[1]) ** 2)
+            cells.append(L.Recurrent(act, h, w_std=w_std, u_std=u_std, b_std=b_std, parameterization="standard",
+                                     bias_terms=1 if biases is None else 2))
+        out.append(L.bidirectional(*cells) if m.bidirectional else cells[0])
+        if m.dropout and m.training and layer < m.num_layers - 1:
+            out.append(L.Dropout(m.dropout))
+        d = h * (2 if m.bidirectional else 1)
+    return _RNNLayers(L.serial(*out), m.batch_first, m.num_layers, m.bidirectional)
+
+
+class _RNNLayers:
+    """Marker: the layers of an nn.RNN and the facts needed to read its (output, h_n) tuple."""
+
+    def __init__(self, layer: Layer, batch_first: bool, num_layers: int, bidirectional: bool):
+        self.layer, self.batch_first, self.num_layers, self.bidirectional = layer, batch_first, num_layers, bidirectional
+
+

@@ -1,0 +1,322 @@
+"""from_torch reads the dataflow torch computes (issue: trust, round three, cases 1-4 and 14): in-place
+operations, values used again after a join, nn.Linear on tensors with more than one feature axis,
+constructor arguments, reshape idioms and refusals that name the torch node."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import infinet as inf
+from tests._statistics import assert_within_standard_errors
+from tests._torch_models import torch_monte_carlo
+
+F64 = torch.float64
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def std(fan_in):
+    return (3 * fan_in) ** -0.5
+
+
+def dense(n, fan_in, bias=True):
+    return inf.Dense(n, w_std=3 ** -0.5, b_std=std(fan_in) if bias else None, parameterization="standard")
+
+
+def assert_same_kernel(arch, hand, x):
+    got, want = arch.kernel(x), hand.kernel(x)
+    for what in ("nngp", "ntk"):
+        assert torch.allclose(getattr(got, what), getattr(want, what), rtol=1e-12, atol=1e-15), what
+
+
+# ------------------------------------------------------------------ 1. in-place aliasing
+class InplaceSkip(nn.Module):
+    """The skip connection reads h after nn.ReLU(inplace=True) changed it: in torch the skip carries relu(h)."""
+
+    def __init__(self, width=256, form="module"):
+        super().__init__()
+        self.l0, self.l1, self.fc = nn.Linear(3, width), nn.Linear(width, width), nn.Linear(width, 1)
+        self.relu, self.form = nn.ReLU(inplace=True), form
+
+    def forward(self, x):
+        h = self.l0(x)
+        if self.form == "module":
+            y = self.relu(h)
+        elif self.form == "method":
+            y = h.relu_()
+        elif self.form == "function":
+            y = F.relu(h, inplace=True)
+        else:  # an in-place function whose result is not even kept: h itself changes
+            torch.relu_(h)
+            y = h
+        return self.fc(self.l1(y) + h)
+
+
+def test_inplace_relu_on_a_skip_value_is_the_limit_of_the_torch_model():
+    x = randn(4, 3)
+    arch = inf.from_torch(InplaceSkip(), x)
+    assert_within_standard_errors(arch.kernel(x), torch_monte_carlo(InplaceSkip, x, n_samples=48))
+
+
+@pytest.mark.parametrize("form", ["module", "method", "function", "statement"])
+def test_every_inplace_form_carries_the_changed_value(form):
+    x = randn(4, 3)
+    s = 256
+    hand = inf.serial(dense(s, 3), inf.Relu(), inf.FanOut(2), inf.parallel(dense(s, s), inf.Identity()), inf.FanInSum(),
+                      dense(1, s))
+    for example in (x, None):  # with and without an example input (the static reading alone)
+        assert_same_kernel(inf.from_torch(InplaceSkip(form=form), example), hand, x)
+
+
+class AugmentedSkip(nn.Module):
+    """torchvision's BasicBlock idiom turned around: identity = h; h += g changes identity too."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        self.l0, self.l1, self.l2, self.fc = (nn.Linear(3, width), nn.Linear(width, width), nn.Linear(3, width),
+                                              nn.Linear(width, 1))
+
+    def forward(self, x):
+        h = self.l0(x)
+        identity = h
+        h += self.l2(x)
+        h.mul_(2.0)
+        return self.fc(self.l1(torch.tanh(h)) + identity)
+
+
+def test_augmented_assignment_and_inplace_multiply_change_every_alias():
+    x = randn(4, 3)
+    w = 16
+    total = inf.serial(inf.FanOut(2), inf.parallel(dense(w, 3), dense(w, 3)), inf.FanInSum(), inf.Scale(2.0))
+    hand = inf.serial(total, inf.FanOut(2), inf.parallel(inf.serial(inf.Tanh(), dense(w, w)), inf.Identity()),
+                      inf.FanInSum(), dense(1, w))
+    assert_same_kernel(inf.from_torch(AugmentedSkip(), x), hand, x)
+
+
+class Inner(nn.Module):
+    def forward(self, x):
+        x.relu_()  # changes the caller's value
+        return x
+
+
+class InplaceInSubmodule(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.l0, self.inner, self.l1, self.fc = nn.Linear(3, width), Inner(), nn.Linear(width, width), nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = self.l0(x)
+        self.inner(h)
+        return self.fc(self.l1(h))
+
+
+def test_inplace_inside_a_submodule_changes_the_callers_value():
+    x = randn(4, 3)
+    hand = inf.serial(dense(16, 3), inf.Relu(), dense(16, 16), dense(1, 16))
+    assert_same_kernel(inf.from_torch(InplaceInSubmodule(), x), hand, x)
+
+
+class InplaceThroughView(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.l0, self.fc = nn.Linear(3, width), nn.Linear(2 * width, 1)
+
+    def forward(self, x):
+        h = self.l0(x)
+        v = h.view(h.size(0), -1)
+        v.relu_()  # changes h as well, which the concatenation reads
+        return self.fc(torch.cat([h, self.l0(x) * 0 + v], dim=1))
+
+
+def test_inplace_through_a_view_read_later_is_refused():
+    with pytest.raises(inf.UnsupportedModuleError, match="relu_ changes view in place.*shares memory with l0"):
+        inf.from_torch(InplaceThroughView())
+
+
+# ------------------------------------------------------------------ 2. a value used again after a join
+class ReuseAfterJoin(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(3, width), nn.Linear(3, width), nn.Linear(width, 1)
+
+    def forward(self, x):
+        a = self.l1(x)
+        s = a + self.l2(x)
+        return self.l3(s * a)
+
+
+def test_a_value_used_again_after_a_join_is_refused_naming_it():
+    with pytest.raises(inf.UnsupportedModuleError, match=r"mul: the value computed by l1 \(Linear\) reaches it along "
+                                                         "two paths"):
+        inf.from_torch(ReuseAfterJoin(), randn(2, 3))
+
+
+class Recompute(nn.Module):
+    """relu(h) feeds both factors of the product, but it has no weights of its own: recomputing it in each
+    branch from the shared h is exact, and l3's fresh weights make the factors independent."""
+
+    def __init__(self, width=256):
+        super().__init__()
+        self.l0, self.l1, self.l2, self.l3 = (nn.Linear(3, width), nn.Linear(width, width), nn.Linear(width, width),
+                                              nn.Linear(width, width))
+        self.fc = nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = self.l0(x)
+        a = torch.relu(h)
+        c = self.l1(a) + self.l2(h)
+        return self.fc(c * self.l3(a))
+
+
+def test_deterministic_values_recomputed_in_two_branches_are_the_limit():
+    x = randn(4, 3)
+    arch = inf.from_torch(Recompute(), x)
+    assert_within_standard_errors(arch.kernel(x), torch_monte_carlo(Recompute, x, n_samples=48))
+
+
+# ------------------------------------------------------------------ 3. nn.Linear on (N, L, C)
+class TokenMLP(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.l, self.fc = nn.Linear(3, width), nn.Linear(5 * width, 1)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.l(x)).flatten(1))
+
+
+class TokenMean(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.l, self.fc = nn.Linear(3, width), nn.Linear(5, 1)
+
+    def forward(self, x):
+        return self.fc(self.l(x).mean(-1))
+
+
+@pytest.mark.parametrize("model", [TokenMean(), TokenMLP()], ids=["mean-over-features", "per-token"])
+@pytest.mark.parametrize("with_example", [True, False])
+def test_linear_on_a_tensor_with_several_feature_axes_is_refused(model, with_example):
+    x = randn(2, 5, 3)
+    # without an example the mean over features is refused for want of the axes' meaning, or the kernel's check
+    # refuses the Linear
+    with pytest.raises(inf.UnsupportedModuleError, match=r"l \(Linear\).*last axis|mean.*example_input"):
+        arch = inf.from_torch(model, x if with_example else None)
+        arch.kernel(x)
+
+
+# ------------------------------------------------------------------ 4. constructor arguments
+def test_avgpool_divisor_override_is_a_sum_pool():
+    x = randn(3, 1, 6, 6)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.AvgPool2d(2, divisor_override=1), nn.Flatten(), nn.Linear(8 * 4, 1))
+    conv = inf.Conv(8, (3, 3), padding="VALID", w_std=3 ** -0.5, b_std=std(9), parameterization="standard")
+    hand = inf.serial(conv, inf.SumPool(2, stride=2), inf.Flatten(), dense(1, 32))
+    assert_same_kernel(inf.from_torch(model, x), hand, x)
+    model[1] = nn.AvgPool2d(2, divisor_override=3)  # the window's sum / 3 = average x 4/3
+    hand = inf.serial(conv, inf.AvgPool(2, stride=2), inf.Scale(4 / 3), inf.Flatten(), dense(1, 32))
+    assert_same_kernel(inf.from_torch(model, x), hand, x)
+
+
+# ------------------------------------------------------------------ 14. reshape idioms, scalars, named refusals
+class Views(nn.Module):
+    def __init__(self, how, width=4):
+        super().__init__()
+        self.c, self.fc, self.how = nn.Conv2d(1, width, 3), nn.Linear(width * 16, 1), how
+
+    def forward(self, x):
+        h = self.c(x)
+        if self.how == "shape":
+            h = h.view(x.shape[0], -1)
+        elif self.how == "size":
+            h = h.reshape(h.size(0), -1)
+        elif self.how == "minus-one":
+            h = h.view(-1, 64)
+        elif self.how == "size-list":
+            h = h.view(h.size()[0], -1)
+        else:  # size(1) is not the batch size
+            h = h.view(h.size(1), -1)
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("how", ["shape", "size", "minus-one", "size-list"])
+def test_the_common_flatten_idioms_are_flatten(how):
+    x = randn(2, 1, 6, 6)
+    conv = inf.Conv(4, (3, 3), padding="VALID", w_std=3 ** -0.5, b_std=std(9), parameterization="standard")
+    assert_same_kernel(inf.from_torch(Views(how), x), inf.serial(conv, inf.Flatten(), dense(1, 64)), x)
+
+
+def test_a_view_that_changes_the_batch_is_refused():
+    with pytest.raises(inf.UnsupportedModuleError, match="view: reshape to .* keeps the batch"):
+        inf.from_torch(Views("wrong"), randn(4, 1, 6, 6))
+
+
+class Scalars(nn.Module):
+    def __init__(self, width=256):
+        super().__init__()
+        self.l, self.m, self.fc = nn.Linear(3, width), nn.Linear(3, width), nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.fc(torch.erf(self.l(x) * 2 - self.m(x) / 4))
+
+
+def test_scalar_multiples_and_differences_of_vectors_are_the_limit():
+    x = randn(4, 3)
+    arch = inf.from_torch(Scalars(), x)
+    assert_within_standard_errors(arch.kernel(x), torch_monte_carlo(Scalars, x, n_samples=48))
+
+
+def test_correlated_branch_refusals_name_the_torch_node():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l, self.fc = nn.Linear(3, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.l(x))
+            return self.fc(h + h)
+
+    with pytest.raises(inf.UnsupportedModuleError, match=r"torch node add.*FanInSum\(\) \(torch node add\).*correlated"):
+        inf.from_torch(Twice(), randn(2, 3))
+    arch = inf.from_torch(Twice())  # without an example, the kernel's own check names the node
+    with pytest.raises(ValueError, match=r"FanInSum\(\) \(torch node add\)"):
+        arch.kernel(randn(2, 3))
+
+
+def test_refusals_name_the_node_and_module():
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.ReLU())
+            self.fc = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    with pytest.raises(inf.UnsupportedModuleError, match=r"torch node body_2 \(body.2\): Relu\(\) needs a Gaussian"):
+        inf.from_torch(Deep(), randn(2, 3))
+
+
+def test_a_module_with_weights_called_twice_is_refused():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l, self.fc = nn.Linear(8, 8), nn.Linear(8, 1)
+            self.first = nn.Linear(3, 8)
+
+        def forward(self, x):
+            return self.fc(self.l(torch.relu(self.l(self.first(x)))))
+
+    with pytest.raises(inf.UnsupportedModuleError, match=r"l \(Linear\) is called 2 times \(l, l_1\)"):
+        inf.from_torch(Tied())
+
+
+def test_from_torch_does_not_change_the_model_or_its_input():
+    model = InplaceSkip(width=8)
+    x = randn(4, 3)
+    before = x.clone()
+    inf.from_torch(model, x)
+    assert torch.equal(x, before) and model.relu.inplace

@@ -320,3 +320,114 @@ def test_from_torch_does_not_change_the_model_or_its_input():
     before = x.clone()
     inf.from_torch(model, x)
     assert torch.equal(x, before) and model.relu.inplace
+
+
+# ------------------------------------------------------------------ 4. every constructor argument, enumerated
+class _Wrapped(nn.Module):
+    """``body`` then the readout ``fc`` (what tests._torch_models.torch_monte_carlo integrates)."""
+
+    def __init__(self, body: nn.Module, features: int):
+        super().__init__()
+        self.body, self.fc = body, nn.Linear(features, 1)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+W = 96
+IMAGE, VECTOR = (3, 2, 5, 5), (3, 3)
+
+
+def _conv_body(module):
+    return nn.Sequential(nn.Conv2d(2, W, 3, padding=1), nn.ReLU(), module, nn.Flatten())
+
+
+def _vector_body(module):
+    return nn.Sequential(nn.Linear(3, W), module)
+
+
+#: class -> [(non-default constructor arguments, body builder, input shape)]; every argument of every class
+#: that from_torch maps appears here with a value other than its default, or among STRUCTURAL
+ARGUMENT_CASES = {
+    nn.Linear: [({"bias": False}, lambda kw: nn.Sequential(nn.Linear(3, W, **kw), nn.ReLU()), VECTOR)],
+    nn.Conv2d: [(kw, lambda kw: nn.Sequential(nn.Conv2d(2, W, **{"kernel_size": 3, **kw}), nn.ReLU(), nn.Flatten()),
+                 IMAGE) for kw in ({"stride": 2}, {"padding": 1}, {"padding": "same"}, {"padding": "valid"},
+                                   {"dilation": 2}, {"groups": 2}, {"bias": False},
+                                   {"padding": 1, "padding_mode": "circular"}, {"padding": 1, "padding_mode": "reflect"},
+                                   {"kernel_size": (1, 3)}, {"stride": 2, "padding": 1})],
+    nn.ConvTranspose2d: [(kw, lambda kw: nn.Sequential(nn.ConvTranspose2d(2, W, **{"kernel_size": 2, **kw}),
+                                                       nn.ReLU(), nn.Flatten()), IMAGE)
+                         for kw in ({"stride": 2}, {"bias": False}, {"dilation": 2}, {"padding": 1},
+                                    {"stride": 2, "output_padding": 1}, {"groups": 2}, {"padding_mode": "zeros"})],
+    nn.AvgPool2d: [(kw, lambda kw: _conv_body(nn.AvgPool2d(**{"kernel_size": 2, **kw})), IMAGE)
+                   for kw in ({"stride": 1}, {"padding": 1}, {"ceil_mode": True}, {"count_include_pad": False},
+                              {"divisor_override": 1}, {"divisor_override": 3})],
+    nn.AdaptiveAvgPool2d: [({"output_size": 1}, lambda kw: _conv_body(nn.AdaptiveAvgPool2d(**kw)), IMAGE),
+                           ({"output_size": 2}, lambda kw: _conv_body(nn.AdaptiveAvgPool2d(**kw)), IMAGE)],
+    nn.Flatten: [({"start_dim": 2}, lambda kw: nn.Sequential(nn.Conv2d(2, W, 3), nn.ReLU(), nn.Flatten(**kw)), IMAGE),
+                 ({"end_dim": 2}, lambda kw: nn.Sequential(nn.Conv2d(2, W, 3), nn.ReLU(), nn.Flatten(**kw)), IMAGE)],
+    nn.Dropout: [({"p": 0.3}, lambda kw: _vector_body(nn.Sequential(nn.ReLU(), nn.Dropout(**kw).eval())), VECTOR),
+                 ({"inplace": True}, lambda kw: _vector_body(nn.Sequential(nn.ReLU(), nn.Dropout(**kw).eval())),
+                  VECTOR)],
+    nn.LayerNorm: [(kw, lambda kw: nn.Sequential(nn.Linear(3, W), nn.LayerNorm(W, **kw), nn.Linear(W, W), nn.Tanh()),
+                    VECTOR) for kw in ({"eps": 0.1, "elementwise_affine": False}, {"elementwise_affine": True},
+                                       {"bias": False, "elementwise_affine": False})],
+    nn.LeakyReLU: [({"negative_slope": 0.2}, lambda kw: _vector_body(nn.LeakyReLU(**kw)), VECTOR),
+                   ({"inplace": True}, lambda kw: _vector_body(nn.LeakyReLU(**kw)), VECTOR)],
+    nn.ELU: [({"alpha": 0.5}, lambda kw: _vector_body(nn.ELU(**kw)), VECTOR),
+             ({"inplace": True}, lambda kw: _vector_body(nn.ELU(**kw)), VECTOR)],
+    nn.GELU: [({"approximate": "tanh"}, lambda kw: _vector_body(nn.GELU(**kw)), VECTOR)],
+    nn.Softplus: [({"beta": 2.0}, lambda kw: _vector_body(nn.Softplus(**kw)), VECTOR),
+                  ({"threshold": 0.5}, lambda kw: _vector_body(nn.Softplus(**kw)), VECTOR)],
+    nn.AvgPool1d: [(kw, lambda kw: nn.Sequential(nn.Conv1d(2, W, 3, padding=1), nn.ReLU(),
+                                                 nn.AvgPool1d(**{"kernel_size": 2, **kw}), nn.Flatten()), (3, 2, 6))
+                   for kw in ({"stride": 1}, {"padding": 1}, {"ceil_mode": True}, {"count_include_pad": False})],
+}
+#: arguments that every case sets (sizes): honoured by construction
+STRUCTURAL = {"in_features", "out_features", "in_channels", "out_channels", "kernel_size", "normalized_shape",
+              "device", "dtype"}
+
+
+def test_the_argument_cases_enumerate_every_constructor_argument():
+    from infinet.engine.torch_modules import ARGUMENTS, constructor_arguments
+
+    for cls in ARGUMENTS:
+        if cls not in ARGUMENT_CASES:  # same argument lists as a tested sibling (Conv1d / Conv3d, ...)
+            sibling = {nn.Conv1d: nn.Conv2d, nn.Conv3d: nn.Conv2d, nn.ConvTranspose1d: nn.ConvTranspose2d,
+                       nn.ConvTranspose3d: nn.ConvTranspose2d, nn.AvgPool3d: nn.AvgPool2d,
+                       nn.AdaptiveAvgPool1d: nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d: nn.AdaptiveAvgPool2d,
+                       nn.Identity: None, nn.RNN: None}.get(cls, cls)
+            assert sibling is None or sibling in ARGUMENT_CASES, cls
+            if sibling is not None:
+                assert set(constructor_arguments(cls)) <= set(constructor_arguments(sibling)), cls
+            continue
+        covered = {name for kw, _, _ in ARGUMENT_CASES[cls] for name in kw} | STRUCTURAL
+        missing = set(constructor_arguments(cls)) - covered
+        assert not missing, (cls.__name__, missing)
+
+
+CASE_IDS = [(cls, i) for cls in ARGUMENT_CASES for i in range(len(ARGUMENT_CASES[cls]))]
+
+
+@pytest.mark.parametrize("cls,i", CASE_IDS, ids=[f"{c.__name__}-{i}" for c, i in CASE_IDS])
+def test_every_constructor_argument_is_honoured_or_refused(cls, i):
+    kw, build, shape = ARGUMENT_CASES[cls][i]
+    x = randn(*shape, seed=i)
+    body = build(kw).double()
+    with torch.no_grad():
+        out = body(x)
+    if out.ndim != 2:  # features on several axes: the readout (a Linear) acts on the last; from_torch must refuse
+        with pytest.raises(inf.UnsupportedModuleError, match="Linear|Flatten"):
+            inf.from_torch(_Wrapped(body, out.shape[-1]).double(), x)
+        return
+    features = out.shape[1]
+
+    def make():
+        return _Wrapped(build(kw), features)
+
+    try:
+        arch = inf.from_torch(make().double(), x)
+    except inf.UnsupportedModuleError as e:
+        assert cls.__name__ in str(e) or "Linear" in str(e), e  # refused, naming the module
+        return
+    assert_within_standard_errors(arch.kernel(x), torch_monte_carlo(make, x, n_samples=24))

@@ -23,7 +23,7 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
 \b
   dense and convolutional: Dense, Conv, ConvTranspose, ConvLocal (unshared weights)
   pooling and shape: AvgPool, SumPool, MaxPool, MinPool (sampled kernels), GlobalAvgPool, GlobalSumPool, Flatten,
-    Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral
+    Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral, Scale (a fixed multiple, e.g. Scale(0.5))
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
   sequences: Recurrent, GRU, LSTM (sampled NNGP), Reverse, bidirectional, GlobalSelfAttention
   normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel)

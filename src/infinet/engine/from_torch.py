@@ -322,7 +322,8 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
     later reader (:mod:`infinet.engine.torch_dataflow`). With ``example_input`` (a batch in the model's
     layout) LayerNorm shapes are resolved, the rewritten graph is run and compared with ``model``'s own
     output, and the architecture is checked layer by layer, so that a refusal names the torch node.
-    Anything without an exact counterpart raises :class:`UnsupportedModuleError` naming the node and
+    Anything without an exact counterpart raises
+    :class:`~infinet.engine.torch_modules.UnsupportedModuleError` naming the node and
     module in the model (e.g. ``features.3 (MaxPool2d)``) and what to do: a value reused after a join, a
     module with weights called twice, nn.Linear on a tensor with more than one feature axis, a constructor
     argument that is not honoured. ``from_torch(net.build())`` gives back ``net``'s layers.

@@ -1,6 +1,6 @@
 """Standard ``torch.nn`` modules as infinet layers: the conversion table of :func:`infinet.from_torch`.
 
-Each mapped module's constructor arguments are either honoured or refused (:data:`ARGUMENTS` lists, for
+Each mapped module's constructor arguments are either honoured or refused (``ARGUMENTS`` lists, for
 every mapped class, the arguments it honours; any other argument must keep its default, or the module is
 refused naming it). See :mod:`infinet.engine.from_torch` for the initialization assumed.
 """
@@ -142,7 +142,7 @@ def constructor_arguments(cls: type) -> list[str]:
 
 def check_arguments(m: nn.Module, where: str) -> None:
     """Raise :class:`UnsupportedModuleError` when ``m``'s class is mapped but one of its constructor
-    arguments is neither honoured (:data:`ARGUMENTS`) nor at its default value."""
+    arguments is neither honoured (``ARGUMENTS``) nor at its default value."""
     cls = type(m)
     if cls in _ELEMENTWISE or cls in ELEMENTWISE_MODULES or cls is nn.Sequential:
         return

@@ -78,7 +78,7 @@ def psd_within_error(matrix: Tensor, se: Tensor, name: str = "kernel") -> Tensor
     """The nearest positive semi-definite matrix (negative eigenvalues set to 0) to a symmetric kernel
     estimated by sampling (:mod:`infinet.sampling`), whose entries carry standard errors ``se``: such an
     estimate is PSD only within its error. Raises :class:`~infinet.solve.KernelMatrixError` when an
-    eigenvalue lies below -:data:`PSD_ERROR_MULTIPLE` x ||se||_F (Weyl: no perturbation of that size moves
+    eigenvalue lies below -``PSD_ERROR_MULTIPLE`` x ||se||_F (Weyl: no perturbation of that size moves
     an eigenvalue further), which sampling error cannot explain."""
     values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
     bound = PSD_ERROR_MULTIPLE * float(torch.linalg.matrix_norm(se))

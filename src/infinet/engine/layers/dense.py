@@ -71,6 +71,11 @@ class Dense(Layer):
                         with a standard parameterization", eq. 7 with width multiplier s = 1:
                         the gradient with respect to W_ij is y_j, summing to n K over j; with respect
                         to b_i it is 1). Here n is the finite fan-in, so this NTK depends on widths.
+                        A finite network's n K_n term carries n times the O(1/n) finite-width deviation
+                        of its K_n from K: an O(1) offset, as large as the other terms, that no width
+                        removes (its relative size falls as 1/n). Monte Carlo with enough networks
+                        resolves it (benchmarks/case12_convergence.py); the 'ntk' parameterization has
+                        no such term.
     """
 
     masking = "positionwise"

@@ -1,7 +1,7 @@
 """Layer normalization and dropout: finite modules and kernel transforms.
 
 LayerNorm (Ba et al. 2016) of a Gaussian input at infinite width divides each feature by the
-(deterministic) root mean square over the normalized axes: K'(x, x') = K(x, x') / sqrt(v(x) v(x')),
+(deterministic) root mean square over the normalized axes: K'(x, x') = K(x, x') / sqrt((v(x) + eps)(v(x') + eps)),
 with v the mean variance over the channels at a position ('channels') or over channels and positions
 ('channels_space'); the NTK is divided the same way (the normalizer's own gradient is O(1/width)).
 The mean over channels of a zero-mean Gaussian vanishes, so centring changes nothing in the limit.
@@ -51,11 +51,13 @@ class LayerNorm(Layer):
         return spec
 
     def _scale(self, var: Tensor, k: Kernel) -> Tensor:
-        """Per-example normalizer v: (N, *S) per position for 'channels', (N,) + singleton axes otherwise."""
+        """Per-example normalizer v + eps: (N, *S) per position for 'channels', (N,) + singleton axes otherwise.
+        At infinite width the mean square over the normalized axes is the deterministic v, so the finite module's
+        x / sqrt(mean x^2 + eps) becomes x / sqrt(v + eps)."""
         d = k._position_variances(var)
         if self.axes == "channels_space" and k.spatial:
-            return d.reshape(len(d), -1).mean(1).reshape(len(d), *([1] * len(k.spatial)))
-        return d
+            d = d.reshape(len(d), -1).mean(1).reshape(len(d), *([1] * len(k.spatial)))
+        return d + self.eps if self.eps else d
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         v1 = self._scale(k.var1, k)

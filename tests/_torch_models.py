@@ -43,9 +43,10 @@ def per_example_ntk(model, x):
     return jac @ jac.T
 
 
-def torch_monte_carlo(make, x, n_samples=32, seed=1000):
+def torch_monte_carlo(make, x, n_samples=32, seed=1000, ntk=True):
     """Empirical NNGP (readout weights integrated with the init variance 1/(3 fan_in)) and NTK of ``n_samples``
-    freshly initialized models ``make()`` (Gaussian weights, see :func:`gaussian_init`), whose readout is ``fc``."""
+    freshly initialized models ``make()`` (Gaussian weights, see :func:`gaussian_init`), whose readout is ``fc``;
+    ``ntk=False``: the NNGP alone (its NTK fields None)."""
     nngps, ntks = [], []
     for s in range(n_samples):
         torch.manual_seed(seed + s)
@@ -57,7 +58,8 @@ def torch_monte_carlo(make, x, n_samples=32, seed=1000):
         h = features["h"].reshape(len(x), -1)
         fan_in = h.shape[1]
         nngps.append((h @ h.T + (0.0 if model.fc.bias is None else 1.0)) / (3.0 * fan_in))
-        ntks.append(per_example_ntk(model, x))
+        if ntk:
+            ntks.append(per_example_ntk(model, x))
     stack = lambda ts: (torch.stack(ts).mean(0), torch.stack(ts).std(0) / len(ts) ** 0.5)  # noqa: E731
-    (nngp, nngp_se), (ntk, ntk_se) = stack(nngps), stack(ntks)
-    return inf.MonteCarloKernel(nngp, ntk, nngp_se, ntk_se, n_samples)
+    (nngp, nngp_se), (theta, theta_se) = stack(nngps), (stack(ntks) if ntk else (None, None))
+    return inf.MonteCarloKernel(nngp, theta, nngp_se, theta_se, n_samples)

@@ -152,24 +152,7 @@ def _monte_carlo(ops, x, n_samples, seed):
         return torch_monte_carlo(lambda: RandomModel(ops), x, n_samples=n_samples, seed=seed), ("nngp", "ntk")
     except RuntimeError as e:  # autograd cannot differentiate through some in-place programs: the NNGP alone
         assert "inplace" in str(e) or "in-place" in str(e), e
-        return _nngp_only(ops, x, n_samples, seed), ("nngp",)
-
-
-def _nngp_only(ops, x, n_samples, seed):
-    from tests._torch_models import gaussian_init
-
-    samples = []
-    for s in range(n_samples):
-        torch.manual_seed(seed + s)
-        model = gaussian_init(RandomModel(ops).double())
-        features = {}
-        model.fc.register_forward_hook(lambda m, args, out: features.__setitem__("h", args[0]))
-        with torch.no_grad():
-            model(x.clone())
-        h = features["h"]
-        samples.append((h @ h.T + 1.0) / (3.0 * h.shape[1]))
-    stack = torch.stack(samples)
-    return inf.MonteCarloKernel(stack.mean(0), None, stack.std(0) / n_samples**0.5, None, n_samples)
+        return torch_monte_carlo(lambda: RandomModel(ops), x, n_samples=n_samples, seed=seed, ntk=False), ("nngp",)
 
 
 def test_random_models_are_refused_by_name_or_agree_with_monte_carlo():

@@ -14,13 +14,16 @@ from pathlib import Path
 from infinet.experiments import registry, run_experiment
 
 GALLERY = Path(__file__).parent / "gallery"
+#: parameters an experiment's quick variant needs here: the UCI collection of the development machines
+PARAMS = {"uci": {"data": str(Path(__file__).resolve().parents[2] / "shared" / "data" / "uci")}}
 
 
 def main(names) -> None:
     GALLERY.mkdir(exist_ok=True)
     for name in names or sorted(registry()):
         with tempfile.TemporaryDirectory() as tmp:
-            result, report = run_experiment(name, Path(tmp) / name, quick=True, progress=False)
+            result, report = run_experiment(name, Path(tmp) / name, quick=True, progress=False,
+                                            params=PARAMS.get(name))
             folder = report.parent
             figures = sorted(folder.glob("*.png"))
             if figures:

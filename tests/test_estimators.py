@@ -16,8 +16,9 @@ from infinet.estimators import NNGPClassifier, NNGPRegressor, NTKClassifier, NTK
 from infinet.predict import gp_inference
 
 
-@pytest.mark.parametrize("estimator", [NNGPRegressor(), NTKRegressor(), NNGPClassifier(), NTKClassifier()],
-                         ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("estimator", [NNGPRegressor(), NTKRegressor(), NNGPClassifier(), NTKClassifier(),
+                                       NTKClassifier(method="svm"), NNGPClassifier(method="svm", C=10.0)],
+                         ids=lambda e: type(e).__name__ + ("-svm" if getattr(e, "method", "") == "svm" else ""))
 def test_sklearn_estimator_checks(estimator):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,7 +15,7 @@ from .finite import linearization  # noqa: E402
 from .inference import fitting  # noqa: E402
 from .finite.empirical import empirical_nngp, empirical_ntk
 from .finite.linearization import linearize, taylor_expand
-from .engine.architectures import cntk, myrtle, wide_resnet
+from .engine.architectures import cntk, fully_connected, myrtle, wide_resnet
 from .engine.kernel import Kernel
 from .engine.layers import (
     Aggregate,
@@ -93,7 +93,7 @@ _compat.register_loaded()
 __all__ = [
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
-    "SumPool", "architectures", "cntk", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
+    "SumPool", "architectures", "cntk", "fully_connected", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Gaussian", "Gelu", "GlobalSelfAttention", "Identity", "Kernel", "Layer", "LeakyRelu", "Monomial",
     "MonteCarloKernel", "NonFiniteKernelError", "Polynomial", "RectifiedMonomial", "Recurrent", "Relu", "Reverse", "Scale", "Sigmoid", "Sign",
     "Silu", "Sin", "Softplus", "SpecError", "Tanh", "compute_kernel", "datasets", "empirical", "empirical_nngp", "empirical_ntk", "fit_hyperparameters", "linearization", "linearize", "taylor_expand", "fitting", "format_spec", "gaussian",

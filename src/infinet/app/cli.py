@@ -32,7 +32,7 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
     Tanh, Sigmoid, Softplus, Silu, Elu
   combinators: serial, parallel, repeat, FanOut, FanInSum, FanInConcat, FanInProd,
     Identity, Serial, Parallel
-  ready-made: myrtle, cntk, wide_resnet, wide_resnet_block
+  ready-made: myrtle, cntk, wide_resnet, wide_resnet_block, fully_connected
 """
 
 app = typer.Typer(
@@ -152,6 +152,7 @@ def run(
     param: List[str] = typer.Option([], "--param", "-p", help="Override a parameter: key=value (repeatable); lists as 64,256."),
     quick: bool = typer.Option(False, "--quick", help="The experiment's quick variant."),
     show_params: bool = typer.Option(False, "--show-params", help="Print the experiment's parameters and exit."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder, for experiments that read one (uci)."),
 ) -> None:
     """Run an experiment and write results.json, CSV tables, PNG figures and report.html."""
     from .experiments import get
@@ -159,12 +160,17 @@ def run(
     with user_errors():
         _check_seed(seed)
         exp = get(experiment)
+        params = _parse_params(param)
+        if data is not None:
+            if "data" not in exp.params:
+                raise ValueError(f"--data: experiment {exp.name!r} reads no data folder")
+            params["data"] = str(data)
         if show_params:
             typer.echo(f"{exp.name}: {exp.description}")
             for key, p in exp.params.items():
                 typer.echo(f"  {key} = {p.default!r}  {p.help}")
             return
-        _run_and_print(exp.name, out, seed, _parse_params(param), quick)
+        _run_and_print(exp.name, out, seed, params, quick)
 
 
 @app.command()

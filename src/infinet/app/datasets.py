@@ -32,13 +32,11 @@ from torch import Tensor
 
 from ..core.extras import require
 from ..core.checks import check_int
+from .data_errors import DatasetError
+from .uci import UCITask, read_uci, uci_collection
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 TASKS = ("classification", "regression")
-
-
-class DatasetError(ValueError):
-    """A data set that cannot be found, read or split as asked; the message names the path or value."""
 
 
 @dataclass(frozen=True)
@@ -372,11 +370,15 @@ def available() -> dict[str, str]:
     return {name: desc for name, (_, desc) in BUILTIN.items()}
 
 
-def _read(source: str) -> tuple[str, _Raw]:
+def _read(source: str, fold: int | None = None) -> tuple[str, _Raw]:
     if not isinstance(source, str) or not source:
         raise DatasetError(f"a data set is named by a non-empty string, got {source!r}")
     name, _, path = source.partition(":")
     key = name.lower().replace("-", "_")
+    if key == "uci":
+        return _uci(source, path, fold)
+    if fold is not None:
+        raise DatasetError(f"fold= selects a cross-validation fold of a UCI data set ('uci:DIR/<name>'), not of {source!r}")
     if key in BUILTIN:
         if path and key not in _FROM_FOLDER:
             raise DatasetError(f"{name} is built in and reads no folder or file, but {path!r} was given; "
@@ -389,6 +391,24 @@ def _read(source: str) -> tuple[str, _Raw]:
     if lower.endswith(".csv") or lower.endswith(".csv.gz"):
         return Path(source).stem, _checked_raw(source, _csv(_existing(source)))
     raise DatasetError(f"unknown data set {source!r}: use one of {', '.join(BUILTIN)} or a path to a .npz or .csv file")
+
+
+def _uci(source: str, path: str, fold: int | None) -> tuple[str, _Raw]:
+    """A data set of the UCI collection (:mod:`infinet.app.uci`): its training/validation split, or with
+    ``fold`` = 0..3 that cross-validation fold, as the train/test split."""
+    if not path:
+        raise DatasetError(f"{source}: name the data set's folder, 'uci:DIR/<name>'")
+    task = read_uci(path)
+    if fold is None:
+        train, test = task.validation
+    else:
+        check_int(fold, "fold", 0, error=DatasetError, numpy_ints=True)
+        if fold >= len(task.folds):
+            raise DatasetError(f"{source}: fold must be 0..{len(task.folds) - 1}, got {fold}")
+        train, test = task.folds[fold]
+    return task.name, _checked_raw(source, _Raw(task.x[train], task.y[train], task.x[test], task.y[test],
+                                                 task="classification",
+                                                 classes=tuple(str(c) for c in range(task.n_classes))))
 
 
 def _existing(path: str) -> Path:
@@ -503,9 +523,14 @@ def load(
     flatten: bool = False,
     task: str | None = None,
     dtype: torch.dtype = torch.float64,
+    fold: int | None = None,
 ) -> Dataset:
     """Load a data set by name (see :func:`available`), ``'name:/path'`` for user folders, or a
     ``.npz``/``.csv`` path; split it and preprocess it.
+
+    ``'uci:DIR/<name>'`` reads one data set of the Fernández-Delgado et al. 2014 UCI collection
+    (:mod:`infinet.app.uci`): its own training/validation split as train/test, or with ``fold`` = 0..3
+    that cross-validation fold (:func:`read_uci` gives all of them at once).
 
     Splits: sources with their own test split (MNIST, Fashion-MNIST, CIFAR-10, MNIST-1D, npz files
     with x_test) are subsampled to ``n_train``/``n_test`` (stratified, all when None); others are
@@ -517,7 +542,7 @@ def load(
     """
     if task is not None and task not in TASKS:
         raise DatasetError(f"task must be one of {TASKS}, got {task!r}")
-    key, raw = _read(name)
+    key, raw = _read(name, fold)
     x, y = np.asarray(raw.x), np.asarray(raw.y)
     if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
         raise DatasetError(f"{name}: expected inputs (N, ...) and N targets, got {x.shape} and {y.shape}")
@@ -615,5 +640,5 @@ def karate_club() -> GraphNodes:
                       f"Zachary's karate club: {len(nodes)} members, {int(adjacency.sum()) // 2} friendships, 2 clubs")
 
 
-__all__ = ["BUILTIN", "Dataset", "DatasetError", "GraphNodes", "TASKS", "available", "fibonacci_sphere", "karate_club",
+__all__ = ["BUILTIN", "Dataset", "DatasetError", "GraphNodes", "TASKS", "UCITask", "available", "read_uci", "uci_collection", "fibonacci_sphere", "karate_club",
            "load", "mnist5k_path", "one_hot_targets", "project_to_sphere", "read_idx", "standardize"]

@@ -74,6 +74,29 @@ def wide_resnet(block_size: int = 1, k: int = 1, n_out: int = 10, w_std: float =
                   GlobalAvgPool(), Dense(n_out, w_std=w_std, b_std=b_std))
 
 
-ARCHITECTURES = {"myrtle": myrtle, "cntk": cntk, "wide_resnet": wide_resnet, "wide_resnet_block": wide_resnet_block}
+def fully_connected(depth: int, fixed: int = 0, n_out: int = 1, width: int = 512, w_std: float = 1.0,
+                    b_std: float | None = None) -> Layer:
+    """The fully-connected ReLU networks of Arora, Du, Li, Salakhutdinov, Wang and Yu 2020 ("Harnessing the
+    power of infinitely wide deep nets on small-data tasks", Sec. 3 and their UCI code): ``depth`` hidden
+    Dense + Relu layers and a Dense readout (depth + 1 Dense layers, w_std = 1 and no bias as theirs), of which
+    the first ``fixed`` are not trained (``Dense(trainable=False)``): 0 <= fixed <= depth. Their kernel
+    recursion, with Sigma^(0) = x.x' and the arc-cosine maps of Cho and Saul 2009,
 
-__all__ = ["ARCHITECTURES", "cntk", "myrtle", "wide_resnet", "wide_resnet_block"]
+        Sigma^(h) = E[relu(u) relu(v)],  dSigma^(h) = E[relu'(u) relu'(v)],  (u, v) ~ N(0, Sigma^(h-1)),
+        Theta^(0) = [fixed = 0] Sigma^(0),  Theta^(h) = Theta^(h-1) dSigma^(h) + [h >= fixed] Sigma^(h),
+
+    is this network's NTK on inputs scaled by sqrt(d) (infinet's input kernel is x.x'/d); ``fixed = depth``
+    trains the readout alone, whose NTK is the NNGP. ``width`` matters only for the finite network."""
+    check_int(depth, "fully_connected depth", 0)
+    check_int(fixed, "fully_connected fixed", 0)
+    if fixed > depth:
+        raise ValueError(f"fully_connected: fixed={fixed} layers cannot exceed depth={depth} (the readout always trains)")
+    layers = []
+    for h in range(depth):
+        layers += [Dense(width, w_std=w_std, b_std=b_std, trainable=h >= fixed), Relu()]
+    return serial(*layers, Dense(n_out, w_std=w_std, b_std=b_std))
+
+
+ARCHITECTURES = {"fully_connected": fully_connected, "myrtle": myrtle, "cntk": cntk, "wide_resnet": wide_resnet, "wide_resnet_block": wide_resnet_block}
+
+__all__ = ["ARCHITECTURES", "cntk", "fully_connected", "myrtle", "wide_resnet", "wide_resnet_block"]

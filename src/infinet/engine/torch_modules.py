@@ -46,7 +46,8 @@ def _infinet_module(m: nn.Module) -> Layer | None:
     if isinstance(m, _Join):
         return {"sum": L.FanInSum, "prod": L.FanInProd, "concat": L.FanInConcat}[m.how]()
     if isinstance(m, DenseModule):
-        return L.Dense(m.out_features, w_std=m.w_std, b_std=m.b_std, parameterization=m.parameterization)
+        return L.Dense(m.out_features, w_std=m.w_std, b_std=m.b_std, parameterization=m.parameterization,
+                       trainable=m.weight.requires_grad)
     if isinstance(m, (ConvModule, PoolModule, PositionMapModule, AggregateModule, RecurrentModule, AttentionModule)):
         return m.layer
     if isinstance(m, GlobalPoolModule):
@@ -171,7 +172,11 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
     name = type(m).__name__
     if isinstance(m, nn.Linear):
         w, b = _affine_stds(m.weight, m.bias, m.in_features, init, m.in_features)
-        return TorchLinear(m.out_features, w_std=w, b_std=b, parameterization="standard", where=where)
+        if m.bias is not None and m.bias.requires_grad != m.weight.requires_grad:
+            raise UnsupportedModuleError(f"{where} (Linear): its weight and bias differ in requires_grad; infinet "
+                                         "freezes a layer's weight and bias together (Dense(trainable=False))")
+        return TorchLinear(m.out_features, w_std=w, b_std=b, parameterization="standard", where=where,
+                           trainable=m.weight.requires_grad)
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if m.groups != 1:
             raise UnsupportedModuleError(f"{where} ({name}): grouped convolutions (groups={m.groups}) have no "

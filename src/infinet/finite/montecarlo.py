@@ -89,7 +89,7 @@ def _batch_ntk_sample(model, x: Tensor) -> Tensor:
     whose outputs depend on the whole batch, :class:`~infinet.BatchNorm`): (1/O) sum_o J_o J_o^T."""
     from torch.func import functional_call, jacrev
 
-    params = {name: p.detach() for name, p in model.named_parameters()}
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}  # frozen layers: none
     jac = jacrev(lambda p: functional_call(model, p, (x,)).reshape(len(x), -1))(params)
     flat = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], -1)  # (N, O, P)
     return (torch.einsum("iop,jop->ij", flat, flat) / flat.shape[1]).detach()

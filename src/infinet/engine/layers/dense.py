@@ -59,6 +59,10 @@ class Dense(Layer):
 
     'ntk' (default): W_ij, b_i ~ N(0, 1). 'standard': W_ij ~ N(0, w_std^2 / n), b_i ~ N(0, b_std^2).
     n is the fan-in (number of input features). ``b_std=None`` means no bias, as in neural-tangents.
+    ``trainable=False`` freezes the layer's weight and bias: the finite module's parameters do not require
+    gradients, and the NTK drops this layer's own term, Theta' = w_std^2 Theta (a network whose first
+    layers are "fixed", Arora, Du, Li, Salakhutdinov, Wang and Yu 2020, Sec. 3; their NNGP is the NTK with
+    every layer but the readout fixed).
     On sequences N x C x L (and feature maps N x C x ...) it acts on the channels at every position with
     the same weights (a 1x1 convolution; neural-tangents' Dense on its channel axis), n = C, and each
     pair of positions transforms as below.
@@ -88,8 +92,12 @@ class Dense(Layer):
         w_std: float = 1.0,
         b_std: float | None = None,
         parameterization: str = "ntk",
+        trainable: bool = True,
     ):
         check_int(out_features, "Dense out_features")
+        if not isinstance(trainable, bool):
+            raise TypeError(f"Dense trainable must be True or False, got {trainable!r}")
+        self.trainable = trainable
         self.out_features = out_features
         self.w_std = check_std("w_std", w_std, allow_none=False)
         self.b_std = check_std("b_std", b_std, allow_none=True)
@@ -98,7 +106,7 @@ class Dense(Layer):
     def __repr__(self) -> str:
         return (
             f"Dense({self.out_features}, w_std={std_repr(self.w_std)}, b_std={std_repr(self.b_std)}, "
-            f"parameterization={self.parameterization!r})"
+            f"parameterization={self.parameterization!r}{'' if self.trainable else ', trainable=False'})"
         )
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
@@ -120,7 +128,9 @@ class Dense(Layer):
         var1, var2 = k.map_variances(lambda v: w2 * v + b2)
         ntk = k.ntk
         if ntk is not None:
-            if self.parameterization == "ntk":
+            if not self.trainable:  # frozen: no gradient with respect to this layer's own parameters
+                ntk = ntk * w2
+            elif self.parameterization == "ntk":
                 ntk = nngp + ntk * w2 if isinstance(w2, Tensor) else torch.add(nngp, ntk, alpha=w2)
             else:
                 fan_in = k.shape[0]
@@ -130,9 +140,10 @@ class Dense(Layer):
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
         in_features = None if spec.shape is None else spec.shape[0]
-        return DenseModule(
+        module = DenseModule(
             self.out_features, self.w_std, self.b_std, self.parameterization, in_features, seed=ctx.seed()
         )
+        return module if self.trainable else module.requires_grad_(False)
 
 
 class AffineModule(LazyModuleMixin, nn.Module):

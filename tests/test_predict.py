@@ -123,3 +123,66 @@ def test_training_divergence_is_reported():
     model = torch.nn.Linear(3, 1).double()
     with pytest.raises(FloatingPointError, match="diverged"):
         train_gradient_descent(model, x, torch.zeros(10, 1, dtype=torch.float64), lr=1e6, steps=200)
+
+
+def test_ensemble_after_gradient_descent_steps_is_the_discrete_solution():
+    """gradient_descent_mse_ensemble(steps=k): its mean is the linearized network's k-step recursion from f0 = 0
+    (infinet.predict.linearized_dynamics, computed step by step), its covariance Monte Carlo of that recursion over
+    f0 ~ N(0, K) for the NNGP readout-only case, and many small steps approach gradient flow at t = lr x steps."""
+    from infinet.predict import gradient_descent_mse_ensemble, linearized_dynamics
+
+    torch.manual_seed(0)
+    net = inf.serial(inf.Dense(8, w_std=1.3, b_std=0.1), inf.Relu(), inf.Dense(1, w_std=1.2, b_std=0.1))
+    x, xt = torch.randn(12, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    y = torch.randn(12, 2, dtype=torch.float64)
+    k, ks, kss = net.kernel(x), net.kernel(xt, x), net.kernel(xt)
+    lr = 0.5 * inf.predict.max_learning_rate(k.ntk, 2)
+    post = gradient_descent_mse_ensemble(k, y, k_test_train=ks, k_test_test=kss, compute_cov=True, learning_rate=lr,
+                                         steps=[0, 7, 40])
+    zeros, zeros_t = torch.zeros_like(y), torch.zeros(5, 2, dtype=torch.float64)
+    for i, steps in enumerate((0, 7, 40)):
+        recursion = linearized_dynamics(k.ntk, zeros, y, ntk_test_train=ks.ntk, f0_test=zeros_t, learning_rate=lr,
+                                        steps=steps)
+        assert torch.allclose(post.mean[i], recursion, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(post.cov[0], kss.nngp, rtol=1e-12)  # no step: the prior
+    flow = gradient_descent_mse_ensemble(k, y, 40 * lr, ks, kss, compute_cov=True, learning_rate=1.0)
+    fine = gradient_descent_mse_ensemble(k, y, k_test_train=ks, k_test_test=kss, compute_cov=True,
+                                         learning_rate=lr / 100, steps=4000)
+    assert torch.allclose(fine.mean, flow.mean, atol=1e-3) and torch.allclose(fine.cov, flow.cov, atol=1e-3)
+    # the readout-only (NNGP) ensemble's covariance against Monte Carlo of the recursion from random f0
+    nngp = gradient_descent_mse_ensemble(k.nngp, y[:, 0], kernel="nngp", k_test_train=ks.nngp, k_test_test=kss.nngp,
+                                         compute_cov=True, learning_rate=lr, steps=7)
+    joint = torch.cat([torch.cat([k.nngp, ks.nngp.T], 1), torch.cat([ks.nngp, kss.nngp], 1)])
+    f0 = torch.distributions.MultivariateNormal(torch.zeros(17, dtype=torch.float64),
+                                                joint + 1e-12 * torch.eye(17)).sample((4000,))
+    outs = torch.stack([linearized_dynamics(k.nngp, f[:12, None], y[:, :1], ntk_test_train=ks.nngp, f0_test=f[12:, None],
+                                            learning_rate=lr, steps=7).reshape(-1) for f in f0])
+    se = outs.var(0).sqrt() / 4000 ** 0.5
+    assert torch.all((outs.mean(0) - nngp.mean).abs() < 4 * se)
+    assert torch.allclose(torch.cov(outs.T), nngp.cov, atol=0.1 * float(nngp.cov.diagonal().max()))
+    with pytest.raises(ValueError, match="not both"):
+        gradient_descent_mse_ensemble(k, y, 1.0, steps=3)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        gradient_descent_mse_ensemble(k, y, steps=-1)
+
+
+def test_single_network_metrics_of_a_gaussian_ensemble():
+    """The expected MSE is exact (squared error of the mean plus the variance); the expected accuracy agrees with
+    draws of the whole joint Gaussian within standard errors."""
+    from infinet.predict import Posterior, single_network_metrics
+
+    gen = torch.Generator().manual_seed(1)
+    mean = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    a = torch.randn(40, 40, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / 40
+    y = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    out = single_network_metrics(Posterior(mean, cov), y, labels, samples=20000, seed=2)
+    assert out["mse"] == pytest.approx(float((mean - y).pow(2).mean() + cov.diagonal().mean()), rel=1e-12)
+    draws = torch.distributions.MultivariateNormal(torch.zeros(40, dtype=torch.float64), cov).sample((20000, 3))
+    f = mean + draws.transpose(1, 2)  # (samples, 40, 3): correlated over examples, independent over classes
+    direct = (f.argmax(-1) == labels).double().mean(-1)
+    assert abs(float(direct.mean()) - out["accuracy"]) < 4 * (out["accuracy_se"] ** 2 + float(direct.var()) / 20000) ** 0.5
+    assert out["accuracy_se"] > 0 and float((f - y).pow(2).mean()) == pytest.approx(out["mse"], rel=0.02)
+    with pytest.raises(ValueError, match="needs one time's posterior with its covariance"):
+        single_network_metrics(Posterior(mean, None), y)

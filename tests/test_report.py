@@ -139,6 +139,14 @@ def test_same_seed_same_numbers(tmp_path):
     assert r1["params"]["widths"] == [8, 32] and r1["seed"] == 5
     assert {"acc_vs_width.png", "mse_vs_width.png", "mc_error_vs_width.png", "training_loss.png",
             "accuracy.csv", "monte_carlo.csv"} <= {p.name for p in p1.parent.iterdir()}
+    # the networks as trained have their own limit: one network of the NTK ensemble, with its z-scores
+    limit, z = r1["numbers"]["single_network_limit"], r1["numbers"]["as_trained_vs_limit"]
+    widest = r1["numbers"]["finite"]["32"]
+    assert 0 < limit["accuracy"] < 1 and limit["accuracy_se"] > 0 and limit["mse"] > r1["numbers"]["kernel"][
+        "NTK after 20 steps (mean)"]["test_mse"]  # one network errs more than the mean
+    assert z["mse_z"] == pytest.approx((widest["test_mse"] - limit["mse"]) / widest["test_mse_se"])
+    assert "one random network of the infinite-width ensemble" in r1["summary"]
+    assert f"z = {z['mse_z']:.1f}" in r1["summary"]  # the sentence is computed from the numbers
 
 
 def test_statistics_helpers():

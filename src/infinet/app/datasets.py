@@ -34,6 +34,7 @@ from ..core.extras import require
 from ..core.checks import check_int
 from .data_errors import DatasetError
 from .uci import UCITask, read_uci, uci_collection
+from .graph_data import GraphNodes, karate_club
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 TASKS = ("classification", "regression")
@@ -595,49 +596,6 @@ def load(
 
     return Dataset(key, t(x_tr), t(t_tr), t(x_te), t(t_te), lab_tr, lab_te, task, classes, side(side_tr),
                    side(side_te))
-
-
-# ---------------------------------------------------------------------------------------------
-# graphs
-@dataclass(frozen=True)
-class GraphNodes:
-    """One graph for node classification. ``x``: (1, C, V) node features, channels first (one graph, N = 1);
-    ``adjacency``: (V, V) 0/1 symmetric, no self-loops; ``labels``: (V,) class indices; ``classes``: names."""
-
-    name: str
-    x: Tensor
-    adjacency: Tensor
-    labels: Tensor
-    classes: tuple[str, ...]
-    description: str
-
-    @property
-    def n_nodes(self) -> int:
-        return self.adjacency.shape[0]
-
-
-def karate_club() -> GraphNodes:
-    """Zachary's karate club (Zachary 1977, "An information flow model for conflict and fission in small
-    groups"): 34 members, 78 friendships, and the two clubs the members joined after the split ('Mr. Hi'
-    and 'Officer'), the classic node-classification benchmark (Kipf and Welling 2017). The graph ships
-    with networkx (a dependency of torch), so nothing is downloaded. Features: one-hot node identities
-    (the graph is featureless), as in Kipf and Welling 2017."""
-    try:
-        import networkx
-    except ImportError as e:  # pragma: no cover - networkx comes with torch
-        raise DatasetError("the karate club graph needs networkx: pip install networkx") from e
-    g = networkx.karate_club_graph()
-    nodes = sorted(g.nodes)
-    index = {v: i for i, v in enumerate(nodes)}
-    adjacency = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)
-    for a, b in g.edges:
-        if a != b:
-            adjacency[index[a], index[b]] = adjacency[index[b], index[a]] = 1.0
-    classes = ("Mr. Hi", "Officer")
-    labels = torch.tensor([classes.index(g.nodes[v]["club"]) for v in nodes])
-    x = torch.eye(len(nodes), dtype=torch.float64).unsqueeze(0)
-    return GraphNodes("karate_club", x, adjacency, labels, classes,
-                      f"Zachary's karate club: {len(nodes)} members, {int(adjacency.sum()) // 2} friendships, 2 clubs")
 
 
 __all__ = ["BUILTIN", "Dataset", "DatasetError", "GraphNodes", "TASKS", "UCITask", "available", "read_uci", "uci_collection", "fibonacci_sphere", "karate_club",

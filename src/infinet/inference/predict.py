@@ -257,10 +257,31 @@ def _nngp_parts(need, k_train_train, k_test_train, k_test_test, n: int, evecs: T
     return k_ss, evecs.T @ k @ evecs, evecs.T @ k_s.T
 
 
+def _descent_factor(evals: Tensor, steps: float, rate: float) -> Tensor:
+    """g(lambda) = (1 - (1 - rate lambda)^k) / lambda for k steps of gradient descent (limit rate k at lambda
+    -> 0), computed as -expm1(k log1p(-rate lambda)) / lambda where rate lambda < 1."""
+    tol = float(evals.max()) * len(evals) * torch.finfo(evals.dtype).eps if len(evals) else 0.0
+    small = evals <= tol
+    x = rate * evals
+    stable = x < 1
+    power = torch.where(stable, -torch.expm1(steps * torch.log1p(-torch.where(stable, x, torch.zeros_like(x)))),
+                        1.0 - (1.0 - x) ** steps)
+    return torch.where(small, torch.full_like(evals, rate * steps), power / torch.where(small, torch.ones_like(evals), evals))
+
+
+def _step_counts(steps) -> tuple[Tensor, bool]:
+    single = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
+    values = [steps] if single else list(steps) if isinstance(steps, (list, tuple)) else None
+    if values is None or not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
+                                           for v in values):
+        raise ValueError(f"steps must be an integer >= 0 or a list of them, got {steps!r}")
+    return torch.tensor([float(v) for v in values], dtype=torch.float64), single
+
+
 def gradient_descent_mse_ensemble(
     k_train_train: Kernel | Tensor,
     y_train: Tensor,
-    t: float | Iterable[float] = math.inf,
+    t: float | Iterable[float] | None = None,
     k_test_train: Kernel | Tensor | None = None,
     k_test_test: Kernel | Tensor | None = None,
     *,
@@ -269,9 +290,13 @@ def gradient_descent_mse_ensemble(
     diag_reg: float = 0.0,
     learning_rate: float = 1.0,
     get: str | None = None,
+    steps: int | Iterable[int] | None = None,
 ) -> Posterior:
     """Mean and covariance over random initializations of infinitely wide networks trained by gradient
-    flow on the MSE loss above, at every time in ``t`` (Lee et al. 2019, eqs. 14-16). With Theta the
+    flow on the MSE loss above, at every time in ``t`` (default inf; Lee et al. 2019, eqs. 14-16), or with
+    ``steps`` instead by that many steps of gradient descent with step ``learning_rate``: then
+    T_k = Theta^-1 (I - (I - eta Theta / m)^k) (their Sec. 2.3, the discrete form of the same solution),
+    the exact limit of finite networks trained by full-batch gradient descent at that step size. With Theta the
     NTK (``kernel='ntk'``: all layers train) or the NNGP K (``kernel='nngp'``: only the readout trains),
     m = y_train.numel(), eta the learning rate and T_t = Theta^-1 (I - exp(-eta Theta t / m)):
 
@@ -309,7 +334,10 @@ def gradient_descent_mse_ensemble(
     theta = check_kernel_matrix(need(k_train_train, "k_train_train", get), f"k_train_train.{get}")
     n = len(theta)
     y, vector = target_matrix(y_train, n)
-    times, single = _times(t)
+    if steps is not None and t is not None:
+        raise ValueError("give the training time t (gradient flow) or steps (gradient descent), not both")
+    times, single = _step_counts(steps) if steps is not None else _times(math.inf if t is None else t)
+    factor = _descent_factor if steps is not None else _flow_factor
     on_train = k_test_train is None
     theta_s = theta if on_train else _cross(need(k_test_train, "k_test_train", get), n, f"k_test_train.{get}")
     evals, evecs = eigh_psd(regularized(theta, diag_reg), f"k_train_train.{get}")
@@ -320,7 +348,7 @@ def gradient_descent_mse_ensemble(
         k_ss, b, c = _nngp_parts(need, k_train_train, k_test_train, k_test_test, n, evecs)
     means, covs = [], []
     for time in times.tolist():
-        g = _flow_factor(evals, time, rate)
+        g = factor(evals, time, rate)
         means.append(a @ (g[:, None] * coeff_y))
         if compute_cov:
             ag = a * g  # Theta(x*, X) T_t expressed in the eigenbasis
@@ -493,7 +521,39 @@ def max_learning_rate(ntk_train_train: Tensor, n_outputs: int = 1) -> float:
 
 __all__ = ["KernelMatrixError", "Posterior", "gp_inference", "kernel_matrix", "log_marginal_likelihood", "gradient_descent_cross_entropy", "gradient_descent_mse",
            "gradient_descent_mse_ensemble",
-           "linearized_dynamics", "max_learning_rate", "noise_ridge", "psd_within_error", "sampling_spread"]
+           "linearized_dynamics", "max_learning_rate", "noise_ridge", "psd_within_error", "sampling_spread",
+           "single_network_metrics"]
+
+
+def single_network_metrics(posterior: Posterior, y_test: Tensor, labels: Tensor | None = None,
+                           samples: int = 4000, seed: int = 0) -> dict:
+    """What one network drawn from an ensemble with Gaussian outputs N(mean, cov) per output (the
+    infinite-width ensemble of :func:`gradient_descent_mse_ensemble`, Lee et al. 2019, eqs. 14-16) scores on
+    average: its expected test MSE exactly, E[mean_(i,c) (f_ic - y_ic)^2] = mean (mean - y)^2 + mean_i cov_ii
+    (the squared error of the mean plus the variance of one network), and, with class ``labels``, its
+    expected accuracy E[mean_i 1(argmax_c f_ic = label_i)] estimated from ``samples`` draws of every
+    example's outputs (independent N(mean_ic, cov_ii) over classes c; the accuracy needs only these
+    marginals) with the standard error of that estimate. Returns {"mse", "accuracy", "accuracy_se"}."""
+    check_int(samples, "samples", 2)
+    mean = posterior.mean if posterior.mean.ndim == 2 else posterior.mean[:, None]
+    y = y_test if y_test.ndim == 2 else y_test[:, None]
+    if posterior.cov is None or posterior.cov.ndim != 2 or mean.shape != y.shape:
+        raise ValueError("single_network_metrics needs one time's posterior with its covariance (compute_cov=True) "
+                         f"and targets of the mean's shape {tuple(mean.shape)}, got {tuple(y.shape)}")
+    var = posterior.cov.diagonal().clamp(min=0.0)
+    out = {"mse": float((mean - y).pow(2).mean() + var.mean())}
+    if labels is not None:
+        gen = torch.Generator(device=mean.device).manual_seed(seed)
+        hits = []
+        for start in range(0, samples, 500):
+            draw = torch.randn((min(500, samples - start), *mean.shape), generator=gen, dtype=mean.dtype,
+                               device=mean.device)
+            f = mean + draw * var.sqrt()[:, None]
+            hits.append((f.argmax(-1) == labels.to(mean.device)).to(mean.dtype).mean(-1))
+        per_draw = torch.cat(hits)
+        out["accuracy"] = float(per_draw.mean())
+        out["accuracy_se"] = float(per_draw.std() / math.sqrt(samples))
+    return out
 
 
 def sampling_spread(predict: Callable[[Tensor, Tensor], Tensor], k_train: Kernel, k_test: Kernel,

@@ -16,6 +16,9 @@ def test_sequences_experiment(tmp_path):
         assert n[name]["learning_rate"] <= 0.5 * min(limits.values()) * (1 + 1e-12)
         for width in ("32", "64"):
             assert 0.0 <= n[name]["finite"][width]["test_accuracy"] <= 1.0
+        single = n[name]["single_network_limit"]  # the limit of one network as trained: one draw of the ensemble
+        assert 0.0 <= single["accuracy"] <= 1.0 and single["accuracy_se"] > 0
+        assert single["mse"] > kernel["NTK t=train"]["test_mse"] * 0.5 and f"{single['accuracy']:.3f}" in result.summary
     errors = n["rnn_kernel_error"]
     for kind in ("nngp_error", "ntk_error"):
         assert errors[kind][-1] < errors[kind][0]  # one network's kernel error falls with width

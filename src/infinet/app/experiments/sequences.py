@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from .. import datasets
 from ...engine.layers import GRU, LSTM, Conv, Dense, GlobalAvgPool, GlobalSelfAttention, Recurrent, Relu, serial
 from ...finite.montecarlo import monte_carlo_kernel
-from ...inference.predict import gp_inference, gradient_descent_mse, max_learning_rate, noise_ridge, sampling_spread
+from ...inference.predict import (gp_inference, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate,
+                                  noise_ridge, sampling_spread, single_network_metrics)
 from ..report import Result, Table
 from ...finite.training import max_stable_learning_rate, train_gradient_descent
 from . import Experiment, Param
@@ -77,13 +78,19 @@ def architecture_study(p: dict, data, name: str, table: Table, seed: int, progre
     t_train = lr * p["steps"]
     nngp = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
     ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
+    # networks as trained converge to one draw of the infinite-width ensemble after the same steps (Lee et al.
+    # 2019, eqs. 14-16): its expected MSE exactly, its expected accuracy sampled
+    ensemble = gradient_descent_mse_ensemble(k_train, y, k_test_train=k_test, k_test_test=net.kernel(xt, get="nngp"),
+                                             compute_cov=True, learning_rate=lr, steps=p["steps"])
+    single = single_network_metrics(ensemble, yt, data.labels_test, seed=seed)
     entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {},
-             "stable_learning_rates": limits}
+             "stable_learning_rates": limits, "single_network_limit": single}
     for key, label, pred in (("NNGP", "NNGP", nngp), ("NTK t=train", f"NTK t={t_train:.3g}", ntk_t),
                              ("NTK t=inf", "NTK t=inf", ntk_inf)):
         acc, err = accuracy(pred, data.labels_test), mse(pred, yt)
         table.add(name, label, "inf", acc, 0.0, err, 0.0)
         entry["kernel"][key] = {"test_accuracy": acc, "test_mse": err}
+    table.add(name, "one network of the NTK ensemble", "inf", single["accuracy"], single["accuracy_se"], single["mse"], 0.0)
     t0 = time.perf_counter()
     per_width: dict = {w: {"acc": [], "mse": []} for w in p["widths"]}
     for width, s in tqdm(runs, desc=f"training {name}", disable=not progress):
@@ -145,7 +152,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
     parts = [f"{n}: NNGP {numbers[n]['kernel']['NNGP']['test_accuracy']:.3f}, NTK at t=inf "
              f"{numbers[n]['kernel']['NTK t=inf']['test_accuracy']:.3f}, NTK at the networks' training time "
              f"{numbers[n]['kernel']['NTK t=train']['test_accuracy']:.3f} and finite width {best} trained that long "
-             f"{numbers[n]['finite'][str(best)]['test_accuracy']:.3f}" for n in names]
+             f"{numbers[n]['finite'][str(best)]['test_accuracy']:.3f} ± {numbers[n]['finite'][str(best)]['test_accuracy_se']:.3f} "
+             f"against the {numbers[n]['single_network_limit']['accuracy']:.3f} expected of one infinitely wide network "
+             f"trained the same way (its limit: one draw of the NTK ensemble)" for n in names]
     summary = (f"Test accuracy on MNIST-1D with {len(x)} training sequences. " + "; ".join(parts) + ". "
                f"Published accuracies with 4,000 training sequences (Greydanus 2020): logistic regression 32%, MLP 68%, "
                f"CNN 94%, GRU 91%. The recurrent network's kernel error falls with width with log-log slope "
@@ -243,6 +252,8 @@ def _figures(p, numbers, curves, names, errs, slopes, rnn):
     for ax, name in zip(axes, names):
         means = [mean_and_stderr(curves[name][w]["acc"]) for w in widths]
         ax.errorbar(widths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3, label="finite networks")
+        ax.axhline(numbers[name]["single_network_limit"]["accuracy"], color="C0", lw=2, alpha=0.6,
+                   label="one network of the NTK ensemble (their limit)")
         for label, style in (("NNGP", ":"), ("NTK t=inf", "--")):
             ax.axhline(numbers[name]["kernel"][label]["test_accuracy"], linestyle=style, color="k" if label == "NNGP" else "C3",
                        label=label)

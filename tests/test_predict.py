@@ -164,6 +164,8 @@ def test_ensemble_after_gradient_descent_steps_is_the_discrete_solution():
         gradient_descent_mse_ensemble(k, y, 1.0, steps=3)
     with pytest.raises(ValueError, match="steps must be an integer"):
         gradient_descent_mse_ensemble(k, y, steps=-1)
+    with pytest.raises(ValueError, match="above the stable limit"):  # divergent steps: no number, an error
+        gradient_descent_mse_ensemble(k, y, learning_rate=2.5 * lr, steps=50)
 
 
 def test_single_network_metrics_of_a_gaussian_ensemble():

@@ -342,6 +342,10 @@ def gradient_descent_mse_ensemble(
     theta_s = theta if on_train else _cross(need(k_test_train, "k_test_train", get), n, f"k_test_train.{get}")
     evals, evecs = eigh_psd(regularized(theta, diag_reg), f"k_train_train.{get}")
     rate = learning_rate / y.numel()
+    if steps is not None and len(evals) and float(rate * evals.max()) >= 2.0 and float(times.max()) > 0:
+        raise ValueError(f"learning_rate={learning_rate:g} is above the stable limit 2 m / lambda_max = "
+                         f"{2.0 / float(evals.max()) * y.numel():g}: gradient descent diverges, its ensemble has no "
+                         "finite value (see max_learning_rate)")
     a = theta_s @ evecs  # Theta(x*, X) V
     coeff_y = evecs.T @ y
     if compute_cov:

@@ -93,35 +93,39 @@ def _svm_sweep(kernel, train, test, y, Cs, reuse: bool) -> list[float]:
     return out
 
 
-def _kernel_classifier(kernels, task, reuse: bool) -> dict:
-    """Select (kernel, C) on the validation split (first best, strict >, in the order depth, fixed, C as Arora et
-    al.), then the mean accuracy over the 4 folds with that choice."""
-    train, val = task.validation
+def _select_and_score(task, validation_scores, score, describe) -> dict:
+    """Arora et al.'s protocol for any classifier: the first best (strict >) of ``validation_scores``, an iterable
+    of (choice, validation accuracy) in the order they are tried, then the mean of ``score(choice, train, test)``
+    over the 4 folds."""
     best, choice = -1.0, None
-    for label, kernel in kernels:
-        for C, acc in zip(C_GRID, _svm_sweep(kernel, train, val, task.y, C_GRID, reuse)):
-            if acc > best:
-                best, choice = acc, (label, kernel, C)
-    label, kernel, C = choice
-    folds = [_svm_sweep(kernel, tr, te, task.y, (C,), reuse)[0] for tr, te in task.folds]
-    return {"validation": best, "accuracy": float(np.mean(folds)), "choice": f"{label} C={C:g}"}
+    for candidate, acc in validation_scores:
+        if acc > best:
+            best, choice = acc, candidate
+    folds = [score(choice, tr, te) for tr, te in task.folds]
+    return {"validation": best, "accuracy": float(np.mean(folds)), "choice": describe(choice)}
+
+
+def _kernel_classifier(kernels, task, reuse: bool) -> dict:
+    """Select (kernel, C) on the validation split (in the order depth, fixed, C as Arora et al.), then the mean
+    accuracy over the 4 folds with that choice."""
+    train, val = task.validation
+    scores = (((label, kernel, C), acc) for label, kernel in kernels
+              for C, acc in zip(C_GRID, _svm_sweep(kernel, train, val, task.y, C_GRID, reuse)))
+    return _select_and_score(task, scores,
+                             lambda c, tr, te: _svm_sweep(c[1], tr, te, task.y, (c[2],), reuse)[0],
+                             lambda c: f"{c[0]} C={c[2]:g}")
 
 
 def _forest(task, n_trees: int, seed: int) -> dict:
     from sklearn.ensemble import RandomForestClassifier
 
-    def score(tr, te, features):
+    def score(features, tr, te):
         rf = RandomForestClassifier(n_estimators=n_trees, max_features=features, random_state=seed, n_jobs=1)
         return float(np.mean(rf.fit(task.x[tr], task.y[tr]).predict(task.x[te]) == task.y[te]))
 
     train, val = task.validation
-    best, choice = -1.0, None
-    for features in MAX_FEATURES:
-        acc = score(train, val, features)
-        if acc > best:
-            best, choice = acc, features
-    folds = [score(tr, te, choice) for tr, te in task.folds]
-    return {"validation": best, "accuracy": float(np.mean(folds)), "choice": f"max_features={choice}"}
+    return _select_and_score(task, ((f, score(f, train, val)) for f in MAX_FEATURES), score,
+                             lambda f: f"max_features={f}")
 
 
 def evaluate(folder: str, max_depth: int, n_trees: int, seed: int, reuse: bool = True) -> dict:

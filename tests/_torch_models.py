@@ -15,7 +15,7 @@ def gaussian_init(model):
     the first layer on 5 input features, are not Gaussian and give another limit)."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.RNN):
+            if isinstance(m, (nn.RNN, nn.GRU, nn.LSTM)):
                 for p in m.parameters():
                     p.normal_(0, (3 * m.hidden_size) ** -0.5)
             elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -32,11 +32,14 @@ def gaussian_init(model):
 
 
 def per_example_ntk(model, x):
-    """Theta(x_i, x_j) = grad f(x_i) . grad f(x_j) for a one-output model, one example at a time."""
-    params = list(model.parameters())
+    """Theta(x_i, x_j) = grad f(x_i) . grad f(x_j) for a one-output model, one example at a time; for a model
+    with train-mode batch statistics (BatchNorm), the gradients of each output of the whole batch's forward."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
     rows = []
     for i in range(len(x)):
-        grads = torch.autograd.grad(model(x[i: i + 1].clone()).sum(), params, allow_unused=True)
+        out = model(x.clone())[i] if batch else model(x[i: i + 1].clone())
+        grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     jac = torch.stack(rows)

@@ -189,13 +189,13 @@ class WithMaxPool(nn.Module):
 
 
 @pytest.mark.parametrize("model, message", [
-    (WithMaxPool(), r"features\.2 \(MaxPool2d\) has no infinite-width counterpart"),
-    (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), r"1 \(BatchNorm1d\)"),
+    (nn.Sequential(nn.Conv2d(2, 4, 3), nn.MaxPool2d(2, dilation=2)), r"1 \(MaxPool2d\): dilation"),
     (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "grouped convolutions"),
-    (nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1)), "padding"),
-    (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), "elementwise affine"),
+    (nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, padding_mode="circular")), "circular padding"),
+    (nn.Sequential(nn.Conv2d(2, 4, 3), nn.AvgPool2d(2, ceil_mode=True)), "ceil_mode"),
     (nn.Sequential(nn.Embedding(10, 4)), r"0 \(Embedding\)"),
-    (nn.Sequential(nn.GRU(3, 4)), r"0 \(GRU\): gated recurrent layers"),
+    (nn.Sequential(nn.LSTM(3, 4, proj_size=2)), "proj_size"),
+    (nn.Sequential(nn.TransformerEncoderLayer(8, 2)), r"0 \(TransformerEncoderLayer\).*ScaledDotProductAttention"),
 ])
 def test_modules_without_a_limit_are_named(model, message):
     with pytest.raises(inf.UnsupportedModuleError, match=message):

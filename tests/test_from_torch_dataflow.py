@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import infinet as inf
-from tests._statistics import assert_within_standard_errors
+from tests._statistics import assert_sampled_within_standard_errors, assert_within_standard_errors, max_combined_z
+from infinet.engine.apply import has_ntk
 from tests._torch_models import torch_monte_carlo
 
 F64 = torch.float64
@@ -142,18 +143,25 @@ def test_inplace_through_a_view_read_later_is_refused():
 class ReuseAfterJoin(nn.Module):
     def __init__(self, width=8):
         super().__init__()
-        self.l1, self.l2, self.l3 = nn.Linear(3, width), nn.Linear(3, width), nn.Linear(width, 1)
+        self.l1, self.l2, self.fc = nn.Linear(3, width), nn.Linear(3, width), nn.Linear(width, 1)
 
     def forward(self, x):
         a = self.l1(x)
         s = a + self.l2(x)
-        return self.l3(s * a)
+        return self.fc(s * a)
 
 
-def test_a_value_used_again_after_a_join_is_refused_naming_it():
-    with pytest.raises(inf.UnsupportedModuleError, match=r"mul: the value computed by l1 \(Linear\) reaches it along "
-                                                         "two paths"):
-        inf.from_torch(ReuseAfterJoin(), randn(2, 3))
+def test_a_value_used_again_after_a_join_is_the_limit_of_the_torch_model():
+    """(a + b) * a reads a again after the join: one value of the graph, read twice; the product of the two
+    correlated Gaussians is drawn from their joint law, within standard errors of the wide torch model."""
+    x = randn(4, 3)
+    arch = inf.from_torch(ReuseAfterJoin(512), x)
+    assert isinstance(arch, inf.ValueGraph) and repr(arch).count("Dense(") == 3  # l1 once, not a copy per path
+    drawn = arch.kernel(x)
+    mc = torch_monte_carlo(lambda: ReuseAfterJoin(512), x, n_samples=64, seed=40)
+    for name in ("nngp", "ntk"):
+        assert max_combined_z(getattr(drawn, name), getattr(drawn, name + "_se"), getattr(mc, name),
+                              getattr(mc, name + "_stderr")) < 4.0
 
 
 class Recompute(nn.Module):
@@ -279,9 +287,26 @@ def test_correlated_branch_refusals_name_the_torch_node():
             h = torch.relu(self.l(x))
             return self.fc(h + h)
 
+    # h + h of one value: its joint law with itself is drawn (infinet.engine.laws): 2 h, within its errors
+    x = randn(4, 3)
+    twice = inf.from_torch(Twice(), x).kernel(x)
+    exact = inf.serial(inf.Dense(8, 1 / 3**0.5, 1 / 3, parameterization="standard"), inf.Relu(), inf.Scale(2.0),
+                       inf.Dense(1, 1 / 3**0.5, 1 / (3 * 8) ** 0.5, parameterization="standard")).kernel(x)
+    assert twice.sampled
+    for name in ("nngp", "ntk"):
+        assert max_combined_z(getattr(twice, name), getattr(twice, name + "_se"), getattr(exact, name)) < 4.0
+
+    class FromInput(nn.Module):  # the raw input is no Gaussian value: its sum with itself has no counterpart
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.fc(x + x)
+
     with pytest.raises(inf.UnsupportedModuleError, match=r"torch node add.*FanInSum\(\) \(torch node add\).*correlated"):
-        inf.from_torch(Twice(), randn(2, 3))
-    arch = inf.from_torch(Twice())  # without an example, the kernel's own check names the node
+        inf.from_torch(FromInput(), randn(2, 3))
+    arch = inf.from_torch(FromInput())  # without an example, the kernel's own check names the node
     with pytest.raises(ValueError, match=r"FanInSum\(\) \(torch node add\)"):
         arch.kernel(randn(2, 3))
 
@@ -290,13 +315,13 @@ def test_refusals_name_the_node_and_module():
     class Deep(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.ReLU())
+            self.body = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.5), nn.ReLU())
             self.fc = nn.Linear(8, 1)
 
         def forward(self, x):
             return self.fc(self.body(x))
 
-    with pytest.raises(inf.UnsupportedModuleError, match=r"torch node body_2 \(body.2\): Relu\(\) needs a Gaussian"):
+    with pytest.raises(inf.UnsupportedModuleError, match=r"torch node body_3 \(body.3\): Relu\(\) needs a Gaussian"):
         inf.from_torch(Deep(), randn(2, 3))
 
 
@@ -335,7 +360,30 @@ class _Wrapped(nn.Module):
 
 
 W = 96
-IMAGE, VECTOR = (3, 2, 5, 5), (3, 3)
+IMAGE, VECTOR, SEQUENCE = (3, 2, 5, 5), (3, 3), (3, 4, 3)
+
+
+class _First(nn.Module):
+    """The first of a module's outputs (MaxPool with return_indices)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)[0]
+
+
+class _LastStep(nn.Module):
+    """A batch-first recurrent module's output at the last step."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return out[:, -1]
 
 
 def _conv_body(module):
@@ -379,13 +427,31 @@ ARGUMENT_CASES = {
     nn.GELU: [({"approximate": "tanh"}, lambda kw: _vector_body(nn.GELU(**kw)), VECTOR)],
     nn.Softplus: [({"beta": 2.0}, lambda kw: _vector_body(nn.Softplus(**kw)), VECTOR),
                   ({"threshold": 0.5}, lambda kw: _vector_body(nn.Softplus(**kw)), VECTOR)],
+    nn.MaxPool2d: [(kw, lambda kw: _conv_body(nn.MaxPool2d(**{"kernel_size": 2, **kw})), IMAGE)
+                   for kw in ({"stride": 1}, {"padding": 1}, {"kernel_size": 3, "stride": 2, "ceil_mode": True},
+                              {"dilation": 2})]
+    + [({"return_indices": True}, lambda kw: _conv_body(_First(nn.MaxPool2d(2, **kw))), IMAGE)],
+    nn.BatchNorm2d: [(kw, lambda kw: nn.Sequential(nn.Conv2d(2, W, 3, padding=1), nn.BatchNorm2d(W, **kw),
+                                                   nn.ReLU(), nn.Flatten()), IMAGE)
+                     for kw in ({"eps": 0.1}, {"momentum": 0.5}, {"affine": False}, {"track_running_stats": False},
+                                {"bias": False}, {"eps": 0.1, "eval": True}, {"affine": False, "eval": True})],
+    nn.Upsample: [(kw, lambda kw: _conv_body(nn.Upsample(**kw)), IMAGE)
+                  for kw in ({"scale_factor": 2}, {"size": 7}, {"size": 4, "mode": "bilinear"},
+                             {"scale_factor": 1.5, "mode": "bilinear", "align_corners": True},
+                             {"scale_factor": 1.5, "mode": "bilinear", "recompute_scale_factor": True})],
+    nn.GRU: [(kw, lambda kw: _LastStep(nn.GRU(3, W, batch_first=True, **kw)), SEQUENCE)
+             for kw in ({}, {"num_layers": 2}, {"bias": False}, {"bidirectional": True},
+                        {"num_layers": 2, "dropout": 0.3})],
+    nn.LSTM: [(kw, lambda kw: _LastStep(nn.LSTM(3, W, batch_first=True, **kw)), SEQUENCE)
+              for kw in ({}, {"num_layers": 2}, {"bias": False}, {"bidirectional": True},
+                         {"num_layers": 2, "dropout": 0.3}, {"proj_size": 2})],
     nn.AvgPool1d: [(kw, lambda kw: nn.Sequential(nn.Conv1d(2, W, 3, padding=1), nn.ReLU(),
                                                  nn.AvgPool1d(**{"kernel_size": 2, **kw}), nn.Flatten()), (3, 2, 6))
                    for kw in ({"stride": 1}, {"padding": 1}, {"ceil_mode": True}, {"count_include_pad": False})],
 }
 #: arguments that every case sets (sizes): honoured by construction
 STRUCTURAL = {"in_features", "out_features", "in_channels", "out_channels", "kernel_size", "normalized_shape",
-              "device", "dtype"}
+              "device", "dtype", "num_features", "args", "kwargs", "eval", "batch_first", "input_size", "hidden_size"}
 
 
 def test_the_argument_cases_enumerate_every_constructor_argument():
@@ -396,6 +462,8 @@ def test_the_argument_cases_enumerate_every_constructor_argument():
             sibling = {nn.Conv1d: nn.Conv2d, nn.Conv3d: nn.Conv2d, nn.ConvTranspose1d: nn.ConvTranspose2d,
                        nn.ConvTranspose3d: nn.ConvTranspose2d, nn.AvgPool3d: nn.AvgPool2d,
                        nn.AdaptiveAvgPool1d: nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d: nn.AdaptiveAvgPool2d,
+                       nn.MaxPool1d: nn.MaxPool2d, nn.MaxPool3d: nn.MaxPool2d, nn.BatchNorm1d: nn.BatchNorm2d,
+                       nn.BatchNorm3d: nn.BatchNorm2d,
                        nn.Identity: None, nn.RNN: None}.get(cls, cls)
             assert sibling is None or sibling in ARGUMENT_CASES, cls
             if sibling is not None:
@@ -413,7 +481,10 @@ CASE_IDS = [(cls, i) for cls in ARGUMENT_CASES for i in range(len(ARGUMENT_CASES
 def test_every_constructor_argument_is_honoured_or_refused(cls, i):
     kw, build, shape = ARGUMENT_CASES[cls][i]
     x = randn(*shape, seed=i)
-    body = build(kw).double()
+    evaluation = kw.get("eval", False)  # a case of the module in eval mode ("eval" is no constructor argument)
+    kw = {key: value for key, value in kw.items() if key != "eval"}
+    build_mode = (lambda k: build(k).eval()) if evaluation else build
+    body = build_mode(kw).double()
     with torch.no_grad():
         out = body(x)
     if out.ndim != 2:  # features on several axes: the readout (a Linear) acts on the last; from_torch must refuse
@@ -423,11 +494,18 @@ def test_every_constructor_argument_is_honoured_or_refused(cls, i):
     features = out.shape[1]
 
     def make():
-        return _Wrapped(build(kw), features)
+        model = _Wrapped(build(kw), features)
+        return model.eval() if evaluation else model
 
     try:
         arch = inf.from_torch(make().double(), x)
     except inf.UnsupportedModuleError as e:
         assert cls.__name__ in str(e) or "Linear" in str(e), e  # refused, naming the module
         return
-    assert_within_standard_errors(arch.kernel(x), torch_monte_carlo(make, x, n_samples=24))
+    ntk = has_ntk(arch)
+    kernel = arch.kernel(x, get=("nngp", "ntk") if ntk else "nngp")
+    mc = torch_monte_carlo(make, x, n_samples=24, ntk=ntk)
+    if kernel.sampled:
+        assert_sampled_within_standard_errors(kernel, mc, ("nngp", "ntk") if ntk else ("nngp",))
+    else:
+        assert_within_standard_errors(kernel, mc)

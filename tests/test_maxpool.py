@@ -107,7 +107,8 @@ def test_refusals():
     with pytest.raises(ValueError, match="Gaussian inputs.*activation=Relu"):
         inf.serial(inf.Conv(2, 3), inf.Relu(), inf.MaxPool(2)).kernel(inputs(2, 1, 4, 4))
     with pytest.raises(ValueError, match="Gaussian"):
-        inf.serial(inf.Conv(2, 3), inf.MaxPool(2), inf.Relu(), inf.Flatten(), inf.Dense(1)).kernel(inputs(2, 1, 4, 4))
+        inf.serial(inf.Conv(2, 3), inf.Relu(), inf.AvgPool(2), inf.Relu(), inf.Flatten(), inf.Dense(1)).kernel(
+            inputs(2, 1, 4, 4))
     with pytest.raises(ValueError, match="samples"):
         inf.MaxPool(2, samples=1)
     with pytest.raises(ValueError, match="replicates"):

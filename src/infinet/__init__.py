@@ -76,6 +76,10 @@ from .engine.layers import (
     Sin,
     Softplus,
     Tanh,
+    ValueGraph,
+    ElementwiseAffine,
+    AdaptiveAvgPool,
+    Interpolate,
     bidirectional,
     parallel,
     repeat,
@@ -91,6 +95,7 @@ from .engine.tiling import compute_kernel, kernel_tile
 _compat.register_loaded()
 
 __all__ = [
+    "ValueGraph", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate",
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "fully_connected", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",

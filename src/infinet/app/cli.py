@@ -23,15 +23,17 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
 \b
   dense and convolutional: Dense, Conv, ConvTranspose, ConvLocal (unshared weights)
   pooling and shape: AvgPool, SumPool, MaxPool, MinPool (sampled kernels), GlobalAvgPool, GlobalSumPool, Flatten,
-    Index (e.g. Index(':, :, -1')), ImageResize, DotGeneral, Scale (a fixed multiple, e.g. Scale(0.5))
+    Index (e.g. Index(':, :, -1')), ImageResize, Interpolate (PyTorch's), AdaptiveAvgPool, DotGeneral,
+    Scale (a fixed multiple, e.g. Scale(0.5))
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
   sequences: Recurrent, GRU, LSTM (sampled NNGP), Reverse, bidirectional, GlobalSelfAttention
-  normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel)
+  normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel), ElementwiseAffine (their weight
+    and bias)
   activations: Relu, LeakyRelu, ABRelu, Abs, Sign, Erf, Gelu, Sin, Cos, Gaussian, Exp,
     Monomial, RectifiedMonomial, Polynomial, Hermite, Rbf, Gabor, ExpNormalized,
     Tanh, Sigmoid, Softplus, Silu, Elu
   combinators: serial, parallel, repeat, FanOut, FanInSum, FanInConcat, FanInProd,
-    Identity, Serial, Parallel
+    Identity, Serial, Parallel, ValueGraph (each value read by any later layer)
   ready-made: myrtle, cntk, wide_resnet, wide_resnet_block, fully_connected
 """
 

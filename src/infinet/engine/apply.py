@@ -1,11 +1,12 @@
 """Applying a layer's kernel transform inside a network: the layout a consumer needs, the padding policy,
 and which layers may replay recorded self-covariances. Used by the combinators and by the tile engine,
-below both (it knows layers only through their attributes). May import: the kernel and masks modules."""
+below both (it knows layers only through their attributes). May import: the kernel, laws and masks modules."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+from . import laws
 from .masks import refuse, remask
 
 
@@ -36,6 +37,8 @@ def apply_kernel(layer, k, full_out):
         out = layer.kernel_fn(k)
     if masked and layer.masking == "positionwise":
         out = remask(out)
+    if not getattr(layer, "keeps_law", False):
+        out = laws.untracked(layer, k, out)
     trace = (k[0] if isinstance(k, tuple) else k).trace
     return out if trace is None else trace.step(out)
 

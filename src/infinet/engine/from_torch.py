@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from . import layers as L
+from .layers.activations import Activation
 from .layers.base import Context, Layer, Spec
 from .torch_dataflow import InplaceProxy, InplaceRefused, check_dataflow, functionalize, seeded_run
 from .torch_modules import (UnsupportedModuleError, _convert_module, _infinet_module, _KeepDims,  # noqa: F401
@@ -70,17 +71,29 @@ _ARITHMETIC = {operator.add: "add", torch.add: "add", "add": "add", operator.sub
                "div": "div", "truediv": "div"}
 
 
-class _Term:
-    """The value of an fx node: the steps (key, layer, random) that compute it from the model's input, where
-    ``random`` names the random fx nodes (layers with weights, dropout) inside the step. ``kind``: 'tensor'
-    (infinet's layout), 'sequence' (an nn.RNN output, time on axis ``time_axis``), 'rnn' (the (output, h_n)
-    tuple) or 'state' (h_n)."""
+class _Builder:
+    """The graph of values being read off a torch model: nodes (layer, the values it reads, torch node name);
+    value 0 is the model's input, value i + 1 the output of node i."""
 
-    def __init__(self, steps: tuple, kind: str = "tensor", rnn=None):
-        self.steps, self.kind, self.rnn = steps, kind, rnn
+    def __init__(self):
+        self.nodes: list = []
+
+    def add(self, layer: Layer, inputs: tuple, key: str) -> int:
+        self.nodes.append([layer, tuple(inputs), key])
+        return len(self.nodes)
+
+
+class _Term:
+    """The value of an fx node: its index in the graph of values being built. ``kind``: 'tensor' (infinet's
+    layout), 'sequence' (an nn.RNN output, time on axis ``time_axis``), 'rnn' (the (output, h_n) tuple) or
+    'state' (h_n)."""
+
+    def __init__(self, builder: _Builder, index: int, kind: str = "tensor", rnn=None):
+        self.builder, self.index, self.kind, self.rnn = builder, index, kind, rnn
 
     def then(self, key: str, layer: Layer, kind: str | None = None, random: frozenset = frozenset()) -> "_Term":
-        return _Term(self.steps + ((key, layer, random),), self.kind if kind is None else kind, self.rnn)
+        index = self.builder.add(layer, (self.index,), key)
+        return _Term(self.builder, index, self.kind if kind is None else kind, self.rnn)
 
     @property
     def time_axis(self) -> int:
@@ -88,26 +101,12 @@ class _Term:
 
 
 def _join(terms: list, key: str, fan_in: Layer) -> _Term:
-    """The branches ``terms`` joined by ``fan_in`` after their longest common path. A random node (weights,
-    dropout) inside two branches would be two independent copies in the architecture, where the model has one
-    value used twice: that is refused, naming the node."""
-    common = 0
-    while all(len(t.steps) > common for t in terms) and len({t.steps[common][0] for t in terms}) == 1:
-        common += 1
-    seen: dict = {}
-    for i, t in enumerate(terms):
-        for name in frozenset().union(*(step[2] for step in t.steps[common:])):
-            if name in seen and seen[name] != i:
-                raise UnsupportedModuleError(
-                    f"{key}: the value computed by {name} reaches it along two paths after a join; as one value used "
-                    "twice its kernel needs the covariance between correlated branches, which from_torch does not "
-                    "compute yet, and two copies with independent weights would give a wrong kernel")
-            seen[name] = i
-    branches = [L.serial(*[step[1] for step in t.steps[common:]]) if len(t.steps) > common + 1 else
-                (t.steps[common][1] if len(t.steps) > common else L.Identity()) for t in terms]
+    """The values ``terms`` joined by ``fan_in``: one node reading them all. Values shared by the branches are
+    the same values of the graph (one value read twice, never two copies with independent weights); the kernel
+    engine gives correlated branches their joint law (:mod:`infinet.engine.laws`)."""
     fan_in.origin = f"torch node {key}"
-    block = L.serial(L.FanOut(len(terms)), L.parallel(*branches), fan_in)
-    return _Term(terms[0].steps[:common] + ((key, block, frozenset(seen)),))
+    builder = terms[0].builder
+    return _Term(builder, builder.add(fan_in, tuple(t.index for t in terms), key))
 
 
 def _scalar(value) -> float | None:
@@ -129,11 +128,11 @@ def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, sha
     """The term of a call of a submodule (its layer after ``first``; an RNN starts a recurrent term)."""
     layer = _convert_module(module, where, init)
     if isinstance(layer, _RNNLayers):
-        if first.steps:
+        if first.index != 0:
             raise UnsupportedModuleError(f"{where} (RNN): an nn.RNN must read the model's input directly (its "
                                          "layout is moved to infinet's N x C x L there)")
         shapes["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
-        return _Term(((node.name, layer.layer, random),), "rnn", layer)
+        return _Term(first.builder, first.builder.add(layer.layer, (0,), node.name), "rnn", layer)
     if isinstance(layer, TorchLinear) and shapes:
         layer.infer(Spec(shapes[node.args[0].name][1:]), Context())  # refuses a Linear on (N, L, C) here
     if isinstance(layer, _KeepDims):
@@ -279,7 +278,7 @@ def _recurrent_output(node: fx.Node, term: _Term, where: str, args: list) -> _Te
     if node.op == "call_function" and node.target is operator.getitem:
         index = args[1]
         if term.kind == "rnn" and index in (0, 1):
-            return _Term(term.steps, "sequence" if index == 0 else "state", rnn)
+            return _Term(term.builder, term.index, "sequence" if index == 0 else "state", rnn)
         if term.kind == "state" and rnn.num_layers == 1 and not rnn.bidirectional and index in (0, -1):
             return term.then(node.name, last, "tensor")
         if term.kind == "sequence":
@@ -301,6 +300,11 @@ def _recurrent_output(node: fx.Node, term: _Term, where: str, args: list) -> _Te
 
 
 def _layer_norm(marker: _LayerNormShape, input_rank: int | None) -> Layer:
+    layer = _layer_norm_axes(marker, input_rank)
+    return layer if marker.affine is None else L.serial(layer, marker.affine)
+
+
+def _layer_norm_axes(marker: _LayerNormShape, input_rank: int | None) -> Layer:
     if input_rank is None:
         raise UnsupportedModuleError(f"{marker.where} (LayerNorm): pass example_input to from_torch, so that the axes "
                                      "it normalizes over can be told apart")
@@ -312,7 +316,8 @@ def _layer_norm(marker: _LayerNormShape, input_rank: int | None) -> Layer:
                                  "(vectors, or C x H x W) has a counterpart")
 
 
-def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: str = "pytorch") -> Layer:
+def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: str = "pytorch",
+               samples: int | None = None, replicates: int | None = None) -> Layer:
     """The infinite-width architecture of ``model`` (see :mod:`infinet.from_torch` for what is read and what
     is assumed about initialization): ``from_torch(model).kernel(x)`` is the NNGP / NTK that ``model``'s
     outputs approach as its widths grow, with every Linear / Conv initialized i.i.d. as ``init`` says
@@ -324,9 +329,12 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
     output, and the architecture is checked layer by layer, so that a refusal names the torch node.
     Anything without an exact counterpart raises
     :class:`~infinet.engine.torch_modules.UnsupportedModuleError` naming the node and
-    module in the model (e.g. ``features.3 (MaxPool2d)``) and what to do: a value reused after a join, a
-    module with weights called twice, nn.Linear on a tensor with more than one feature axis, a constructor
-    argument that is not honoured. ``from_torch(net.build())`` gives back ``net``'s layers.
+    module in the model (e.g. ``features.3 (MaxPool2d)``) and what to do: a module with weights called twice,
+    nn.Linear on a tensor with more than one feature axis, a constructor argument that is not honoured. A value
+    read by several later operations is one value of a :class:`~infinet.layers.values.ValueGraph` (never two
+    copies), and correlated values that meet again get their joint law (:mod:`infinet.engine.laws`).
+    ``samples`` and ``replicates`` set those of the sampled layers it creates (MaxPool, BatchNorm in training
+    mode, GRU, LSTM; their defaults otherwise). ``from_torch(net.build())`` gives back ``net``'s layers.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"from_torch takes a torch.nn.Module, got {type(model).__name__}")
@@ -349,12 +357,13 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
         raise UnsupportedModuleError(str(e)) from None
     _refuse_shared_weights(graph, modules)
     terms: dict = {}
+    builder = _Builder()
     output = None
     for node in graph.nodes:
         if node.op == "placeholder":
             if terms:
                 raise UnsupportedModuleError(f"{node.name}: models with more than one input have no counterpart")
-            terms[node] = _Term(())
+            terms[node] = _Term(builder, 0)
         elif node.op == "output":
             output = node.args[0]
         elif node.op == "get_attr":
@@ -368,10 +377,132 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
     if term.kind != "tensor":
         raise UnsupportedModuleError(f"the model returns an nn.RNN's {term.kind}; return a tensor read from it")
     permutation = shapes.get("input_permutation")
+    targets = {n.name: n.target for n in graph.nodes}
+    nodes, names = _reachable(fold_activations(builder.nodes), term.index, targets)
+    for layer, _ in nodes:
+        _sampling_options(layer, samples, replicates)
     if example_input is not None:
-        _validate(term, graph, shapes, permutation)
-    layers = [step[1] for step in term.steps] or [L.Identity()]
-    return L.serial(*layers) if permutation is None else TorchInputOrder(layers, permutation)
+        _validate(nodes, names, shapes, permutation)
+    layers = _architecture(nodes, names)
+    return layers if permutation is None else TorchInputOrder([layers], permutation)
+
+
+def _sampling_options(layer, samples: int | None, replicates: int | None) -> None:
+    """Set ``samples`` / ``replicates`` of the sampled layers from_torch created (each a fresh object)."""
+    from . import sampling
+
+    if getattr(layer, "sampled", False):
+        sampling.check_options(type(layer).__name__, samples or layer.samples, replicates or layer.replicates,
+                               layer.seed)
+        layer.samples, layer.replicates = samples or layer.samples, replicates or layer.replicates
+    for part in getattr(layer, "layers", ()):
+        _sampling_options(part, samples, replicates)
+
+
+def _reachable(nodes: list, output: int, targets: dict) -> tuple[list, list]:
+    """The nodes the output depends on, renumbered in an order where each follows what it reads ([layer,
+    inputs]), and their names ("key (module)")."""
+    order, seen, stack = [], {0}, [(output, False)]
+    while stack:  # depth first, each node after the nodes it reads (a topological order)
+        v, expanded = stack.pop()
+        if expanded:
+            order.append(v)
+            continue
+        if v in seen:
+            continue
+        seen.add(v)
+        stack.append((v, True))
+        stack.extend((j, False) for j in reversed(nodes[v - 1][1]) if j not in seen)
+    index = {0: 0, **{v: i + 1 for i, v in enumerate(order)}}
+    kept = [[nodes[v - 1][0], [index[j] for j in nodes[v - 1][1]]] for v in order]
+    names = []
+    for v in order:
+        key = nodes[v - 1][2]
+        where = targets.get(key, key)
+        names.append(key if where == key or not isinstance(where, str) else f"{key} ({where})")
+    return kept, names
+
+
+def _architecture(nodes: list, names: list) -> Layer:
+    """A chain of layers each reading the one before (a Sequential model) as ``serial``; any other graph of
+    values as a :class:`~infinet.layers.values.ValueGraph`."""
+    if not nodes:
+        return L.Identity()
+    reads = [j for _, inputs in nodes for j in inputs]
+    if all(inputs == [i] for i, (_, inputs) in enumerate(nodes)) and len(reads) == len(set(reads)):
+        return L.serial(*[layer for layer, _ in nodes])
+    return L.ValueGraph(nodes, names)
+
+
+#: activations with phi(max u) = max phi(u) (non-decreasing), which a max pooling after them may take inside
+MONOTONE = (L.Relu, L.Tanh, L.Sigmoid, L.Erf, L.Softplus, L.Elu)
+
+
+def fold_activations(nodes: list) -> list:
+    """Torch's Conv > ReLU > MaxPool as infinet's Conv > MaxPool(activation=ReLU): for a non-decreasing
+    activation the two orders agree, and a maximum needs Gaussian inputs; likewise a train-mode BatchNorm
+    followed by an activation takes it inside (its output is not Gaussian). Only where the activation's output
+    is read by the pooling (normalization) alone. Folded nodes stay in the list, unread."""
+    nodes = [list(n) for n in nodes]
+    readers: dict = {}
+    for _, inputs, _ in nodes:
+        for j in inputs:
+            readers[j] = readers.get(j, 0) + 1
+    for i, (layer, inputs, key) in enumerate(nodes):
+        if len(inputs) != 1 or inputs[0] == 0 or readers.get(inputs[0]) != 1:
+            continue
+        before, before_inputs, _ = nodes[inputs[0] - 1]
+        if isinstance(layer, L.MaxPool) and layer.activation is None and _monotone(before):
+            affine = None
+            if len(before_inputs) == 1 and before_inputs[0] > 0 and readers.get(before_inputs[0]) == 1:
+                first, first_inputs, _ = nodes[before_inputs[0] - 1]
+                if isinstance(first, L.ElementwiseAffine) and first.gain > 0:  # Conv > BatchNorm > ReLU > MaxPool
+                    affine, before_inputs = first, first_inputs
+            nodes[i] = [layer.with_activation(before, affine), before_inputs, key]
+        elif isinstance(layer, L.MaxPool) and layer.activation is None and isinstance(before, L.BatchNorm) \
+                and before.pool is None:  # train-mode BatchNorm (> ReLU) > MaxPool: the maximum of its draws
+            nodes[i] = [before.with_pool(layer), before_inputs, key]
+        elif isinstance(before, L.BatchNorm) and before.activation is None and before.pool is None \
+                and isinstance(layer, Activation):
+            nodes[i] = [before.with_activation(layer), nodes[inputs[0] - 1][1], key]
+    return _through_concatenations(nodes)
+
+
+#: layers acting on each channel alone, which a concatenation over channels commutes with
+def _channelwise(layer) -> bool:
+    return isinstance(layer, (Activation, L.Scale, L.ElementwiseAffine))
+
+
+def _through_concatenations(nodes: list) -> list:
+    """An activation (or per-channel scaling) of a concatenation over channels as the concatenation of the
+    activation of each part (DenseNet's BatchNorm > ReLU > Conv on concatenated features): the two are equal,
+    and only the second has a kernel (a concatenation is not one Gaussian value). New nodes are appended; the
+    rewritten node reads them."""
+    readers: dict = {}
+    for _, inputs, _ in nodes:
+        for j in inputs:
+            readers[j] = readers.get(j, 0) + 1
+    for i in range(len(nodes)):
+        layer, inputs, key = nodes[i]
+        if not (_channelwise(layer) and len(inputs) == 1 and inputs[0] > 0 and readers.get(inputs[0]) == 1):
+            continue
+        concat, parts, concat_key = nodes[inputs[0] - 1]
+        if not isinstance(concat, L.FanInConcat):
+            continue
+        new = []
+        for j in parts:
+            nodes.append([layer, (j,), f"{key}.{len(new)}"])
+            new.append(len(nodes))
+        joined = L.FanInConcat()
+        joined.origin = getattr(concat, "origin", None)
+        nodes[i] = [joined, tuple(new), key]
+    return nodes
+
+
+def _monotone(layer) -> bool:
+    if isinstance(layer, L.LeakyRelu):
+        return layer.a >= 0
+    return type(layer) in MONOTONE
 
 
 def _refuse_shared_weights(graph: fx.Graph, modules: dict) -> None:
@@ -389,20 +520,17 @@ def _refuse_shared_weights(graph: fx.Graph, modules: dict) -> None:
                 "use one module per call")
 
 
-def _validate(term: _Term, graph: fx.Graph, shapes: dict, permutation) -> None:
-    """Check the architecture step by step on the example's shape, naming the torch node where it fails."""
+def _validate(nodes: list, names: list, shapes: dict, permutation) -> None:
+    """Check the architecture node by node on the example's shape, naming the torch node where it fails."""
     shape = shapes["input"]
     if permutation is not None:
         shape = tuple(shape[i] for i in permutation)
-    spec, ctx = Spec(tuple(shape[1:])), Context()
-    targets = {n.name: n.target for n in graph.nodes}
-    for key, layer, _ in term.steps:
-        try:
-            spec = layer.infer(spec, ctx)
-        except ValueError as e:
-            where = targets.get(key, key)
-            named = key if where == key or not isinstance(where, str) else f"{key} ({where})"
-            raise UnsupportedModuleError(f"torch node {named}: {e}") from None
+    if not nodes:
+        return
+    try:
+        L.ValueGraph(nodes, names).infer(Spec(tuple(shape[1:])), Context())
+    except ValueError as e:
+        raise UnsupportedModuleError(str(e)) from None
 
 
 class TorchInputOrder(L.Serial):

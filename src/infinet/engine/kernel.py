@@ -40,6 +40,8 @@ class Kernel:
         nngp_se, ntk_se: standard errors of nngp and ntk when the network has sampled layers (layers
             without closed forms, :mod:`infinet.sampling`), else None.
         sampling: the replicate a tile computes, for sampled layers (set by the tile engine), or None.
+        law: how the value arises, where its joint law with other values is needed (:mod:`infinet.engine.laws`),
+            or None (a Gaussian value, or a value no later layer combines with a correlated one).
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -58,6 +60,7 @@ class Kernel:
     nngp_se: Tensor | None = None
     ntk_se: Tensor | None = None
     sampling: object = field(default=None, compare=False, repr=False)
+    law: object = field(default=None, compare=False, repr=False)
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)

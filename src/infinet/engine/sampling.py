@@ -42,6 +42,9 @@ from ..core.stats import mean_and_stderr
 #: points per replicate and replicates, unless a layer says otherwise
 DEFAULT_SAMPLES = 256
 DEFAULT_REPLICATES = 8
+#: replicates of a network whose values' joint laws are drawn (:mod:`infinet.engine.laws`): draws of products
+#: of values are heavy-tailed, and with 16 replicates the standard error's own error is small (t with 15 dof)
+LAW_REPLICATES = 16
 #: evaluation points (pairs x samples x dimension) per chunk, to bound memory
 CHUNK = 1 << 22
 
@@ -54,6 +57,8 @@ class SamplingState:
     seed: int
     replicate: int
     calls: int = 0
+    #: values carry their joint laws (:mod:`infinet.engine.laws`): the network combines correlated values
+    laws: bool = False
 
     def next_seed(self) -> int:
         """A 63-bit seed for the next sampled layer application of this replicate."""
@@ -95,14 +100,21 @@ def check_whole_batch(layer, symmetric: bool, tile_size: int | None, n: int, mas
                          "statistics")
 
 
-def plan(layer) -> tuple[int, int] | None:
-    """(replicates, seed) for a network with sampled layers (``sampled = True``): the largest
-    ``replicates`` among them and a seed combining theirs; None when nothing is sampled."""
+def plan(layer, input_shape=None) -> tuple[int, int, bool] | None:
+    """(replicates, seed, laws) for a network with sampled layers (``sampled = True``) or, for inputs of
+    per-example ``input_shape``, values whose joint law is drawn (:mod:`infinet.engine.laws`): the largest
+    ``replicates`` among the sampled layers (else ``DEFAULT_REPLICATES``; at least ``LAW_REPLICATES`` with
+    laws), a seed combining theirs, and
+    whether laws are drawn; None when nothing is sampled."""
     found = [part for part in _parts(layer) if getattr(part, "sampled", False)]
-    if not found:
+    laws = input_shape is not None and layer.draws_laws(tuple(int(s) for s in input_shape))
+    if not found and not laws:
         return None
     seed = int.from_bytes(hashlib.blake2b(repr([p.seed for p in found]).encode(), digest_size=8).digest(), "little")
-    return max(p.replicates for p in found), seed >> 1
+    replicates = max([p.replicates for p in found] or [DEFAULT_REPLICATES])
+    return (max(replicates, LAW_REPLICATES) if laws else replicates), seed >> 1, laws
+
+
 
 
 def normal_points(n: int, dim: int, seed: int, dtype: torch.dtype, device) -> Tensor:
@@ -129,6 +141,17 @@ def psd_sqrt(cov: Tensor) -> Tensor:
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     values, vectors = torch.linalg.eigh(cov)
     return (vectors * values.clamp(min=0.0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
+
+
+def root(cov: Tensor) -> Tensor:
+    """A matrix R with R R^T = cov for one symmetric PSD matrix: the Cholesky factor where it exists (an order of
+    magnitude faster than an eigendecomposition at the sizes of a batch's positions), else :func:`psd_sqrt`
+    (singular covariances). For sampling N(0, cov) as z R^T, where no symmetry of the root is needed."""
+    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    factor, info = torch.linalg.cholesky_ex(cov)
+    if int(info.max()) == 0 and bool(torch.isfinite(factor).all()):
+        return factor
+    return psd_sqrt(cov)
 
 
 def joint_samples(c11: Tensor, c12: Tensor, c22: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import fused, sampling
+from . import fused, laws, sampling
 from .tiles import (  # noqa: F401  (NonFiniteKernelError and tile_ranges: importable from here, as before)
     MemorySink, NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar,
     tile_part, tile_ranges,
@@ -73,7 +73,7 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
     k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
-    replicates = sampling.plan(layer)
+    replicates = sampling.plan(layer, x1.shape[1:])
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
     if trace is not None:
@@ -83,13 +83,13 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
     return out if trace is None else trace.finish(out)
 
 
-def _replicated(layer, k: Kernel, replicates: int, seed: int) -> Kernel:
+def _replicated(layer, k: Kernel, replicates: int, seed: int, laws: bool = False) -> Kernel:
     """The kernel of a network with sampled layers (:mod:`infinet.sampling`): the mean of ``replicates``
     independent estimates, each with its own points in every sampled layer, and the standard errors of
     the mean in nngp_se and ntk_se."""
     outs = []
     for r in range(replicates):
-        out = fit_layout(apply_kernel(layer, k.replace(sampling=sampling.SamplingState(seed, r)), False), False)
+        out = fit_layout(apply_kernel(layer, k.replace(sampling=sampling.SamplingState(seed, r, laws=laws)), False), False)
         require_vector_output(out)
         outs.append(out)
     nngp, nngp_se = sampling.replicate_statistics([o.nngp for o in outs])
@@ -138,15 +138,23 @@ def choose_tile_size(tile_size: int | None, max_memory: int | None, entries_per_
     return max(1, min(cap, math.isqrt(budget // (BYTES_PER_ENTRY * entries_per_pair))))
 
 
+#: draws tensors (values and tangents of both members, and a layer's work on them) alive per kernel entry
+LAW_TENSORS = 6
+
+
 def spatial_cost(layer, input_shape: tuple[int, ...], masked: bool = False) -> tuple[int, bool]:
     """(kernel entries per pair of examples at the input, full layout?): 1 for vectors; S for feature
     maps of S positions in the diagonal layout, S^2 when the architecture needs the full one (pooling,
-    or padded inputs)."""
+    or padded inputs); times the draws a network with joint laws keeps per entry (:mod:`infinet.engine.laws`)."""
+    draws = laws.DRAWS * LAW_TENSORS if layer.draws_laws(tuple(input_shape)) else 1
     if len(input_shape) < 2:
-        return 1, False
+        return draws, False
     positions = math.prod(input_shape[1:])
     full = bool(layer.needs_full(False)) or masked
-    return (positions**2 if full else positions), full
+    entries = positions**2 if full else positions
+    if draws > 1:  # joint laws: a few tensors of DRAWS draws per entry (engine.laws)
+        entries *= draws
+    return entries, full
 
 
 def _expand(k: Kernel, inverse1: Tensor | None, inverse2: Tensor | None) -> Kernel:
@@ -269,6 +277,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
             return x
         return torch.cat([x.reshape(len(x), -1)] + [p.reshape(len(x), -1).to(x.dtype) for p in parts], 1)
 
+    if masks is not None and layer.draws_laws(tuple(x1.shape[1:])):
+        raise ValueError("the network combines correlated values (their joint law is drawn, infinet.engine.laws); "
+                         "padding masks are not supported there: compute sequences of one length at a time")
     batch = sampling.whole_batch(layer)
     if batch:  # batch statistics: the whole batch, repeated rows included, is one tile
         sampling.check_whole_batch(layer, symmetric, tile_size, len(x1), masks is not None, patterns is not None)
@@ -287,7 +298,7 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     if _replay_pays(layer, x1, None if symmetric else x2, masks, patterns, len(tasks), size):
         replay = _Replay(symmetric, len(rows), len(cols))
         tasks = replay.order(tasks)
-    sink = MemorySink(plan, need_ntk, sampling.plan(layer) is not None, dtype, x1.device)
+    sink = MemorySink(plan, need_ntk, sampling.plan(layer, x1.shape[1:]) is not None, dtype, x1.device)
 
     def work(task):
         if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)
@@ -327,6 +338,8 @@ def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles:
     rho = 1 exactly) and less work recording (about 2 (N1 + N2) kernels of one example) than it saves
     (N1 N2 (1 / rows + 1 / columns) per tile, one self-covariance per example of each tile)."""
     if x1.ndim < 3 or n_tiles < 2 or masks is not None or patterns is not None or not replays_variances(layer):
+        return False
+    if sampling.plan(layer, x1.shape[1:]) is not None:  # replicates recompute self-covariances per replicate
         return False
     if x2 is None:
         return True

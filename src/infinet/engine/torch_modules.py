@@ -34,11 +34,15 @@ def _infinet_module(m: nn.Module) -> Layer | None:
     from .layers.recurrent import RecurrentModule
     from .layers.attention import AttentionModule
     from .layers.sequence import ReverseModule
+    from .layers.values import ValueGraphModule
 
     if isinstance(m, GraphModel):
         return _infinet_module(m.network)
     if isinstance(m, SerialModule):
         return L.serial(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
+    if isinstance(m, ValueGraphModule):
+        return L.ValueGraph([[_convert_module(step, f"steps.{i}", "pytorch"), list(inputs)]
+                             for i, (step, inputs) in enumerate(zip(m.steps, m.inputs))])
     if isinstance(m, ParallelModule):
         return L.parallel(*[_convert_module(child, name, "pytorch") for name, child in m.named_children()])
     if isinstance(m, FanOutModule):
@@ -86,8 +90,10 @@ def _conv_padding(m, where: str) -> str:
     odd = all((d * (k - 1)) % 2 == 0 for k, d in zip(m.kernel_size, m.dilation))
     if (pad == "same" or (pad == same and odd)) and all(s == 1 for s in m.stride):
         return "CIRCULAR" if circular else "SAME"
-    raise UnsupportedModuleError(f"{where} ({type(m).__name__}): padding {m.padding} with stride {m.stride} has no "
-                                 "counterpart; use padding=0 (VALID), or 'same' / (kernel_size - 1) // 2 with stride 1")
+    if not circular and not isinstance(pad, str):
+        return pad  # PyTorch's zeros on each side, any stride (ResNet's stem: 7x7, stride 2, padding 3)
+    raise UnsupportedModuleError(f"{where} ({type(m).__name__}): circular padding {m.padding} with stride {m.stride} "
+                                 "has no counterpart; use circular padding (kernel_size - 1) // 2 with stride 1")
 
 
 _ELEMENTWISE = {nn.ReLU: L.Relu, nn.Tanh: L.Tanh, nn.Sigmoid: L.Sigmoid, nn.SiLU: L.Silu}
@@ -122,6 +128,12 @@ ARGUMENTS: dict[type, frozenset] = {
     **{c: frozenset({"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"})
        for c in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)},
     **{c: frozenset({"output_size"}) for c in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)},
+    **{c: frozenset({"kernel_size", "stride", "padding", "ceil_mode"}) for c in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
+    **{c: frozenset({"num_features", "eps", "momentum", "affine", "track_running_stats", "bias"})
+       for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+    nn.Upsample: frozenset({"size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"}),
+    **{c: frozenset({"input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+                     "args", "kwargs"}) for c in (nn.GRU, nn.LSTM)},
     nn.Flatten: frozenset({"start_dim", "end_dim"}),
     nn.Dropout: frozenset({"p"}),
     nn.Identity: frozenset({"args", "kwargs"}),
@@ -193,11 +205,22 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
         w, b = _affine_stds(m.weight, m.bias, m.in_channels * size, init, m.out_channels * size)
         return L.ConvTranspose(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding="VALID",
                                dilation=tuple(m.dilation), w_std=w, b_std=b, parameterization="standard")
+    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+        dilation = m.dilation if isinstance(m.dilation, tuple) else (m.dilation,)
+        if any(d != 1 for d in dilation) or m.return_indices:
+            raise UnsupportedModuleError(f"{where} ({name}): dilation and return_indices have no counterpart")
+        pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
+        padding = "VALID" if all(p == 0 for p in pad) and not m.ceil_mode else (
+            m.padding if isinstance(m.padding, int) else tuple(m.padding))
+        return L.MaxPool(m.kernel_size, stride=m.stride if m.stride is not None else m.kernel_size, padding=padding,
+                         ceil_mode=bool(m.ceil_mode))
     if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
-        if any(p != 0 for p in pad) or m.ceil_mode:
-            raise UnsupportedModuleError(f"{where} ({name}): only padding=0 without ceil_mode has a counterpart")
-        pool = L.AvgPool(m.kernel_size, stride=m.stride, padding="VALID")
+        if m.ceil_mode or (any(p != 0 for p in pad) and not m.count_include_pad):
+            raise UnsupportedModuleError(f"{where} ({name}): ceil_mode, and padding with count_include_pad=False, have "
+                                         "no counterpart (the divisor would change with the position)")
+        padding = "VALID" if all(p == 0 for p in pad) else (m.padding if isinstance(m.padding, int) else tuple(pad))
+        pool = L.AvgPool(m.kernel_size, stride=m.stride, padding=padding)
         divisor = getattr(m, "divisor_override", None)
         if divisor is None:
             return pool
@@ -208,9 +231,12 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
     if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
         size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
         if any(s != 1 for s in size):
-            raise UnsupportedModuleError(f"{where} ({name}): only output size 1 (global average pooling) has a "
-                                         "counterpart")
+            return L.AdaptiveAvgPool(m.output_size)
         return _KeepDims(L.GlobalAvgPool())
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return _batch_norm(m, where, init)
+    if isinstance(m, nn.Upsample):
+        return L.Interpolate(m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor)
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise UnsupportedModuleError(f"{where} (Flatten): only start_dim=1, end_dim=-1 has a counterpart")
@@ -220,20 +246,21 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
     if isinstance(m, nn.Identity):
         return L.Identity()
     if isinstance(m, nn.LayerNorm):
+        affine = None
         if m.elementwise_affine:
-            raise UnsupportedModuleError(f"{where} (LayerNorm): its elementwise affine parameters add terms to the NTK "
-                                         "that infinet's LayerNorm does not model; use elementwise_affine=False")
-        return _LayerNormShape(tuple(m.normalized_shape), m.eps, where)
+            affine = _affine(m.weight, m.bias, 1.0, init, where)
+        return _LayerNormShape(tuple(m.normalized_shape), m.eps, where, affine)
     if isinstance(m, nn.RNN):
         return _rnn(m, where, init)
-    if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+    if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
+                      nn.TransformerDecoder, nn.Transformer)):
         raise UnsupportedModuleError(
             f"{where} ({name}): torch's attention scales logits by 1/sqrt(d), and with softmax that limit has no closed "
-            "form (Hron et al. 2020: only the IDENTITY mechanism does); write the model with "
+            "form (Hron et al. 2020: the logits stay random); its sampled kernel is planned as infinet's "
+            "ScaledDotProductAttention layer (the transformers issue). Until then write the model with "
             "infinet.GlobalSelfAttention (1/d scaling, neural-tangents' semantics)")
     if isinstance(m, (nn.GRU, nn.LSTM)):
-        raise UnsupportedModuleError(f"{where} ({name}): gated recurrent layers have no closed-form limit; their "
-                                     "kernels by Gaussian sampling per layer are planned (Yang 2019, Tensor Programs I)")
+        return _gated(m, where, init)
     if isinstance(m, nn.Sequential):
         return L.serial(*[_convert_module(child, f"{where}.{n}", init) for n, child in m.named_children()])
     raise UnsupportedModuleError(f"{where} ({name}) has no infinite-width counterpart in infinet")
@@ -271,10 +298,68 @@ class _KeepDims:
 
 
 class _LayerNormShape:
-    """Marker: nn.LayerNorm over its trailing ``normalized_shape``, resolved once the input rank is known."""
+    """Marker: nn.LayerNorm over its trailing ``normalized_shape``, resolved once the input rank is known, and
+    its elementwise affine parameters (an :class:`~infinet.layers.affine.ElementwiseAffine`, or None)."""
 
-    def __init__(self, shape: tuple[int, ...], eps: float, where: str):
-        self.shape, self.eps, self.where = shape, eps, where
+    def __init__(self, shape: tuple[int, ...], eps: float, where: str, affine=None):
+        self.shape, self.eps, self.where, self.affine = shape, eps, where, affine
+
+
+def _affine(weight, bias, scale: float, init: str, where: str):
+    """The affine parameters of a normalization (gamma, beta): at torch's initialization gamma = 1 and beta = 0;
+    with init='parameters' this module's own, which must then be equal over channels with beta = 0."""
+    trainable = weight.requires_grad or (bias is not None and bias.requires_grad)
+    value = 1.0
+    if init == "parameters":
+        w = weight.detach().double()
+        if not bool((w == w.flatten()[0]).all()) or (bias is not None and bool(bias.detach().ne(0).any())):
+            raise UnsupportedModuleError(f"{where}: affine parameters that differ between channels (or a nonzero "
+                                         "bias) have no counterpart; the limit is taken at their initialization "
+                                         "(weight 1, bias 0)")
+        value = float(w.flatten()[0])
+    return L.ElementwiseAffine(value, scale, bias=bias is not None, trainable=bool(trainable))
+
+
+def _batch_norm(m, where: str, init: str) -> Layer:
+    """BatchNorm in training mode (or without running statistics): the sampled layer over the batch the kernel is
+    computed for; in eval mode an affine map from its running statistics, equal over channels (at
+    initialization, mean 0 and variance 1). Its affine parameters, if any, follow with their NTK terms."""
+    batch = m.training or not m.track_running_stats
+    if batch:
+        if m.affine:
+            _affine(m.weight, m.bias, 1.0, init, where)  # refuses parameters away from their initialization
+        return L.BatchNorm(eps=m.eps, affine=bool(m.affine))
+    mean, var = m.running_mean.detach().double(), m.running_var.detach().double()
+    if bool(mean.ne(0).any()) or not bool((var == var[0]).all()):
+        raise UnsupportedModuleError(f"{where} ({type(m).__name__}): eval mode with running statistics that differ "
+                                     "between channels (or a nonzero mean) has no counterpart; the limit is taken at "
+                                     "initialization (running mean 0, variance 1)")
+    scale = 1.0 / math.sqrt(float(var[0]) + m.eps)
+    if not m.affine:
+        return L.Scale(scale)
+    return _affine(m.weight, m.bias, scale, init, where)
+
+
+def _gated(m, where: str, init: str) -> "_RNNLayers":
+    """nn.GRU / nn.LSTM as infinet's sampled gated layers returning sequences (NNGP; their NTK is not yet
+    computed). torch draws every weight and both biases from U(-1/sqrt(H), 1/sqrt(H)): w_std = 1/sqrt(3),
+    u_std = sqrt(d / (3H)) and b_std = 1/sqrt(3H), each gate adding b_ih + b_hh (gate_bias_terms=2)."""
+    if getattr(m, "proj_size", 0):
+        raise UnsupportedModuleError(f"{where} (LSTM): proj_size has no counterpart")
+    if init != "pytorch":
+        raise UnsupportedModuleError(f"{where} ({type(m).__name__}): init='parameters' is not supported for gated "
+                                     "layers; their limit is taken at PyTorch's initialization")
+    cls = L.GRU if isinstance(m, nn.GRU) else L.LSTM
+    out, d, h = [], m.input_size, m.hidden_size
+    for layer in range(m.num_layers):
+        cells = [cls(h, w_std=1.0 / math.sqrt(3.0), u_std=math.sqrt(d / (3.0 * h)),
+                     b_std=(1.0 / math.sqrt(3.0 * h)) if m.bias else None, return_sequence=True, gate_bias_terms=2)
+                 for _ in range(2 if m.bidirectional else 1)]
+        out.append(L.bidirectional(*cells) if m.bidirectional else cells[0])
+        if m.dropout and m.training and layer < m.num_layers - 1:
+            out.append(L.Dropout(m.dropout))
+        d = h * (2 if m.bidirectional else 1)
+    return _RNNLayers(L.serial(*out), m.batch_first, m.num_layers, m.bidirectional)
 
 
 def _rnn(m: nn.RNN, where: str, init: str) -> Layer:

@@ -269,7 +269,7 @@ def kernel_to_store(
     tile = check_tile_size(DEFAULT_TILE if tile_size is None else tile_size)
     _check_device(device)  # here, before any task: the workers' devices are only known on the workers
     path = str(path)
-    meta = _metadata(net, x1, x2, names, dtype, tile, (masks, patterns), sampling.plan(net) is not None)
+    meta = _metadata(net, x1, x2, names, dtype, tile, (masks, patterns), sampling.plan(net, x1.shape[1:]) is not None)
     group = _open(path, meta)
     symmetric = x2 is None
     bad = check_store(path, group, checksums=True)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import fused, gaussian
+from .. import fused, gaussian, laws
 from ..kernel import Kernel
 from .base import Context, Function, Layer, Spec, with_shape
 from ...core.checks import check_int
@@ -57,20 +57,33 @@ class Activation(Layer):
     def _args(self) -> tuple:
         return ()
 
+    keeps_law = True  # see infinet.engine.laws
+
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
         if not spec.gaussian:
-            raise ValueError(
-                f"{self!r} needs a Gaussian input at infinite width: put a Dense (or other random affine) "
-                "layer before it, not another nonlinearity, a FanInProd or FanInConcat, or the raw input"
-            )
-        return with_shape(spec, spec.shape, gaussian=False, fresh=None)
+            if not spec.drawable:
+                raise ValueError(
+                    f"{self!r} needs a Gaussian input at infinite width, or a known function of Gaussian values: "
+                    "put a Dense (or other random affine) layer before it, not a pooling, a FanInConcat, "
+                    "a normalization or the raw input")
+            ctx.need_draws()  # a nonlinearity of a non-Gaussian value: its law is drawn (infinet.engine.laws)
+        return with_shape(spec, spec.shape, gaussian=False, fresh=None, drawable=True)
+
+    def pointwise(self, u: Tensor, need_derivative: bool) -> tuple[Tensor, Tensor | None]:
+        """(phi(u), phi'(u)): the activation on draws of its input (:mod:`infinet.engine.laws`)."""
+        return self.value_and_derivative(u, need_derivative)
 
     def kernel_fn(self, k: Kernel) -> Kernel:
+        if k.law is not None and not k.law.gaussian:  # a non-Gaussian input: apply phi to its draws
+            return laws.drawn_kernel(k, laws.map_draws(k.law.draws(k), self), k.law.roots)
         var1, var2 = k.pair_variances()
         nngp, ntk = self.step(k.nngp, k.ntk, var1, var2)
         new_var1, new_var2 = k.map_self(lambda c, a, b: self.step(c, None, a, b)[0], self.diagonal)
-        return k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
+        out = k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
+        if k.sampling is not None and k.sampling.laws:  # a later layer may need this value's law
+            out = out.replace(law=laws.MapLaw(laws.law_of(k), self))
+        return out
 
     def step(self, cov: Tensor, ntk: Tensor | None, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor | None]:
         """(E[phi(u) phi(v)], E[phi'(u) phi'(v)] x ntk): the layer's elementwise work on a tile (ntk None:

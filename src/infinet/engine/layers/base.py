@@ -12,6 +12,7 @@ layer implements three small pure methods over streams:
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Union
 
@@ -37,6 +38,10 @@ class Spec:
         reaching it from before them (an activation, normalization or pooling of a random layer's
         output keeps its ``own``): at infinite width it is independent of any value that does not
         depend on those layers (zero-mean only when ``fresh``). None when it has no such layers.
+    drawable: the value's joint law with the other values is known (a coordinatewise function of jointly
+        Gaussian values, built by activations, scalings, sums and products: :mod:`infinet.engine.laws`),
+        so that a nonlinearity or a join with a correlated value may follow. Layers that do not keep it
+        true drop it (:func:`with_shape` resets it unless told).
     """
 
     shape: tuple[int, ...] | None
@@ -44,6 +49,12 @@ class Spec:
     fresh: frozenset[int] | None = None
     ancestry: frozenset[int] = field(default_factory=frozenset)
     own: frozenset[int] | None = None
+    drawable: bool = False
+
+    @property
+    def law_known(self) -> bool:
+        """Gaussian, or a known function of Gaussian values (its kernel with others may be drawn)."""
+        return self.gaussian or self.drawable
 
 
 Stream = Union[Spec, tuple]
@@ -56,6 +67,11 @@ class Context:
     def __init__(self, generator: torch.Generator | None = None):
         self._tokens = itertools.count()
         self.generator = generator
+        self.draws = False  # set when the kernel needs joint laws by draws (infinet.engine.laws)
+
+    def need_draws(self) -> None:
+        """Record that the network's kernel draws joint laws of values (so the tile engine runs replicates)."""
+        self.draws = True
 
     def token(self) -> int:
         return next(self._tokens)
@@ -71,6 +87,9 @@ def describe(layer_name: str, stream) -> str:
     if isinstance(stream, tuple):
         return f"{layer_name} expects one input but got {len(stream)} branches; join them with FanInSum, FanInConcat or FanInProd"
     return ""
+
+
+_DRAWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class Layer:
@@ -103,6 +122,17 @@ class Layer:
     def _single(self, stream) -> None:
         if isinstance(stream, tuple):
             raise ValueError(describe(repr(self), stream))
+
+    def draws_laws(self, input_shape: tuple[int, ...]) -> bool:
+        """Whether, on inputs of per-example ``input_shape``, the kernel draws joint laws of values
+        (:mod:`infinet.engine.laws`): the network combines correlated values or applies a nonlinearity to a
+        non-Gaussian one. Its inference says so; remembered per shape."""
+        known = _DRAWS.setdefault(self, {})
+        if input_shape not in known:
+            ctx = Context()
+            self.infer(Spec(input_shape), ctx)
+            known[input_shape] = ctx.draws
+        return known[input_shape]
 
     # -- user-facing API -------------------------------------------------------------------------
     def check(self, input_shape: Iterable[int] | None) -> Stream:
@@ -179,6 +209,9 @@ def as_layer(obj) -> Layer:
 
 
 def with_shape(spec: Spec, shape: tuple[int, ...] | None, **changes) -> Spec:
+    """``spec`` with a new shape and ``changes``; ``drawable`` is dropped unless given (a layer keeps a
+    known joint law only by saying so)."""
+    changes.setdefault("drawable", False)
     return replace(spec, shape=shape, **changes)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..apply import apply_kernel, fit_layout
+from .. import laws
 from .base import Context, Layer, Spec, as_layer
 from ...core.checks import check_int
 
@@ -51,6 +52,8 @@ class Serial(Layer):
     """
 
     masking = "own"  # each part applies its own policy
+
+    keeps_law = True  # its parts decide (infinet.engine.laws)
 
     replays_variances = True  # see infinet.engine.apply.replays_variances
 
@@ -127,6 +130,8 @@ class Identity(Layer):
 
     replays_variances = True  # see infinet.engine.apply.replays_variances
 
+    keeps_law = True
+
     def __repr__(self) -> str:
         return "Identity()"
 
@@ -146,6 +151,8 @@ class Parallel(Layer):
     masking = "own"
 
     replays_variances = True  # see infinet.engine.apply.replays_variances
+
+    keeps_law = True
 
     def __init__(self, layers: Sequence[Layer]):
         if not layers:
@@ -215,11 +222,21 @@ class FanOut(Layer):
     def needs_full(self, full_out):
         return any(full_out) if isinstance(full_out, tuple) else full_out
 
+    keeps_law = True
+
     def kernel_fn(self, k):
-        return (k,) * self.n
+        return (shared(k),) * self.n
 
     def module(self, spec, ctx) -> nn.Module:
         return FanOutModule(self.n)
+
+
+def shared(k):
+    """``k`` for a value read by several layers: where joint laws are drawn (:mod:`infinet.engine.laws`), a
+    Gaussian value gets a law of its own, so that all its readers draw it the same."""
+    if k.law is None and k.sampling is not None and k.sampling.laws:
+        return k.replace(law=laws.GaussianLaw(k))
+    return k
 
 
 class FanOutModule(nn.Module):
@@ -238,15 +255,23 @@ class _FanIn(Layer):
 
     op = ""
 
+    keeps_law = True  # FanInSum and FanInProd track joint laws; FanInConcat drops them (its kernel_fn)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def _check(self, stream) -> tuple:
+    def _check(self, stream, ctx: Context | None = None) -> tuple:
         if not isinstance(stream, tuple):
             raise ValueError(f"{self!r} joins branches but got a single input; use FanOut and parallel first")
         for i in range(len(stream)):
             for j in range(i + 1, len(stream)):
-                self._check_independent(stream, i, j)
+                try:
+                    self._check_independent(stream, i, j)
+                except ValueError:
+                    if not all(b.law_known for b in stream):
+                        raise
+                    # correlated known functions of Gaussian values: their joint law is drawn (infinet.engine.laws)
+                    (ctx or Context()).need_draws()
         return stream
 
     #: the Spec field naming the random layers that make a branch independent of another: "fresh" (a sum
@@ -266,8 +291,9 @@ class _FanIn(Layer):
         origin = getattr(self, "origin", None)  # where a converted model's join sits (from_torch sets it)
         raise ValueError(
             f"{self!r}{'' if origin is None else f' ({origin})'}: branches {i} and {j} are correlated "
-            f"({self.missing}); their joint kernel needs moments across branches that the infinite-width calculus "
-            "here does not track. Put a Dense layer into one of them"
+            f"({self.missing}), and one of them is not a known function of Gaussian values (it passed through "
+            "pooling, a concatenation, a normalization, or is the raw input), so their joint law is unknown. "
+            "Put a Dense layer into one of them"
         )
 
     def _joined(self, branches, shape) -> Spec:
@@ -277,7 +303,8 @@ class _FanIn(Layer):
         if all(b.own is not None for b in branches):
             own = frozenset().union(*(b.own for b in branches))
         ancestry = frozenset().union(*(b.ancestry for b in branches))
-        return Spec(shape, gaussian=self._gaussian(branches), fresh=fresh, ancestry=ancestry, own=own)
+        return Spec(shape, gaussian=self._gaussian(branches), fresh=fresh, ancestry=ancestry, own=own,
+                    drawable=all(b.law_known for b in branches))
 
     def _gaussian(self, branches) -> bool:
         return all(b.gaussian for b in branches)
@@ -296,10 +323,13 @@ class FanInSum(_FanIn):
     replays_variances = True  # sums same-position variances as well as full ones
 
     def infer(self, spec, ctx):
-        branches = self._check(spec)
+        branches = self._check(spec, ctx)
         return self._joined(branches, _same_shapes(self, branches))
 
     def kernel_fn(self, ks):
+        return _joint(ks, "sum", self._moments)
+
+    def _moments(self, ks):
         first = ks[0]
         var1 = sum(k.var1 for k in ks)
         return first.replace(
@@ -321,9 +351,10 @@ class FanInProd(_FanIn):
     """
 
     def infer(self, spec, ctx):
-        branches = self._check(spec)
+        branches = self._check(spec, ctx)
         joined = self._joined(branches, _same_shapes(self, branches))
-        return Spec(joined.shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry, own=joined.own)
+        return Spec(joined.shape, gaussian=False, fresh=joined.fresh, ancestry=joined.ancestry, own=joined.own,
+                    drawable=joined.drawable)
 
     # a product needs independent branches, not zero-mean ones (e.g. Dense > Relu in one branch, Dense > Erf
     # in the other, whatever else each has passed through since)
@@ -332,6 +363,9 @@ class FanInProd(_FanIn):
                "sharing their only random layer")
 
     def kernel_fn(self, ks):
+        return _joint(ks, "product", self._moments)
+
+    def _moments(self, ks):
         first = ks[0]
         ntk = None
         if first.ntk is not None:
@@ -368,7 +402,7 @@ class FanInConcat(_FanIn):
         return None
 
     def infer(self, spec, ctx):
-        branches = self._check(spec)
+        branches = self._check(spec, ctx)
         shapes = [b.shape for b in branches]
         shape = None
         if not any(s is None for s in shapes):
@@ -388,6 +422,7 @@ class FanInConcat(_FanIn):
         first = ks[0]
         var1 = mix(lambda k: k.var1)
         return first.replace(
+            law=None,  # not one value: the features of each branch have their own law
             nngp=mix(lambda k: k.nngp),
             ntk=None if first.ntk is None else mix(lambda k: k.ntk),
             var1=var1,
@@ -398,6 +433,22 @@ class FanInConcat(_FanIn):
     def module(self, spec, ctx) -> nn.Module:
         self._check(spec)
         return _Join("concat")
+
+
+def _joint(ks, how: str, moments):
+    """A sum or product of branches: ``moments(ks)``, the closed form, where the branches' laws allow it (for a
+    sum, each pair independent with one zero-mean Gaussian member; for a product, independent branches), else
+    the moments of their joint draws (:mod:`infinet.engine.laws`)."""
+    first = ks[0]
+    if first.sampling is None or not first.sampling.laws:
+        return moments(ks)
+    parts = [laws.law_of(k) for k in ks]
+    pairs = [(a, b) for i, a in enumerate(parts) for b in parts[i + 1:]]
+    closed = all(laws.independent([a, b]) and (how == "product" or a.gaussian or b.gaussian) for a, b in pairs)
+    if closed:
+        return moments(ks).replace(law=(laws.SumLaw if how == "sum" else laws.ProductLaw)(parts))
+    draws = laws.combine([p.draws(k) for p, k in zip(parts, ks)], how)
+    return laws.drawn_kernel(first, draws, frozenset().union(*(p.roots for p in parts)))
 
 
 class _Join(nn.Module):

@@ -48,6 +48,8 @@ class Conv(Layer):
 
     replays_variances = True  # see infinet.engine.apply.replays_variances
 
+    fresh_output = True  # independent of every value before it (infinet.engine.laws)
+
     def __init__(
         self,
         out_channels: int,
@@ -87,13 +89,16 @@ class Conv(Layer):
         ks = sp.as_tuple(self.kernel_size, n, f"{name} kernel_size (one per spatial dimension of {shape})")
         ss = sp.as_tuple(self.stride, n, f"{name} stride")
         ds = sp.as_tuple(self.dilation, n, f"{name} dilation")
+        pads = sp.axis_paddings(self.padding, n, repr(self))
+        if self.transpose and not all(isinstance(p, str) for p in pads):
+            raise ValueError(f"{self!r}: transposed convolutions take padding 'SAME' or 'VALID'")
         out = []
-        for size, k, s, d in zip(shape[1:], ks, ss, ds):
+        for size, k, s, d, pad in zip(shape[1:], ks, ss, ds, pads):
             if self.transpose:
-                before, n_out = sp.transpose_amounts(size, k, s, d, self.padding, repr(self))
+                before, n_out = sp.transpose_amounts(size, k, s, d, pad, repr(self))
                 out.append((k, s, d, before, n_out, n_out))
             else:
-                before, after, n_out = sp.padding_amounts(size, k, s, d, self.padding, repr(self))
+                before, after, n_out = sp.padding_amounts(size, k, s, d, pad, repr(self))
                 out.append((k, s, d, before, after, n_out))
         return out
 

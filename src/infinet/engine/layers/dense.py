@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from .. import laws
 from ..kernel import Kernel
 from .base import Context, Layer, Spec, with_shape
 from ...core.checks import check_int
@@ -85,6 +86,8 @@ class Dense(Layer):
     masking = "positionwise"
 
     replays_variances = True  # see infinet.engine.apply.replays_variances
+
+    fresh_output = True  # independent of every value before it (infinet.engine.laws)
 
     def __init__(
         self,
@@ -280,6 +283,8 @@ class Scale(Layer):
 
     masking = "positionwise"
     replays_variances = True
+    keeps_law = True  # see infinet.engine.laws
+    linear = True  # a Gaussian law stays Gaussian
 
     def __init__(self, c: float):
         if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c):
@@ -295,10 +300,15 @@ class Scale(Layer):
             return with_shape(spec, spec.shape, gaussian=False, fresh=None, own=None)
         return spec
 
+    def pointwise(self, u: Tensor, need_derivative: bool) -> tuple[Tensor, float]:
+        """(c u, c): the scaling on draws of its input (:mod:`infinet.engine.laws`)."""
+        return self.c * u, self.c
+
     def kernel_fn(self, k: Kernel) -> Kernel:
         c2 = self.c**2
         var1, var2 = k.map_variances(lambda v: c2 * v)
-        return k.replace(nngp=k.nngp * c2, ntk=None if k.ntk is None else k.ntk * c2, var1=var1, var2=var2)
+        out = k.replace(nngp=k.nngp * c2, ntk=None if k.ntk is None else k.ntk * c2, var1=var1, var2=var2)
+        return out if k.law is None else out.replace(law=laws.MapLaw(k.law, self))
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())

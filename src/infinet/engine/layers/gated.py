@@ -68,9 +68,13 @@ class _Gated(Layer):
     sampled = True  # replicates for standard errors (infinet.sampling.plan)
 
     def __init__(self, width: int = 512, w_std: float = 1.0, u_std: float = 1.0, b_std: float | None = None,
-                 return_sequence: bool = False, samples: int = 2048, replicates: int = 4, seed: int = 0):
+                 return_sequence: bool = False, samples: int = 2048, replicates: int = 4, seed: int = 0,
+                 gate_bias_terms: int = 1):
         name = type(self).__name__
         check_int(width, f"{name} width")
+        if gate_bias_terms not in (1, 2) or isinstance(gate_bias_terms, bool):
+            raise ValueError(f"{name} gate_bias_terms must be 1 or 2 (PyTorch's b_ih + b_hh), got {gate_bias_terms!r}")
+        self.gate_bias_terms = gate_bias_terms
         if not isinstance(return_sequence, bool):
             raise TypeError(f"{name} return_sequence must be True or False, got {return_sequence!r}")
         sampling.check_options(name, samples, replicates, seed)
@@ -83,7 +87,8 @@ class _Gated(Layer):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.width}, w_std={std_repr(self.w_std)}, u_std={std_repr(self.u_std)}, "
                 f"b_std={std_repr(self.b_std)}, return_sequence={self.return_sequence!r}, samples={self.samples}, "
-                f"replicates={self.replicates}, seed={self.seed})")
+                f"replicates={self.replicates}, seed={self.seed}"
+                + ("" if self.gate_bias_terms == 1 else f", gate_bias_terms={self.gate_bias_terms}") + ")")
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
@@ -214,10 +219,9 @@ class _Gated(Layer):
             out[:, :t + 1, :, t, :] = current.permute(0, 2, 3, 1)
         return out
 
-    @staticmethod
-    def _covariance(kind, k_row, h_row, u2, w2, b2):
-        if kind == "gate":
-            return u2 * k_row + w2 * h_row + b2
+    def _covariance(self, kind, k_row, h_row, u2, w2, b2):
+        if kind == "gate":  # PyTorch's gates add two biases, b_ih and b_hh (gate_bias_terms=2)
+            return u2 * k_row + w2 * h_row + b2 * self.gate_bias_terms
         if kind == "input":
             return u2 * k_row + b2
         return w2 * h_row + b2  # "hidden"
@@ -324,7 +328,7 @@ class GatedModule(nn.Module):
                 if kind in ("gate", "hidden"):
                     a = a + h @ w_hh[g].T
                 if bias is not None:
-                    a = a + bias[g]
+                    a = a + bias[g] * (math.sqrt(layer.gate_bias_terms) if kind == "gate" else 1.0)
                 pre.append(a)
             h, cell = layer._step(torch.stack(pre), h, cell)
             states.append(h)

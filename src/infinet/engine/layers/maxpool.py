@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import sampling
+from .. import laws, sampling
 from ..kernel import Kernel
 from . import spatial as sp
 from .activations import Activation
+from .affine import ElementwiseAffine, ElementwiseAffineModule
 from .base import Context, Spec, with_shape
 from .pooling import _Pool
 
@@ -48,10 +49,17 @@ class MaxPool(_Pool):
 
     sampled = True  # the tile engine runs replicates for standard errors (infinet.sampling.plan)
 
-    def __init__(self, window, stride=None, padding: str = "VALID", activation: Activation | None = None,
+    allows_ceil = True
+
+    def __init__(self, window, stride=None, padding="VALID", activation: Activation | None = None,
                  samples: int = sampling.DEFAULT_SAMPLES, replicates: int = sampling.DEFAULT_REPLICATES,
-                 seed: int = 0):
-        super().__init__(window, stride, padding)
+                 seed: int = 0, ceil_mode: bool = False, affine: ElementwiseAffine | None = None):
+        super().__init__(window, stride, padding, ceil_mode)
+        if affine is not None and not isinstance(affine, ElementwiseAffine):
+            raise TypeError(f"{type(self).__name__} affine must be an infinet ElementwiseAffine, got {affine!r}")
+        if affine is not None and affine.gain <= 0:
+            raise ValueError(f"{type(self).__name__}: an affine map before the maximum must have a positive gain")
+        self.affine = affine
         if activation is not None and not isinstance(activation, Activation):
             raise TypeError(f"{type(self).__name__} activation must be an infinet activation such as Relu(), "
                             f"got {activation!r}")
@@ -61,7 +69,13 @@ class MaxPool(_Pool):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.window!r}, stride={self.stride!r}, padding={self.padding!r}, "
                 f"activation={self.activation!r}, samples={self.samples}, replicates={self.replicates}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}{self._extra()}{'' if self.affine is None else f', affine={self.affine!r}'})")
+
+    def with_activation(self, activation: Activation | None, affine: ElementwiseAffine | None = None) -> "MaxPool":
+        """The same pooling after ``affine`` (the affine parameters of a normalization) and followed by
+        ``activation``, both inside its expectation."""
+        return type(self)(self.window, self.stride, self.padding, activation, self.samples, self.replicates, self.seed,
+                          self.ceil_mode, affine)
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         if not spec.gaussian:
@@ -70,7 +84,7 @@ class MaxPool(_Pool):
                 f"non-decreasing activation, Conv > Relu > {type(self).__name__} is Conv > "
                 f"{type(self).__name__}(..., activation=Relu())")
         out = super().infer(spec, ctx)
-        return with_shape(out, out.shape, gaussian=False, fresh=None)
+        return with_shape(out, out.shape, gaussian=False, fresh=None, drawable=True)  # its law: MaxPoolLaw
 
     # -- windows ---------------------------------------------------------------------------------------
     def windows(self, spatial: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[int, ...]]:
@@ -105,20 +119,38 @@ class MaxPool(_Pool):
     # -- kernel ----------------------------------------------------------------------------------------
     plans_layout = True  # told whether its output must keep every position pair (infinet.engine.apply)
 
+    keeps_law = True  # its output's law is drawn from its input's kernel (MaxPoolLaw)
+
     def kernel_fn(self, k: Kernel, full_out: bool = True) -> Kernel:
         """The sampled transform. Where the next layer needs only same-position pairs (Flatten, Dense,
         elementwise layers before them), only the output pairs (o, o) are sampled: O instead of O^2 window
         pairs per pair of examples."""
         if not k.full:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (internal layout error)")
+        if self.affine is not None:  # the value the maximum reads: gain u (its parameter terms in _expect)
+            g2 = self.affine.gain ** 2
+            k = k.replace(nngp=g2 * k.nngp, ntk=None if k.ntk is None else g2 * k.ntk, var1=g2 * k.var1,
+                          var2=g2 * k.var2)
+        state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
+        if k.sampling is not None and k.sampling.laws:  # a later layer may need the law: its draws give the moments
+            draws = self._run(k, full_out, self._points(k, laws.DRAWS // 2, state), laws.generator(k))
+            out = k.replace(shape=(k.shape[0],) + draws.out_spatial, full=full_out)
+            return laws.drawn_kernel(out, draws, laws.law_of(k).roots)
+        return self._run(k, full_out, self._points(k, self.samples, state), None)
+
+    def _points(self, k: Kernel, n: int, state) -> Tensor:
+        w = self.windows(k.spatial)[0].shape[1]
+        z = sampling.normal_points(n, 2 * w, state.next_seed(), k.var1.dtype, k.var1.device)
+        return sampling.swap_symmetric(z, w)
+
+    def _run(self, k: Kernel, full_out: bool, z: Tensor, gen: torch.Generator | None):
+        """The pooled kernel over the points ``z`` (``gen`` None), or (``gen`` given) the draws of the pooled
+        value at every entry, tangents drawn with ``gen`` (:mod:`infinet.engine.laws`)."""
         spatial = k.spatial
         index, valid, out_spatial = self.windows(spatial)
         dev = k.var1.device
         index, valid = index.to(dev), valid.to(dev)
         p, (o, w) = math.prod(spatial), index.shape
-        state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
-        z = sampling.normal_points(self.samples, 2 * w, state.next_seed(), k.var1.dtype, dev)
-        z = sampling.swap_symmetric(z, w)
 
         def flat(t, lead):
             return t.reshape(*t.shape[:lead], p, p)
@@ -129,15 +161,16 @@ class MaxPool(_Pool):
         def own_blocks(t):  # (..., P, P) -> (..., O, w, w): the window of o against itself
             return t[..., index[:, :, None], index[:, None, :]]
 
-        def expect(c11, c12, c22, ok_a, ok_b, theta):
-            """E[g g'] (and the NTK term) for flat (B, w, w) covariance blocks, in chunks."""
-            out_k, out_t = [], []
-            for part in sampling.chunks(len(c12), self.samples * 4 * w * w):
-                kk, tt = self._expect(c11[part], c12[part], c22[part], ok_a[part], ok_b[part],
-                                      None if theta is None else theta[part], z)
-                out_k.append(kk)
-                out_t.append(tt)
-            return torch.cat(out_k), (None if theta is None else torch.cat(out_t))
+        def expect(c11, c12, c22, ok_a, ok_b, theta, shape):
+            """E[g g'] (and the NTK term) for flat (B, w, w) covariance blocks, in chunks; or their draws."""
+            outs = []
+            for part in sampling.chunks(len(c12), len(z) * 4 * w * w):
+                outs.append(self._expect(c11[part], c12[part], c22[part], ok_a[part], ok_b[part],
+                                         None if theta is None else theta[part], z, gen))
+            parts = [None if outs[0][i] is None else torch.cat([x[i] for x in outs]) for i in range(len(outs[0]))]
+            if gen is None:
+                return [None if t is None else t.reshape(shape) for t in parts]
+            return [None if t is None else t.T.reshape(len(z), *shape) for t in parts]  # draws first
 
         v1 = flat(k.var1, 1)
         v2 = v1 if k.var2 is k.var1 else flat(k.var2, 1)
@@ -150,47 +183,59 @@ class MaxPool(_Pool):
             c22 = own2[None, :, None, :].expand(a, b, o, o, w, w).reshape(-1, w, w)
             ok_a = valid[None, None, :, None].expand(a, b, o, o, w).reshape(-1, w)
             ok_b = valid[None, None, None, :].expand(a, b, o, o, w).reshape(-1, w)
-            nngp, ntk = expect(c11, blocks(flat(k.nngp, 2)).reshape(-1, w, w), c22, ok_a, ok_b,
-                               None if theta is None else blocks(theta).reshape(-1, w, w))
-            shape = (a, b) + out_spatial * 2
+            cross = expect(c11, blocks(flat(k.nngp, 2)).reshape(-1, w, w), c22, ok_a, ok_b,
+                           None if theta is None else blocks(theta).reshape(-1, w, w), (a, b) + out_spatial * 2)
         else:  # the same position o in both members only
             c11 = own1[:, None].expand(a, b, o, w, w).reshape(-1, w, w)
             c22 = own2[None].expand(a, b, o, w, w).reshape(-1, w, w)
             ok = valid[None, None].expand(a, b, o, w).reshape(-1, w)
-            nngp, ntk = expect(c11, own_blocks(flat(k.nngp, 2)).reshape(-1, w, w), c22, ok, ok,
-                               None if theta is None else own_blocks(theta).reshape(-1, w, w))
-            shape = (a, b) + out_spatial
+            cross = expect(c11, own_blocks(flat(k.nngp, 2)).reshape(-1, w, w), c22, ok, ok,
+                           None if theta is None else own_blocks(theta).reshape(-1, w, w), (a, b) + out_spatial)
 
         def self_cov(v, own):  # each example with itself: (n, *So, *So), or (n, *So) on the diagonal
             n = len(v)
             if not full_out:
                 c = own.reshape(-1, w, w)
                 ok = valid[None].expand(n, o, w).reshape(-1, w)
-                return expect(c, c, c, ok, ok, None)[0].reshape(n, *out_spatial)
+                return expect(c, c, c, ok, ok, None, (n, *out_spatial))
             c_own = own[:, :, None].expand(n, o, o, w, w).reshape(-1, w, w)
             c_other = own[:, None, :].expand(n, o, o, w, w).reshape(-1, w, w)
             ok_a = valid[None, :, None].expand(n, o, o, w).reshape(-1, w)
             ok_b = valid[None, None, :].expand(n, o, o, w).reshape(-1, w)
-            return expect(c_own, blocks(v).reshape(-1, w, w), c_other, ok_a, ok_b, None)[0].reshape(
-                n, *out_spatial, *out_spatial)
+            return expect(c_own, blocks(v).reshape(-1, w, w), c_other, ok_a, ok_b, None, (n, *out_spatial, *out_spatial))
 
-        var1 = self_cov(v1, own1)
-        var2 = var1 if v2 is v1 else self_cov(v2, own2)
-        return k.replace(nngp=nngp.reshape(shape), ntk=None if ntk is None else ntk.reshape(shape), var1=var1,
-                         var2=var2, shape=(k.shape[0],) + out_spatial, full=full_out)
+        self1 = self_cov(v1, own1)
+        self2 = self1 if v2 is v1 else self_cov(v2, own2)
+        if gen is not None:
+            pair = lambda d: laws.Pair(*d)  # noqa: E731
+            s1 = pair(self1[:2])
+            draws = laws.Draws(pair(cross), s1, s1 if self2 is self1 else pair(self2[:2]), full_out)
+            draws.out_spatial = out_spatial
+            return draws
+        return k.replace(nngp=cross[0], ntk=cross[1], var1=self1[0], var2=self2[0],
+                         shape=(k.shape[0],) + out_spatial, full=full_out, law=None)
 
-    def _expect(self, c11, c12, c22, ok_a, ok_b, theta, z):
-        """Sample means of g(u) g(u') and of act'(g) act'(g') Theta[a*, b*] over the points ``z``."""
+    def _expect(self, c11, c12, c22, ok_a, ok_b, theta, z, gen=None):
+        """Sample means of g(u) g(u') and of act'(g) act'(g') Theta[a*, b*] over the points ``z``; with ``gen``,
+        the draws themselves: (g, g', t, t') per point, tangents with E[t t'] = act' act' Theta[a*, b*]."""
         ua, ub = sampling.joint_samples(c11, c12, c22, z)  # (B, n, w)
         ua = (self.sign * ua).masked_fill(~ok_a[:, None, :], -math.inf)
         ub = (self.sign * ub).masked_fill(~ok_b[:, None, :], -math.inf)
         ma, ia = ua.max(-1)
         mb, ib = ub.max(-1)
         ga, gb = self._act(self.sign * ma, theta is not None), self._act(self.sign * mb, theta is not None)
-        nngp = (ga[0] * gb[0]).mean(-1)
+        if gen is not None and theta is None:
+            return ga[0], gb[0], None, None
+        nngp = None if gen is not None else (ga[0] * gb[0]).mean(-1)
         if theta is None:
             return nngp, None
         picked = torch.gather(theta.reshape(len(theta), -1), 1, ia * theta.shape[-1] + ib)  # Theta[a*, b*]
+        if self.affine is not None and self.affine.trainable:  # the gamma and beta terms at the two maxima
+            picked = picked + (self.sign * ma) * (self.sign * mb) / self.affine.weight**2 + float(self.affine.bias)
+        if gen is not None:
+            eta = torch.randn(picked.shape[-1], generator=gen, dtype=picked.dtype, device=picked.device)
+            eta = eta * picked.abs().sqrt()  # one number per point, shared by the entries (infinet.engine.laws)
+            return ga[0], gb[0], ga[1] * eta, gb[1] * torch.sign(picked) * eta
         return nngp, (ga[1] * gb[1] * picked).mean(-1)
 
     def _act(self, m: Tensor, need_derivative: bool):
@@ -202,7 +247,7 @@ class MaxPool(_Pool):
     # -- finite module ---------------------------------------------------------------------------------
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         self.infer(spec, Context())
-        return MaxPoolModule(self)
+        return MaxPoolModule(self, None if spec.shape is None else spec.shape[0])
 
 
 class MinPool(MaxPool):
@@ -214,13 +259,16 @@ class MinPool(MaxPool):
 class MaxPoolModule(nn.Module):
     """Finite max (min) pooling of :class:`MaxPool` (:class:`MinPool`), then its activation."""
 
-    def __init__(self, layer: MaxPool):
+    def __init__(self, layer: MaxPool, channels: int | None = None):
         super().__init__()
         self.layer = layer
+        self.affine = None if layer.affine is None else ElementwiseAffineModule(layer.affine, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         layer = self.layer
         geo = layer.geometry(tuple(x.shape[1:]))
+        if layer.affine is not None:
+            x = self.affine(x)
         y = layer.sign * x
         for i, (w, s, before, after, _) in enumerate(geo):
             if layer.padding == "CIRCULAR":

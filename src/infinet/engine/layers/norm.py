@@ -48,7 +48,7 @@ class LayerNorm(Layer):
         self._single(spec)
         if not spec.gaussian:
             raise ValueError(f"{self!r} needs a Gaussian input at infinite width (put it right after Dense or Conv)")
-        return spec
+        return with_shape(spec, spec.shape)
 
     def _scale(self, var: Tensor, k: Kernel) -> Tensor:
         """Per-example normalizer v + eps: (N, *S) per position for 'channels', (N,) + singleton axes otherwise.
@@ -122,6 +122,11 @@ class Dropout(Layer):
 
     def __repr__(self) -> str:
         return f"Dropout({self.rate!r}, train={self.train!r})"
+
+    @property
+    def keeps_law(self) -> bool:
+        """Without dropping anything it is the identity, and keeps its input's law (infinet.engine.laws)."""
+        return not self.train or self.rate == 0
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)

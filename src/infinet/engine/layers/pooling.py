@@ -37,27 +37,42 @@ def _spatial_input(layer, shape, minimum=1):
 
 class _Pool(Layer):
     scale_by_window = True
+    allows_ceil = False  # MaxPool: windows overhanging the input never take their padding as the maximum
 
     replays_variances = True  # see infinet.engine.apply.replays_variances
 
-    def __init__(self, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: str = "VALID"):
+    def __init__(self, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding="VALID",
+                 ceil_mode: bool = False):
         self.window = window
         self.stride = window if stride is None else stride
         for name, value in (("window", self.window), ("stride", self.stride)):
             n = 1 if isinstance(value, int) and not isinstance(value, bool) else len(tuple(value))
             sp.as_tuple(value, n, f"{type(self).__name__} {name}")
         self.padding = sp.check_padding(padding)
+        if not isinstance(ceil_mode, bool):
+            raise TypeError(f"{type(self).__name__} ceil_mode must be True or False, got {ceil_mode!r}")
+        if ceil_mode and not self.allows_ceil:
+            raise ValueError(f"{type(self).__name__}: ceil_mode has no counterpart (PyTorch's divisor for windows that "
+                             "overhang the input differs from the window size)")
+        if ceil_mode and isinstance(self.padding, str):
+            raise ValueError(f"{type(self).__name__}: ceil_mode goes with PyTorch's padding (a number of zeros per "
+                             "side), not with 'SAME', 'VALID' or 'CIRCULAR'")
+        self.ceil_mode = ceil_mode
+
+    def _extra(self) -> str:
+        return ", ceil_mode=True" if self.ceil_mode else ""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.window!r}, stride={self.stride!r}, padding={self.padding!r})"
+        return f"{type(self).__name__}({self.window!r}, stride={self.stride!r}, padding={self.padding!r}{self._extra()})"
 
     def geometry(self, shape):
         _spatial_input(self, shape)
         n = len(shape) - 1
         ws = sp.as_tuple(self.window, n, f"{type(self).__name__} window (one per spatial dimension of {shape})")
         ss = sp.as_tuple(self.stride, n, f"{type(self).__name__} stride")
-        return [(w, s) + sp.padding_amounts(size, w, s, 1, self.padding, repr(self))
-                for size, w, s in zip(shape[1:], ws, ss)]
+        pads = sp.axis_paddings(self.padding, n, repr(self))
+        return [(w, s) + sp.padding_amounts(size, w, s, 1, pad, repr(self), self.ceil_mode)
+                for size, w, s, pad in zip(shape[1:], ws, ss, pads)]
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)

@@ -56,15 +56,18 @@ class ReverseModule(nn.Module):
 
 
 def bidirectional(forward: Recurrent, backward: Recurrent | None = None) -> Layer:
-    """A bidirectional recurrent layer (Schuster and Paliwal 1997): ``forward`` reads the sequence in
+    """A bidirectional recurrent layer (Schuster and Paliwal 1997; Recurrent, GRU or LSTM): ``forward`` reads the sequence in
     order, ``backward`` (default: a layer configured like ``forward``, with its own weights) reads it
     reversed, and their hidden states are concatenated along the channels, the backward states put
     back in time order. With ``return_sequence=False`` each direction gives its final state (the
     backward one has then read the whole sequence from its end to its start), as ``torch.nn.RNN``
     does. Composed from :class:`Reverse`, ``parallel`` and ``FanInConcat``, so finite module and kernel
     follow from those."""
-    if not isinstance(forward, Recurrent) or not (backward is None or isinstance(backward, Recurrent)):
-        raise TypeError("bidirectional takes Recurrent layers")
+    from .gated import _Gated
+
+    kinds = (Recurrent, _Gated)
+    if not isinstance(forward, kinds) or not (backward is None or isinstance(backward, kinds)):
+        raise TypeError("bidirectional takes recurrent layers (Recurrent, GRU, LSTM)")
     backward = forward if backward is None else backward
     if forward.return_sequence != backward.return_sequence:
         raise ValueError("bidirectional: both directions must agree on return_sequence")

@@ -25,18 +25,51 @@ def as_tuple(value, n: int, name: str) -> tuple[int, ...]:
     return items
 
 
-def check_padding(padding: str) -> str:
-    if not isinstance(padding, str) or padding.upper() not in PADDINGS:
-        raise ValueError(f"unknown padding {padding!r}; choose from {PADDINGS}")
-    return padding.upper()
+def check_padding(padding):
+    """'SAME', 'VALID', 'CIRCULAR', or PyTorch's explicit zero padding: an int p (p zeros before and after
+    every spatial axis) or one int per axis (returned as a tuple)."""
+    if isinstance(padding, str):
+        if padding.upper() not in PADDINGS:
+            raise ValueError(f"unknown padding {padding!r}; choose from {PADDINGS} or a number of zeros per side")
+        return padding.upper()
+    items = (padding,) if isinstance(padding, int) else tuple(padding) if isinstance(padding, (list, tuple)) else None
+    if not items or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in items):
+        raise ValueError(f"padding must be one of {PADDINGS}, or a number of zeros per side (an int >= 0 or one per "
+                         f"spatial axis), got {padding!r}")
+    return padding if isinstance(padding, int) else items
 
 
-def padding_amounts(n: int, k: int, stride: int, dilation: int, padding: str, what: str) -> tuple[int, int, int]:
+def axis_paddings(padding, n: int, what: str) -> tuple:
+    """The padding of each of ``n`` spatial axes: the mode string, or PyTorch's zeros per side."""
+    if isinstance(padding, str):
+        return (padding,) * n
+    items = (padding,) * n if isinstance(padding, int) else tuple(padding)
+    if len(items) != n:
+        raise ValueError(f"{what}: padding {padding!r} gives {len(items)} axes, but inputs have {n} spatial axes")
+    return items
+
+
+def padding_amounts(n: int, k: int, stride: int, dilation: int, padding, what: str,
+                    ceil_mode: bool = False) -> tuple[int, int, int]:
     """(pad_before, pad_after, output_size) along one axis of length ``n`` for a window of ``k``
     taps spaced ``dilation`` apart, moved by ``stride``. SAME and CIRCULAR give ceil(n / stride)
     outputs with the total padding split as TensorFlow does (the smaller half before); VALID pads
-    nothing and needs the dilated window to fit."""
+    nothing and needs the dilated window to fit. An int p is PyTorch's: p zeros on each side and
+    floor((n + 2p - span) / stride) + 1 outputs, or with ``ceil_mode`` (pooling) ceil instead of floor,
+    keeping only windows that start inside the input or its left padding (the extra right padding is
+    returned in pad_after)."""
     span = dilation * (k - 1) + 1
+    if not isinstance(padding, str):
+        if n + 2 * padding < span:
+            raise ValueError(f"{what}: window of {k} taps (span {span}) does not fit an input of size {n} with "
+                             f"padding {padding}")
+        if ceil_mode:
+            out = -(-(n + 2 * padding - span) // stride) + 1
+            if (out - 1) * stride >= n + padding:
+                out -= 1
+        else:
+            out = (n + 2 * padding - span) // stride + 1
+        return padding, max(padding, (out - 1) * stride + span - n - padding), out
     if padding == "VALID":
         if span > n:
             raise ValueError(f"{what}: window of {k} taps (span {span} with dilation {dilation}) does not fit "

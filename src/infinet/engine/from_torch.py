@@ -91,7 +91,7 @@ class _Term:
     def __init__(self, builder: _Builder, index: int, kind: str = "tensor", rnn=None):
         self.builder, self.index, self.kind, self.rnn = builder, index, kind, rnn
 
-    def then(self, key: str, layer: Layer, kind: str | None = None, random: frozenset = frozenset()) -> "_Term":
+    def then(self, key: str, layer: Layer, kind: str | None = None) -> "_Term":
         index = self.builder.add(layer, (self.index,), key)
         return _Term(self.builder, index, self.kind if kind is None else kind, self.rnn)
 
@@ -113,18 +113,7 @@ def _scalar(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _random(node: fx.Node, modules: dict) -> frozenset:
-    """The name of ``node`` when it draws randomness (a module with weights, dropout in training), else empty."""
-    if node.op == "call_module":
-        m = modules[node.target]
-        random = any(True for _ in m.parameters()) or (isinstance(m, nn.Dropout) and m.training and m.p > 0)
-        return frozenset({f"{node.target} ({type(m).__name__})"}) if random else frozenset()
-    if node.op == "call_function" and node.target is F.dropout:
-        return frozenset({node.name})
-    return frozenset()
-
-
-def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, shapes: dict, random) -> _Term:
+def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, shapes: dict) -> _Term:
     """The term of a call of a submodule (its layer after ``first``; an RNN starts a recurrent term)."""
     layer = _convert_module(module, where, init)
     if isinstance(layer, _RNNLayers):
@@ -139,7 +128,7 @@ def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, sha
         layer = layer.layer
     elif isinstance(layer, _LayerNormShape):
         layer = _layer_norm(layer, _rank(shapes, node.args[0]))
-    return first.then(node.name, layer, random=random)
+    return first.then(node.name, layer)
 
 
 def _rank(shapes: dict, node) -> int | None:
@@ -203,10 +192,9 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
     args = [terms.get(a) if isinstance(a, fx.Node) else a for a in node.args]
     tensor_args = [a for a in args if isinstance(a, _Term)]
     first = tensor_args[0] if tensor_args else None
-    random = _random(node, modules)
 
     def unary(layer):
-        return first.then(node.name, layer, random=random)
+        return first.then(node.name, layer)
 
     target = node.target
     if node.op in ("call_method", "call_function") and (target in ("size", "dim") or target is getattr
@@ -215,7 +203,7 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
     if first is not None and first.kind != "tensor":
         return _recurrent_output(node, first, where, args)
     if node.op == "call_module":
-        return _module_term(node, first, modules[node.target], where, init, shapes, random)
+        return _module_term(node, first, modules[node.target], where, init, shapes)
     if node.op == "call_function" and target in _FUNCTIONS:
         return unary(_FUNCTIONS[target]())
     if node.op == "call_method" and target in _METHODS:

@@ -134,7 +134,7 @@ class MaxPool(_Pool):
         state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
         if k.sampling is not None and k.sampling.laws:  # a later layer may need the law: its draws give the moments
             draws = self._run(k, full_out, self._points(k, laws.DRAWS // 2, state), laws.generator(k))
-            out = k.replace(shape=(k.shape[0],) + draws.out_spatial, full=full_out)
+            out = k.replace(shape=(k.shape[0],) + self.windows(k.spatial)[2], full=full_out)
             return laws.drawn_kernel(out, draws, laws.law_of(k).roots)
         return self._run(k, full_out, self._points(k, self.samples, state), None)
 
@@ -209,9 +209,7 @@ class MaxPool(_Pool):
         if gen is not None:
             pair = lambda d: laws.Pair(*d)  # noqa: E731
             s1 = pair(self1[:2])
-            draws = laws.Draws(pair(cross), s1, s1 if self2 is self1 else pair(self2[:2]), full_out)
-            draws.out_spatial = out_spatial
-            return draws
+            return laws.Draws(pair(cross), s1, s1 if self2 is self1 else pair(self2[:2]), full_out)
         return k.replace(nngp=cross[0], ntk=cross[1], var1=self1[0], var2=self2[0],
                          shape=(k.shape[0],) + out_spatial, full=full_out, law=None)
 

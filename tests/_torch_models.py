@@ -15,6 +15,8 @@ def gaussian_init(model):
     the first layer on 5 input features, are not Gaussian and give another limit)."""
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, nn.MultiheadAttention):  # xavier-uniform (3E, E) in_proj: Var 2 / (4 E); biases zero
+                m.in_proj_weight.normal_(0, (2 * m.embed_dim) ** -0.5)
             if isinstance(m, (nn.RNN, nn.GRU, nn.LSTM)):
                 for p in m.parameters():
                     p.normal_(0, (3 * m.hidden_size) ** -0.5)
@@ -28,6 +30,9 @@ def gaussian_init(model):
                 m.weight.normal_(0, (3 * fan_in) ** -0.5)
                 if m.bias is not None:
                     m.bias.normal_(0, (3 * fan_in) ** -0.5)
+        for m in model.modules():  # torch zeroes the output map's bias of attention after its Linear init
+            if isinstance(m, nn.MultiheadAttention) and m.out_proj.bias is not None:
+                m.out_proj.bias.zero_()
     return model
 
 

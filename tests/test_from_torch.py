@@ -77,7 +77,7 @@ class RNNModel(nn.Module):
 
     def forward(self, x):
         out, _ = self.rnn(x)
-        return self.fc(out[:, -1])
+        return self.fc(out.mean(1))  # every position: the causal mask changes all but the last
 
 
 CASES = {
@@ -193,9 +193,10 @@ class WithMaxPool(nn.Module):
     (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "grouped convolutions"),
     (nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, padding_mode="circular")), "circular padding"),
     (nn.Sequential(nn.Conv2d(2, 4, 3), nn.AvgPool2d(2, ceil_mode=True)), "ceil_mode"),
-    (nn.Sequential(nn.Embedding(10, 4)), r"0 \(Embedding\)"),
+    (nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)), r"0 \(Embedding\): max_norm"),
     (nn.Sequential(nn.LSTM(3, 4, proj_size=2)), "proj_size"),
-    (nn.Sequential(nn.TransformerEncoderLayer(8, 2)), r"0 \(TransformerEncoderLayer\).*ScaledDotProductAttention"),
+    (nn.Sequential(nn.TransformerEncoderLayer(8, 2)), r"0 \(TransformerEncoderLayer\).*batch_first=True"),
+    (nn.Sequential(nn.TransformerDecoderLayer(8, 2)), r"0 \(TransformerDecoderLayer\).*second input"),
 ])
 def test_modules_without_a_limit_are_named(model, message):
     with pytest.raises(inf.UnsupportedModuleError, match=message):
@@ -234,15 +235,44 @@ def test_parameters_init_reads_the_weights():
     assert first.w_std == pytest.approx(2.0, rel=0.01) and first.b_std == pytest.approx(0.5, rel=0.15)
 
 
-def test_torch_attention_is_refused_with_the_reason():
-    class Attend(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-            self.fc = nn.Linear(8, 1)
+class _Attend(nn.Module):
+    def __init__(self, how="self", width=256):
+        super().__init__()
+        self.how = how
+        self.attn = nn.MultiheadAttention(width, 8, batch_first=True)
+        self.fc, self.other = nn.Linear(width, 1), nn.Linear(width, width)
+        self.register_buffer("mask", torch.ones(4, 4, dtype=torch.bool).triu(1) if how == "causal"
+                             else torch.ones(4, 4, dtype=torch.bool).tril(-1))  # the causal mask, or another
 
-        def forward(self, x):
-            return self.fc(self.attn(x, x, x)[0][:, -1])
+    def forward(self, x):
+        if self.how in ("mask", "causal"):
+            out = self.attn(x, x, x, attn_mask=self.mask, is_causal=self.how == "causal")[0]
+        elif self.how == "cross":
+            y = self.other(x)
+            out = self.attn(x, y, y)[0]
+        else:
+            out = self.attn(x, x, x)[0]
+        return self.fc(out.mean(1))  # every position: the causal mask changes all but the last
 
-    with pytest.raises(inf.UnsupportedModuleError, match=r"attn \(MultiheadAttention\).*GlobalSelfAttention"):
-        inf.from_torch(Attend())
+
+@pytest.mark.parametrize("how", ["self", "causal"])
+def test_torch_attention_is_scaled_dot_product_attention(how):
+    """nn.MultiheadAttention reading (N, L, E) inputs, without a mask or with the causal one: its sampled kernel
+    against Monte Carlo of the torch model (the input layout is the model's own)."""
+    from tests._torch_models import torch_monte_carlo
+    from tests._statistics import max_combined_z
+
+    x = torch.randn(3, 4, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    arch = inf.from_torch(_Attend(how).double(), x)
+    assert "ScaledDotProductAttention(256, 8" in repr(arch) and f"causal={how == 'causal'}" in repr(arch)
+    k = arch.kernel(x)
+    mc = torch_monte_carlo(lambda: _Attend(how), x, n_samples=24)
+    for name in ("nngp", "ntk"):
+        assert max_combined_z(getattr(k, name), getattr(k, name + "_se"), getattr(mc, name),
+                              getattr(mc, name + "_stderr")) < 4, name
+
+
+@pytest.mark.parametrize("how, match", [("mask", "masks"), ("cross", "self-attention")])
+def test_torch_attention_with_masks_or_two_inputs_is_refused(how, match):
+    with pytest.raises(inf.UnsupportedModuleError, match=rf"attn \(MultiheadAttention\).*{match}"):
+        inf.from_torch(_Attend(how, width=8), torch.randn(2, 4, 8))

@@ -206,15 +206,22 @@ class TokenMean(nn.Module):
         return self.fc(self.l(x).mean(-1))
 
 
-@pytest.mark.parametrize("model", [TokenMean(), TokenMLP()], ids=["mean-over-features", "per-token"])
 @pytest.mark.parametrize("with_example", [True, False])
-def test_linear_on_a_tensor_with_several_feature_axes_is_refused(model, with_example):
+def test_a_mean_over_the_channels_of_tokens_is_refused(with_example):
     x = randn(2, 5, 3)
-    # without an example the mean over features is refused for want of the axes' meaning, or the kernel's check
-    # refuses the Linear
-    with pytest.raises(inf.UnsupportedModuleError, match=r"l \(Linear\).*last axis|mean.*example_input"):
-        arch = inf.from_torch(model, x if with_example else None)
-        arch.kernel(x)
+    # with an example the Linear reads (N, L, C) tokens and the mean over their channels has no counterpart;
+    # without, the mean is refused for want of the axes' meaning
+    with pytest.raises(inf.UnsupportedModuleError, match=r"mean.*(no infinite-width counterpart|example_input)"):
+        inf.from_torch(TokenMean(), x if with_example else None).kernel(x)
+
+
+def test_a_linear_on_tokens_is_a_per_token_layer_and_without_an_example_is_refused():
+    x = randn(3, 5, 3)
+    make = lambda: TokenMLP(width=256)  # noqa: E731
+    arch = inf.from_torch(make().double(), x)  # the example shows the Linear reads (N, L, C): channels last
+    assert_within_standard_errors(arch.kernel(x), torch_monte_carlo(make, x, n_samples=48))
+    with pytest.raises(inf.UnsupportedModuleError, match=r"l \(Linear\).*last axis"):
+        inf.from_torch(make()).kernel(x)  # without one, a Linear on several axes is refused
 
 
 # ------------------------------------------------------------------ 4. constructor arguments
@@ -363,6 +370,13 @@ W = 96
 IMAGE, VECTOR, SEQUENCE = (3, 2, 5, 5), (3, 3), (3, 4, 3)
 
 
+def TOKENS(seed):
+    """Three sequences of 4 token indices below 6, two sharing tokens, with the padding token 0 (and 5, the last)."""
+    x = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(seed))
+    x[1, :2], x[2, 0], x[2, 3] = x[0, :2], 0, 5
+    return x
+
+
 class _First(nn.Module):
     """The first of a module's outputs (MaxPool with return_indices)."""
 
@@ -384,6 +398,37 @@ class _LastStep(nn.Module):
     def forward(self, x):
         out, _ = self.rnn(x)
         return out[:, -1]
+
+
+class _SelfAttention(nn.Module):
+    """attn(x, x, x)[0]: an nn.MultiheadAttention used for self-attention."""
+
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x):
+        return self.attention(x, x, x)[0]
+
+
+class _MeanTokens(nn.Module):
+    def forward(self, x):
+        return x.mean(1)
+
+
+def _token_body(module):
+    """Tokens (N, L, 3) projected to W channels by a Linear (torch's acts on the last axis), ``module``, then the
+    mean over tokens."""
+    return nn.Sequential(nn.Linear(3, W), module, _MeanTokens())
+
+
+def _encoder_layer(**kw):
+    return nn.TransformerEncoderLayer(**{"d_model": W, "nhead": 4, "dim_feedforward": W, "dropout": 0.0,
+                                         "batch_first": True, **kw})
+
+
+def _table(kw):
+    return {**kw, "_weight": torch.randn(6, W)} if kw.get("_weight") == "random" else kw
 
 
 def _conv_body(module):
@@ -445,13 +490,31 @@ ARGUMENT_CASES = {
     nn.LSTM: [(kw, lambda kw: _LastStep(nn.LSTM(3, W, batch_first=True, **kw)), SEQUENCE)
               for kw in ({}, {"num_layers": 2}, {"bias": False}, {"bidirectional": True},
                          {"num_layers": 2, "dropout": 0.3}, {"proj_size": 2})],
+    # "_weight": "random", a table of one's own drawn N(0, 1) for each network (what init='pytorch' assumes)
+    nn.Embedding: [(kw, lambda kw: nn.Sequential(nn.Embedding(6, W, **_table(kw)), nn.ReLU(), nn.Flatten()), TOKENS)
+                   for kw in ({"padding_idx": 0}, {"padding_idx": -1}, {"sparse": True}, {"_freeze": True},
+                              {"_weight": "random"}, {"max_norm": 1.0}, {"norm_type": 1.0},
+                              {"scale_grad_by_freq": True})],
+    nn.MultiheadAttention: [(kw, lambda kw: _token_body(_SelfAttention(nn.MultiheadAttention(
+        **{"embed_dim": W, "num_heads": 4, "batch_first": True, **kw}))), SEQUENCE)
+        for kw in ({"bias": False}, {"dropout": 0.2}, {"dropout": 0.2, "eval": True}, {"add_bias_kv": True},
+                   {"add_zero_attn": True}, {"kdim": W}, {"vdim": W}, {"batch_first": False})],
+    nn.TransformerEncoderLayer: [(kw, lambda kw: _token_body(_encoder_layer(**kw)), SEQUENCE)
+                                 for kw in ({"dim_feedforward": 48}, {"dropout": 0.2}, {"activation": "gelu"},
+                                            {"layer_norm_eps": 0.1}, {"norm_first": True}, {"bias": False},
+                                            {"batch_first": False})],
+    nn.TransformerEncoder: [(kw, lambda kw: _token_body(nn.TransformerEncoder(**{"encoder_layer": _encoder_layer(),
+                                                                                 "num_layers": 1, **kw})), SEQUENCE)
+                            for kw in ({"num_layers": 2}, {"norm": nn.LayerNorm(W)}, {"enable_nested_tensor": False},
+                                       {"mask_check": False})],
     nn.AvgPool1d: [(kw, lambda kw: nn.Sequential(nn.Conv1d(2, W, 3, padding=1), nn.ReLU(),
                                                  nn.AvgPool1d(**{"kernel_size": 2, **kw}), nn.Flatten()), (3, 2, 6))
                    for kw in ({"stride": 1}, {"padding": 1}, {"ceil_mode": True}, {"count_include_pad": False})],
 }
 #: arguments that every case sets (sizes): honoured by construction
 STRUCTURAL = {"in_features", "out_features", "in_channels", "out_channels", "kernel_size", "normalized_shape",
-              "device", "dtype", "num_features", "args", "kwargs", "eval", "batch_first", "input_size", "hidden_size"}
+              "device", "dtype", "num_features", "args", "kwargs", "eval", "batch_first", "input_size", "hidden_size",
+              "num_embeddings", "embedding_dim", "embed_dim", "num_heads", "d_model", "nhead", "encoder_layer"}
 
 
 def test_the_argument_cases_enumerate_every_constructor_argument():
@@ -480,7 +543,7 @@ CASE_IDS = [(cls, i) for cls in ARGUMENT_CASES for i in range(len(ARGUMENT_CASES
 @pytest.mark.parametrize("cls,i", CASE_IDS, ids=[f"{c.__name__}-{i}" for c, i in CASE_IDS])
 def test_every_constructor_argument_is_honoured_or_refused(cls, i):
     kw, build, shape = ARGUMENT_CASES[cls][i]
-    x = randn(*shape, seed=i)
+    x = shape(i) if callable(shape) else randn(*shape, seed=i)
     evaluation = kw.get("eval", False)  # a case of the module in eval mode ("eval" is no constructor argument)
     kw = {key: value for key, value in kw.items() if key != "eval"}
     build_mode = (lambda k: build(k).eval()) if evaluation else build

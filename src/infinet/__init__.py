@@ -80,6 +80,11 @@ from .engine.layers import (
     ElementwiseAffine,
     AdaptiveAvgPool,
     Interpolate,
+    ConcatPositions,
+    Constant,
+    Embedding,
+    FlattenPositions,
+    ScaledDotProductAttention,
     bidirectional,
     parallel,
     repeat,
@@ -95,7 +100,7 @@ from .engine.tiling import compute_kernel, kernel_tile
 _compat.register_loaded()
 
 __all__ = [
-    "ValueGraph", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate",
+    "ValueGraph", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "ConcatPositions", "Constant", "Embedding", "FlattenPositions", "ScaledDotProductAttention",
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "fully_connected", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",

@@ -25,8 +25,11 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
   pooling and shape: AvgPool, SumPool, MaxPool, MinPool (sampled kernels), GlobalAvgPool, GlobalSumPool, Flatten,
     Index (e.g. Index(':, :, -1')), ImageResize, Interpolate (PyTorch's), AdaptiveAvgPool, DotGeneral,
     Scale (a fixed multiple, e.g. Scale(0.5))
+  tokens: Embedding (reads token indices), Constant (a learned tensor: class token, positional embedding),
+    ConcatPositions
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
-  sequences: Recurrent, GRU, LSTM (sampled NNGP), Reverse, bidirectional, GlobalSelfAttention
+  sequences: Recurrent, GRU, LSTM (sampled NNGP), Reverse, bidirectional, GlobalSelfAttention,
+    ScaledDotProductAttention (softmax with 1/sqrt(d) logits, sampled), FlattenPositions
   normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel), ElementwiseAffine (their weight
     and bias)
   activations: Relu, LeakyRelu, ABRelu, Abs, Sign, Erf, Gelu, Sin, Cos, Gaussian, Exp,

@@ -39,8 +39,13 @@ from torch import Tensor, fx, nn
 from . import layers as L
 from .layers.activations import Activation
 from .layers.base import Context, Layer, Spec
+from . import torch_layouts as layouts
+from .torch_graph import _Builder, _join, _Term
+from .torch_rewrites import fold_activations
+from . import torch_sequences as sequences
+from .torch_sequences import recurrent_output
 from .torch_dataflow import InplaceProxy, InplaceRefused, check_dataflow, functionalize, seeded_run
-from .torch_modules import (UnsupportedModuleError, _convert_module, _infinet_module, _KeepDims,  # noqa: F401
+from .torch_modules import (AttentionCall, EncoderCall, UnsupportedModuleError, _convert_module, _infinet_module, _KeepDims,  # noqa: F401
                             _LayerNormShape, _RNNLayers, TorchLinear)
 
 INITS = ("pytorch", "parameters")
@@ -71,49 +76,11 @@ _ARITHMETIC = {operator.add: "add", torch.add: "add", "add": "add", operator.sub
                "div": "div", "truediv": "div"}
 
 
-class _Builder:
-    """The graph of values being read off a torch model: nodes (layer, the values it reads, torch node name);
-    value 0 is the model's input, value i + 1 the output of node i."""
-
-    def __init__(self):
-        self.nodes: list = []
-
-    def add(self, layer: Layer, inputs: tuple, key: str) -> int:
-        self.nodes.append([layer, tuple(inputs), key])
-        return len(self.nodes)
-
-
-class _Term:
-    """The value of an fx node: its index in the graph of values being built. ``kind``: 'tensor' (infinet's
-    layout), 'sequence' (an nn.RNN output, time on axis ``time_axis``), 'rnn' (the (output, h_n) tuple) or
-    'state' (h_n)."""
-
-    def __init__(self, builder: _Builder, index: int, kind: str = "tensor", rnn=None):
-        self.builder, self.index, self.kind, self.rnn = builder, index, kind, rnn
-
-    def then(self, key: str, layer: Layer, kind: str | None = None) -> "_Term":
-        index = self.builder.add(layer, (self.index,), key)
-        return _Term(self.builder, index, self.kind if kind is None else kind, self.rnn)
-
-    @property
-    def time_axis(self) -> int:
-        return 1 if self.rnn.batch_first else 0
-
-
-def _join(terms: list, key: str, fan_in: Layer) -> _Term:
-    """The values ``terms`` joined by ``fan_in``: one node reading them all. Values shared by the branches are
-    the same values of the graph (one value read twice, never two copies with independent weights); the kernel
-    engine gives correlated branches their joint law (:mod:`infinet.engine.laws`)."""
-    fan_in.origin = f"torch node {key}"
-    builder = terms[0].builder
-    return _Term(builder, builder.add(fan_in, tuple(t.index for t in terms), key))
-
-
 def _scalar(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, shapes: dict) -> _Term:
+def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, shapes: dict, terms: dict) -> _Term:
     """The term of a call of a submodule (its layer after ``first``; an RNN starts a recurrent term)."""
     layer = _convert_module(module, where, init)
     if isinstance(layer, _RNNLayers):
@@ -122,6 +89,21 @@ def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, sha
                                          "layout is moved to infinet's N x C x L there)")
         shapes["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
         return _Term(first.builder, first.builder.add(layer.layer, (0,), node.name), "rnn", layer)
+    if isinstance(layer, AttentionCall):
+        source = shapes.get(node.args[0].name) if node.args and isinstance(node.args[0], fx.Node) else None
+        return sequences.attention_term(node, first, layer, terms, None if source is None else source[1])
+    if isinstance(layer, EncoderCall):
+        return sequences.encoder_term(node, first, layer)
+    if isinstance(layer, L.Embedding):
+        if first.index != 0:
+            raise UnsupportedModuleError(f"{where} (Embedding): an nn.Embedding must read the model's input (token "
+                                         "indices) directly")
+        if shapes and len(shapes["input"]) != 2:
+            raise UnsupportedModuleError(f"{where} (Embedding): token indices must have shape (N, L), got "
+                                         f"{shapes['input']}")
+        return first.then(node.name, layer, order=(1, 0))  # torch's (N, L, C): positions, then channels
+    if first.order is not None:
+        return first.then(node.name, _positionwise(layer, first.order, where))
     if isinstance(layer, TorchLinear) and shapes:
         layer.infer(Spec(shapes[node.args[0].name][1:]), Context())  # refuses a Linear on (N, L, C) here
     if isinstance(layer, _KeepDims):
@@ -129,6 +111,22 @@ def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, sha
     elif isinstance(layer, _LayerNormShape):
         layer = _layer_norm(layer, _rank(shapes, node.args[0]))
     return first.then(node.name, layer)
+
+
+def _positionwise(layer, order: tuple, where: str) -> Layer:
+    """A module on a value in another axis order than infinet's ((N, L, C) tokens): torch's Linear and LayerNorm
+    act on the last axis, which must hold the channels; activations and dropout act on each entry."""
+    channels_last = order[-1] == 0
+    if isinstance(layer, TorchLinear) and channels_last:
+        return layer.as_dense()
+    if isinstance(layer, _LayerNormShape) and channels_last and len(layer.shape) == 1:
+        norm = L.LayerNorm("channels", layer.eps)
+        return norm if layer.affine is None else L.serial(norm, layer.affine)
+    if isinstance(layer, (Activation, L.Dropout, L.Identity)):
+        return layer
+    raise UnsupportedModuleError(f"{where}: this module acts on a value whose axes are in torch order {order} "
+                                 "(0 the channels, 1... positions), which has no counterpart here: Linear and "
+                                 "LayerNorm need the channels last; other modules need (N, C, ...) (permute first)")
 
 
 def _rank(shapes: dict, node) -> int | None:
@@ -165,15 +163,19 @@ def _reshape(node: fx.Node, where: str, shapes: dict) -> Layer:
                                  f"x.view(x.size(0), -1), keeps the batch{hint}")
 
 
-def _arithmetic(node, op, args, tensor_args, where, unary) -> _Term:
-    """Sums, differences and products of two values (joins); scalar multiples and quotients (Scale)."""
+def _arithmetic(node, op, args, tensor_args, where, unary, rank=None) -> _Term:
+    """Sums, differences and products of two values (joins); scalar multiples and quotients (Scale); sums with a
+    parameter (a positional embedding: its Constant)."""
     if op in ("add", "sub") and node.kwargs.get("alpha", 1) != 1:
         raise UnsupportedModuleError(f"{where}: torch.{op} with alpha has no counterpart; write a + c * b")
+    if any(isinstance(a, layouts.ParameterTerm) for a in tensor_args) and op not in ("add", "sub"):
+        raise UnsupportedModuleError(f"{where}: a {op} with a parameter used directly has no counterpart (sums and "
+                                     "concatenations have)")
     if len(tensor_args) == 2 and op in ("add", "sub", "mul"):
         a, b = tensor_args
-        if op == "sub":
+        if op == "sub" and isinstance(b, _Term):  # minus a parameter: the same law as plus it
             b = b.then(f"{node.name}.negated", L.Scale(-1.0))
-        return _join([a, b], node.name, L.FanInProd() if op == "mul" else L.FanInSum())
+        return _join([a, b], node.name, L.FanInProd() if op == "mul" else L.FanInSum(), rank)
     if len(tensor_args) == 1:
         c = _scalar(args[1] if isinstance(args[0], _Term) else args[0])
         if op == "mul" and c is not None:
@@ -190,26 +192,39 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
     """The term of one fx node (raises for anything without a counterpart); None for sizes and shapes."""
     where = node.name if node.op != "call_module" else str(node.target)
     args = [terms.get(a) if isinstance(a, fx.Node) else a for a in node.args]
-    tensor_args = [a for a in args if isinstance(a, _Term)]
-    first = tensor_args[0] if tensor_args else None
+    tensor_args = [a for a in args if isinstance(a, (_Term, layouts.ParameterTerm))]
+    values = [a for a in tensor_args if isinstance(a, _Term)]
+    first = values[0] if values else None
+    rank = None if first is None else _value_rank(first, node.args[args.index(first)], shapes)
 
-    def unary(layer):
-        return first.then(node.name, layer)
+    def unary(layer, order="same"):
+        return first.then(node.name, layer, order=order)
 
     target = node.target
     if node.op in ("call_method", "call_function") and (target in ("size", "dim") or target is getattr
-                                                           or (target is operator.getitem and first is None)):
+                                                           or (target is operator.getitem and not tensor_args)):
         return None  # sizes and shapes: read by reshapes, never values of the network
+    if first is None and tensor_args and not (node.op == "call_function" and target in _ARITHMETIC):
+        return layouts.parameter_op(node, tensor_args[0], args, where, _is_batch_size)
     if first is not None and first.kind != "tensor":
-        return _recurrent_output(node, first, where, args)
+        return recurrent_output(node, first, where, args)
     if node.op == "call_module":
-        return _module_term(node, first, modules[node.target], where, init, shapes)
+        return _module_term(node, first, modules[node.target], where, init, shapes, terms)
+    if target in ("permute", "transpose", torch.permute, torch.transpose):
+        return first.reordered(layouts.permuted(first.order, layouts.permute_dims(node, args, rank, where), rank,
+                                                where))
+    if node.op == "call_function" and target is operator.getitem:
+        if rank is None:
+            raise UnsupportedModuleError(f"{where}: indexing a value whose axes are not known; pass example_input "
+                                         "to from_torch")
+        index, order = layouts.index_layer(first.order, args[1], rank, where)
+        return unary(index, order)
     if node.op == "call_function" and target in _FUNCTIONS:
         return unary(_FUNCTIONS[target]())
     if node.op == "call_method" and target in _METHODS:
         return unary(_METHODS[target]())
     if node.op in ("call_function", "call_method") and target in _ARITHMETIC:
-        return _arithmetic(node, _ARITHMETIC[target], args, tensor_args, where, unary)
+        return _arithmetic(node, _ARITHMETIC[target], args, tensor_args, where, unary, rank)
     if node.op == "call_function" and target in (F.leaky_relu,):
         slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
         return unary(L.LeakyRelu(slope))
@@ -221,20 +236,17 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
     if (node.op == "call_function" and target in (torch.flatten,)) or (node.op == "call_method" and target == "flatten"):
         start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
         end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+        if rank is not None and start >= 2 and end in (-1, rank) and first.order is None and start == 2:
+            return unary(L.FlattenPositions())  # the positions as one axis: image patches as tokens
         if start != 1 or end != -1:
             raise UnsupportedModuleError(f"{where}: flatten from dim {start} to {end} has no counterpart (use "
-                                         "start_dim=1, the default end_dim=-1)")
-        return unary(L.Flatten())
+                                         "start_dim=1, the default end_dim=-1, or x.flatten(2) of positions)")
+        return unary(L.Flatten(), None)  # the next layer's i.i.d. weights make the order of features immaterial
     if node.op == "call_method" and target in ("view", "reshape") or (node.op == "call_function"
                                                                         and target is torch.reshape):
-        return unary(_reshape(node, where, shapes))
+        return unary(_reshape(node, where, shapes), None)
     if node.op == "call_function" and target is torch.cat:
-        items = node.args[0]
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        rank = _rank(shapes, items[0]) if items else None
-        if (dim == 1 or (rank is not None and dim % (rank + 1) == 1)) and all(isinstance(a, fx.Node) for a in items):
-            return _join([terms[a] for a in items], node.name, L.FanInConcat())
-        raise UnsupportedModuleError(f"{where}: torch.cat over dim {dim} has no counterpart (channels, dim=1, only)")
+        return _concatenation(node, terms, where, shapes)
     if node.op == "call_function" and target is F.dropout:
         p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
         training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
@@ -243,13 +255,13 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
         size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
         if all(s == 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
             return unary(L.GlobalAvgPool())
-    if node.op == "call_method" and target == "mean" and _rank(shapes, node.args[0]) is not None:
+    if node.op == "call_method" and target == "mean" and rank is not None:
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
-        n = _rank(shapes, node.args[0]) + 1
-        if n > 2 and sorted(d % n for d in dims) == list(range(2, n)) and not node.kwargs.get("keepdim", False):
-            return unary(L.GlobalAvgPool())
-    if node.op == "call_method" and target == "mean" and not shapes:
+        if None not in dims and rank > 1 and not node.kwargs.get("keepdim", False) and sorted(
+                layouts.infinet_axis(first.order, d, rank, where) for d in dims) == list(range(1, rank)):
+            return unary(L.GlobalAvgPool(), None)
+    if node.op == "call_method" and target == "mean" and rank is None:
         raise UnsupportedModuleError(f"{where} (.mean()): pass example_input to from_torch, so that the axes it "
                                      "averages can be told apart (over all positions it is global average pooling)")
     what = node.meta.get("infinet_inplace", node.target)
@@ -258,33 +270,29 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
                                  "infinet")
 
 
-def _recurrent_output(node: fx.Node, term: _Term, where: str, args: list) -> _Term:
-    """Reading an nn.RNN's outputs: its sequence, the last step of it, the final state, a mean over time,
-    and position-wise layers on the sequence (Linear, activations)."""
-    rnn = term.rnn
-    last = L.Index(":, :, -1")
-    if node.op == "call_function" and node.target is operator.getitem:
-        index = args[1]
-        if term.kind == "rnn" and index in (0, 1):
-            return _Term(term.builder, term.index, "sequence" if index == 0 else "state", rnn)
-        if term.kind == "state" and rnn.num_layers == 1 and not rnn.bidirectional and index in (0, -1):
-            return term.then(node.name, last, "tensor")
-        if term.kind == "sequence":
-            items = index if isinstance(index, tuple) else (index,)
-            t = term.time_axis
-            picked = items[t] if len(items) > t else None
-            rest_whole = all(i == slice(None) for j, i in enumerate(items) if j != t)
-            if isinstance(picked, int) and rest_whole and (t == 0 or items[0] == slice(None)):
-                return term.then(node.name, L.Index(f":, :, {picked}"), "tensor")
-    if node.op == "call_method" and node.target == "squeeze" and term.kind == "state":
-        if rnn.num_layers == 1 and not rnn.bidirectional and args[1:] in ([0], []):
-            return term.then(node.name, last, "tensor")
-    if term.kind == "sequence" and node.op == "call_method" and node.target == "mean":
-        dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if dims in (term.time_axis, (term.time_axis,)) and not node.kwargs.get("keepdim", False):
-            return term.then(node.name, L.GlobalAvgPool(), "tensor")
-    raise UnsupportedModuleError(f"{where}: this use of an nn.RNN's {term.kind} has no counterpart; read the output "
-                                 "sequence, its last step (out[:, -1]), a mean over time, or h_n of a one-layer RNN")
+def _value_rank(term: _Term, node, shapes: dict) -> int | None:
+    """The number of axes after the batch of a value (None when not known: no example input)."""
+    rank = _rank(shapes, node)
+    return len(term.order) if rank is None and term.order is not None else rank
+
+
+def _concatenation(node: fx.Node, terms: dict, where: str, shapes: dict) -> _Term:
+    """torch.cat over channels (FanInConcat) or positions (ConcatPositions: a class token before a sequence)."""
+    items = node.args[0]
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    if not all(isinstance(a, fx.Node) for a in items):
+        raise UnsupportedModuleError(f"{where}: torch.cat of values and constants has no counterpart")
+    parts = [terms[a] for a in items]
+    values = [(a, t) for a, t in zip(items, parts) if isinstance(t, _Term)]
+    if not values:
+        raise UnsupportedModuleError(f"{where}: torch.cat of parameters alone has no counterpart")
+    rank = _value_rank(values[0][1], values[0][0], shapes)
+    if rank is None and dim == 1:
+        return _join(parts, node.name, L.FanInConcat())
+    if rank is None:
+        raise UnsupportedModuleError(f"{where}: torch.cat over dim {dim} of values whose axes are not known; pass "
+                                     "example_input to from_torch")
+    return _join(parts, node.name, layouts.concat_layer(values[0][1].order, dim, rank, where), rank)
 
 
 def _layer_norm(marker: _LayerNormShape, input_rank: int | None) -> Layer:
@@ -347,21 +355,25 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
     terms: dict = {}
     builder = _Builder()
     output = None
+    token_input = _token_input(graph, modules, shapes)
     for node in graph.nodes:
         if node.op == "placeholder":
             if terms:
                 raise UnsupportedModuleError(f"{node.name}: models with more than one input have no counterpart")
-            terms[node] = _Term(builder, 0)
+            terms[node] = _Term(builder, 0, order=None if token_input is None else token_input[0])
+            if token_input is not None:
+                shapes["input_permutation"] = token_input[1]
         elif node.op == "output":
             output = node.args[0]
         elif node.op == "get_attr":
-            raise UnsupportedModuleError(f"{node.target}: a parameter or buffer used directly in forward has no "
-                                         "counterpart (use it inside a module)")
+            terms[node] = layouts.parameter(node, work)
         else:
             terms[node] = _node_layer(node, terms, modules, init, shapes)
     if not isinstance(output, fx.Node) or terms.get(output) is None:
         raise UnsupportedModuleError("the model must return one tensor")
     term = terms[output]
+    if not isinstance(term, _Term):
+        raise UnsupportedModuleError("the model returns a parameter, not a value computed from its input")
     if term.kind != "tensor":
         raise UnsupportedModuleError(f"the model returns an nn.RNN's {term.kind}; return a tensor read from it")
     permutation = shapes.get("input_permutation")
@@ -373,6 +385,23 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
         _validate(nodes, names, shapes, permutation)
     layers = _architecture(nodes, names)
     return layers if permutation is None else TorchInputOrder([layers], permutation)
+
+
+def _token_input(graph: fx.Graph, modules: dict, shapes: dict) -> tuple | None:
+    """(axis order, input permutation) when the model reads its input as tokens (N, ..., C), channels last: a
+    Linear on an input with several axes (torch's acts on the last), nn.MultiheadAttention or a transformer
+    encoder reading it directly. The kernel then takes inputs in that layout (:class:`TorchInputOrder`)."""
+    rank = len(shapes["input"]) - 1 if shapes else None
+    for node in graph.nodes:
+        if node.op != "placeholder":
+            continue
+        for user in node.users:
+            module = modules.get(user.target) if user.op == "call_module" else None
+            attention = isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder))
+            if attention or (isinstance(module, nn.Linear) and rank is not None and rank >= 2):
+                r = 2 if rank is None else rank
+                return tuple(range(1, r)) + (0,), (0, r) + tuple(range(1, r))
+    return None
 
 
 def _sampling_options(layer, samples: int | None, replicates: int | None) -> None:
@@ -420,77 +449,6 @@ def _architecture(nodes: list, names: list) -> Layer:
     if all(inputs == [i] for i, (_, inputs) in enumerate(nodes)) and len(reads) == len(set(reads)):
         return L.serial(*[layer for layer, _ in nodes])
     return L.ValueGraph(nodes, names)
-
-
-#: activations with phi(max u) = max phi(u) (non-decreasing), which a max pooling after them may take inside
-MONOTONE = (L.Relu, L.Tanh, L.Sigmoid, L.Erf, L.Softplus, L.Elu)
-
-
-def fold_activations(nodes: list) -> list:
-    """Torch's Conv > ReLU > MaxPool as infinet's Conv > MaxPool(activation=ReLU): for a non-decreasing
-    activation the two orders agree, and a maximum needs Gaussian inputs; likewise a train-mode BatchNorm
-    followed by an activation takes it inside (its output is not Gaussian). Only where the activation's output
-    is read by the pooling (normalization) alone. Folded nodes stay in the list, unread."""
-    nodes = [list(n) for n in nodes]
-    readers: dict = {}
-    for _, inputs, _ in nodes:
-        for j in inputs:
-            readers[j] = readers.get(j, 0) + 1
-    for i, (layer, inputs, key) in enumerate(nodes):
-        if len(inputs) != 1 or inputs[0] == 0 or readers.get(inputs[0]) != 1:
-            continue
-        before, before_inputs, _ = nodes[inputs[0] - 1]
-        if isinstance(layer, L.MaxPool) and layer.activation is None and _monotone(before):
-            affine = None
-            if len(before_inputs) == 1 and before_inputs[0] > 0 and readers.get(before_inputs[0]) == 1:
-                first, first_inputs, _ = nodes[before_inputs[0] - 1]
-                if isinstance(first, L.ElementwiseAffine) and first.gain > 0:  # Conv > BatchNorm > ReLU > MaxPool
-                    affine, before_inputs = first, first_inputs
-            nodes[i] = [layer.with_activation(before, affine), before_inputs, key]
-        elif isinstance(layer, L.MaxPool) and layer.activation is None and isinstance(before, L.BatchNorm) \
-                and before.pool is None:  # train-mode BatchNorm (> ReLU) > MaxPool: the maximum of its draws
-            nodes[i] = [before.with_pool(layer), before_inputs, key]
-        elif isinstance(before, L.BatchNorm) and before.activation is None and before.pool is None \
-                and isinstance(layer, Activation):
-            nodes[i] = [before.with_activation(layer), nodes[inputs[0] - 1][1], key]
-    return _through_concatenations(nodes)
-
-
-#: layers acting on each channel alone, which a concatenation over channels commutes with
-def _channelwise(layer) -> bool:
-    return isinstance(layer, (Activation, L.Scale, L.ElementwiseAffine))
-
-
-def _through_concatenations(nodes: list) -> list:
-    """An activation (or per-channel scaling) of a concatenation over channels as the concatenation of the
-    activation of each part (DenseNet's BatchNorm > ReLU > Conv on concatenated features): the two are equal,
-    and only the second has a kernel (a concatenation is not one Gaussian value). New nodes are appended; the
-    rewritten node reads them."""
-    readers: dict = {}
-    for _, inputs, _ in nodes:
-        for j in inputs:
-            readers[j] = readers.get(j, 0) + 1
-    for i in range(len(nodes)):
-        layer, inputs, key = nodes[i]
-        if not (_channelwise(layer) and len(inputs) == 1 and inputs[0] > 0 and readers.get(inputs[0]) == 1):
-            continue
-        concat, parts, concat_key = nodes[inputs[0] - 1]
-        if not isinstance(concat, L.FanInConcat):
-            continue
-        new = []
-        for j in parts:
-            nodes.append([layer, (j,), f"{key}.{len(new)}"])
-            new.append(len(nodes))
-        joined = L.FanInConcat()
-        joined.origin = getattr(concat, "origin", None)
-        nodes[i] = [joined, tuple(new), key]
-    return nodes
-
-
-def _monotone(layer) -> bool:
-    if isinstance(layer, L.LeakyRelu):
-        return layer.a >= 0
-    return type(layer) in MONOTONE
 
 
 def _refuse_shared_weights(graph: fx.Graph, modules: dict) -> None:

@@ -42,6 +42,8 @@ class Kernel:
         sampling: the replicate a tile computes, for sampled layers (set by the tile engine), or None.
         law: how the value arises, where its joint law with other values is needed (:mod:`infinet.engine.laws`),
             or None (a Gaussian value, or a value no later layer combines with a correlated one).
+        tokens: True for the kernel of token indices, [x_l = x'_l'], that an :class:`~infinet.Embedding` reads
+            (:mod:`infinet.layers.tokens`).
     Transforms never mutate a Kernel; they return a new one (:meth:`replace`).
     """
 
@@ -61,6 +63,7 @@ class Kernel:
     ntk_se: Tensor | None = None
     sampling: object = field(default=None, compare=False, repr=False)
     law: object = field(default=None, compare=False, repr=False)
+    tokens: bool = False
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)

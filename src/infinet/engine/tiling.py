@@ -52,6 +52,21 @@ def aligned(x: Tensor) -> Tensor:
     return x.clone(memory_format=torch.contiguous_format)
 
 
+def token_reader(layer):
+    """The :class:`~infinet.Embedding` that reads a network's input (token indices), or None when the input is features.
+    Raises when an Embedding reads the input beside layers that read it as features, or Embeddings that
+    differ in what they read (their number of tokens, their padding index)."""
+    readers = [r for r in layer.input_layers() if getattr(r, "reads_values", True)]
+    embeddings = [r for r in readers if getattr(r, "reads_tokens", False)]
+    if not embeddings:
+        return None
+    if len(embeddings) < len(readers) or any(not e.same_input(embeddings[0]) for e in embeddings):
+        raise ValueError("the network reads its input both as token indices (Embedding) and otherwise, or with "
+                         "Embeddings of different vocabularies; every layer reading token indices must be an "
+                         "Embedding of the same tokens")
+    return embeddings[0]
+
+
 def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
                 masks: tuple[Tensor, Tensor | None] | None = None,
                 patterns: tuple[Tensor, Tensor | None] | None = None,
@@ -71,8 +86,12 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
     if masks is not None:
         m1, m2 = masks[0], (masks[0] if x2 is None else masks[1])
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
-    full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
-    k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
+    embedding = token_reader(layer)
+    if embedding is not None:  # token indices (N, L): the kernel of their one-hot vectors
+        k = embedding.input_kernel(x1, x2, need_ntk, bool(layer.needs_full(False)))
+    else:
+        full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
+        k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
     replicates = sampling.plan(layer, x1.shape[1:])
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
@@ -147,9 +166,10 @@ def spatial_cost(layer, input_shape: tuple[int, ...], masked: bool = False) -> t
     maps of S positions in the diagonal layout, S^2 when the architecture needs the full one (pooling,
     or padded inputs); times the draws a network with joint laws keeps per entry (:mod:`infinet.engine.laws`)."""
     draws = laws.DRAWS * LAW_TENSORS if layer.draws_laws(tuple(input_shape)) else 1
-    if len(input_shape) < 2:
+    tokens = token_reader(layer) is not None  # (L,) indices: L positions
+    if len(input_shape) < 2 and not tokens:
         return draws, False
-    positions = math.prod(input_shape[1:])
+    positions = math.prod(input_shape if tokens else input_shape[1:])
     full = bool(layer.needs_full(False)) or masked
     entries = positions**2 if full else positions
     if draws > 1:  # joint laws: a few tensors of DRAWS draws per entry (engine.laws)
@@ -251,7 +271,14 @@ def compute_kernel(
     x1 = as_input(x1, "x1", dtype)
     x2 = x1 if symmetric else as_input(x2, "x2", dtype)
     check_pair(x1, x2)
+    embedding = token_reader(layer)
     require_vector_output(layer.check(x1.shape[1:]))
+    if embedding is not None:
+        for x, name in ((x1, "x1"), (x2, "x2")):
+            embedding.check_tokens(x, name)
+        if mask_constant is not None or lengths is not None or lengths2 is not None:
+            raise ValueError("padding masks (mask_constant, lengths) are not supported for token inputs; give the "
+                             "Embedding a padding_idx, whose token is embedded as zero")
     masks = padding_masks(x1, None if symmetric else x2, mask_constant, lengths, lengths2)
     patterns = graph_patterns(x1, None if symmetric else x2, pattern, pattern2)
     if patterns is not None and not any_layer(layer, lambda part: getattr(part, "takes_pattern", False)):

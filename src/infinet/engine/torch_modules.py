@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 
+import torch
 from torch import Tensor, nn
 
 from . import layers as L
@@ -135,6 +136,15 @@ ARGUMENTS: dict[type, frozenset] = {
     **{c: frozenset({"input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
                      "args", "kwargs"}) for c in (nn.GRU, nn.LSTM)},
     nn.Flatten: frozenset({"start_dim", "end_dim"}),
+    # dropout (of the attention weights) only in eval mode; batch_first, kdim, vdim and the extra keys checked in
+    # attention()
+    nn.MultiheadAttention: frozenset({"embed_dim", "num_heads", "bias", "dropout", "batch_first", "kdim", "vdim",
+                                      "add_bias_kv", "add_zero_attn"}),
+    nn.TransformerEncoderLayer: frozenset({"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                                           "layer_norm_eps", "batch_first", "norm_first", "bias"}),
+    nn.TransformerEncoder: frozenset({"encoder_layer", "num_layers", "norm", "enable_nested_tensor", "mask_check"}),
+    # sparse changes how gradients are stored, not what they are
+    nn.Embedding: frozenset({"num_embeddings", "embedding_dim", "padding_idx", "sparse", "_weight", "_freeze"}),
     nn.Dropout: frozenset({"p"}),
     nn.Identity: frozenset({"args", "kwargs"}),
     nn.LayerNorm: frozenset({"normalized_shape", "eps", "elementwise_affine", "bias"}),
@@ -237,6 +247,8 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
         return _batch_norm(m, where, init)
     if isinstance(m, nn.Upsample):
         return L.Interpolate(m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor)
+    if isinstance(m, nn.Embedding):
+        return _embedding(m, where, init)
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise UnsupportedModuleError(f"{where} (Flatten): only start_dim=1, end_dim=-1 has a counterpart")
@@ -252,13 +264,14 @@ def _torch_module(m: nn.Module, where: str, init: str) -> Layer:
         return _LayerNormShape(tuple(m.normalized_shape), m.eps, where, affine)
     if isinstance(m, nn.RNN):
         return _rnn(m, where, init)
-    if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
-                      nn.TransformerDecoder, nn.Transformer)):
-        raise UnsupportedModuleError(
-            f"{where} ({name}): torch's attention scales logits by 1/sqrt(d), and with softmax that limit has no closed "
-            "form (Hron et al. 2020: the logits stay random); its sampled kernel is planned as infinet's "
-            "ScaledDotProductAttention layer (the transformers issue). Until then write the model with "
-            "infinet.GlobalSelfAttention (1/d scaling, neural-tangents' semantics)")
+    if isinstance(m, nn.MultiheadAttention):
+        return AttentionCall(attention(m, where, init), where)
+    if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+        return EncoderCall(m, where, init)
+    if isinstance(m, (nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer)):
+        raise UnsupportedModuleError(f"{where} ({name}): a decoder attends to a second input (the memory); models "
+                                     "with more than one input have no counterpart. Encoders map to "
+                                     "ScaledDotProductAttention")
     if isinstance(m, (nn.GRU, nn.LSTM)):
         return _gated(m, where, init)
     if isinstance(m, nn.Sequential):
@@ -274,6 +287,11 @@ class TorchLinear(L.Dense):
     def __init__(self, *args, where: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.where = where
+
+    def as_dense(self) -> L.Dense:
+        """The same layer on the channels of N x C x ... (for tokens (N, L, C) moved to infinet's layout)."""
+        return L.Dense(self.out_features, w_std=self.w_std, b_std=self.b_std, parameterization="standard",
+                       trainable=self.trainable)
 
     def infer(self, spec, ctx):
         if spec.shape is not None and len(spec.shape) > 1:
@@ -399,3 +417,62 @@ class _RNNLayers:
         self.layer, self.batch_first, self.num_layers, self.bidirectional = layer, batch_first, num_layers, bidirectional
 
 
+
+
+def _embedding(m: nn.Embedding, where: str, init: str) -> Layer:
+    """nn.Embedding: table entries N(0, 1) at torch's initialization; with init='parameters' the rms of this
+    table's rows (the padding row, zero, left out)."""
+    w_std = 1.0
+    if init == "parameters":
+        rows = m.weight.detach()
+        if m.padding_idx is not None:
+            rows = torch.cat([rows[:m.padding_idx], rows[m.padding_idx + 1:]])
+        w_std = float(rows.double().pow(2).mean().sqrt())
+    return L.Embedding(m.num_embeddings, m.embedding_dim, w_std=w_std, padding_idx=m.padding_idx,
+                       trainable=m.weight.requires_grad)
+
+
+def attention(m: nn.MultiheadAttention, where: str, init: str) -> Layer:
+    """nn.MultiheadAttention (self-attention, batch first) as ScaledDotProductAttention in the standard
+    parameterization: at torch's initialization the query, key and value weights are one xavier-uniform
+    (3E, E) matrix, Var = 2 / (E + 3E), so w_std^2 = 1/2, the output map a Linear's (w_std^2 = 1/3), and
+    every bias zero (b_std = 0, trainable: its NTK term 1); with init='parameters' the rms of this module's."""
+    name = type(m).__name__
+    if not m.batch_first:
+        raise UnsupportedModuleError(f"{where} ({name}): batch_first=False reads (L, N, E); construct it with "
+                                     "batch_first=True, so that the batch comes first")
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise UnsupportedModuleError(f"{where} ({name}): kdim / vdim other than embed_dim, add_bias_kv and "
+                                     "add_zero_attn have no counterpart")
+    if m.dropout > 0 and m.training:
+        raise UnsupportedModuleError(f"{where} ({name}): dropout of the attention weights in training mode has no "
+                                     "counterpart; use eval mode or dropout=0")
+    if not all(p.requires_grad for p in m.parameters()):
+        raise UnsupportedModuleError(f"{where} ({name}): frozen attention weights have no counterpart")
+    e, bias = m.embed_dim, m.in_proj_bias is not None
+    stds = [math.sqrt(0.5)] * 3
+    b_std = 0.0 if bias else None
+    w_out, b_out = _affine_stds(m.out_proj.weight, m.out_proj.bias, e, init, e)
+    if init == "pytorch":
+        b_out = 0.0 if bias else None
+    else:
+        stds = [float(block.detach().double().pow(2).mean().sqrt()) * math.sqrt(e)
+                for block in m.in_proj_weight.chunk(3)]
+        b_std = None if not bias else float(m.in_proj_bias.detach().double().pow(2).mean().sqrt())
+    return L.ScaledDotProductAttention(e, m.num_heads, w_std=stds[0], b_std=b_std, w_out_std=w_out, b_out_std=b_out,
+                                       parameterization="standard", w_q_std=stds[0], w_k_std=stds[1], w_v_std=stds[2])
+
+
+class AttentionCall:
+    """Marker: an nn.MultiheadAttention's layer, checked against how it is called (self-attention, no masks)."""
+
+    def __init__(self, layer: Layer, where: str):
+        self.layer, self.where = layer, where
+
+
+class EncoderCall:
+    """Marker: an nn.TransformerEncoderLayer or nn.TransformerEncoder, read as the graph of values it computes
+    (:mod:`infinet.engine.torch_sequences`)."""
+
+    def __init__(self, module: nn.Module, where: str, init: str):
+        self.module, self.where, self.init = module, where, init

@@ -49,15 +49,17 @@ from .position_maps import DotGeneral, ImageResize, Index, Slice
 from .batchnorm import BatchNorm
 from .gated import GRU, LSTM
 from .maxpool import MaxPool, MinPool
-from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
+from .pooling import AvgPool, Flatten, FlattenPositions, GlobalAvgPool, GlobalSumPool, SumPool
 from .recurrent import Recurrent
 from .sequence import Reverse, bidirectional
 from .values import ValueGraph
 from .affine import ElementwiseAffine
 from .resampling import AdaptiveAvgPool, Interpolate
+from .tokens import ConcatPositions, Constant, Embedding
+from .softmax_attention import ScaledDotProductAttention
 
 __all__ = [
-    "ValueGraph", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
+    "ValueGraph", "FlattenPositions", "ScaledDotProductAttention", "ConcatPositions", "Constant", "Embedding", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",

@@ -62,7 +62,7 @@ class ElementwiseAffine(Layer):
             raise ValueError(f"{self!r} needs a Gaussian input at infinite width, or a known function of Gaussian "
                              "values (put it right after the normalization of a Dense or Conv output)")
         # its tangents are correlated with its value (the gamma term): not Gaussian for what follows
-        return with_shape(spec, spec.shape, gaussian=False, drawable=True)
+        return with_shape(spec, spec.shape, gaussian=False, drawable=True, centred=spec.gaussian or spec.centred)
 
     def parameter_terms(self, nngp: Tensor) -> Tensor:
         """The NTK's own terms: scale^2 K (gamma) + 1 (beta)."""

@@ -42,6 +42,9 @@ class Spec:
         Gaussian values, built by activations, scalings, sums and products: :mod:`infinet.engine.laws`),
         so that a nonlinearity or a join with a correlated value may follow. Layers that do not keep it
         true drop it (:func:`with_shape` resets it unless told).
+    centred: the value is zero-mean and Gaussian in its values, though not marked ``gaussian`` because its
+        tangents are correlated with it (the affine parameters of a normalization at initialization, and
+        sums with such values): a LayerNorm may normalize it (:func:`with_shape` resets it unless told).
     """
 
     shape: tuple[int, ...] | None
@@ -50,6 +53,7 @@ class Spec:
     ancestry: frozenset[int] = field(default_factory=frozenset)
     own: frozenset[int] | None = None
     drawable: bool = False
+    centred: bool = False
 
     @property
     def law_known(self) -> bool:
@@ -110,6 +114,11 @@ class Layer:
 
     def module(self, spec: Stream, ctx: Context) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def input_layers(self) -> list:
+        """The layers that read this layer's input directly (for a combinator, those of its first step): the
+        tile engine asks them what the input is (token indices for an :class:`~infinet.Embedding`)."""
+        return [self]
 
     def needs_full(self, full_out):
         """Whether this layer's input kernel must keep every pixel pair (full layout), given whether
@@ -209,10 +218,19 @@ def as_layer(obj) -> Layer:
 
 
 def with_shape(spec: Spec, shape: tuple[int, ...] | None, **changes) -> Spec:
-    """``spec`` with a new shape and ``changes``; ``drawable`` is dropped unless given (a layer keeps a
-    known joint law only by saying so)."""
+    """``spec`` with a new shape and ``changes``; ``drawable`` and ``centred`` are dropped unless given (a layer
+    keeps a known joint law only by saying so)."""
     changes.setdefault("drawable", False)
+    changes.setdefault("centred", False)
     return replace(spec, shape=shape, **changes)
+
+
+def random_output(spec: Spec, ctx: Context, shape: tuple[int, ...] | None) -> Spec:
+    """The spec of a fresh random affine layer's output (Dense, Conv, attention's output map): Gaussian, zero-mean,
+    independent of everything not reading it; the layer's token joins the value's ancestry."""
+    token = ctx.token()
+    return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token},
+                      own=frozenset({token}))
 
 
 class Function(nn.Module):

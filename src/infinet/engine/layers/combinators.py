@@ -63,6 +63,9 @@ class Serial(Layer):
         self.layers = tuple(as_layer(layer) for layer in layers)
         self.n_layers = _total((layer.n_layers for layer in self.layers), "this serial composition")
 
+    def input_layers(self) -> list:
+        return self.layers[0].input_layers() if self.layers else [self]
+
     def needs_full(self, full_out):
         for layer in reversed(self.layers):
             full_out = layer.needs_full(full_out)
@@ -304,7 +307,8 @@ class _FanIn(Layer):
             own = frozenset().union(*(b.own for b in branches))
         ancestry = frozenset().union(*(b.ancestry for b in branches))
         return Spec(shape, gaussian=self._gaussian(branches), fresh=fresh, ancestry=ancestry, own=own,
-                    drawable=all(b.law_known for b in branches))
+                    drawable=all(b.law_known for b in branches),
+                    centred=isinstance(self, FanInSum) and all(b.gaussian or b.centred for b in branches))
 
     def _gaussian(self, branches) -> bool:
         return all(b.gaussian for b in branches)

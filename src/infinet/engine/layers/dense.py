@@ -12,7 +12,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from .. import laws
 from ..kernel import Kernel
-from .base import Context, Layer, Spec, with_shape
+from .base import Context, Layer, Spec, random_output, with_shape
 from ...core.checks import check_int
 
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -117,10 +117,7 @@ class Dense(Layer):
         if spec.shape is not None and len(spec.shape) < 1:
             raise ValueError(f"{self!r} expects inputs of shape (N, features) or (N, C, ...); got per-example "
                              f"shape {spec.shape}")
-        token = ctx.token()
-        shape = None if spec.shape is None else (self.out_features, *spec.shape[1:])
-        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=spec.ancestry | {token},
-                          own=frozenset({token}))
+        return random_output(spec, ctx, None if spec.shape is None else (self.out_features, *spec.shape[1:]))
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         w2 = self.w_std**2

@@ -26,7 +26,9 @@ LAYER_NORM_AXES = ("channels", "channels_space")
 
 class LayerNorm(Layer):
     """Normalize each example over ``axes``: 'channels' (per position; for vectors, all features)
-    or 'channels_space' (channels and all positions). Needs a Gaussian input (after Dense or Conv)."""
+    or 'channels_space' (channels and all positions). Needs a Gaussian input (after Dense or Conv), or a
+    zero-mean one Gaussian in its values (``Spec.centred``: a normalization's affine output, a residual sum with
+    it), whose tangents' correlation with the value enters the NTK only at O(1/width)."""
 
     def __init__(self, axes: str = "channels", eps: float = 1e-12):
         if axes not in LAYER_NORM_AXES:
@@ -46,9 +48,9 @@ class LayerNorm(Layer):
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
-        if not spec.gaussian:
+        if not (spec.gaussian or spec.centred):
             raise ValueError(f"{self!r} needs a Gaussian input at infinite width (put it right after Dense or Conv)")
-        return with_shape(spec, spec.shape)
+        return with_shape(spec, spec.shape, drawable=spec.drawable, centred=spec.centred)
 
     def _scale(self, var: Tensor, k: Kernel) -> Tensor:
         """Per-example normalizer v + eps: (N, *S) per position for 'channels', (N,) + singleton axes otherwise.

@@ -229,3 +229,33 @@ class Flatten(Layer):
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         return nn.Flatten(1)
 
+
+
+class FlattenPositions(Layer):
+    """Merge the positions of N x C x H x W ... into one axis, N x C x (H W ...) (torch's ``x.flatten(2)``: image
+    patches as a sequence of tokens). The kernel is the same numbers with the position axes merged, in the order
+    torch flattens them (row-major)."""
+
+    masking = "refuse"
+
+    def __repr__(self) -> str:
+        return "FlattenPositions()"
+
+    def infer(self, spec: Spec, ctx: Context) -> Spec:
+        self._single(spec)
+        if spec.shape is not None and len(spec.shape) < 2:
+            raise ValueError(f"{self!r} merges positions: inputs N x C x ..., got per-example shape {spec.shape}")
+        shape = None if spec.shape is None else (spec.shape[0], math.prod(spec.shape[1:]))
+        return with_shape(spec, shape)
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        p, full = math.prod(k.spatial), k.full
+
+        def merged(t, lead):
+            return None if t is None else t.reshape(*t.shape[:lead], *((p, p) if full else (p,)))
+
+        return k.replace(nngp=merged(k.nngp, 2), ntk=merged(k.ntk, 2), var1=merged(k.var1, 1),
+                         var2=merged(k.var2, 1), shape=(k.shape[0], p))
+
+    def module(self, spec: Spec, ctx: Context) -> nn.Module:
+        return nn.Flatten(2)

@@ -88,6 +88,9 @@ class ValueGraph(Layer):
                 need[input_index] = bool(need[input_index] or w)
         return need
 
+    def input_layers(self) -> list:
+        return [part for layer, inputs in self.nodes if 0 in inputs for part in layer.input_layers()]
+
     def needs_full(self, full_out):
         return self._needs(full_out)[0]
 

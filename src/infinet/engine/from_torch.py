@@ -87,7 +87,11 @@ def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, sha
         if first.index != 0:
             raise UnsupportedModuleError(f"{where} (RNN): an nn.RNN must read the model's input directly (its "
                                          "layout is moved to infinet's N x C x L there)")
-        shapes["input_permutation"] = (0, 2, 1) if layer.batch_first else (1, 2, 0)
+        permutation = (0, 2, 1) if layer.batch_first else (1, 2, 0)
+        if shapes.get("input_permutation", permutation) != permutation:
+            raise UnsupportedModuleError(f"{where} (RNN): the model's input is read in two layouts (by the RNN and as "
+                                         "tokens by another layer)")
+        shapes["input_permutation"] = permutation
         return _Term(first.builder, first.builder.add(layer.layer, (0,), node.name), "rnn", layer)
     if isinstance(layer, AttentionCall):
         source = shapes.get(node.args[0].name) if node.args and isinstance(node.args[0], fx.Node) else None
@@ -98,13 +102,13 @@ def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, sha
         if first.index != 0:
             raise UnsupportedModuleError(f"{where} (Embedding): an nn.Embedding must read the model's input (token "
                                          "indices) directly")
-        if shapes and len(shapes["input"]) != 2:
+        if shapes.get("input") is not None and len(shapes["input"]) != 2:
             raise UnsupportedModuleError(f"{where} (Embedding): token indices must have shape (N, L), got "
                                          f"{shapes['input']}")
         return first.then(node.name, layer, order=(1, 0))  # torch's (N, L, C): positions, then channels
     if first.order is not None:
         return first.then(node.name, _positionwise(layer, first.order, where))
-    if isinstance(layer, TorchLinear) and shapes:
+    if isinstance(layer, TorchLinear) and shapes.get(node.args[0].name) is not None:
         layer.infer(Spec(shapes[node.args[0].name][1:]), Context())  # refuses a Linear on (N, L, C) here
     if isinstance(layer, _KeepDims):
         layer = layer.layer

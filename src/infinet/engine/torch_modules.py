@@ -472,7 +472,7 @@ class AttentionCall:
 
 class EncoderCall:
     """Marker: an nn.TransformerEncoderLayer or nn.TransformerEncoder, read as the graph of values it computes
-    (:mod:`infinet.engine.torch_sequences`)."""
+    (``infinet.engine.torch_sequences``)."""
 
     def __init__(self, module: nn.Module, where: str, init: str):
         self.module, self.where, self.init = module, where, init

@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+import os
+
+# under pytest-xdist (make test runs one worker per core) each worker computes on one thread: two workers of two
+# threads each on two cores would oversubscribe them
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

@@ -77,7 +77,7 @@ def _done(path):
 
 
 def test_killed_client_resumes_computing_only_missing_tiles(tmp_path):
-    x = data(160)
+    x = data(100)
     np.save(tmp_path / "x.npy", x.numpy())
     code = (f"import numpy as np, torch; from infinet import scale; x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'));"
             f"scale.kernel_to_store({SLOW_SPEC!r}, x, r'{tmp_path / 'k'}', tile_size=20, workers=0)")
@@ -92,17 +92,17 @@ def test_killed_client_resumes_computing_only_missing_tiles(tmp_path):
 
     done = np.asarray(zarr.open_group(str(tmp_path / "k"), mode="r")["done"][...])
     finished = int(np.triu(done).sum())
-    assert 0 < marked and finished < 36  # killed part-way (8 x 8 tiles: 36 to compute)
+    assert 0 < marked and finished < 15  # killed part-way (5 x 5 tiles: 15 to compute)
     resumed = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "k", tile_size=20, workers=0)
-    assert resumed.tiles_skipped == finished and resumed.tiles_computed == 36 - finished
+    assert resumed.tiles_skipped == finished and resumed.tiles_computed == 15 - finished
     clean = scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "clean", tile_size=20, workers=0)
-    assert clean.tiles_computed == 36
+    assert clean.tiles_computed == 15
     for name in ("nngp", "ntk"):
         assert torch.equal(stored(tmp_path / "k", name), stored(tmp_path / "clean", name))
 
 
 def test_killed_worker_is_retried(tmp_path, cluster):
-    x = data(160, seed=1)
+    x = data(100, seed=1)
     result = {}
 
     def job():
@@ -117,7 +117,7 @@ def test_killed_worker_is_retried(tmp_path, cluster):
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
-    assert "report" in result and result["report"].tiles_computed == 36
+    assert "report" in result and result["report"].tiles_computed == 15
     scale.kernel_to_store(SLOW_SPEC, x, tmp_path / "clean", tile_size=20, workers=0)
     for name in ("nngp", "ntk"):
         assert torch.equal(stored(tmp_path / "w", name), stored(tmp_path / "clean", name))

@@ -6,8 +6,9 @@ Finite layer, for X the P x C input (positions flattened, channels last), H head
     Q = X W_Q + b_Q,  K = X W_K + b_K,  V = X W_V + b_V             (per head, d columns each)
     G_h = Q_h K_h^T / sqrt(d),  A_h = softmax(G_h + causal mask),   f(X) = concat_h[A_h V_h] W_O + b_O,
 
-'standard' parameterization (torch's): W_* entries N(0, w_*^2 / fan_in), biases N(0, b_*^2); 'ntk': N(0, 1)
-scaled at use by w_* / sqrt(fan_in) and b_*.
+'standard' parameterization (torch's): the entries of each weight matrix W N(0, w^2 / fan_in) with its own
+standard deviation w (w_q, w_k, w_v, w_out), biases N(0, b^2); 'ntk': N(0, 1) scaled at use by w / sqrt(fan_in)
+and b.
 
 **The limit.** Head width d -> infinity and heads H -> infinity, in either order (Hron, Bahri, Sohl-Dickstein
 and Novak 2020, "Infinite attention", Sec. 3 with d^(-1/2) scaling: the logits converge to a Gaussian process,

@@ -124,8 +124,7 @@ def _positionwise(layer, order: tuple, where: str) -> Layer:
     if isinstance(layer, TorchLinear) and channels_last:
         return layer.as_dense()
     if isinstance(layer, _LayerNormShape) and channels_last and len(layer.shape) == 1:
-        norm = L.LayerNorm("channels", layer.eps)
-        return norm if layer.affine is None else L.serial(norm, layer.affine)
+        return _layer_norm(layer, 1)  # over the channels alone, as over a vector's features
     if isinstance(layer, (Activation, L.Dropout, L.Identity)):
         return layer
     raise UnsupportedModuleError(f"{where}: this module acts on a value whose axes are in torch order {order} "
@@ -240,7 +239,7 @@ def _node_layer(node: fx.Node, terms: dict, modules: dict, init: str, shapes: di
     if (node.op == "call_function" and target in (torch.flatten,)) or (node.op == "call_method" and target == "flatten"):
         start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
         end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
-        if rank is not None and start >= 2 and end in (-1, rank) and first.order is None and start == 2:
+        if rank is not None and start == 2 and end in (-1, rank) and first.order is None:
             return unary(L.FlattenPositions())  # the positions as one axis: image patches as tokens
         if start != 1 or end != -1:
             raise UnsupportedModuleError(f"{where}: flatten from dim {start} to {end} has no counterpart (use "

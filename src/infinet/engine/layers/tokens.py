@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ...core.checks import check_int
 from ..kernel import Kernel
-from .base import Context, Layer, Spec, with_shape
+from .base import Context, Layer, Spec, random_output
 from .combinators import _FanIn
 from .dense import check_std, std_repr
 
@@ -78,10 +78,7 @@ class Embedding(Layer):
             raise ValueError(f"{self!r} reads token indices of shape (N, L); got per-example shape {spec.shape}")
         if spec.ancestry or spec.gaussian:
             raise ValueError(f"{self!r} reads token indices: it must be the network's first layer")
-        token = ctx.token()
-        shape = None if spec.shape is None else (self.embedding_dim, spec.shape[0])
-        return with_shape(spec, shape, gaussian=True, fresh=frozenset({token}), ancestry=frozenset({token}),
-                          own=frozenset({token}))
+        return random_output(spec, ctx, None if spec.shape is None else (self.embedding_dim, spec.shape[0]))
 
     def same_input(self, other) -> bool:
         return (self.num_embeddings, self.padding_idx) == (other.num_embeddings, other.padding_idx)
@@ -177,9 +174,7 @@ class Constant(Layer):
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
-        token = ctx.token()
-        return Spec(self.shape, gaussian=True, fresh=frozenset({token}), ancestry=frozenset({token}),
-                    own=frozenset({token}))
+        return random_output(Spec(None), ctx, self.shape)  # independent of the input: no ancestry of its own
 
     def needs_full(self, full_out):
         return False

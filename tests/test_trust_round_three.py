@@ -233,7 +233,7 @@ def test_stores_take_masks_graphs_and_sampled_layers(tmp_path):
                     workers=0)
     assert np.allclose(zarr.open_group(str(tmp_path / "graphs"))["nngp"][...],
                        gnn.kernel(xg, xg[:3], pattern=graphs, pattern2=graphs[:3]).nngp.numpy(), rtol=1e-12)
-    gru = inf.serial(inf.GRU(8, samples=256), inf.Dense(1))
+    gru = inf.serial(inf.GRU(8, samples=256, estimator="pairs"), inf.Dense(1))
     xs = randn(5, 2, 4, seed=3)
     kernel_to_store(gru, xs, tmp_path / "sampled", get="nngp", tile_size=2, workers=0)
     ref = gru.kernel(xs, get="nngp")
@@ -284,7 +284,18 @@ def test_cli_kernel_of_gated_and_batchnorm_networks(tmp_path):
                   "-o", str(out))
     assert result.exit_code == 0, result.output
     saved = np.load(out)
-    assert "nngp_train_train" in saved and "nngp_se_train_train" in saved and "ntk_train_train" not in saved
+    assert {"nngp_train_train", "nngp_se_train_train", "ntk_train_train", "ntk_se_train_train"} <= set(saved)
+    from types import SimpleNamespace
+
+    from infinet.app.cli import _split_kernels
+
+    gru = inf.parse_spec("GRU(8, samples=64) > Dense(1)")  # the blocks are cut from one draw over both sets
+    ds = SimpleNamespace(x_train=randn(4, 3, 2, seed=4), x_test=randn(2, 3, 2, seed=5), side_train={}, side_test={})
+    blocks = dict(_split_kernels(gru, ds, ("nngp", "ntk"), torch.float64, None, "cpu", None))
+    joint = gru.kernel(torch.cat([ds.x_train, ds.x_test]))
+    for name in ("nngp", "ntk", "ntk_se"):
+        assert torch.equal(getattr(blocks["train_train"](), name), getattr(joint, name)[:4, :4])
+        assert torch.equal(getattr(blocks["test_train"](), name), getattr(joint, name)[4:, :4])
     out = tmp_path / "bn.npz"
     result = _cli("kernel", "-a", "Dense(16) > BatchNorm(activation=Relu()) > Dense(1)", "-d", "breast_cancer",
                   "--n-train", "12", "--n-test", "4", "-o", str(out))

@@ -343,8 +343,9 @@ def solve(
 
 def _split_kernels(net, ds, names, dtype, tile_size, where, mask_constant):
     """("train_train" | "test_train", a function computing that kernel), with the data set's sequence lengths
-    and graphs (``ds.side_*``). Networks with BatchNorm normalize over one batch: their kernel is computed
-    once over the training and test examples together, and both blocks are cut from it."""
+    and graphs (``ds.side_*``). Networks with BatchNorm normalize over one batch, and gated layers' batch
+    estimator shares its errors across the batch: their kernel is computed once over the training and test
+    examples together, and both blocks are cut from it (one draw, so the blocks are consistent)."""
     import torch
 
     from ..engine import sampling
@@ -356,7 +357,7 @@ def _split_kernels(net, ds, names, dtype, tile_size, where, mask_constant):
         return None if t is None else t.to(where)
 
     common = dict(get=names, dtype=dtype, tile_size=tile_size, progress=True, mask_constant=mask_constant)
-    if sampling.whole_batch(net):
+    if sampling.whole_batch(net) or sampling.shared_batch(net):
         both = {}
         n = len(ds.x_train)
 

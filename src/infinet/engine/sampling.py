@@ -86,6 +86,12 @@ def whole_batch(layer) -> bool:
     return any(getattr(part, "batch_statistics", False) for part in _parts(layer))
 
 
+def shared_batch(layer) -> bool:
+    """Whether a layer of the network estimates its kernel with errors shared across the batch (a gated layer's
+    batch estimator, :mod:`infinet.engine.layers.gated_batch`): the batch is then one symmetric computation."""
+    return any(getattr(part, "shared_batch", False) for part in _parts(layer))
+
+
 def check_whole_batch(layer, symmetric: bool, tile_size: int | None, n: int, masked: bool, graphs: bool) -> None:
     """Refuse what has no well-defined limit for a network with batch statistics (see
     :mod:`infinet.layers.batchnorm`)."""
@@ -152,6 +158,32 @@ def root(cov: Tensor) -> Tensor:
     if int(info.max()) == 0 and bool(torch.isfinite(factor).all()):
         return factor
     return psd_sqrt(cov)
+
+
+def low_rank_root(cov: Tensor) -> Tensor:
+    """A matrix R (D, r) with R R^T = cov for one symmetric PSD matrix (D, D) of rank r, for sampling N(0, cov) as
+    R z over a whole batch. On the CPU, LAPACK's Cholesky factorization with complete pivoting (dpstrf; Higham
+    2002, "Accuracy and Stability of Numerical Algorithms", Sec. 10.3), stopped where the remaining pivots fall
+    below D eps max(diag): O(D r^2), and exact for the low-rank kernels of raw inputs. Elsewhere (CUDA), the
+    symmetric root :func:`psd_sqrt`. Refuses a matrix that is not finite or has a negative diagonal."""
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError("the covariance to sample from has NaN or infinite entries")
+    cov = 0.5 * (cov + cov.T)
+    if bool((cov.diagonal() < 0).any()):
+        raise ValueError("the covariance to sample from has a negative variance on its diagonal")
+    if float(cov.diagonal().max()) == 0.0:
+        return cov.new_zeros(len(cov), 1)
+    if cov.device.type != "cpu":
+        return psd_sqrt(cov)
+    from scipy.linalg import lapack
+
+    factor, piv, rank, info = lapack.dpstrf(cov.detach().to(torch.float64).numpy(), lower=1)
+    if info < 0:
+        raise RuntimeError(f"LAPACK dpstrf failed (info={info})")
+    lower = torch.from_numpy(factor).tril()[:, :rank]
+    root = torch.empty_like(lower)
+    root[torch.from_numpy(piv.astype("int64") - 1)] = lower
+    return root.to(cov.dtype)
 
 
 def joint_samples(c11: Tensor, c12: Tensor, c22: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:

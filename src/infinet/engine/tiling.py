@@ -283,6 +283,13 @@ def compute_kernel(
     patterns = graph_patterns(x1, None if symmetric else x2, pattern, pattern2)
     if patterns is not None and not any_layer(layer, lambda part: getattr(part, "takes_pattern", False)):
         raise ValueError("pattern (graphs) given, but the network has no Aggregate layer to use them")
+    if sampling.shared_batch(layer) and not symmetric:  # one symmetric computation of both batches, then sliced
+        if masks is not None or patterns is not None:
+            raise ValueError("the network's gated layer estimates the kernel of the whole batch at once; padding "
+                             "masks and graphs are not supported there")
+        both = compute_kernel(layer, torch.cat([x1, x2]), get=get, dtype=dtype, tile_size=tile_size,
+                              max_memory=max_memory, progress=progress)
+        return _cross_block(both, len(x1))
     pairs = len(x1) * (len(x1) + 1) // 2 if symmetric else len(x1) * len(x2)
     work = pairs * spatial_cost(layer, tuple(x1.shape[1:]), masks is not None)[0] * layer.n_layers
     with fused.active(fused.worth_compiling(work)):
@@ -310,6 +317,8 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     batch = sampling.whole_batch(layer)
     if batch:  # batch statistics: the whole batch, repeated rows included, is one tile
         sampling.check_whole_batch(layer, symmetric, tile_size, len(x1), masks is not None, patterns is not None)
+        tile_size = len(x1)
+    elif sampling.shared_batch(layer):  # errors shared across the batch: one tile
         tile_size = len(x1)
     groups1 = None if batch else unique_rows(keyed(x1, 0))
     groups2 = None if symmetric or batch else unique_rows(keyed(x2, 1))
@@ -356,6 +365,15 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
         raise NonFiniteKernelError(f"{e}; the tiles already computed are in the exception's .partial",
                                    sink.partial()) from None
     return sink.kernel(keep_nngp="nngp" in names)
+
+
+def _cross_block(both: Kernel, n1: int) -> Kernel:
+    """The x1-against-x2 block of the symmetric kernel ``both`` of their concatenation (x1 its first n1 rows)."""
+    def block(t):
+        return None if t is None else t[:n1, n1:]
+
+    return both.replace(nngp=block(both.nngp), ntk=block(both.ntk), nngp_se=block(both.nngp_se),
+                        ntk_se=block(both.ntk_se), var1=both.var1[:n1], var2=both.var1[n1:], symmetric=False)
 
 
 def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:

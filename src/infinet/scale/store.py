@@ -266,6 +266,10 @@ def kernel_to_store(
     if sampling.whole_batch(net):
         raise ValueError("the network has BatchNorm: its kernel needs the whole batch in one computation "
                          "(net.kernel(x)); stores of tiles are not supported")
+    if sampling.shared_batch(net):
+        raise ValueError("the network has a GRU or LSTM with estimator='batch': its errors are shared across the "
+                         "batch, which needs one computation (net.kernel(x)); stores of tiles take "
+                         "estimator='pairs' (NNGP only)")
     tile = check_tile_size(DEFAULT_TILE if tile_size is None else tile_size)
     _check_device(device)  # here, before any task: the workers' devices are only known on the workers
     path = str(path)

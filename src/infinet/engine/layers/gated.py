@@ -36,10 +36,11 @@ N = 6 sequences of length 8, and the advantage falls as 1/N, to none near N = 50
 --sizes). For larger batches, :func:`~infinet.monte_carlo_kernel` of the finite network is the faster
 estimate.
 
-NTK: not implemented. Gradients flow through the gates' products at every step, and with weights
-shared over time the NTK needs the joint law of the gates with their derivatives along each lag
-(Alemohammad et al. 2021 derive it for Elman networks, :class:`~infinet.Recurrent`); asking a GRU or
-LSTM for the NTK raises an error naming this.
+Estimators (``estimator``). 'batch' (default): one finite layer of ``samples`` units fed Gaussian inputs of
+the exact input kernel, jointly over the whole batch, NNGP and NTK (random tangents; derivation in
+:mod:`infinet.engine.layers.gated_batch`), with errors shared across the batch and cost O(N L n^2 + (N L)^2 n).
+'pairs': the joint trajectories per pair of sequences above, NNGP only, which for a few dozen short sequences
+has the smaller error.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..kernel import Kernel
+from . import gated_batch
 from .base import Context, Layer, Spec, with_shape
-from .dense import check_std, std_repr
+from .dense import check_parameterization, check_std, std_repr
 from .recurrent import sequence_shape
 from ...core.checks import check_int
 
@@ -62,15 +64,21 @@ _KINDS = {"GRU": ("gate", "gate", "input", "hidden"), "LSTM": ("gate", "gate", "
 
 
 class _Gated(Layer):
-    has_ntk = False  # see infinet.engine.apply.has_ntk
     masking = "refuse"
 
     sampled = True  # replicates for standard errors (infinet.sampling.plan)
 
     def __init__(self, width: int = 512, w_std: float = 1.0, u_std: float = 1.0, b_std: float | None = None,
                  return_sequence: bool = False, samples: int = 2048, replicates: int = 4, seed: int = 0,
-                 gate_bias_terms: int = 1):
+                 gate_bias_terms: int = 1, estimator: str = "batch", parameterization: str = "ntk"):
         name = type(self).__name__
+        self.parameterization = check_parameterization(parameterization)
+        if estimator not in ("batch", "pairs"):
+            raise ValueError(f"{name} estimator must be 'batch' (one finite layer on Gaussian inputs, NNGP and NTK) "
+                             f"or 'pairs' (joint trajectories per pair of sequences, NNGP only), got {estimator!r}")
+        self.estimator = estimator
+        self.has_ntk = estimator == "batch"  # see infinet.engine.apply.has_ntk
+        self.shared_batch = estimator == "batch"  # the whole batch in one symmetric tile (engine.tiling)
         check_int(width, f"{name} width")
         if gate_bias_terms not in (1, 2) or isinstance(gate_bias_terms, bool):
             raise ValueError(f"{name} gate_bias_terms must be 1 or 2 (PyTorch's b_ih + b_hh), got {gate_bias_terms!r}")
@@ -88,7 +96,9 @@ class _Gated(Layer):
         return (f"{type(self).__name__}({self.width}, w_std={std_repr(self.w_std)}, u_std={std_repr(self.u_std)}, "
                 f"b_std={std_repr(self.b_std)}, return_sequence={self.return_sequence!r}, samples={self.samples}, "
                 f"replicates={self.replicates}, seed={self.seed}"
-                + ("" if self.gate_bias_terms == 1 else f", gate_bias_terms={self.gate_bias_terms}") + ")")
+                + ("" if self.gate_bias_terms == 1 else f", gate_bias_terms={self.gate_bias_terms}")
+                + ("" if self.estimator == "batch" else f", estimator={self.estimator!r}")
+                + ("" if self.parameterization == "ntk" else f", parameterization={self.parameterization!r}") + ")")
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
         self._single(spec)
@@ -102,15 +112,17 @@ class _Gated(Layer):
     # -- kernel ----------------------------------------------------------------------------------------
     def kernel_fn(self, k: Kernel) -> Kernel:
         name = type(self).__name__
-        if k.ntk is not None:
-            raise ValueError(f"{name}: only the NNGP of gated recurrent layers is implemented (the NTK through gates "
-                             "with weights shared over time is not); compute it with get='nngp'")
+        if k.ntk is not None and self.estimator == "pairs":
+            raise ValueError(f"{name}: estimator='pairs' computes the NNGP only; the NTK needs estimator='batch' "
+                             "(the default), or compute get='nngp'")
         if not k.full:
             raise ValueError(f"{self!r} needs the kernel of every time pair (internal layout error)")
         shape = sequence_shape(self, k.shape)
         length = shape[1]
         state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
         seed = state.next_seed()
+        if self.estimator == "batch":
+            return self._shared(k, seed, length)
         n1, n2 = k.nngp.shape[:2]
         dev, dtype = k.nngp.device, k.nngp.dtype
         kinds = _KINDS[name]
@@ -129,6 +141,21 @@ class _Gated(Layer):
             return out
         return out.replace(nngp=nngp[..., -1, -1], var1=var1[:, -1, -1], var2=var2[:, -1, -1], shape=(self.width,),
                            full=False)
+
+    def _shared(self, k: Kernel, seed: int, length: int) -> Kernel:
+        """The batch-shared estimate (:mod:`infinet.engine.layers.gated_batch`) of a symmetric tile of the
+        whole batch."""
+        if not k.symmetric:
+            raise ValueError(f"{self!r}: the batch estimator needs the whole batch in one symmetric computation "
+                             "(net.kernel(x), or x1 and x2 together); tiles of x1 against x2 are not supported")
+        nngp, ntk = gated_batch.shared_kernel(self, k, _KINDS[type(self).__name__], seed)
+        idx = torch.arange(len(nngp), device=nngp.device)
+        var = nngp[idx, idx]
+        out = k.replace(nngp=nngp, ntk=ntk, var1=var, var2=var, shape=(self.width, length))
+        if self.return_sequence:
+            return out
+        return out.replace(nngp=nngp[..., -1, -1], ntk=None if ntk is None else ntk[..., -1, -1],
+                           var1=var[:, -1, -1], var2=var[:, -1, -1], shape=(self.width,), full=False)
 
     def _cross_kernel(self, k: Kernel, own1: Tensor, z: Tensor) -> Tensor:
         """H(x, x') (n1, n2, L, L) for every pair of the tile, by joint trajectories of the two members.

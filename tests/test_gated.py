@@ -123,3 +123,33 @@ def test_batch_estimator_nngp_and_ntk_match_finite_networks(cls, stds):
         assert float(z.abs().max()) < 4.0, (field, z)
     cross = net.kernel(x[:2], x[2:])
     assert torch.equal(cross.nngp, k.nngp[:2, 2:]) and torch.equal(cross.ntk, k.ntk[:2, 2:])
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_standard_parameterization_module_draws_the_scaled_weights(kind):
+    """'standard' draws what 'ntk' scales at use: with the same seed, its parameters are the 'ntk' ones times
+    u_std / sqrt(C), w_std / sqrt(n) and b_std, and the two modules compute the same function; torch's second gate
+    bias (gate_bias_terms=2) is a parameter of its own."""
+    x = sequences(3, 3, 4, seed=7)
+    make = lambda p: getattr(inf, kind)(6, w_std=1.3, u_std=0.7, b_std=0.4, return_sequence=True,  # noqa: E731
+                                        gate_bias_terms=2, parameterization=p)
+    ntk = inf.serial(make("ntk")).build((3, 4), seed=0, dtype=F64)[0]
+    std = inf.serial(make("standard")).build((3, 4), seed=0, dtype=F64)[0]
+    # drawn in float64 and stored in the default dtype (float32) before build casts: equal to float32 rounding
+    assert torch.allclose(std.weight_ih, ntk.weight_ih * (0.7 / math.sqrt(3)), rtol=1e-6, atol=0)
+    assert torch.allclose(std.weight_hh, ntk.weight_hh * (1.3 / math.sqrt(6)), rtol=1e-6, atol=0)
+    assert torch.allclose(std.bias_hh, ntk.bias_hh * 0.4, rtol=1e-6, atol=0)
+    assert torch.allclose(std(x), ntk(x), rtol=0, atol=1e-6)
+    n_gates = 2 if kind == "GRU" else 4
+    assert std.bias_hh.shape == (n_gates, 6)
+
+
+def test_batch_estimator_standard_ntk_counts_the_real_widths():
+    """In the 'standard' parameterization each weight's NTK term is its fan-in times the kernel it multiplies
+    (Sohl-Dickstein et al. 2020): with every other input fixed, the NTK grows with the layer's width (the recurrent
+    weights' term n H) and the NNGP does not depend on it."""
+    x = sequences(4, 2, 5, seed=8)
+    k = {w: inf.serial(inf.GRU(w, b_std=0.2, parameterization="standard", samples=256, replicates=2)).kernel(x)
+         for w in (8, 64)}
+    assert torch.equal(k[8].nngp, k[64].nngp)
+    assert bool((k[64].ntk > k[8].ntk).all())

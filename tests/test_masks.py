@@ -122,12 +122,13 @@ def test_different_lengths_equal_a_direct_recursion():
             assert abs(float(k.ntk[i, j]) - p) <= 1e-12 * abs(p) + 1e-15
 
 
-def _finite_samples(net, xs, n_samples, seed):
-    """Output covariance and tangent kernel of finite networks run on each unpadded sequence alone."""
+def _finite_samples(net, xs, n_samples, seed, input_shape=None):
+    """Output covariance and tangent kernel of finite networks run on each unpadded sequence alone; ``input_shape``
+    (C, L) for networks whose build needs it (lazy parameters otherwise)."""
     gen = torch.Generator().manual_seed(seed)
     nngps, ntks = [], []
     for _ in range(n_samples):
-        model = net.build(None, seed=int(torch.randint(0, 2**62, (1,), generator=gen)), dtype=F64)
+        model = net.build(input_shape, seed=int(torch.randint(0, 2**62, (1,), generator=gen)), dtype=F64)
         model(xs[0][None])  # materialize lazy parameters
         params = [p for p in model.parameters()]
         outs, grads = [], []

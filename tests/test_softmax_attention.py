@@ -94,3 +94,24 @@ def test_attention_options_are_checked():
         inf.serial(inf.ScaledDotProductAttention(8, 2), inf.Dense(1)).kernel(randn(2, 3))
     net = inf.serial(inf.ScaledDotProductAttention(16, 2), inf.Flatten(), inf.Dense(1))
     assert repr(inf.parse_spec(repr(net))) == repr(net)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_padded_sequences_are_the_limit_of_networks_run_on_each_sequence_alone(causal):
+    """Padding masks (mask_constant, infinet.masks): padded keys get no weight, so the padded batch's kernel is the
+    limit of finite networks run on each unpadded sequence alone (within 4 combined standard errors), with right
+    and left padding (global pooling then averages the valid positions alone)."""
+    from tests.test_masks import PAD, _finite_samples, padded, ragged
+
+    xs = ragged([4, 2, 3], c=3, seed=5)
+    net = inf.serial(inf.Dense(64, b_std=0.1, parameterization="standard"),
+                     inf.ScaledDotProductAttention(512, 8, w_std=1.0, b_std=0.1, w_out_std=1.2, causal=causal,
+                                                   samples=512, parameterization="ntk"),
+                     inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1, 1.0, 0.1))
+    k = net.kernel(padded(xs, 5), mask_constant=PAD)
+    (nngp, nngp_se), (ntk, ntk_se) = _finite_samples(net, xs, 64, seed=2, input_shape=(3, 5))
+    assert max_combined_z(k.nngp, k.nngp_se, nngp, nngp_se) < 4
+    assert max_combined_z(k.ntk, k.ntk_se, ntk, ntk_se) < 4
+    left = net.kernel(padded(xs, 5, left=True), mask_constant=PAD)
+    assert max_combined_z(left.nngp, left.nngp_se, nngp, nngp_se) < 4
+

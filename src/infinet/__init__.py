@@ -85,6 +85,7 @@ from .engine.layers import (
     Embedding,
     FlattenPositions,
     ScaledDotProductAttention,
+    MultiheadAttention,
     bidirectional,
     parallel,
     repeat,
@@ -100,7 +101,7 @@ from .engine.tiling import compute_kernel, kernel_tile
 _compat.register_loaded()
 
 __all__ = [
-    "ValueGraph", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "ConcatPositions", "Constant", "Embedding", "FlattenPositions", "ScaledDotProductAttention",
+    "ValueGraph", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "ConcatPositions", "Constant", "Embedding", "FlattenPositions", "ScaledDotProductAttention", "MultiheadAttention",
     "from_torch", "UnsupportedModuleError", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "architectures", "cntk", "fully_connected", "myrtle", "wide_resnet", "ABRelu", "Abs", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat", "FanInProd",

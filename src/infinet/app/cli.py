@@ -370,11 +370,7 @@ def _split_kernels(net, ds, names, dtype, tile_size, where, mask_constant):
             return both["k"]
 
         def block(rows, cols):
-            def cut():
-                k = joint()
-                pick = lambda t: None if t is None else t[rows][:, cols]  # noqa: E731
-                return k.replace(nngp=pick(k.nngp), ntk=pick(k.ntk), nngp_se=pick(k.nngp_se), ntk_se=pick(k.ntk_se))
-            return cut
+            return lambda: joint().block(rows, cols)
 
         return [("train_train", block(slice(0, n), slice(0, n))), ("test_train", block(slice(n, None), slice(0, n)))]
     train = {k: on(v) for k, v in side(ds.side_train).items()}

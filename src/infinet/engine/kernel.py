@@ -68,6 +68,19 @@ class Kernel:
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
 
+    def block(self, rows: slice, cols: slice) -> "Kernel":
+        """The (rows, cols) block of a symmetric kernel over one batch, standard errors included: the kernel of
+        the examples ``rows`` against the examples ``cols`` (symmetric when they are the same)."""
+        if not self.symmetric:
+            raise ValueError("Kernel.block cuts blocks from the kernel of one batch with itself")
+
+        def cut(t):
+            return None if t is None else t[rows, cols]
+
+        return self.replace(nngp=cut(self.nngp), ntk=cut(self.ntk), nngp_se=cut(self.nngp_se),
+                            ntk_se=cut(self.ntk_se), var1=self.var1[rows], var2=self.var1[cols],
+                            symmetric=rows == cols)
+
     @property
     def spatial(self) -> tuple[int, ...]:
         """Spatial shape of the features (empty for vectors)."""

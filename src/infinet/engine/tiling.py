@@ -289,7 +289,7 @@ def compute_kernel(
                              "masks and graphs are not supported there")
         both = compute_kernel(layer, torch.cat([x1, x2]), get=get, dtype=dtype, tile_size=tile_size,
                               max_memory=max_memory, progress=progress)
-        return _cross_block(both, len(x1))
+        return both.block(slice(0, len(x1)), slice(len(x1), None))
     pairs = len(x1) * (len(x1) + 1) // 2 if symmetric else len(x1) * len(x2)
     work = pairs * spatial_cost(layer, tuple(x1.shape[1:]), masks is not None)[0] * layer.n_layers
     with fused.active(fused.worth_compiling(work)):
@@ -365,15 +365,6 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
         raise NonFiniteKernelError(f"{e}; the tiles already computed are in the exception's .partial",
                                    sink.partial()) from None
     return sink.kernel(keep_nngp="nngp" in names)
-
-
-def _cross_block(both: Kernel, n1: int) -> Kernel:
-    """The x1-against-x2 block of the symmetric kernel ``both`` of their concatenation (x1 its first n1 rows)."""
-    def block(t):
-        return None if t is None else t[:n1, n1:]
-
-    return both.replace(nngp=block(both.nngp), ntk=block(both.ntk), nngp_se=block(both.nngp_se),
-                        ntk_se=block(both.ntk_se), var1=both.var1[:n1], var2=both.var1[n1:], symmetric=False)
 
 
 def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:

@@ -359,9 +359,10 @@ def _batch_norm(m, where: str, init: str) -> Layer:
 
 
 def _gated(m, where: str, init: str) -> "_RNNLayers":
-    """nn.GRU / nn.LSTM as infinet's sampled gated layers returning sequences (NNGP by the pair estimator; the NTK
-    of torch's standard parameterization is not yet mapped, so it is refused). torch draws every weight and both biases from U(-1/sqrt(H), 1/sqrt(H)): w_std = 1/sqrt(3),
-    u_std = sqrt(d / (3H)) and b_std = 1/sqrt(3H), each gate adding b_ih + b_hh (gate_bias_terms=2)."""
+    """nn.GRU / nn.LSTM as infinet's sampled gated layers returning sequences, NNGP and NTK by the batch estimator
+    (:mod:`infinet.engine.layers.gated_batch`) in torch's standard parameterization. torch draws every weight and
+    both biases from U(-1/sqrt(H), 1/sqrt(H)): w_std = 1/sqrt(3), u_std = sqrt(d / (3H)) and b_std = 1/sqrt(3H),
+    each gate adding b_ih + b_hh (gate_bias_terms=2)."""
     if getattr(m, "proj_size", 0):
         raise UnsupportedModuleError(f"{where} (LSTM): proj_size has no counterpart")
     if init != "pytorch":
@@ -372,7 +373,7 @@ def _gated(m, where: str, init: str) -> "_RNNLayers":
     for layer in range(m.num_layers):
         cells = [cls(h, w_std=1.0 / math.sqrt(3.0), u_std=math.sqrt(d / (3.0 * h)),
                      b_std=(1.0 / math.sqrt(3.0 * h)) if m.bias else None, return_sequence=True, gate_bias_terms=2,
-                     estimator="pairs")
+                     parameterization="standard")
                  for _ in range(2 if m.bidirectional else 1)]
         out.append(L.bidirectional(*cells) if m.bidirectional else cells[0])
         if m.dropout and m.training and layer < m.num_layers - 1:

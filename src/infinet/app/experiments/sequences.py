@@ -1,28 +1,34 @@
 """Sequence models on MNIST-1D (Greydanus 2020): exact kernels against trained finite networks.
 
-Three architectures read the 40-step signals (N x 1 x 40): an Elman recurrent network read out at the
-last step (Alemohammad et al. 2021), a 1-D CNN with global average pooling, and a self-attention network
-(a convolutional embedding, GlobalSelfAttention with positional embeddings, global pooling; Hron et al.
-2020). For each: the NNGP posterior mean and the NTK gradient-descent prediction (at the finite networks'
+Five architectures read the 40-step signals (N x 1 x 40): an Elman recurrent network read out at the
+last step and one pooled over time (Alemohammad et al. 2021), a 1-D CNN with global average pooling, a
+self-attention network in neural-tangents' semantics (a convolutional embedding, GlobalSelfAttention with
+positional embeddings, global pooling; Hron et al. 2020) and a transformer block as people build it (tokens
+from a stride-2 convolution, a residual block of standard multi-head softmax attention with 1/sqrt(d_head)
+logits and independent query, key and value weights, :class:`~infinet.ScaledDotProductAttention`, whose kernel
+is sampled per pair of sequences, then global pooling), on a subset of the sequences. For each: the NNGP posterior mean and the NTK gradient-descent prediction (at the finite networks'
 training time and at t = inf), and finite networks of the same descriptions trained by full-batch
 gradient descent at growing widths, with standard errors over seeds. Then the recurrent network's
 empirical kernel error against width (one random network vs the exact kernel), whose log-log slope
 theory puts at -1/2. Last, gated recurrent networks (GRU and LSTM, read out at the last step) on the
-signals averaged down to ``gated_length`` steps: their sampled NNGP kernels (Yang 2019, "Tensor
-Programs I"; :mod:`infinet.layers.gated`), with the accuracy's standard error from the kernels'
-sampling error, against the Monte Carlo NNGP of width-1024 networks and finite GRU and LSTM networks of
-the same descriptions trained by gradient descent.
+signals averaged down to ``gated_length`` steps: their sampled NNGP and NTK (Yang 2019, 2020, "Tensor
+Programs I, II"; the batch estimator of :mod:`infinet.engine.layers.gated_batch`, one draw over the training
+and test sequences together), with the accuracy's standard error from the kernels' sampling error, against
+the Monte Carlo NNGP of width-1024 networks and finite GRU and LSTM networks of the same descriptions
+trained by gradient descent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import datasets
-from ...engine.layers import GRU, LSTM, Conv, Dense, GlobalAvgPool, GlobalSelfAttention, Recurrent, Relu, serial
+from ...engine.layers import (GRU, LSTM, Conv, Dense, FanInSum, FanOut, GlobalAvgPool, GlobalSelfAttention, Identity,
+                              Recurrent, Relu, ScaledDotProductAttention, parallel, serial)
 from ...finite.montecarlo import monte_carlo_kernel
 from ...inference.predict import (gp_inference, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate,
                                   noise_ridge, sampling_spread, single_network_metrics)
@@ -35,7 +41,7 @@ from ._common import accuracy, derived_seed, kernel_error_vs_width, mean_and_std
 PUBLISHED = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
 
 
-def architectures(width: int, n_out: int) -> dict:
+def architectures(width: int, n_out: int, attention_samples: int = 256, attention_replicates: int = 8) -> dict:
     """The descriptions, each at hidden width ``width`` (the kernels do not depend on it). The recurrent
     networks use w_std = 1: their finite versions stay close to the limit (nearer the ReLU edge of chaos,
     w_std = sqrt(2), a width-32 network's tangent kernel can exceed the limit's a millionfold over 40 steps);
@@ -44,6 +50,14 @@ def architectures(width: int, n_out: int) -> dict:
         return Recurrent(Relu(), width, w_std=1.0, u_std=1.0, b_std=0.1, return_sequence=return_sequence)
 
     readout = Dense(n_out, w_std=1.0, b_std=0.1)
+    # the transformer: tokens from a stride-2 convolution (20 of them), a residual block of standard attention (its
+    # output is independent of its Gaussian input: their sum is Gaussian, so the ReLU after it has its closed form),
+    # global pooling (MNIST-1D's signals are shifted at random). Attention in the 'ntk' parameterization, so that the
+    # kernel does not depend on the widths; heads of width 16 (one head for the kernel's width-1 description: the
+    # limit takes both heads and head width to infinity)
+    softmax = ScaledDotProductAttention(width, max(1, width // 16), w_std=1.0, b_std=0.1, w_out_std=1.0,
+                                        parameterization="ntk", samples=attention_samples,
+                                        replicates=attention_replicates)
     return {
         "RNN, last step": serial(rnn(False), readout),
         "RNN, mean over time": serial(rnn(True), GlobalAvgPool(), readout),
@@ -52,6 +66,8 @@ def architectures(width: int, n_out: int) -> dict:
         "attention": serial(Conv(width, 5, w_std=1.4, b_std=0.1), Relu(),
                             GlobalSelfAttention(width, width, width, 2, W_key_std=2.0, b_std=0.1, pos_emb_type="SUM"),
                             Relu(), GlobalAvgPool(), readout),
+        "transformer": serial(Conv(width, 5, stride=2, w_std=1.4, b_std=0.1), FanOut(2), parallel(Identity(), softmax),
+                              FanInSum(), Relu(), GlobalAvgPool(), readout),
     }
 
 
@@ -62,11 +78,12 @@ def architecture_study(p: dict, data, name: str, table: Table, seed: int, progre
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     n_out = y.shape[1]
     t0 = time.perf_counter()
-    net = architectures(1, n_out)[name]
+    options = dict(attention_samples=p["attention_samples"], attention_replicates=p["attention_replicates"])
+    net = architectures(1, n_out, **options)[name]
     k_train, k_test = net.kernel(x), net.kernel(xt, x)
     timings[f"{name} kernels"] = time.perf_counter() - t0
     runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
-    models = {(w, s): architectures(w, n_out)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, w, s, len(name)))
+    models = {(w, s): architectures(w, n_out, **options)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, w, s, len(name)))
               for w, s in runs}
     # one learning rate per architecture, stable for the infinite network and for every finite one (finite
     # recurrent networks have much larger tangent kernels than their limit at small widths), so that all
@@ -76,14 +93,18 @@ def architecture_study(p: dict, data, name: str, table: Table, seed: int, progre
         limits[f"{w}/{s}"] = max_stable_learning_rate(model, x.float())
     lr = p["lr_fraction"] * min(limits.values())
     t_train = lr * p["steps"]
-    nngp = gp_inference(k_train.nngp, k_test.nngp, y, diag_reg=p["diag_reg"]).mean
-    ntk_t, ntk_inf = gradient_descent_mse(k_train.ntk, k_test.ntk, y, [t_train, float("inf")], diag_reg=p["diag_reg"])
+    # a sampled kernel (the transformer's attention) goes in as a Kernel, projected onto the PSD matrices within its
+    # errors, with a ridge at the level of its sampling noise (infinet.predict.noise_ridge)
+    reg = {kind: max(p["diag_reg"], noise_ridge(getattr(k_train, kind), getattr(k_train, kind + "_se")))
+           if k_train.sampled else p["diag_reg"] for kind in ("nngp", "ntk")}
+    nngp = gp_inference(k_train, k_test, y, diag_reg=reg["nngp"]).mean
+    ntk_t, ntk_inf = gradient_descent_mse(k_train, k_test, y, [t_train, float("inf")], diag_reg=reg["ntk"])
     # networks as trained converge to one draw of the infinite-width ensemble after the same steps (Lee et al.
     # 2019, eqs. 14-16): its expected MSE exactly, its expected accuracy sampled
     ensemble = gradient_descent_mse_ensemble(k_train, y, k_test_train=k_test, k_test_test=net.kernel(xt, get="nngp"),
                                              compute_cov=True, learning_rate=lr, steps=p["steps"])
     single = single_network_metrics(ensemble, yt, data.labels_test, seed=seed)
-    entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {},
+    entry = {"learning_rate": lr, "training_time": t_train, "kernel": {}, "finite": {}, "diag_reg": reg,
              "stable_learning_rates": limits, "single_network_limit": single}
     for key, label, pred in (("NNGP", "NNGP", nngp), ("NTK t=train", f"NTK t={t_train:.3g}", ntk_t),
                              ("NTK t=inf", "NTK t=inf", ntk_inf)):
@@ -137,12 +158,19 @@ def run(p: dict, seed: int, progress: bool) -> Result:
                   caption=f"MNIST-1D: {len(x)} train / {len(xt)} test sequences of length {x.shape[-1]}; finite "
                           f"networks: {p['steps']} steps of full-batch gradient descent at {p['lr_fraction']} x the "
                           f"smallest stable learning rate of the NTK and of the finite networks at initialization, "
-                          f"mean over {p['seeds']} seeds")
+                          f"mean over {p['seeds']} seeds. The transformer (standard softmax attention over 20 tokens) on "
+                          f"the first {min(len(x), p['transformer_train'])} / {min(len(xt), p['transformer_test'])} "
+                          f"sequences: its attention kernel is sampled per pair of sequences ({p['attention_samples']} "
+                          f"points x {p['attention_replicates']} replicates)")
     numbers: dict = {"n_train": len(x), "n_test": len(xt), "published": PUBLISHED}
     timings: dict = {}
     curves: dict = {}
-    for name in names:
-        numbers[name], curves[name] = architecture_study(p, data, name, table, seed, progress, timings)
+    for name in names:  # the transformer's sampled attention kernel on its own (smaller) subset
+        subset = data if name != "transformer" else dataclasses.replace(
+            data, x_train=x[:p["transformer_train"]], y_train=y[:p["transformer_train"]],
+            labels_train=data.labels_train[:p["transformer_train"]], x_test=xt[:p["transformer_test"]],
+            y_test=data.y_test[:p["transformer_test"]], labels_test=data.labels_test[:p["transformer_test"]])
+        numbers[name], curves[name] = architecture_study(p, subset, name, table, seed, progress, timings)
     mc_table, numbers["rnn_kernel_error"], rnn = rnn_kernel_error_study(p, x, seed, progress, timings)
     errs = {"nngp": numbers["rnn_kernel_error"]["nngp_error"], "ntk": numbers["rnn_kernel_error"]["ntk_error"]}
     slopes = {k: (numbers["rnn_kernel_error"][f"{k}_slope"], numbers["rnn_kernel_error"][f"{k}_slope_se"])
@@ -166,9 +194,9 @@ def run(p: dict, seed: int, progress: bool) -> Result:
 
 
 def _gated_study(p: dict, data, seed: int, progress: bool):
-    """GRU and LSTM NNGP (sampled per pair of sequences) against the NNGP of width-1024 finite networks (Monte
-    Carlo, one joint sample of every sequence per network) and trained finite GRU and LSTM, on shortened
-    MNIST-1D signals, read out at the last step."""
+    """GRU and LSTM NNGP and NTK (the batch estimator, one draw over the training and test sequences) against the
+    NNGP of width-1024 finite networks (Monte Carlo, one joint sample of every sequence per network) and trained
+    finite GRU and LSTM, on shortened MNIST-1D signals, read out at the last step."""
     t0 = time.perf_counter()
     n, m, length = p["gated_train"], p["gated_test"], p["gated_length"]
     full = data.x_train.shape[-1]
@@ -188,31 +216,37 @@ def _gated_study(p: dict, data, seed: int, progress: bool):
 
     table = Table(["layer", "model", "width", "test accuracy", "accuracy s.e."],
                   caption=f"Gated recurrent networks on MNIST-1D averaged to {length} steps, read out at the last step: "
-                          f"{n} train / {m} test sequences. Sampled NNGP: {p['gated_samples']} points x "
-                          f"{p['gated_replicates']} replicates per pair of sequences, ridge at the level of its sampling "
-                          f"noise (s.e. from {p['gated_draws']} redraws of the kernels); Monte Carlo NNGP: "
-                          f"{p['gated_mc']} width-1024 networks; finite networks: {p['steps']} steps of full-batch "
-                          f"gradient descent at {p['lr_fraction']} x their smallest stable learning rate, mean over "
-                          f"{p['seeds']} seeds")
+                          f"{n} train / {m} test sequences. Sampled NNGP and NTK (batch estimator): one finite layer "
+                          f"of {p['gated_samples']} units on Gaussian inputs x {p['gated_replicates']} replicates, over "
+                          f"the training and test sequences together; accuracy s.e. from {p['gated_draws']} redraws of "
+                          f"the kernels with independent entry errors of their standard errors (an upper estimate: "
+                          f"the estimator's errors are shared across the batch); Monte Carlo NNGP: {p['gated_mc']} "
+                          f"width-1024 networks; finite networks: {p['steps']} steps of full-batch gradient descent at "
+                          f"{p['lr_fraction']} x their smallest stable learning rate, mean over {p['seeds']} seeds")
     numbers: dict = {"length": length, "n_train": n, "n_test": m}
+    both = torch.cat([x, xt])
     for cls in (GRU, LSTM):
         name = cls.__name__
         net = network(cls, 1)
-        k_train, k_test = net.kernel(x, get="nngp"), net.kernel(xt, x, get="nngp")
-        reg = max(p["diag_reg"], noise_ridge(k_train.nngp, k_train.nngp_se))
-        predict = lambda a, b: gp_inference(a, b, y, diag_reg=reg).mean  # noqa: E731
-        acc = accuracy(predict(k_train, k_test), labels)  # a sampled Kernel: PSD within its error (predict docs)
-        spread = [accuracy(f, labels) for f in sampling_spread(predict, k_train, k_test, draws=p["gated_draws"],
-                                                                 seed=seed)]
-        acc_se = float(torch.tensor(spread, dtype=torch.float64).std())
-        table.add(name, "NNGP (sampled per pair)", "inf", acc, acc_se)
-        mc = monte_carlo_kernel(network(cls, 1024), torch.cat([x, xt]), n_samples=p["gated_mc"], seed=seed,
-                                get="nngp").nngp
-        mc_acc = accuracy(gp_inference(mc[:n, :n], mc[n:, :n], y, diag_reg=p["diag_reg"]).mean, labels)
+        k = net.kernel(both)  # one draw: the test block comes from the same finite layer as the training block
+        k_train, k_test = k.block(slice(0, n), slice(0, n)), k.block(slice(n, None), slice(0, n))
+        entry: dict = {"finite": {}}
+        reg = p["diag_reg"]
+        for kernel, label, predict in (
+                ("nngp", "NNGP", lambda a, b: gp_inference(a, b, y, diag_reg=reg).mean),
+                ("ntk", "NTK t=inf", lambda a, b: gradient_descent_mse(a, b, y, float("inf"), diag_reg=reg))):
+            acc = accuracy(predict(k_train, k_test), labels)
+            spread = [accuracy(f, labels) for f in sampling_spread(predict, k_train, k_test, kernel=kernel,
+                                                                     draws=p["gated_draws"], seed=seed)]
+            acc_se = float(torch.tensor(spread, dtype=torch.float64).std())
+            table.add(name, f"{label} (sampled, batch estimator)", "inf", acc, acc_se)
+            entry[kernel] = {"test_accuracy": acc, "test_accuracy_sampling_se": acc_se, "diag_reg": reg,
+                             "kernel_max_relative_se": float(getattr(k_train, kernel + "_se").max()
+                                                             / getattr(k_train, kernel).abs().max())}
+        mc = monte_carlo_kernel(network(cls, 1024), both, n_samples=p["gated_mc"], seed=seed, get="nngp").nngp
+        mc_acc = accuracy(gp_inference(mc[:n, :n], mc[n:, :n], y, diag_reg=reg).mean, labels)
         table.add(name, f"NNGP (Monte Carlo, {p['gated_mc']} networks)", 1024, mc_acc, float("nan"))
-        entry = {"nngp": {"test_accuracy": acc, "test_accuracy_sampling_se": acc_se, "diag_reg": reg,
-                          "kernel_max_relative_se": float(k_train.nngp_se.max() / k_train.nngp.abs().max())},
-                 "nngp_monte_carlo": {"test_accuracy": mc_acc, "networks": p["gated_mc"]}, "finite": {}}
+        entry["nngp_monte_carlo"] = {"test_accuracy": mc_acc, "networks": p["gated_mc"]}
         for width in p["gated_widths"]:
             accs = []
             for s in tqdm(range(p["seeds"]), desc=f"training {name} width {width}", disable=not progress):
@@ -234,14 +268,13 @@ def _gated_summary(g: dict) -> str:
         width = max(e["finite"], key=int)
         f = e["finite"][width]
         parts.append(f"{name}: sampled NNGP {e['nngp']['test_accuracy']:.3f} ± {e['nngp']['test_accuracy_sampling_se']:.3f} "
-                     f"(sampling error), Monte Carlo NNGP of {e['nngp_monte_carlo']['networks']} width-1024 networks "
+                     f"and NTK {e['ntk']['test_accuracy']:.3f} ± {e['ntk']['test_accuracy_sampling_se']:.3f} (sampling "
+                     f"error), Monte Carlo NNGP of {e['nngp_monte_carlo']['networks']} width-1024 networks "
                      f"{e['nngp_monte_carlo']['test_accuracy']:.3f}, trained width {width} {f['test_accuracy']:.3f} ± "
                      f"{f['test_accuracy_se']:.3f}")
     gap = max(g[name]["nngp_monte_carlo"]["test_accuracy"] - g[name]["nngp"]["test_accuracy"] for name in ("GRU", "LSTM"))
-    verdict = (f"The per-pair sampled kernel predicts up to {gap:.2f} worse than the Monte Carlo kernel: its errors are "
-               "independent across entries, while a Monte Carlo kernel is a Gram matrix of joint samples whose error "
-               "spares the directions kernel regression uses." if gap > 0.05 else
-               "The per-pair sampled kernel predicts as well as the Monte Carlo kernel, within their errors.")
+    verdict = (f"The sampled NNGP predicts up to {gap:.2f} worse than the Monte Carlo kernel." if gap > 0.05 else
+               "The sampled NNGP predicts as well as the Monte Carlo kernel, within their errors.")
     return f"Gated networks on {g['n_train']} sequences of {g['length']} steps: " + "; ".join(parts) + ". " + verdict
 
 
@@ -288,6 +321,12 @@ EXPERIMENT = Experiment(
         "mc_points": Param(30, "sequences for the recurrent kernel error", quick=16),
         "mc_widths": Param((128, 256, 512, 1024, 2048), "widths for the recurrent kernel error", quick=(32, 64, 128, 256, 512)),
         "mc_samples": Param(16, "random networks per width for the kernel error", quick=8, minimum=2),
+        "transformer_train": Param(150, "training sequences of the transformer (its attention kernel is sampled per pair)",
+                                   quick=60),
+        "transformer_test": Param(150, "test sequences of the transformer", quick=60),
+        "attention_samples": Param(128, "points per replicate of the transformer's attention kernel", quick=32,
+                                   minimum=2),
+        "attention_replicates": Param(4, "replicates of the transformer's attention kernel", quick=2, minimum=2),
         "gated_train": Param(120, "training sequences of the GRU/LSTM comparison", quick=50),
         "gated_test": Param(150, "test sequences of the GRU/LSTM comparison", quick=60),
         "gated_length": Param(10, "steps the signals are averaged down to for GRU/LSTM (divides 40)", quick=5),

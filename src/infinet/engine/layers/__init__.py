@@ -56,10 +56,10 @@ from .values import ValueGraph
 from .affine import ElementwiseAffine
 from .resampling import AdaptiveAvgPool, Interpolate
 from .tokens import ConcatPositions, Constant, Embedding
-from .softmax_attention import ScaledDotProductAttention
+from .softmax_attention import MultiheadAttention, ScaledDotProductAttention
 
 __all__ = [
-    "ValueGraph", "FlattenPositions", "ScaledDotProductAttention", "ConcatPositions", "Constant", "Embedding", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
+    "ValueGraph", "FlattenPositions", "ScaledDotProductAttention", "MultiheadAttention", "ConcatPositions", "Constant", "Embedding", "ElementwiseAffine", "AdaptiveAvgPool", "Interpolate", "Aggregate", "NodeModel", "node_kernel", "normalized_adjacency", "ConvLocal", "DotGeneral", "ExpNormalized", "Gabor", "Hermite", "ImageResize", "Index", "Rbf", "Slice",
     "AvgPool", "BatchNorm", "GRU", "LSTM", "MaxPool", "MinPool", "Conv", "ConvTranspose", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "LayerNorm",
     "SumPool", "ABRelu", "Abs", "Activation", "Cos", "Dense", "Elementwise", "Elu", "Erf", "Exp", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Gaussian", "GlobalSelfAttention", "Gelu", "Identity", "Layer", "LeakyRelu", "Monomial",

@@ -1,9 +1,10 @@
-"""Gated recurrent layers (GRU, LSTM) over sequences N x C x L: finite modules and sampled NNGP kernels.
+"""Gated recurrent layers (GRU, LSTM) over sequences N x C x L: finite modules and sampled NNGP and NTK kernels.
 
 Finite networks (h_0 = c_0 = 0, weights shared over time, 'ntk' parameterization: every weight and
 bias N(0, 1), scaled at use by w_std / sqrt(width) on the hidden state, u_std / sqrt(C) on the input
-and b_std on biases; a gate has one bias, except GRU's candidate, which has one inside and one
-outside the reset product as in PyTorch):
+and b_std on biases; 'standard' (torch's): drawn N(0, w_std^2 / width), N(0, u_std^2 / C), N(0, b_std^2)
+and used as they are. A gate has one bias (two with ``gate_bias_terms=2``, torch's b_ih + b_hh), except
+GRU's candidate, which has one inside and one outside the reset product as in PyTorch):
 
     GRU   r = sig(a_r), z = sig(a_z), n = tanh(p + r c), h_t = (1 - z) n + z h_(t-1),
           a_r, a_z = W_i x_t + W_h h_(t-1) + b, p = W_in x_t + b_in, c = W_hn h_(t-1) + b_hn;
@@ -19,28 +20,29 @@ different weight matrices giving independent processes, with covariances
 
 K the input's kernel and H(t, s) = E[h_t h'_s] the kernel of the hidden states, which is what the
 layer outputs. Each unit's state is a nonlinear function of its own gate values at every earlier
-step, so H has no closed form: it is estimated by sampling whole trajectories of one example (its
-self-covariances) and of each pair of examples (the cross terms) with scrambled Sobol points, the
-covariance of step t built from the estimates of steps < t (an incremental Cholesky factor with
-exact zero pivots, so identical inputs are handled) and replicates of the whole network for
-standard errors (:mod:`infinet.sampling`). Each unordered pair is sampled once, its two members in an
-order fixed by their own input kernels, so K(x, x') is exactly K(x', x)^T in every call and tile. The
-defaults (2048 points, 4 replicates) favour many points
-per replicate: over these 8-40 dimensional trajectories the scrambled Sobol rule's error fell about as
-n^-1 up to n = 2048 (against n^-0.5 for plain Monte Carlo) and more slowly beyond.
+step, so H has no closed form. Two estimators (``estimator``):
 
-Cost: one trajectory of 2L coordinates per pair, O(N^2 L^2 n) for N sequences, where a finite network of
-width W costs O(N L W^2). The gated layer is usually most of the network, so per-layer sampling has little
-else to save: at equal time its standard error is about 10x smaller than that of width-1024 networks for
-N = 6 sequences of length 8, and the advantage falls as 1/N, to none near N = 50 (benchmarks/sampled_kernel.py
---sizes). For larger batches, :func:`~infinet.monte_carlo_kernel` of the finite network is the faster
-estimate.
+'batch' (default; :mod:`infinet.engine.layers.gated_batch`, where the NTK's derivation is): one finite layer of
+``samples`` units fed Gaussian inputs of the exact input kernel, jointly over the whole batch, its NNGP the Gram
+matrix of the states and its NTK that of random tangents through the gates (Yang 2020, "Tensor Programs II"),
+replicates for standard errors. Its errors are shared across the batch, as a finite network's are, and it costs
+O(N L n^2) (plus O((N L)^2 n) when the layer returns sequences). On 500 MNIST-1D sequences of length 20
+(``benchmarks/sampled_kernel.py --cases mnist1d``) NNGP and NTK take 76-80 s here, with standard errors 5-9x
+(NNGP) and 13-14x (NTK) smaller than Monte Carlo of width-256 networks computing both in the same time, and GP
+predictions as accurate; for the NNGP alone, whose Monte Carlo is forward passes only, Monte Carlo of width-256
+networks is as good (0.6-0.7x at the defaults). The kernel of x1 against x2 is the block of one computation of
+both.
 
-Estimators (``estimator``). 'batch' (default): one finite layer of ``samples`` units fed Gaussian inputs of
-the exact input kernel, jointly over the whole batch, NNGP and NTK (random tangents; derivation in
-:mod:`infinet.engine.layers.gated_batch`), with errors shared across the batch and cost O(N L n^2 + (N L)^2 n).
-'pairs': the joint trajectories per pair of sequences above, NNGP only, which for a few dozen short sequences
-has the smaller error.
+'pairs': whole trajectories of one example (its self-covariances) and of each pair of examples (the cross
+terms) sampled with scrambled Sobol points, the covariance of step t built from the estimates of steps < t (an
+incremental Cholesky factor with exact zero pivots, so identical inputs are handled), NNGP only. Each unordered
+pair is sampled once, its two members in an order fixed by their own input kernels, so K(x, x') is exactly
+K(x', x)^T in every call and tile. The defaults (2048 points, 4 replicates) favour many points per replicate:
+over these 8-40 dimensional trajectories the scrambled Sobol rule's error fell about as n^-1 up to n = 2048
+(against n^-0.5 for plain Monte Carlo) and more slowly beyond. Cost O(N^2 L^2 n): at equal time its standard
+error is about 10x smaller than that of width-1024 networks for N = 6 sequences of length 8, and the advantage
+falls as 1/N, to none near N = 50; its independent errors per entry also swamp the small eigen-directions that
+kernel regression uses. It suits a few dozen short sequences and tiled stores.
 """
 
 from __future__ import annotations
@@ -151,11 +153,9 @@ class _Gated(Layer):
         nngp, ntk = gated_batch.shared_kernel(self, k, _KINDS[type(self).__name__], seed)
         idx = torch.arange(len(nngp), device=nngp.device)
         var = nngp[idx, idx]
-        out = k.replace(nngp=nngp, ntk=ntk, var1=var, var2=var, shape=(self.width, length))
         if self.return_sequence:
-            return out
-        return out.replace(nngp=nngp[..., -1, -1], ntk=None if ntk is None else ntk[..., -1, -1],
-                           var1=var[:, -1, -1], var2=var[:, -1, -1], shape=(self.width,), full=False)
+            return k.replace(nngp=nngp, ntk=ntk, var1=var, var2=var, shape=(self.width, length))
+        return k.replace(nngp=nngp, ntk=ntk, var1=var, var2=var, shape=(self.width,), full=False)
 
     def _cross_kernel(self, k: Kernel, own1: Tensor, z: Tensor) -> Tensor:
         """H(x, x') (n1, n2, L, L) for every pair of the tile, by joint trajectories of the two members.
@@ -297,8 +297,8 @@ def _cholesky_row(chol: Tensor, pivot: Tensor, cov: Tensor, j: int) -> None:
 
 class GRU(_Gated):
     """Gated recurrent unit layer of ``width`` units (Cho et al. 2014; PyTorch's gate equations, see the
-    module docstring); NNGP kernel by sampling, no NTK. ``return_sequence=False`` (default) outputs the
-    last hidden state."""
+    module docstring); NNGP and NTK by sampling (``estimator``, see the module docstring).
+    ``return_sequence=False`` (default) outputs the last hidden state."""
 
     def _step(self, a, h, cell):
         r, zg = torch.sigmoid(a[0]), torch.sigmoid(a[1])
@@ -308,7 +308,7 @@ class GRU(_Gated):
 
 class LSTM(_Gated):
     """Long short-term memory layer of ``width`` units (Hochreiter and Schmidhuber 1997; PyTorch's gate
-    equations, see the module docstring); NNGP kernel by sampling, no NTK."""
+    equations, see the module docstring); NNGP and NTK by sampling (``estimator``, see the module docstring)."""
 
     def _step(self, a, h, cell):
         i, f, g, o = torch.sigmoid(a[0]), torch.sigmoid(a[1]), torch.tanh(a[2]), torch.sigmoid(a[3])
@@ -317,8 +317,11 @@ class LSTM(_Gated):
 
 
 class GatedModule(nn.Module):
-    """Finite GRU or LSTM of :class:`GRU` / :class:`LSTM` in the 'ntk' parameterization: weights N(0, 1)
-    scaled at use (see the module docstring); ``forward`` takes sequences (N, C, L)."""
+    """Finite GRU or LSTM of :class:`GRU` / :class:`LSTM`: weights ``weight_ih`` (kinds, n, C), ``weight_hh``
+    (kinds, n, n), biases ``bias`` (kinds, n) and, with ``gate_bias_terms=2``, the gates' second bias ``bias_hh``
+    (gates, n), torch's b_hh. 'ntk' parameterization: all N(0, 1), scaled at use by u_std / sqrt(C), w_std / sqrt(n)
+    and b_std; 'standard': drawn N(0, u_std^2 / C), N(0, w_std^2 / n), N(0, b_std^2) and used as they are (see the
+    module docstring); ``forward`` takes sequences (N, C, L)."""
 
     def __init__(self, layer: _Gated, in_channels: int, seed: int):
         super().__init__()
@@ -326,13 +329,20 @@ class GatedModule(nn.Module):
         kinds = _KINDS[type(layer).__name__]
         n, g = layer.width, len(kinds)
         gen = torch.Generator().manual_seed(seed)
+        standard = layer.parameterization == "standard"
+        b_std = 0.0 if layer.b_std is None else float(layer.b_std)
 
-        def normal(*shape):
-            return nn.Parameter(torch.randn(*shape, generator=gen, dtype=torch.float64).to(torch.get_default_dtype()))
+        def normal(scale, *shape):
+            drawn = torch.randn(*shape, generator=gen, dtype=torch.float64) * (scale if standard else 1.0)
+            return nn.Parameter(drawn.to(torch.get_default_dtype()))
 
-        self.weight_ih = normal(g, n, in_channels)  # rows of kinds without an input term are unused
-        self.weight_hh = normal(g, n, n)
-        self.bias = None if layer.b_std is None else normal(g, n)
+        # rows of kinds without an input term are unused
+        self.weight_ih = normal(float(layer.u_std) / math.sqrt(in_channels), g, n, in_channels)
+        self.weight_hh = normal(float(layer.w_std) / math.sqrt(n), g, n, n)
+        self.bias = None if layer.b_std is None else normal(b_std, g, n)
+        self.gates = [i for i, kind in enumerate(kinds) if kind == "gate"]
+        two = layer.b_std is not None and layer.gate_bias_terms == 2
+        self.bias_hh = normal(b_std, len(self.gates), n) if two else None
 
     def forward(self, x: Tensor) -> Tensor:
         layer = self.layer
@@ -340,9 +350,13 @@ class GatedModule(nn.Module):
             raise ValueError(f"{type(layer).__name__} expects sequences (N, {self.in_channels}, L), got {tuple(x.shape)}")
         kinds = _KINDS[type(layer).__name__]
         n, length = layer.width, x.shape[2]
-        w_ih = self.weight_ih * (layer.u_std / math.sqrt(self.in_channels))
-        w_hh = self.weight_hh * (layer.w_std / math.sqrt(n))
-        bias = None if self.bias is None else self.bias * layer.b_std
+        w_ih, w_hh, bias = self.weight_ih, self.weight_hh, self.bias
+        if bias is not None and self.bias_hh is not None:  # the gates add b_ih + b_hh
+            bias = bias.index_add(0, torch.tensor(self.gates, device=bias.device), self.bias_hh)
+        if layer.parameterization == "ntk":
+            w_ih = w_ih * (layer.u_std / math.sqrt(self.in_channels))
+            w_hh = w_hh * (layer.w_std / math.sqrt(n))
+            bias = None if bias is None else bias * layer.b_std
         h = x.new_zeros(len(x), n)
         cell = x.new_zeros(len(x), n)
         states = []
@@ -355,7 +369,7 @@ class GatedModule(nn.Module):
                 if kind in ("gate", "hidden"):
                     a = a + h @ w_hh[g].T
                 if bias is not None:
-                    a = a + bias[g] * (math.sqrt(layer.gate_bias_terms) if kind == "gate" else 1.0)
+                    a = a + bias[g]
                 pre.append(a)
             h, cell = layer._step(torch.stack(pre), h, cell)
             states.append(h)

@@ -34,6 +34,10 @@ V'_b' - f'_l' under V (given the logits), S(M)[l, l'] = sum_{b, b'} A_lb A'_l'b'
 four matrix products. E_G is estimated by sampling the logits (R_Q Z R_K^T with R R^T the joint query and key
 kernels of the two examples and Z i.i.d. normal: covariance K_Q (x) K_K), quasi-random points per replicate and
 replicates for standard errors (:mod:`infinet.sampling`). Images attend over all their positions (patches).
+
+Padding (``mask_constant``, :mod:`infinet.engine.masks`): each example's padded keys get no weight in its
+softmax (torch's ``key_padding_mask``), with or without the causal mask, and every kernel entry at a padded
+position is zero after the layer, so a padded batch has the kernel of its sequences computed one by one.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..kernel import Kernel
+from ..masks import remask
 from .base import Context, Layer, Spec, random_output
 from .dense import check_parameterization, check_std, std_repr
 from ...core.checks import check_int
@@ -57,7 +62,7 @@ class ScaledDotProductAttention(Layer):
     positions. Inputs N x C x positions (sequences or images), outputs N x E x the same positions. Kernel: see
     the module docstring (Hron et al. 2020), sampled with ``samples`` points and ``replicates`` replicates."""
 
-    masking = "refuse"
+    masking = "own"  # padded keys get no weight; entries at padded positions are zeroed (infinet.masks)
     sampled = True
     fresh_output = True
 
@@ -123,6 +128,18 @@ class ScaledDotProductAttention(Layer):
     def _softmax(self, g: Tensor, mask: Tensor | None) -> Tensor:
         return torch.softmax(g if mask is None else g.masked_fill(mask, -math.inf), dim=-1)
 
+    def _key_masks(self, causal: Tensor | None, padded: Tensor | None) -> Tensor | None:
+        """(N, 1, P, P) logits masks per example (True: no weight), the causal mask with each example's padded keys
+        (``padded`` (N, P), True at padding); a query row left without any key (a padded query before every valid
+        key under the causal mask) keeps the causal mask alone: its entries are zeroed afterwards."""
+        if padded is None:
+            return None if causal is None else causal[None, None]
+        mask = padded[:, None, None, :].expand(len(padded), 1, padded.shape[1], padded.shape[1])
+        if causal is not None:
+            mask = mask | causal
+        empty = mask.all(-1, keepdim=True)
+        return torch.where(empty, torch.zeros_like(mask) if causal is None else causal.expand_as(mask), mask)
+
     def kernel_fn(self, k: Kernel) -> Kernel:
         if not k.full:
             raise ValueError(f"{self!r} needs the kernel of every position pair (internal layout error)")
@@ -133,7 +150,10 @@ class ScaledDotProductAttention(Layer):
         state = k.sampling if k.sampling is not None else sampling.SamplingState(self.seed, 0)
         seed = state.next_seed()
         fan_in = k.shape[0]
-        mask = self._mask(p, k.nngp)
+        causal = self._mask(p, k.nngp)
+        masks1 = self._key_masks(causal, None if k.mask1 is None else k.mask1.reshape(n1, p))
+        masks2 = masks1 if k.mask2 is k.mask1 else self._key_masks(causal, None if k.mask2 is None
+                                                                   else k.mask2.reshape(n2, p))
         w_o2 = float(self.w_out_std) ** 2
         b_o2 = 0.0 if self.b_out_std is None else float(self.b_out_std) ** 2
 
@@ -145,27 +165,32 @@ class ScaledDotProductAttention(Layer):
         z_self = sampling.normal_points(self.samples, p * p, seed, dtype, dev).reshape(-1, p, p)
         z_pair = sampling.normal_points(self.samples, 4 * p * p, seed + 1, dtype, dev).reshape(-1, 2 * p, 2 * p)
 
-        def own(var):  # each example with itself: E[A K_V A^T]
+        def pick(masks, rows):  # the logits masks of examples ``rows``: (B, 1, P, P), or one for all
+            return None if masks is None else (masks if len(masks) == 1 else masks[rows])
+
+        def own(var, masks):  # each example with itself: E[A K_V A^T]
             out = []
             for part in sampling.chunks(len(var), self.samples * p * p):
                 v = var[part]
                 g = sampling.psd_sqrt(self._affine("q", v))[:, None] @ z_self @ sampling.psd_sqrt(
                     self._affine("k", v)).transpose(-1, -2)[:, None]
-                a = self._softmax(g, mask)
+                a = self._softmax(g, pick(masks, part))
                 out.append(w_o2 * (a @ self._affine("v", v)[:, None] @ a.transpose(-1, -2)).mean(1) + b_o2)
             return torch.cat(out)
 
-        self1 = own(var1)
-        self2 = self1 if var2 is var1 else own(var2)
+        self1 = own(var1, masks1)
+        self2 = self1 if var2 is var1 else own(var2, masks2)
         pairs_nngp, pairs_ntk = [], []
         flat_pairs = n1 * n2
         cross = nngp.reshape(flat_pairs, p, p)
         theta = None if ntk is None else ntk.reshape(flat_pairs, p, p)
         first = var1[:, None].expand(n1, n2, p, p).reshape(flat_pairs, p, p)
         second = var2[None].expand(n1, n2, p, p).reshape(flat_pairs, p, p)
+        rows = torch.arange(n1, device=dev)[:, None].expand(n1, n2).reshape(-1)
+        cols = torch.arange(n2, device=dev)[None].expand(n1, n2).reshape(-1)
         for part in sampling.chunks(flat_pairs, self.samples * 4 * p * p):
             out = self._pairs(first[part], cross[part], second[part], None if theta is None else theta[part],
-                              z_pair, mask, fan_in)
+                              z_pair, (pick(masks1, rows[part]), pick(masks2, cols[part])), fan_in)
             pairs_nngp.append(w_o2 * out[0] + b_o2)
             if out[1] is not None:
                 pairs_ntk.append(out[1])
@@ -181,11 +206,13 @@ class ScaledDotProductAttention(Layer):
         def back(t, lead):
             return None if t is None else t.reshape(*t.shape[:lead], *spatial, *spatial)
 
-        return k.replace(nngp=back(out_nngp, 2), ntk=back(out_ntk, 2), var1=back(self1, 1), var2=back(self2, 1),
-                         shape=(self.embed_dim, *spatial), law=None)
+        out = k.replace(nngp=back(out_nngp, 2), ntk=back(out_ntk, 2), var1=back(self1, 1), var2=back(self2, 1),
+                        shape=(self.embed_dim, *spatial), law=None)
+        return out if k.mask1 is None else remask(out)
 
-    def _pairs(self, v1, c, v2, theta, z, mask, fan_in):
-        """For a chunk of pairs (B, P, P) blocks: E[A K_V A'^T] and the NTK (None without ``theta``)."""
+    def _pairs(self, v1, c, v2, theta, z, masks, fan_in):
+        """For a chunk of pairs (B, P, P) blocks: E[A K_V A'^T] and the NTK (None without ``theta``); ``masks``
+        the logits masks of the first and second members."""
         p = c.shape[-1]
 
         def joint(name, a, b, d):
@@ -196,8 +223,8 @@ class ScaledDotProductAttention(Layer):
         r_q = sampling.psd_sqrt(joint("q", v1, c, v2))
         r_k = sampling.psd_sqrt(joint("k", v1, c, v2))
         g = r_q[:, None] @ z @ r_k.transpose(-1, -2)[:, None]  # (B, n, 2P, 2P)
-        a = self._softmax(g[..., :p, :p], mask)
-        a2 = self._softmax(g[..., p:, p:], mask)
+        a = self._softmax(g[..., :p, :p], masks[0])
+        a2 = self._softmax(g[..., p:, p:], masks[1])
         a2t = a2.transpose(-1, -2)
         kv = self._affine("v", c)[:, None]  # (B, 1, P, P)
         heads = a @ kv @ a2t  # (B, n, P, P)
@@ -268,7 +295,20 @@ class ScaledDotProductAttentionModule(nn.Module):
         def split(t):
             return t.reshape(n, -1, heads, e // heads).transpose(1, 2)
 
-        att = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=layer.causal)
+        # written out rather than F.scaled_dot_product_attention, whose fused CPU kernels have no forward-mode AD
+        # (jvp: infinet.finite.training's stable learning rate, the empirical NTK's ntvp)
+        q, k, v = split(q), split(k), split(v)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(e // heads)
+        if layer.causal:
+            p = logits.shape[-1]
+            logits = logits.masked_fill(torch.ones(p, p, dtype=torch.bool, device=x.device).triu(1), -math.inf)
+        att = torch.softmax(logits, dim=-1) @ v
         merged = att.transpose(1, 2).reshape(n, -1, e)
         out = self._map(merged, self.w_o, self.b_o, float(layer.w_out_std), layer.b_out_std, e)
         return out.transpose(1, 2).reshape(n, e, *spatial)
+
+
+class MultiheadAttention(ScaledDotProductAttention):
+    """The name PyTorch users look for: torch's ``nn.MultiheadAttention`` semantics (self-attention, 1/sqrt(d_head)
+    logits, softmax, independent query, key and value weights, 'standard' parameterization by default); the same
+    layer and kernel as :class:`ScaledDotProductAttention` (Hron et al. 2020, see the module docstring)."""

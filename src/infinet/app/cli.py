@@ -28,8 +28,8 @@ LAYERS_HELP = """Layers for --arch specs (see the README's Layers section):
   tokens: Embedding (reads token indices), Constant (a learned tensor: class token, positional embedding),
     ConcatPositions
   graphs: Aggregate (graph neural networks; in Python: net.kernel(x, pattern=A))
-  sequences: Recurrent, GRU, LSTM (sampled NNGP), Reverse, bidirectional, GlobalSelfAttention,
-    ScaledDotProductAttention (softmax with 1/sqrt(d) logits, sampled), FlattenPositions
+  sequences: Recurrent, GRU, LSTM (sampled NNGP and NTK), Reverse, bidirectional, GlobalSelfAttention,
+    ScaledDotProductAttention / MultiheadAttention (softmax with 1/sqrt(d) logits, sampled), FlattenPositions
   normalization: LayerNorm, Dropout, BatchNorm (train mode, sampled kernel), ElementwiseAffine (their weight
     and bias)
   activations: Relu, LeakyRelu, ABRelu, Abs, Sign, Erf, Gelu, Sin, Cos, Gaussian, Exp,

@@ -6,9 +6,10 @@ self-attention network in neural-tangents' semantics (a convolutional embedding,
 positional embeddings, global pooling; Hron et al. 2020) and a transformer block as people build it (tokens
 from a stride-2 convolution, a residual block of standard multi-head softmax attention with 1/sqrt(d_head)
 logits and independent query, key and value weights, :class:`~infinet.ScaledDotProductAttention`, whose kernel
-is sampled per pair of sequences, then global pooling), on a subset of the sequences. For each: the NNGP posterior mean and the NTK gradient-descent prediction (at the finite networks'
-training time and at t = inf), and finite networks of the same descriptions trained by full-batch
-gradient descent at growing widths, with standard errors over seeds. Then the recurrent network's
+is sampled per pair of sequences, then global pooling), on a subset of the sequences. For each: the NNGP
+posterior mean and the NTK gradient-descent prediction (at the finite networks' training time and at t = inf),
+and finite networks of the same descriptions trained by full-batch gradient descent at growing widths, with
+standard errors over seeds. Then the recurrent network's
 empirical kernel error against width (one random network vs the exact kernel), whose log-log slope
 theory puts at -1/2. Last, gated recurrent networks (GRU and LSTM, read out at the last step) on the
 signals averaged down to ``gated_length`` steps: their sampled NNGP and NTK (Yang 2019, 2020, "Tensor
@@ -83,7 +84,8 @@ def architecture_study(p: dict, data, name: str, table: Table, seed: int, progre
     k_train, k_test = net.kernel(x), net.kernel(xt, x)
     timings[f"{name} kernels"] = time.perf_counter() - t0
     runs = [(w, s) for w in p["widths"] for s in range(p["seeds"])]
-    models = {(w, s): architectures(w, n_out, **options)[name].build(tuple(x.shape[1:]), seed=derived_seed(seed, w, s, len(name)))
+    models = {(w, s): architectures(w, n_out, **options)[name].build(tuple(x.shape[1:]),
+                                                                     seed=derived_seed(seed, w, s, len(name)))
               for w, s in runs}
     # one learning rate per architecture, stable for the infinite network and for every finite one (finite
     # recurrent networks have much larger tangent kernels than their limit at small widths), so that all

@@ -20,9 +20,10 @@ recursion through the gates (torch.func.jvp of the layer's step) with the pre-ac
 
 which is the NTK of every parameter of the layer (W, U, biases) and of those before it ('ntk' parameterization;
 'standard' replaces the own-parameter factors w, u, b by sqrt(width), sqrt(C), 1, :func:`tangent_scales`); weight
-sharing over time is exact, because xi_W is one matrix for all steps. One pass costs O(N L n^2) (forward and tangent) plus
-O((N L)^2 n) for the two Gram matrices (O(N^2 n) for a last-step readout), against O(N^2 L^2 n) for the pair estimator; its bias is O(1/n), that of a
-finite network of width n, far below the standard error at the defaults.
+sharing over time is exact, because xi_W is one matrix for all steps. One pass costs O(N L n^2) (forward and
+tangent) plus O((N L)^2 n) for the two Gram matrices (O(N^2 n) for a last-step readout), against O(N^2 L^2 n) for
+the pair estimator; its bias is O(1/n), that of a finite network of width n, far below the standard error at the
+defaults.
 """
 
 from __future__ import annotations
@@ -83,13 +84,14 @@ def shared_kernel(layer, k: Kernel, kinds: tuple[str, ...], seed: int) -> tuple[
         pre, dpre = [], []
         for g in range(slots):
             a = inputs[g][:, t] + bias[g]
-            da = tangents_in[g][:, t] + tangent_b[g]
             if reads_hidden[g]:
                 a = a + w * (h @ weights[g].T)
-                if need_ntk:
-                    da = da + h @ tangent_w[g].T + w * (dh @ weights[g].T)
             pre.append(a)
-            dpre.append(da)
+            if need_ntk:  # the tangents only when the NTK is asked for
+                da = tangents_in[g][:, t] + tangent_b[g]
+                if reads_hidden[g]:
+                    da = da + h @ tangent_w[g].T + w * (dh @ weights[g].T)
+                dpre.append(da)
         if need_ntk:
             (h, cell), (dh, dcell) = torch.func.jvp(layer._step, (torch.stack(pre), h, cell),
                                                     (torch.stack(dpre), dh, dcell))

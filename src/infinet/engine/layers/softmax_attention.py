@@ -299,10 +299,7 @@ class ScaledDotProductAttentionModule(nn.Module):
         # (jvp: infinet.finite.training's stable learning rate, the empirical NTK's ntvp)
         q, k, v = split(q), split(k), split(v)
         logits = q @ k.transpose(-1, -2) / math.sqrt(e // heads)
-        if layer.causal:
-            p = logits.shape[-1]
-            logits = logits.masked_fill(torch.ones(p, p, dtype=torch.bool, device=x.device).triu(1), -math.inf)
-        att = torch.softmax(logits, dim=-1) @ v
+        att = layer._softmax(logits, layer._mask(logits.shape[-1], logits)) @ v
         merged = att.transpose(1, 2).reshape(n, -1, e)
         out = self._map(merged, self.w_o, self.b_o, float(layer.w_out_std), layer.b_out_std, e)
         return out.transpose(1, 2).reshape(n, e, *spatial)

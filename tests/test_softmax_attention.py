@@ -46,6 +46,19 @@ def test_attention_on_sequences_is_the_limit_of_wide_networks(causal, parameteri
     assert_matches_finite(attention_net(causal, parameterization), inputs((4, 5)))
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_attention_without_output_map_is_the_limit_of_wide_networks(causal):
+    """output_map=False (F.scaled_dot_product_attention's merged heads, from_torch's hand-split attention) with a
+    bias of its own per map: no output weights, no NTK term of theirs."""
+    conv = inf.Conv(64, (1,), w_std=1.0, b_std=0.1, parameterization="standard")
+    att = inf.ScaledDotProductAttention(512, 8, w_q_std=0.8, w_k_std=1.1, w_v_std=1.0, b_q_std=0.3, b_k_std=None,
+                                        b_v_std=0.2, output_map=False, causal=causal, parameterization="standard",
+                                        samples=512)
+    net = inf.serial(conv, att, inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1, 1.0, 0.1, parameterization="standard"))
+    assert repr(inf.parse_spec(repr(net))) == repr(net)
+    assert_matches_finite(net, inputs((4, 5)))
+
+
 def test_attention_over_image_patches_is_the_limit_of_wide_networks():
     assert_matches_finite(attention_net(spatial=2, relu=True), inputs((3, 3, 2)))
 
@@ -92,6 +105,10 @@ def test_attention_options_are_checked():
         inf.ScaledDotProductAttention(8, 2, causal="yes")
     with pytest.raises(ValueError, match="positions"):
         inf.serial(inf.ScaledDotProductAttention(8, 2), inf.Dense(1)).kernel(randn(2, 3))
+    with pytest.raises(TypeError, match="output_map"):
+        inf.ScaledDotProductAttention(8, 2, output_map=0)
+    with pytest.raises(ValueError, match="without an output map"):
+        inf.ScaledDotProductAttention(8, 2, output_map=False, b_out_std=0.1)
     net = inf.serial(inf.ScaledDotProductAttention(16, 2), inf.Flatten(), inf.Dense(1))
     assert repr(inf.parse_spec(repr(net))) == repr(net)
 

@@ -42,6 +42,7 @@ from .layers.base import Context, Layer, Spec
 from . import torch_layouts as layouts
 from .torch_graph import _Builder, _join, _Term
 from .torch_rewrites import fold_activations
+from .torch_attention import HandSplitAttention, fuse_attention
 from . import torch_sequences as sequences
 from .torch_sequences import recurrent_output
 from .torch_dataflow import InplaceProxy, InplaceRefused, check_dataflow, functionalize, seeded_run
@@ -82,6 +83,9 @@ def _scalar(value) -> float | None:
 
 def _module_term(node: fx.Node, first: _Term, module, where: str, init: str, shapes: dict, terms: dict) -> _Term:
     """The term of a call of a submodule (its layer after ``first``; an RNN starts a recurrent term)."""
+    if isinstance(module, HandSplitAttention):
+        sequences.check_tokens(first, module.where, "scaled_dot_product_attention")
+        return first.then(node.name, module.layer(init))
     layer = _convert_module(module, where, init)
     if isinstance(layer, _RNNLayers):
         if first.index != 0:
@@ -351,6 +355,7 @@ def from_torch(model: nn.Module, example_input: Tensor | None = None, *, init: s
     modules = dict(work.named_modules())
     try:
         functionalize(graph, modules)
+        fuse_attention(graph, modules, work)
         shapes = _shapes(model, work, graph, example_input)
     except InplaceRefused as e:
         raise UnsupportedModuleError(str(e)) from None
@@ -400,7 +405,8 @@ def _token_input(graph: fx.Graph, modules: dict, shapes: dict) -> tuple | None:
             continue
         for user in node.users:
             module = modules.get(user.target) if user.op == "call_module" else None
-            attention = isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder))
+            attention = isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder,
+                                            HandSplitAttention))
             if attention or (isinstance(module, nn.Linear) and rank is not None and rank >= 2):
                 r = 2 if rank is None else rank
                 return tuple(range(1, r)) + (0,), (0, r) + tuple(range(1, r))

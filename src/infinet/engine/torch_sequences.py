@@ -56,7 +56,7 @@ def recurrent_output(node: fx.Node, term: _Term, where: str, args: list) -> _Ter
                                  "sequence, its last step (out[:, -1]), a mean over time, or h_n of a one-layer RNN")
 
 
-def _tokens(term: _Term, where: str, what: str) -> None:
+def check_tokens(term: _Term, where: str, what: str) -> None:
     if term.order != TOKENS:
         raise UnsupportedModuleError(f"{where} ({what}): it reads (N, L, E) tokens (batch_first); this value's axes "
                                      f"are in another order ({term.order}): permute it to (N, L, E) first")
@@ -95,7 +95,7 @@ def attention_term(node: fx.Node, first: _Term, call: AttentionCall, terms: dict
         raise UnsupportedModuleError(f"{where} (MultiheadAttention): masks other than the causal one (a buffer "
                                      "holding it, as nn.Transformer.generate_square_subsequent_mask gives) have no "
                                      "counterpart here")
-    _tokens(first, where, "MultiheadAttention")
+    check_tokens(first, where, "MultiheadAttention")
     layer = call.layer
     if causal:
         layer = copy.copy(layer)
@@ -166,7 +166,7 @@ def encoder_term(node: fx.Node, first: _Term, call: EncoderCall) -> _Term:
     where, m = call.where, call.module
     if any(v is not None and v is not False for v in list(node.args[1:]) + list(node.kwargs.values())):
         raise UnsupportedModuleError(f"{where} ({type(m).__name__}): masks have no counterpart here")
-    _tokens(first, where, type(m).__name__)
+    check_tokens(first, where, type(m).__name__)
     if isinstance(m, nn.TransformerEncoderLayer):
         return _encoder_layer(first, m, where, call.init)
     term = first

@@ -58,8 +58,9 @@ from ...core.checks import check_int
 class ScaledDotProductAttention(Layer):
     """Multi-head self-attention with 1/sqrt(d_head) logits (``nn.MultiheadAttention``): ``embed_dim`` = E output
     channels of the finite module in ``n_heads`` heads; ``w_std`` / ``b_std`` of the query, key and value maps
-    (``w_q_std`` ... override one), ``w_out_std`` / ``b_out_std`` of the output map; ``causal`` masks later
-    positions. Inputs N x C x positions (sequences or images), outputs N x E x the same positions. Kernel: see
+    (``w_q_std`` ... ``b_v_std`` override one), ``w_out_std`` / ``b_out_std`` of the output map (``output_map=False``:
+    none, the heads merged as F.scaled_dot_product_attention leaves them: w_O = 1, b_O absent, no NTK term of its
+    own); ``causal`` masks later positions. Inputs N x C x positions (sequences or images), outputs N x E x the same positions. Kernel: see
     the module docstring (Hron et al. 2020), sampled with ``samples`` points and ``replicates`` replicates."""
 
     masking = "own"  # padded keys get no weight; entries at padded positions are zeroed (infinet.masks)
@@ -69,7 +70,9 @@ class ScaledDotProductAttention(Layer):
     def __init__(self, embed_dim: int, n_heads: int, w_std: float = 1.0, b_std: float | None = None,
                  w_out_std: float = 1.0, b_out_std: float | None = None, causal: bool = False,
                  parameterization: str = "standard", w_q_std: float | None = None, w_k_std: float | None = None,
-                 w_v_std: float | None = None, samples: int = 256, replicates: int = 8, seed: int = 0):
+                 w_v_std: float | None = None, b_q_std: float | None = None, b_k_std: float | None = None,
+                 b_v_std: float | None = None, output_map: bool = True, samples: int = 256, replicates: int = 8,
+                 seed: int = 0):
         check_int(embed_dim, "ScaledDotProductAttention embed_dim")
         check_int(n_heads, "ScaledDotProductAttention n_heads")
         if embed_dim % n_heads:
@@ -82,17 +85,26 @@ class ScaledDotProductAttention(Layer):
         self.stds = {name: float(check_std(f"w_{name}_std", value, allow_none=False)) if value is not None
                      else float(self.w_std) for name, value in (("q", w_q_std), ("k", w_k_std), ("v", w_v_std))}
         self.b_std = check_std("b_std", b_std, allow_none=True)
+        self.b_stds = {name: check_std(f"b_{name}_std", value, allow_none=True) if value is not None else self.b_std
+                       for name, value in (("q", b_q_std), ("k", b_k_std), ("v", b_v_std))}
         self.w_out_std = check_std("w_out_std", w_out_std, allow_none=False)
         self.b_out_std = check_std("b_out_std", b_out_std, allow_none=True)
+        if not isinstance(output_map, bool):
+            raise TypeError(f"ScaledDotProductAttention output_map must be True or False, got {output_map!r}")
+        if not output_map and (self.w_out_std != 1.0 or self.b_out_std is not None):
+            raise ValueError("ScaledDotProductAttention without an output map takes no w_out_std / b_out_std")
+        self.output_map = output_map
         self.parameterization = check_parameterization(parameterization)
         self.samples, self.replicates, self.seed = samples, replicates, seed
 
     def __repr__(self) -> str:
         q, k, v = (self.stds[n] for n in "qkv")
+        biases = "".join(f", b_{n}_std={std_repr(self.b_stds[n])}" for n in "qkv" if self.b_stds[n] != self.b_std)
+        out = (f"w_out_std={std_repr(self.w_out_std)}, b_out_std={std_repr(self.b_out_std)}" if self.output_map
+               else "output_map=False")
         return (f"ScaledDotProductAttention({self.embed_dim}, {self.n_heads}, w_std={std_repr(self.w_std)}, "
-                f"b_std={std_repr(self.b_std)}, w_out_std={std_repr(self.w_out_std)}, "
-                f"b_out_std={std_repr(self.b_out_std)}, causal={self.causal!r}, "
-                f"parameterization={self.parameterization!r}, w_q_std={q!r}, w_k_std={k!r}, w_v_std={v!r}, "
+                f"b_std={std_repr(self.b_std)}, {out}, causal={self.causal!r}, "
+                f"parameterization={self.parameterization!r}, w_q_std={q!r}, w_k_std={k!r}, w_v_std={v!r}{biases}, "
                 f"samples={self.samples}, replicates={self.replicates}, seed={self.seed})")
 
     def infer(self, spec: Spec, ctx: Context) -> Spec:
@@ -108,8 +120,8 @@ class ScaledDotProductAttention(Layer):
     # -- kernel ----------------------------------------------------------------------------------------
     def _affine(self, name: str, k_in: Tensor) -> Tensor:
         """The kernel of a query / key / value map's output (every entry of the input kernel)."""
-        b = 0.0 if self.b_std is None else float(self.b_std) ** 2
-        return self.stds[name] ** 2 * k_in + b
+        b = self.b_stds[name]
+        return self.stds[name] ** 2 * k_in + (0.0 if b is None else float(b) ** 2)
 
     def _gradient_term(self, w: float, b: float | None, fan_in: int, k_in: Tensor) -> Tensor:
         """The NTK term of one affine map's own weight and bias, c(K)."""
@@ -118,7 +130,7 @@ class ScaledDotProductAttention(Layer):
         return fan_in * k_in + (0.0 if b is None else 1.0)
 
     def _tangent(self, name: str, fan_in: int, k_in: Tensor, theta_in: Tensor) -> Tensor:
-        return self._gradient_term(self.stds[name], self.b_std, fan_in, k_in) + self.stds[name] ** 2 * theta_in
+        return self._gradient_term(self.stds[name], self.b_stds[name], fan_in, k_in) + self.stds[name] ** 2 * theta_in
 
     def _mask(self, p: int, like: Tensor) -> Tensor | None:
         if not self.causal:
@@ -247,7 +259,10 @@ class ScaledDotProductAttention(Layer):
         return nngp, self._out_gradient(nngp) + w_o**2 * ((a @ th_v @ a2t).mean(1) + logits)
 
     def _out_gradient(self, heads: Tensor) -> Tensor:
-        """The NTK term of the output map's own weight and bias, given the heads' kernel E[A K_V A'^T]."""
+        """The NTK term of the output map's own weight and bias, given the heads' kernel E[A K_V A'^T] (none
+        without an output map)."""
+        if not self.output_map:
+            return torch.zeros_like(heads)
         return self._gradient_term(float(self.w_out_std), self.b_out_std, self.embed_dim, heads)
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
@@ -273,8 +288,9 @@ class ScaledDotProductAttentionModule(nn.Module):
             return None if std is None else nn.Parameter(torch.randn(n, generator=g) * (1.0 if ntk else float(std)))
 
         self.w_q, self.w_k, self.w_v = (weight(e, in_channels, layer.stds[n]) for n in "qkv")
-        self.b_q, self.b_k, self.b_v = (bias(e, layer.b_std) for _ in range(3))
-        self.w_o, self.b_o = weight(e, e, float(layer.w_out_std)), bias(e, layer.b_out_std)
+        self.b_q, self.b_k, self.b_v = (bias(e, layer.b_stds[n]) for n in "qkv")
+        if layer.output_map:
+            self.w_o, self.b_o = weight(e, e, float(layer.w_out_std)), bias(e, layer.b_out_std)
         self.in_channels = in_channels
 
     def _map(self, x, w, b, std, b_std, fan_in):
@@ -288,7 +304,7 @@ class ScaledDotProductAttentionModule(nn.Module):
         layer = self.layer
         n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
         tokens = x.reshape(n, c, -1).transpose(1, 2)  # (N, P, C)
-        q, k, v = (self._map(tokens, w, b, layer.stds[name], layer.b_std, c)
+        q, k, v = (self._map(tokens, w, b, layer.stds[name], layer.b_stds[name], c)
                    for w, b, name in ((self.w_q, self.b_q, "q"), (self.w_k, self.b_k, "k"), (self.w_v, self.b_v, "v")))
         heads, e = layer.n_heads, layer.embed_dim
 
@@ -301,7 +317,8 @@ class ScaledDotProductAttentionModule(nn.Module):
         logits = q @ k.transpose(-1, -2) / math.sqrt(e // heads)
         att = layer._softmax(logits, layer._mask(logits.shape[-1], logits)) @ v
         merged = att.transpose(1, 2).reshape(n, -1, e)
-        out = self._map(merged, self.w_o, self.b_o, float(layer.w_out_std), layer.b_out_std, e)
+        out = self._map(merged, self.w_o, self.b_o, float(layer.w_out_std), layer.b_out_std, e) if layer.output_map \
+            else merged
         return out.transpose(1, 2).reshape(n, e, *spatial)
 
 

@@ -5,15 +5,25 @@ plus one elementwise pass per layer over an N x N matrix (3 hidden layers -> 3 p
 seconds (median and best of --repeats runs), the ratio to the proxy, and peak resident memory of
 each phase (Linux: VmHWM after resetting it through /proc/self/clear_refs). Never asserts.
 
-    python benchmarks/fc_kernel.py [--n 4000] [--repeats 3] [--tile-size T]
+With ``--nt-python`` (a separate virtual environment with neural-tangents 0.6.5 and jax 0.4.23, never a
+dependency) the same kernel by neural-tangents in a child process (jitted, warm median after a compiling call),
+the ratio of warm medians and the largest difference of the two kernels.
+
+    python benchmarks/fc_kernel.py [--n 4000] [--repeats 3] [--tile-size T] [--nt-python PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import tempfile
+import textwrap
 import time
 
+import numpy as np
 import torch
 
 import infinet as inf
@@ -57,6 +67,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tile-size", type=int, default=None)
+    parser.add_argument("--nt-python", help="python of a virtual environment with neural-tangents 0.6.5")
     args = parser.parse_args()
 
     gen = torch.Generator().manual_seed(0)
@@ -91,6 +102,41 @@ def main() -> None:
     print(f"infinet net.kernel:                       median {o_med:.3f}s  best {o_best:.3f}s  peak RSS {o_peak:.0f} MiB")
     print(f"ratio infinet / proxy: median {o_med / p_med:.2f}x  best {o_best / p_best:.2f}x  (target <= 2x)")
     print(f"outputs (nngp + ntk) are {out_mib:.0f} MiB; process RSS before timing {base_rss:.0f} MiB")
+    if args.nt_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "x.npy")
+            np.save(path, x.numpy())
+            out = subprocess.run([args.nt_python, "-c", NT_CHILD, path, str(args.repeats)], capture_output=True,
+                                 text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"neural-tangents failed:\n{out.stderr[-2000:]}")
+            theirs = json.loads(out.stdout.strip().splitlines()[-1])
+            k = ours()
+            diff = float(np.abs(np.load(path + ".ntk.npy") - k.ntk.numpy()).max() / k.ntk.abs().max())
+        print(f"neural-tangents (jitted, warm): median {theirs['median']:.3f}s  best {theirs['best']:.3f}s  "
+              f"(first call {theirs['first']:.3f}s)")
+        print(f"ratio infinet / neural-tangents: median {o_med / theirs['median']:.3f}x  best "
+              f"{o_best / theirs['best']:.3f}x;  max |NTK difference| / max |NTK| = {diff:.1e}")
+
+
+NT_CHILD = textwrap.dedent("""
+    import json, statistics, sys, time, types
+    sys.modules['neural_tangents.experimental'] = types.ModuleType('neural_tangents.experimental')
+    import jax; jax.config.update('jax_enable_x64', True)
+    import numpy as np
+    from neural_tangents import stax
+    x = np.load(sys.argv[1]); repeats = int(sys.argv[2])
+    layers = [l for _ in range(3) for l in (stax.Dense(512, W_std=1.4, b_std=0.1), stax.Relu())]
+    _, _, kernel_fn = stax.serial(*layers, stax.Dense(1, W_std=1.4, b_std=0.1))
+    kernel_fn = jax.jit(kernel_fn, static_argnames='get')
+    t0 = time.perf_counter(); kernel_fn(x, None, ('nngp', 'ntk'))[1].block_until_ready(); first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); nngp, ntk = kernel_fn(x, None, ('nngp', 'ntk'))
+        ntk.block_until_ready(); times.append(time.perf_counter() - t0)
+    np.save(sys.argv[1] + '.ntk.npy', np.asarray(ntk))
+    print(json.dumps({'first': first, 'median': statistics.median(times), 'best': min(times)}))
+""")
 
 
 if __name__ == "__main__":

@@ -49,10 +49,33 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("estimator", ["joint", "windows"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_sampled_kernel_matches_wide_finite_networks(name):
+def test_sampled_kernel_matches_wide_finite_networks(monkeypatch, name, estimator):
+    """Both estimators (joint draws of every input position, or of each pair of windows; the layer picks the
+    cheaper) against Monte Carlo of wide networks."""
+    from infinet.engine.layers import maxpool_joint
+
+    monkeypatch.setattr(maxpool_joint, "pays", lambda *args: estimator == "joint")
     make, shape = CASES[name]
     assert_case_matches_wide_networks(make(), inputs(*shape, seed=2), mc_seed=4)
+
+
+def test_joint_draws_are_exactly_symmetric_and_serve_small_images(monkeypatch):
+    """The joint estimator (chosen for 4 x 4 inputs) gives K(x1, x2) = K(x2, x1)^T (its same-position layout is
+    the diagonal of its full one: tests/test_trust_round_three.py)."""
+    from infinet.engine.layers import maxpool_joint
+
+    calls = []
+    original = maxpool_joint.expectations
+    monkeypatch.setattr(maxpool_joint, "expectations", lambda *a: calls.append(1) or original(*a))
+    net = inf.serial(inf.Conv(3, 3, w_std=1.5, b_std=0.1), inf.MaxPool(2, activation=inf.Relu()), inf.Conv(3, 3),
+                     inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1))
+    x1, x2 = inputs(3, 2, 4, 4, seed=8), inputs(4, 2, 4, 4, seed=9)
+    a, b = net.kernel(x1, x2), net.kernel(x2, x1)
+    assert calls
+    for name in ("nngp", "ntk", "nngp_se", "ntk_se"):
+        assert torch.allclose(getattr(a, name), getattr(b, name).T, rtol=1e-12, atol=1e-14), name
 
 
 def test_standard_errors_are_honest_and_shrink():

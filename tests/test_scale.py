@@ -16,7 +16,8 @@ from infinet import scale
 
 F64 = torch.float64
 NET = inf.serial(inf.Dense(64, w_std=1.4, b_std=0.1), inf.Relu(), inf.Dense(1, w_std=1.4, b_std=0.1))
-SLOW_SPEC = "Dense(32, w_std=1.5, b_std=0.1) > Tanh() > Dense(1, w_std=1.5, b_std=0.1)"  # quadrature: slow tiles
+#: slow tiles: Tanh by direct quadrature (INFINET_QUADRATURE=direct, set where SLOW_SPEC runs), not its interpolant
+SLOW_SPEC = "Dense(32, w_std=1.5, b_std=0.1) > Tanh() > Dense(1, w_std=1.5, b_std=0.1)"
 
 
 def data(n=150, d=6, seed=0):
@@ -32,7 +33,15 @@ def stored(path, name):
 def cluster():
     from distributed import Client, LocalCluster
 
-    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    before = os.environ.get("INFINET_QUADRATURE")
+    os.environ["INFINET_QUADRATURE"] = "direct"  # the worker processes inherit it (SLOW_SPEC's slow tiles)
+    try:
+        c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    finally:
+        if before is None:
+            os.environ.pop("INFINET_QUADRATURE")
+        else:
+            os.environ["INFINET_QUADRATURE"] = before
     client = Client(c)
     yield client
     client.close()
@@ -76,7 +85,8 @@ def _done(path):
         return 0
 
 
-def test_killed_client_resumes_computing_only_missing_tiles(tmp_path):
+def test_killed_client_resumes_computing_only_missing_tiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFINET_QUADRATURE", "direct")  # this process and the child: SLOW_SPEC's slow tiles
     x = data(100)
     np.save(tmp_path / "x.npy", x.numpy())
     code = (f"import numpy as np, torch; from infinet import scale; x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'));"
@@ -101,7 +111,8 @@ def test_killed_client_resumes_computing_only_missing_tiles(tmp_path):
         assert torch.equal(stored(tmp_path / "k", name), stored(tmp_path / "clean", name))
 
 
-def test_killed_worker_is_retried(tmp_path, cluster):
+def test_killed_worker_is_retried(tmp_path, cluster, monkeypatch):
+    monkeypatch.setenv("INFINET_QUADRATURE", "direct")  # as in the cluster's workers
     x = data(100, seed=1)
     result = {}
 

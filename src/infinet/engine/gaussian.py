@@ -19,6 +19,7 @@ derivative convention of PyTorch's autograd at 0 (for example relu'(0) = 0), and
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 from typing import Callable
 
@@ -148,12 +149,20 @@ def quadrature(
     smaller than the standard deviation (sin or exp at large variance; those have closed forms).
     Cost: (radial nodes) x (angular nodes), about 2e4 evaluations per entry at unit variance, more
     (logarithmically) at large variance; chunked to ``max_elements`` evaluations at a time.
+
+    Calls of at least ``UNIFORM_MIN_ENTRIES`` entries (not differentiated) instead evaluate an interpolant of
+    this rule built once per process: in rho alone when every variance is the same, else in (rho, log var1,
+    log var2) (:mod:`infinet.engine.variance_interpolation`), each certified to ``2e-11`` x max |f| by its
+    trailing Chebyshev coefficients or not used (kinks away from 0, variance ratios beyond 1e8, zero
+    variances). The environment variable ``INFINET_QUADRATURE=direct`` turns the second off.
     """
     cov, var1, var2 = broadcast_pair(cov, var1, var2)
     check_quadrature_range(var1, var2)
     differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
     if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
         out = _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels)
+        if out is None and os.environ.get("INFINET_QUADRATURE", "interpolate") != "direct":
+            out = _interpolated(fn, cov, _compact(var1), _compact(var2), need_kdot, dfn, nodes, extra_panels)
         if out is not None:
             return out
     return _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate)
@@ -299,19 +308,79 @@ def _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels) 
     return nngp, (_chebyshev.evaluate(c[1], rho) if need_kdot else None)
 
 
-def _polar_chunk(fn, dfn, need_kdot, cov, var1, var2, radius, radial_w, arc_t, arc_w):
-    rho, _, _ = correlation(cov, var1, var2)
+def _compact(t: Tensor) -> Tensor:
+    """``t`` without the axes a broadcast expanded (stride 0): the shape its values really have."""
+    for d in range(t.ndim):
+        if t.stride(d) == 0 and t.shape[d] > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels) -> Pair | None:
+    """Unequal variances: the certified interpolant in (rho, log var1, log var2) of
+    :mod:`infinet.engine.variance_interpolation`, built from this module's polar rule (None: not resolved)."""
+    from . import variance_interpolation
+
+    derivative = dfn if dfn is not None else autograd_derivative(fn)
+    device = cov.device
+
+    def values_at(rho: Tensor, s: Tensor, scale: float) -> Tensor:
+        rho, s = rho.to(device), s.to(device)
+        radius, radial_w = _radial_rule(scale, nodes, extra_panels, torch.float64, device)
+        arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, torch.float64, device)
+        x, y, w = (t.reshape(len(rho), -1) for t in _polar_points(rho, radius, radial_w, arc_t, arc_w))
+        out = []
+        for f in (fn, derivative):  # both, always: one table serves the NNGP-only calls too
+            blocks = []
+            for part in torch.split(torch.arange(len(rho), device=device), max(1, 2**21 // (len(s) * x.shape[1]))):
+                first = f(s[None, :, None] * x[part, None, :])
+                second = f(s[None, :, None] * y[part, None, :]) * w[part, None, :]
+                blocks.append(first @ second.transpose(-1, -2))
+            out.append(torch.cat(blocks))
+        return torch.stack(out)
+
+    key = (_identity(fn, dfn), nodes, extra_panels, str(device))
+    values = variance_interpolation.expectations(values_at, cov, var1.to(torch.float64), var2.to(torch.float64),
+                                                 key, lambda s_max: s_max)
+    if values is None:
+        return None
+    values = [v.to(cov.dtype) for v in values]
+    return values[0], (values[1] if need_kdot else None)
+
+
+def _identity(fn, dfn) -> tuple:
+    """What determines the expectations of ``fn``: for infinet's own quadrature activations (Tanh, Sigmoid, ...,
+    whose fn is fixed by their class and arguments) the class and arguments, so that every layer of a network
+    shares one interpolant; otherwise the functions themselves."""
+    from .layers.activations import Activation, Elementwise
+
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, Activation) and not isinstance(owner, Elementwise):
+        own = owner.derivative()  # a new closure per call: the same code (and the arguments in the key) is the same
+        if dfn is None or dfn is own or getattr(dfn, "__code__", None) is getattr(own, "__code__", False):
+            return type(owner), owner._args(), dfn is None
+    return fn, dfn
+
+
+def _polar_points(rho: Tensor, radius, radial_w, arc_t, arc_w) -> tuple[Tensor, Tensor, Tensor]:
+    """The polar rule of :func:`quadrature` at correlations ``rho`` (E,): (X, Y, W), each (E, arcs, radii), with
+    u = s1 X, v = s2 Y and E[f(u, v)] = sum W f."""
     beta = torch.arccos(rho)
     zero = torch.zeros_like(beta)
     # four arcs: [pi/2, pi/2 + beta], [pi/2 + beta, 3pi/2], [3pi/2, 3pi/2 + beta], [3pi/2 + beta, 5pi/2]
-    starts = torch.stack([zero, beta, zero, beta], dim=-1) + cov.new_tensor([0.5, 0.5, 1.5, 1.5]) * math.pi
+    starts = torch.stack([zero, beta, zero, beta], dim=-1) + rho.new_tensor([0.5, 0.5, 1.5, 1.5]) * math.pi
     lengths = torch.stack([beta, math.pi - beta, beta, math.pi - beta], dim=-1)
-    angle = (starts[:, :, None] + lengths[:, :, None] * arc_t).reshape(len(cov), -1, 1)
-    weight = (lengths[:, :, None] * arc_w).reshape(len(cov), -1, 1) * (radial_w / (2.0 * math.pi))
+    angle = (starts[:, :, None] + lengths[:, :, None] * arc_t).reshape(len(rho), -1, 1)
+    weight = (lengths[:, :, None] * arc_w).reshape(len(rho), -1, 1) * (radial_w / (2.0 * math.pi))
+    return torch.cos(angle) * radius, torch.cos(angle - beta[:, None, None]) * radius, weight
+
+
+def _polar_chunk(fn, dfn, need_kdot, cov, var1, var2, radius, radial_w, arc_t, arc_w):
+    rho, _, _ = correlation(cov, var1, var2)
+    x, y, weight = _polar_points(rho, radius, radial_w, arc_t, arc_w)
     s1 = torch.sqrt(torch.clamp(var1, min=0.0))[:, None, None]
     s2 = torch.sqrt(torch.clamp(var2, min=0.0))[:, None, None]
-    u = s1 * torch.cos(angle) * radius
-    v = s2 * torch.cos(angle - beta[:, None, None]) * radius
+    u, v = s1 * x, s2 * y
     nngp = (fn(u) * fn(v) * weight).sum((-1, -2))
     if not need_kdot:
         return nngp, None

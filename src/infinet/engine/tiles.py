@@ -138,6 +138,8 @@ class MemorySink:
         self.done: list[tuple[int, int]] = []
 
     def write(self, i: int, j: int, k: Kernel) -> None:
+        """Tile (i, j) into the result (and its mirror block). Safe from several threads at once: tiles cover
+        disjoint blocks, and tiles sharing rows write the same variances."""
         r, c = self.plan.rows[i], self.plan.cols[j]
         for name in ("nngp", "ntk", "nngp_se", "ntk_se"):
             out, value = getattr(self, name), getattr(k, name)

@@ -353,13 +353,14 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
             k = replay.record((1, i), tile)
         else:
             k = tile(replay.trace(i, j))
-        return finish_tile(k, plan, i, j)
+        # written by the worker that computed it: the copies into the (N1, N2) result (and its mirror block)
+        # run in parallel with the other tiles instead of one after another in this thread
+        sink.write(i, j, finish_tile(k, plan, i, j))
 
     try:
         with progress_bar(len(plan.tasks()), progress_shown) as bar:
-            for task, k in local_results(work, tasks, x1.device):
+            for task, _ in local_results(work, tasks, x1.device):
                 if task[0] != "record":
-                    sink.write(*task, k)
                     bar.update()
     except NonFiniteKernelError as e:
         raise NonFiniteKernelError(f"{e}; the tiles already computed are in the exception's .partial",

@@ -291,7 +291,8 @@ def _erase(graph: fx.Graph, nodes: list) -> None:
 def fuse_attention(graph: fx.Graph, modules: dict, work: nn.Module) -> None:
     """Rewrite every hand-written multi-head attention of ``graph`` (see the module docstring) into one call of a
     :class:`HandSplitAttention` registered on ``work`` (and ``modules``); a ``scaled_dot_product_attention`` call
-    in another form raises :class:`UnsupportedModuleError` naming it and saying what is read."""
+    in another form raises :class:`~infinet.engine.torch_modules.UnsupportedModuleError` naming it and saying what
+    is read."""
     calls = [n for n in graph.nodes if n.op == "call_function" and n.target is F.scaled_dot_product_attention]
     for i, node in enumerate(calls):
         try:

@@ -165,6 +165,11 @@ class ABRelu(Activation):
     def diagonal(self, var):
         return 0.5 * (self.a**2 + self.b**2) * var
 
+    def derivative(self):
+        """phi'(x) = b for x > 0, a otherwise (autograd's convention at 0 for ReLU: 0)."""
+        a, b = self.a, self.b
+        return lambda x: torch.where(x > 0, b, a).to(x.dtype) if a != b else torch.full_like(x, b)
+
 
 class Relu(ABRelu):
     """phi(x) = max(x, 0): arc-cosine kernel of order 1 (Cho and Saul 2009)."""

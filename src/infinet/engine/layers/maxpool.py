@@ -30,6 +30,7 @@ from . import spatial as sp
 from .activations import Activation
 from .affine import ElementwiseAffine, ElementwiseAffineModule
 from .base import Context, Spec, with_shape
+from . import maxpool_joint
 from .pooling import _Pool
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -136,7 +137,32 @@ class MaxPool(_Pool):
             draws = self._run(k, full_out, self._points(k, laws.DRAWS // 2, state), laws.generator(k))
             out = k.replace(shape=(k.shape[0],) + self.windows(k.spatial)[2], full=full_out)
             return laws.drawn_kernel(out, draws, laws.law_of(k).roots)
+        index, valid, out_spatial = self.windows(k.spatial)
+        p = math.prod(k.spatial)
+        # chosen by the cost of every output pair, whatever the layout asked: the diagonal layout then holds
+        # exactly the diagonal of the full one
+        if maxpool_joint.pays(p, index.shape[0], index.shape[1], self.samples, True):
+            return self._run_joint(k, full_out, state, index, valid, out_spatial)
         return self._run(k, full_out, self._points(k, self.samples, state), None)
+
+    def _run_joint(self, k: Kernel, full_out: bool, state, index: Tensor, valid: Tensor, out_spatial) -> Kernel:
+        """The kernel from joint draws of every input position (:mod:`infinet.engine.layers.maxpool_joint`)."""
+        p = math.prod(k.spatial)
+        dev, dtype = k.var1.device, k.var1.dtype
+        z = sampling.normal_points(self.samples, 2 * p, state.next_seed(), dtype, dev)
+        v1 = k.var1.reshape(-1, p, p)
+        v2 = v1 if k.var2 is k.var1 else k.var2.reshape(-1, p, p)
+        n1, n2 = k.nngp_shape()[:2]
+        nngp, ntk, self1, self2 = maxpool_joint.expectations(
+            self, v1, v2, k.nngp.reshape(n1, n2, p, p), None if k.ntk is None else k.ntk.reshape(n1, n2, p, p), z,
+            index.to(dev), valid.to(dev), full_out)
+
+        def shaped(t, lead):
+            return None if t is None else t.reshape(*t.shape[:lead], *(out_spatial * 2 if full_out else out_spatial))
+
+        return k.replace(nngp=shaped(nngp, 2), ntk=shaped(ntk, 2), var1=shaped(self1, 1),
+                         var2=shaped(self1 if self2 is self1 else self2, 1), shape=(k.shape[0],) + out_spatial,
+                         full=full_out, law=None)
 
     def _points(self, k: Kernel, n: int, state) -> Tensor:
         w = self.windows(k.spatial)[0].shape[1]

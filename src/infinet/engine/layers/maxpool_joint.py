@@ -1,0 +1,146 @@
+"""The sampled max-pooling kernel from joint draws of all input positions of a pair of examples.
+
+Where :class:`~infinet.MaxPool` would draw the two windows of every pair of output positions (o, o') on their
+own (O^2 draws of 2w values per pair of examples, each window drawn again for every partner), this estimator
+draws the P input positions of both examples once per point and takes every window's maximum from that draw:
+with V_a, V_b the (P, P) self-covariances and C = Cov(u_a, u_b), and V_a = Q diag(lambda) Q^T,
+
+    u_a = z1 diag(sqrt(lambda)) Q^T,   u_b = z1 G^T + z2 R^T,   G = C^T Q diag(lambda^-1/2),   R R^T = V_b - G G^T
+
+(the conditional law of u_b given u_a; directions with lambda ~ 0 carry no variance and are dropped, so singular
+self-covariances are exact). z1, z2 are the quasi-random standard normal points of the layer
+(:mod:`infinet.sampling`). The estimate for (a, b) is the mean of the one with a drawn first and the transpose of
+the one with b drawn first, so the sampled kernel is exactly symmetric, and tiles holding a pair in either order
+agree. Every output pair then comes from the same points (its errors are shared across positions, as a finite
+network's are), the same expectations as the window-pair estimator:
+
+    K'(a, o; b, o') = E[g_a,o g_b,o'],   Theta'(a, o; b, o') = E[g'_a,o g'_b,o' Theta(a, i*_o; b, j*_o')]
+
+(g = act(max of the window), i*, j* the argmax of each window; Jacot et al. 2018 for the chain rule through the
+maximum). Cost per pair of examples: O(P^3 + points x P^2), against O(O^2 (w^3 + points x w^2)) for window pairs;
+:func:`pays` picks the cheaper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .. import sampling
+
+
+def pays(p: int, o: int, w: int, points: int, full_out: bool) -> bool:
+    """Whether joint draws of the P positions cost fewer flops than draws of each pair of windows (every pair
+    of output positions with ``full_out``, else the same-position pairs)."""
+    joint = 2 * (2 * p**3 + 2 * points * p * p)
+    pairs = (o * o if full_out else o) * (9 * (2 * w) ** 3 + 2 * points * (2 * w) ** 2)
+    return joint < pairs
+
+
+def _whitened(v: Tensor) -> tuple[Tensor, Tensor]:
+    """(Q diag(sqrt(lambda)), Q diag(lambda^-1/2)) of each (P, P) self-covariance, directions with lambda below
+    round-off zeroed in both."""
+    values, vectors = torch.linalg.eigh(0.5 * (v + v.transpose(-1, -2)))
+    top = values.amax(-1, keepdim=True).clamp(min=0.0)
+    keep = values > top * (v.shape[-1] * torch.finfo(v.dtype).eps * 16)
+    safe = torch.where(keep, values, torch.ones_like(values))
+    root = vectors * torch.where(keep, safe.sqrt(), torch.zeros_like(values)).unsqueeze(-2)
+    inverse = vectors * torch.where(keep, safe.rsqrt(), torch.zeros_like(values)).unsqueeze(-2)
+    return root, inverse
+
+
+def _root(s: Tensor) -> Tensor:
+    """R with R R^T = s for a batch of PSD matrices: Cholesky where it succeeds, the symmetric root elsewhere
+    (a conditional covariance is singular when the two examples coincide)."""
+    s = 0.5 * (s + s.transpose(-1, -2))
+    factor, info = torch.linalg.cholesky_ex(s)
+    bad = (info != 0) | ~torch.isfinite(factor).flatten(1).all(1)
+    if bool(bad.any()):
+        factor = factor.clone()
+        factor[bad] = sampling.psd_sqrt(s[bad])
+    return factor
+
+
+class Pooled:
+    """The pooled values of draws: g = act(max of each window) (points, O), its derivative, the maximum and the
+    input position that attains it."""
+
+    def __init__(self, layer, u: Tensor, index: Tensor, valid: Tensor | None, need_derivative: bool):
+        windows = layer.sign * u[..., index]  # (..., points, O, w)
+        if valid is not None:
+            windows = windows.masked_fill(~valid, -math.inf)
+        top, arg = windows.max(-1)
+        self.argmax = index.expand(windows.shape).gather(-1, arg.unsqueeze(-1)).squeeze(-1)  # input positions
+        self.top = layer.sign * top
+        self.value, self.derivative = layer._act(self.top, need_derivative)
+
+
+def expectations(layer, v1: Tensor, v2: Tensor, c: Tensor, theta: Tensor | None, z: Tensor, index: Tensor,
+                 valid: Tensor, full_out: bool) -> tuple:
+    """(nngp, ntk, self1, self2) of the pooled values: ``v1`` (n1, P, P), ``v2`` (n2, P, P), ``c`` and ``theta``
+    (n1, n2, P, P); ``z`` (points, 2P); outputs (n1, n2, O, O) or, without ``full_out``, (n1, n2, O)."""
+    p = v1.shape[-1]
+    z1, z2 = z[:, :p], z[:, p:]
+    valid = None if bool(valid.all()) else valid
+    need = theta is not None
+    root1, inverse1 = _whitened(v1)
+    root2, inverse2 = (root1, inverse1) if v2 is v1 else _whitened(v2)
+    first1 = Pooled(layer, z1 @ root1.transpose(-1, -2), index, valid, need)  # (n1, points, O)
+    first2 = first1 if v2 is v1 else Pooled(layer, z1 @ root2.transpose(-1, -2), index, valid, need)
+    n1, n2 = len(v1), len(v2)
+
+    def mean_products(ga: Tensor, gb: Tensor) -> Tensor:
+        return (torch.einsum("bso,bsq->boq", ga, gb) if full_out else (ga * gb).sum(1)) / len(z)
+
+    def conditional(first: Pooled, inverse: Tensor, v_other: Tensor, cross: Tensor, rows: Tensor, cols: Tensor,
+                    th: Tensor | None):
+        """E with the examples ``rows`` drawn first and ``cols`` given them; cross (B, P, P) = Cov(u_row, u_col)."""
+        g = cross.transpose(-1, -2) @ inverse[rows]  # (B, P, P)
+        r = _root(v_other[cols] - g @ g.transpose(-1, -2))
+        second = Pooled(layer, z1 @ g.transpose(-1, -2) + z2 @ r.transpose(-1, -2), index, valid, need)
+        ga = first.value[rows]
+        nngp = mean_products(ga, second.value)
+        if th is None:
+            return nngp, None
+        ia, ib = first.argmax[rows], second.argmax
+        if full_out:
+            picked = torch.gather(th.reshape(len(th), 1, -1).expand(-1, len(z), -1), 2,
+                                  (ia[..., :, None] * p + ib[..., None, :]).flatten(2)).reshape(ia.shape + ib.shape[-1:])
+            if layer.affine is not None and layer.affine.trainable:
+                picked = picked + (first.top[rows][..., :, None] * second.top[..., None, :]
+                                   / layer.affine.weight**2 + float(layer.affine.bias))
+            weights = first.derivative[rows][..., :, None] * second.derivative[..., None, :]
+            return nngp, (weights * picked).mean(1)
+        picked = torch.gather(th.reshape(len(th), 1, -1).expand(-1, len(z), -1), 2, ia * p + ib)
+        if layer.affine is not None and layer.affine.trainable:
+            picked = picked + first.top[rows] * second.top / layer.affine.weight**2 + float(layer.affine.bias)
+        return nngp, (first.derivative[rows] * second.derivative * picked).mean(1)
+
+    rows_all = torch.arange(n1, device=c.device)[:, None].expand(n1, n2).reshape(-1)
+    cols_all = torch.arange(n2, device=c.device)[None].expand(n1, n2).reshape(-1)
+    flat_c = c.reshape(-1, p, p)
+    flat_t = None if theta is None else theta.reshape(-1, p, p)
+    o = index.shape[0]
+    nngp, ntk = [], []
+    for part in sampling.chunks(n1 * n2, len(z) * max(p, o * (o if full_out else 1)) * 4):
+        rows, cols = rows_all[part], cols_all[part]
+        th = None if flat_t is None else flat_t[part]
+        ab = conditional(first1, inverse1, v2, flat_c[part], rows, cols, th)
+        ba = conditional(first2, inverse2, v1, flat_c[part].transpose(-1, -2), cols, rows,
+                         None if th is None else th.transpose(-1, -2))
+        flip = (lambda t: t.transpose(-1, -2)) if full_out else (lambda t: t)  # noqa: E731
+        nngp.append(0.5 * (ab[0] + flip(ba[0])))
+        if th is not None:
+            ntk.append(0.5 * (ab[1] + flip(ba[1])))
+    shape = (n1, n2, o, o) if full_out else (n1, n2, o)
+    out_nngp = torch.cat(nngp).reshape(shape)
+    out_ntk = torch.cat(ntk).reshape(shape) if ntk else None
+
+    def own(first: Pooled) -> Tensor:
+        g = first.value
+        return (torch.einsum("bso,bsq->boq", g, g) if full_out else (g * g).sum(1)) / len(z)
+
+    self1 = own(first1)
+    return out_nngp, out_ntk, self1, self1 if first2 is first1 else own(first2)

@@ -10,7 +10,7 @@ Workloads (NNGP + NTK of K(x, x), inputs N(0, 1) from one seed, w_std = sqrt(2),
   fc_20000      a depth-3 fully-connected ReLU network (Dense(512)) on 20,000 points of dimension 784
 
 For each: seconds of the first call and of the best warm call, milliseconds per kernel entry (warm time / N^2),
-peak device memory (``torch.cuda.max_memory_allocated``; on the CPU the process's peak resident memory), and
+peak device memory (``torch.cuda.max_memory_allocated``; on the CPU the process's peak resident memory so far), and
 ``over_roofline``: warm time / roofline, where the roofline is the time to stream the passes the mathematics needs
 over the kernel entries at the copy bandwidth measured here (``bandwidth_gb_s``: ``b.copy_(a)`` of a large buffer,
 bytes read plus written). Passes per entry and layer, as in ``benchmarks/conv_kernel.py``: Conv or Dense 2 (NNGP
@@ -89,6 +89,10 @@ def roofline_s(n: int, shape: tuple, tokens: str, itemsize: int, bytes_per_s: fl
     return total / bytes_per_s
 
 
+def _digits(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
 def run(name: str, n: int, shape: tuple, tokens: str, dtype: torch.dtype, device: torch.device, repeats: int,
         bytes_per_s: float) -> dict:
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device, dtype)
@@ -108,9 +112,8 @@ def run(name: str, n: int, shape: tuple, tokens: str, dtype: torch.dtype, device
     roof = roofline_s(n, shape, tokens, torch.empty((), dtype=dtype).element_size(), bytes_per_s)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    out = {"n": n, "first_s": round(times[0], 4), "warm_s": round(warm, 4),
-           "ms_per_entry": round(1e3 * warm / n**2, 6), "peak_mib": round(peak / 2**20, 1),
-           "roofline_s": round(roof, 5), "over_roofline": round(warm / roof, 2)}
+    out = {"n": n, "first_s": _digits(times[0]), "warm_s": _digits(warm), "ms_per_entry": _digits(1e3 * warm / n**2),
+           "peak_mib": round(peak / 2**20, 1), "roofline_s": _digits(roof), "over_roofline": round(warm / roof, 2)}
     published = PUBLISHED_MS.get(name, {}).get(str(dtype).removeprefix("torch."))
     if published is not None:
         out["incumbent_published_v100_ms_per_entry"] = published

@@ -140,3 +140,24 @@ def test_refusals():
         inf.MaxPool(2, activation=torch.relu)
     with pytest.raises(ValueError, match="does not fit"):
         inf.serial(inf.Conv(2, 3), inf.MaxPool(5), inf.Flatten(), inf.Dense(1)).kernel(inputs(2, 1, 4, 4))
+
+
+def test_joint_draws_with_blank_borders_agree_with_window_pairs(monkeypatch):
+    """Images with a blank border under a convolution without bias: positions of zero variance (exact zeros of the
+    conditional root) and identical examples (a zero conditional covariance). The joint estimator against the
+    window-pair one, within 4 combined standard errors."""
+    from infinet.engine.layers import maxpool_joint
+
+    x = torch.zeros(4, 1, 6, 6, dtype=F64)
+    x[:, :, 1:-1, 1:-1] = inputs(4, 1, 4, 4, seed=10)
+    x[3] = x[0]
+    net = inf.serial(inf.Conv(2, 3, padding="VALID", w_std=1.4), inf.MaxPool(2, activation=inf.Relu(), samples=512),
+                     inf.Conv(2, 3), inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1))
+    joint = net.kernel(x)
+    monkeypatch.setattr(maxpool_joint, "pays", lambda *args: False)
+    windows = net.kernel(x)
+    for name in ("nngp", "ntk"):
+        assert torch.isfinite(getattr(joint, name)).all()
+        assert max_combined_z(getattr(joint, name), getattr(joint, name + "_se"), getattr(windows, name),
+                              getattr(windows, name + "_se")) < 4, name
+    assert torch.allclose(joint.nngp[3], joint.nngp[0], rtol=1e-10)  # identical inputs, identical rows

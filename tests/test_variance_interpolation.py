@@ -113,3 +113,11 @@ def test_values_do_not_depend_on_what_was_computed_before():
     net.kernel(torch.cat([other, x]), tile_size=10)
     again = net.kernel(x, tile_size=10)
     assert torch.equal(first.nngp, again.nngp) and torch.equal(first.ntk, again.ntk)
+
+
+def test_float32_kernels_take_the_interpolant_in_their_precision():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.3, 2.0, 40)[:, None]
+    net = inf.serial(inf.Dense(64, 1.5, 0.2), inf.Tanh(), inf.Dense(1))
+    single, double = net.kernel(x, dtype=torch.float32), net.kernel(x.double())
+    assert single.nngp.dtype == torch.float32 and single.ntk.dtype == torch.float32
+    assert torch.allclose(single.ntk.double(), double.ntk, rtol=1e-5, atol=1e-6)

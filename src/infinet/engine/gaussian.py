@@ -129,6 +129,7 @@ def quadrature(
     nodes: int = 8,
     extra_panels: int = 0,
     max_elements: int = 2**22,
+    identity=None,
 ) -> Pair:
     """E[phi(u) phi(v)] and E[phi'(u) phi'(v)] for any elementwise ``fn`` by graded polar quadrature.
 
@@ -154,7 +155,9 @@ def quadrature(
     this rule built once per process: in rho alone when every variance is the same, else in (rho, log var1,
     log var2) (:mod:`infinet.engine.variance_interpolation`), each certified to ``2e-11`` x max |f| by its
     trailing Chebyshev coefficients or not used (kinks away from 0, variance ratios beyond 1e8, zero
-    variances). The environment variable ``INFINET_QUADRATURE=direct`` turns the second off.
+    variances). The environment variable ``INFINET_QUADRATURE=direct`` turns the second off. ``identity``: a
+    hashable that determines ``fn`` and ``dfn`` (infinet's activations pass their class and arguments), so that
+    every layer of that kind shares the interpolants; by default the two functions themselves.
     """
     cov, var1, var2 = broadcast_pair(cov, var1, var2)
     check_quadrature_range(var1, var2)
@@ -162,7 +165,7 @@ def quadrature(
     if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
         out = _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels)
         if out is None and os.environ.get("INFINET_QUADRATURE", "interpolate") != "direct":
-            out = _interpolated(fn, cov, _compact(var1), _compact(var2), need_kdot, dfn, nodes, extra_panels)
+            out = _interpolated(fn, cov, _compact(var1), _compact(var2), need_kdot, dfn, nodes, extra_panels, identity)
         if out is not None:
             return out
     return _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate)
@@ -316,9 +319,10 @@ def _compact(t: Tensor) -> Tensor:
     return t
 
 
-def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels) -> Pair | None:
+def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, identity=None) -> Pair | None:
     """Unequal variances: the certified interpolant in (rho, log var1, log var2) of
-    :mod:`infinet.engine.variance_interpolation`, built from this module's polar rule (None: not resolved)."""
+    :mod:`infinet.engine.variance_interpolation`, built from this module's polar rule (None: not resolved).
+    ``identity``: a hashable that determines ``fn`` and ``dfn`` (see :func:`quadrature`), else the two functions."""
     from . import variance_interpolation
 
     derivative = dfn if dfn is not None else autograd_derivative(fn)
@@ -339,27 +343,13 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels) -> P
             out.append(torch.cat(blocks))
         return torch.stack(out)
 
-    key = (_identity(fn, dfn), nodes, extra_panels, str(device))
+    key = (identity if identity is not None else (fn, dfn), nodes, extra_panels, str(device))
     values = variance_interpolation.expectations(values_at, cov, var1.to(torch.float64), var2.to(torch.float64),
                                                  key, lambda s_max: s_max)
     if values is None:
         return None
     values = [v.to(cov.dtype) for v in values]
     return values[0], (values[1] if need_kdot else None)
-
-
-def _identity(fn, dfn) -> tuple:
-    """What determines the expectations of ``fn``: for infinet's own quadrature activations (Tanh, Sigmoid, ...,
-    whose fn is fixed by their class and arguments) the class and arguments, so that every layer of a network
-    shares one interpolant; otherwise the functions themselves."""
-    from .layers.activations import Activation, Elementwise
-
-    owner = getattr(fn, "__self__", None)
-    if isinstance(owner, Activation) and not isinstance(owner, Elementwise):
-        own = owner.derivative()  # a new closure per call: the same code (and the arguments in the key) is the same
-        if dfn is None or dfn is own or getattr(dfn, "__code__", None) is getattr(own, "__code__", False):
-            return type(owner), owner._args(), dfn is None
-    return fn, dfn
 
 
 def _polar_points(rho: Tensor, radius, radial_w, arc_t, arc_w) -> tuple[Tensor, Tensor, Tensor]:

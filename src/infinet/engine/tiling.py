@@ -186,7 +186,8 @@ def _expand(k: Kernel, inverse1: Tensor | None, inverse2: Tensor | None) -> Kern
 
     var1 = rows(k.var1, inverse1)
     var2 = var1 if k.symmetric else rows(k.var2, inverse2)
-    return k.replace(nngp=both(k.nngp), ntk=both(k.ntk), var1=var1, var2=var2)
+    return k.replace(nngp=both(k.nngp), ntk=both(k.ntk), var1=var1, var2=var2, nngp_se=both(k.nngp_se),
+                     ntk_se=both(k.ntk_se))
 
 
 def _rows_of(pair, first1, first2, symmetric):

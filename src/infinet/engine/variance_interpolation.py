@@ -187,9 +187,11 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     ndim = max(cov.ndim, var1.ndim, var2.ndim)
     var1 = var1.reshape((1,) * (ndim - var1.ndim) + var1.shape)
     var2 = var2.reshape((1,) * (ndim - var2.ndim) + var2.shape)
-    rho = torch.clamp((cov / torch.sqrt(var1 * var2)) * (1.0 + 4.0 * torch.finfo(cov.dtype).eps), -1.0, 1.0)
+    dtype = cov.dtype  # the basis in the variances' precision (float64 here), everything after in the kernel's
+    a1, a2 = table.basis(var1).to(dtype), table.basis(var2).to(dtype)
+    var1, var2 = var1.to(dtype), var2.to(dtype)
+    rho = torch.clamp((cov / torch.sqrt(var1 * var2)) * (1.0 + 4.0 * torch.finfo(dtype).eps), -1.0, 1.0)
     rho = torch.arcsin(rho).mul_(2.0 / math.pi)  # the interpolation variable
-    a1, a2 = table.basis(var1), table.basis(var2)
     two_rho = 2.0 * rho
     out = []
     for c in table.c.to(dtype=cov.dtype, device=cov.device):  # each function

@@ -33,7 +33,13 @@ class Activation(Layer):
 
     def expectations(self, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> gaussian.Pair:
         """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]); default: :func:`infinet.gaussian.quadrature`."""
-        return gaussian.quadrature(self.fn, cov, var1, var2, need_kdot, dfn=self.derivative())
+        return gaussian.quadrature(self.fn, cov, var1, var2, need_kdot, dfn=self.derivative(),
+                                   identity=self.expectation_identity())
+
+    def expectation_identity(self):
+        """What fixes ``fn`` and its derivative: the class and arguments (quadrature's interpolants are shared by
+        every layer with the same); None where they are user functions (:class:`Elementwise`)."""
+        return type(self), self._args()
 
     def derivative(self) -> Callable[[Tensor], Tensor] | None:
         """phi' if known in closed form; None lets quadrature use autograd."""
@@ -569,6 +575,9 @@ class Elementwise(_Quadrature):
 
     def derivative(self):
         return self._dfn
+
+    def expectation_identity(self):
+        return None  # a user function: interpolants are shared by this layer only
 
     def expectations(self, cov, var1, var2, need_kdot=True):
         if self.nngp_fn is None:

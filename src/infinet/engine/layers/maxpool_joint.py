@@ -51,15 +51,22 @@ def _whitened(v: Tensor) -> tuple[Tensor, Tensor]:
     return root, inverse
 
 
-def _root(s: Tensor) -> Tensor:
-    """R with R R^T = s for a batch of PSD matrices: Cholesky where it succeeds, the symmetric root elsewhere
-    (a conditional covariance is singular when the two examples coincide)."""
+def _root(s: Tensor, scale: Tensor) -> Tensor:
+    """R with R R^T = s for a batch of PSD matrices. Positions with no conditional variance (every position when
+    the two examples coincide; positions whose input is zero, such as an image's blank border under a
+    convolution without bias) are exact zeros of R; the rest by Cholesky, or the symmetric root where that
+    fails (other singular covariances). ``scale`` (B,): the largest variance of the unconditioned values, the
+    measure of round-off."""
     s = 0.5 * (s + s.transpose(-1, -2))
-    factor, info = torch.linalg.cholesky_ex(s)
+    diagonal = s.diagonal(dim1=-2, dim2=-1)
+    none = diagonal <= scale[:, None].clamp(min=0.0) * (64 * s.shape[-1] * torch.finfo(s.dtype).eps)
+    cleared = s.masked_fill(none[..., :, None] | none[..., None, :], 0.0)
+    factor, info = torch.linalg.cholesky_ex(cleared + torch.diag_embed(none.to(s.dtype)))
+    factor = factor.masked_fill(none[..., :, None], 0.0)
     bad = (info != 0) | ~torch.isfinite(factor).flatten(1).all(1)
     if bool(bad.any()):
         factor = factor.clone()
-        factor[bad] = sampling.psd_sqrt(s[bad])
+        factor[bad] = sampling.psd_sqrt(cleared[bad])
     return factor
 
 
@@ -98,7 +105,8 @@ def expectations(layer, v1: Tensor, v2: Tensor, c: Tensor, theta: Tensor | None,
                     th: Tensor | None):
         """E with the examples ``rows`` drawn first and ``cols`` given them; cross (B, P, P) = Cov(u_row, u_col)."""
         g = cross.transpose(-1, -2) @ inverse[rows]  # (B, P, P)
-        r = _root(v_other[cols] - g @ g.transpose(-1, -2))
+        other = v_other[cols]
+        r = _root(other - g @ g.transpose(-1, -2), other.diagonal(dim1=-2, dim2=-1).amax(-1))
         second = Pooled(layer, z1 @ g.transpose(-1, -2) + z2 @ r.transpose(-1, -2), index, valid, need)
         ga = first.value[rows]
         nngp = mean_products(ga, second.value)

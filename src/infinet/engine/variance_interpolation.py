@@ -40,7 +40,7 @@ RHO_DEGREES = (32, 64, 128, 256)
 VAR_DEGREES = (8, 12, 16, 24, 32, 48)
 #: widest variance ratio v_hi / v_lo one interpolant covers (wider: direct quadrature)
 MAX_RATIO = 1e8
-_TABLES: list = []  # recent (key, domain, coefficients or None), newest last
+_TABLES: list = []  # recent (key, domain, Table or None: not resolved), newest last
 _MAX_TABLES = 32
 _LOCK = threading.Lock()
 
@@ -61,9 +61,10 @@ class Table:
 
 
 def expectations(values_at, cov: Tensor, var1: Tensor, var2: Tensor, key: tuple, scale_of) -> list | None:
-    """[E[phi phi], (E[phi' phi'])] on the broadcast of ``cov``, ``var1``, ``var2`` (``var1`` / ``var2`` in their own,
-    un-broadcast shapes) from an interpolant built by ``values_at(rho_nodes, s_nodes, scale)`` ((F, K, M, M)
-    values); None when the variances are not all positive, their range is too wide, or no degree resolves it."""
+    """[E[phi phi], E[phi' phi']] on the broadcast of ``cov``, ``var1``, ``var2`` (``var1`` / ``var2`` in their own,
+    un-broadcast shapes, float64) from an interpolant built by ``values_at(rho_nodes, s_nodes, scale)`` ((2, K, M,
+    M) values at the correlations and standard deviations given); None when the variances are not all positive,
+    their ratio exceeds MAX_RATIO, or no degree resolves the table."""
     lo_v, hi_v = float(torch.minimum(var1.min(), var2.min())), float(torch.maximum(var1.max(), var2.max()))
     if not (lo_v > 0 and math.isfinite(hi_v) and hi_v / lo_v <= MAX_RATIO):
         return None

@@ -197,7 +197,13 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     out = []
     for c in table.c.to(dtype=cov.dtype, device=cov.device):  # each function
         b1, b2 = torch.zeros_like(rho), torch.zeros_like(rho)
-        for k in range(c.shape[0] - 1, 0, -1):
-            b1, b2 = torch.addcmul(_pair(a1 @ c[k], a2) - b2, two_rho, b1), b1
-        out.append(torch.addcmul(_pair(a1 @ c[0], a2) - b2, rho, b1))
+        for k in range(c.shape[0] - 1, -1, -1):
+            g = _pair(a1 @ c[k], a2)
+            x = two_rho if k else rho
+            if g.shape == rho.shape:  # b_k = c_k + 2 x b_{k+1} - b_{k+2}, in the fresh product's memory
+                g.addcmul_(x, b1).sub_(b2)
+            else:
+                g = torch.addcmul(g - b2, x, b1)
+            b1, b2 = g, b1
+        out.append(b1)
     return out

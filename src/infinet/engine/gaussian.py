@@ -344,8 +344,7 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, iden
         return torch.stack(out)
 
     key = (identity if identity is not None else (fn, dfn), nodes, extra_panels, str(device))
-    values = variance_interpolation.expectations(values_at, cov, var1.to(torch.float64), var2.to(torch.float64),
-                                                 key, lambda s_max: s_max)
+    values = variance_interpolation.expectations(values_at, cov, var1.to(torch.float64), var2.to(torch.float64), key)
     if values is None:
         return None
     values = [v.to(cov.dtype) for v in values]

@@ -124,10 +124,10 @@ def _is(node: fx.Node, *methods) -> bool:
     return node.op == "call_method" and node.target in methods
 
 
-def _swaps_heads(node: fx.Node, rank: int = 4) -> bool:
+def _swaps_heads(node: fx.Node) -> bool:
     """x.transpose(1, 2) (or (2, 1), (-3, -2)) or x.permute(0, 2, 1, 3) of a rank-4 tensor."""
     if _is(node, "transpose") or (node.op == "call_function" and node.target is torch.transpose):
-        dims = sorted(d % rank if isinstance(d, int) else -1 for d in _ints(node))
+        dims = sorted(d % 4 if isinstance(d, int) else -1 for d in _ints(node))
         return dims == [1, 2]
     if _is(node, "permute") or (node.op == "call_function" and node.target is torch.permute):
         return tuple(_ints(node)) == (0, 2, 1, 3)
@@ -281,7 +281,7 @@ def _erase(graph: fx.Graph, nodes: list) -> None:
     pending = sorted(nodes, key=position.__getitem__, reverse=True)
     while pending:
         node = pending.pop(0)
-        if node.users or node.graph is not graph:
+        if node.users:  # still read (a size another reshape takes): erased with its last reader
             continue
         inputs = [a for a in node.all_input_nodes if a.op in ("call_function", "call_method")]
         graph.erase_node(node)

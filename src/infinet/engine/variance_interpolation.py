@@ -60,7 +60,7 @@ class Table:
         return torch.stack(out[: self.c.shape[2]], -1)
 
 
-def expectations(values_at, cov: Tensor, var1: Tensor, var2: Tensor, key: tuple, scale_of) -> list | None:
+def expectations(values_at, cov: Tensor, var1: Tensor, var2: Tensor, key: tuple) -> list | None:
     """[E[phi phi], E[phi' phi']] on the broadcast of ``cov``, ``var1``, ``var2`` (``var1`` / ``var2`` in their own,
     un-broadcast shapes, float64) from an interpolant built by ``values_at(rho_nodes, s_nodes, scale)`` ((2, K, M,
     M) values at the correlations and standard deviations given); None when the variances are not all positive,
@@ -68,13 +68,13 @@ def expectations(values_at, cov: Tensor, var1: Tensor, var2: Tensor, key: tuple,
     lo_v, hi_v = float(torch.minimum(var1.min(), var2.min())), float(torch.maximum(var1.max(), var2.max()))
     if not (lo_v > 0 and math.isfinite(hi_v) and hi_v / lo_v <= MAX_RATIO):
         return None
-    table = _table(values_at, math.log(lo_v), math.log(hi_v), key, scale_of)
+    table = _table(values_at, math.log(lo_v), math.log(hi_v), key)
     if table is None:
         return None
     return evaluate(table, cov, var1, var2)
 
 
-def _table(values_at, lo: float, hi: float, key: tuple, scale_of) -> Table | None:
+def _table(values_at, lo: float, hi: float, key: tuple) -> Table | None:
     """The table for ``key`` on [lo, hi] rounded outward to even units of log v (factors of e^2), built once per
     process and kept: the rounding is the whole of the choice, so a tile's values never depend on which tiles
     were computed before it (resumed and clean runs agree bit for bit), and tiles and layers with nearby ranges
@@ -85,7 +85,7 @@ def _table(values_at, lo: float, hi: float, key: tuple, scale_of) -> Table | Non
         for k, domain, table in _TABLES:
             if k == key and domain == (lo, hi):
                 return table
-        table = build(values_at, lo, hi, scale_of(math.exp(0.5 * hi)))
+        table = build(values_at, lo, hi)
         _TABLES.append((key, (lo, hi), table))
         if len(_TABLES) > _MAX_TABLES:
             _TABLES.pop(0)
@@ -122,10 +122,12 @@ def _first_resolved(degrees, values_of, dim: int) -> int:
     return len(degrees) - 1
 
 
-def build(values_at, lo: float, hi: float, scale: float) -> Table | None:
+def build(values_at, lo: float, hi: float) -> Table | None:
     """The certified interpolant on log variances [lo, hi] (see the module docstring), or None. The degrees are
     first probed on lines of the grid (rho at the largest variance, where the rho dependence is steepest; the
-    variances at a few correlations), then the whole grid is computed and certified, escalating a failing axis."""
+    variances at a few correlations), then the whole grid is computed and certified, escalating a failing axis.
+    ``values_at(rho, s, scale)`` gets the largest standard deviation as the scale of its quadrature rule."""
+    scale = math.exp(0.5 * hi)
     s_hi = torch.tensor([math.exp(0.5 * hi)], dtype=torch.float64)
     ri = _first_resolved(RHO_DEGREES, lambda k: values_at(_rho_nodes(k), s_hi, scale), 1)
     probe = _rho_nodes(4)

@@ -139,9 +139,7 @@ class MaxPool(_Pool):
             return laws.drawn_kernel(out, draws, laws.law_of(k).roots)
         index, valid, out_spatial = self.windows(k.spatial)
         p = math.prod(k.spatial)
-        # chosen by the cost of every output pair, whatever the layout asked: the diagonal layout then holds
-        # exactly the diagonal of the full one
-        if maxpool_joint.pays(p, index.shape[0], index.shape[1], self.samples, True):
+        if maxpool_joint.pays(p, index.shape[0], index.shape[1], self.samples):
             return self._run_joint(k, full_out, state, index, valid, out_spatial)
         return self._run(k, full_out, self._points(k, self.samples, state), None)
 

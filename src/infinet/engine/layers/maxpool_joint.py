@@ -31,11 +31,12 @@ from torch import Tensor
 from .. import sampling
 
 
-def pays(p: int, o: int, w: int, points: int, full_out: bool) -> bool:
-    """Whether joint draws of the P positions cost fewer flops than draws of each pair of windows (every pair
-    of output positions with ``full_out``, else the same-position pairs)."""
+def pays(p: int, o: int, w: int, points: int) -> bool:
+    """Whether joint draws of the P positions cost fewer flops than draws of each pair of windows for every pair
+    of output positions (the choice must not depend on the layout asked: the same-position layout is then
+    exactly the diagonal of the full one)."""
     joint = 2 * (2 * p**3 + 2 * points * p * p)
-    pairs = (o * o if full_out else o) * (9 * (2 * w) ** 3 + 2 * points * (2 * w) ** 2)
+    pairs = o * o * (9 * (2 * w) ** 3 + 2 * points * (2 * w) ** 2)
     return joint < pairs
 
 

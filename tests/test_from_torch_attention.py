@@ -117,3 +117,19 @@ class CrossAttention(HandSplit):
 def test_other_forms_are_refused_naming_the_call(model, match):
     with pytest.raises(inf.UnsupportedModuleError, match=rf"scaled_dot_product_attention\).*{match}"):
         inf.from_torch(model(width=8, heads=2, channels=8), torch.randn(2, 4, 8))
+
+
+class SameMapTwice(HandSplit):
+    """The value map is the query map, reached by a negative index: one weight matrix, not two."""
+
+    def forward(self, x):
+        n, length, _ = x.shape
+        parts = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (parts[i].reshape(n, length, 2, -1).transpose(1, 2) for i in (2, 1, -1))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.fc(out.transpose(1, 2).reshape(n, length, -1).mean(1))
+
+
+def test_one_map_read_twice_is_refused():
+    with pytest.raises(inf.UnsupportedModuleError, match=r"scaled_dot_product_attention\).*share a map"):
+        inf.from_torch(SameMapTwice("chunk", width=8, heads=2, channels=8), torch.randn(2, 4, 8))

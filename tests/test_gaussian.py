@@ -189,3 +189,12 @@ def test_uniform_variance_interpolation_declines_kinks_and_unequal_variances(mon
     slow = _direct(monkeypatch, kinked, rho, var)
     for a, b in zip(fast, slow):
         assert float((a - b).abs().max()) <= 1e-10 * float(b.abs().max())
+
+
+def test_relu_family_derivative_is_exact_in_the_input_precision():
+    """phi' of ABRelu (what the sampled layers apply) is a and b themselves, not float32 roundings of them."""
+    x = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
+    for act in (inf.LeakyRelu(0.01), inf.ABRelu(-0.3, 1.7), inf.Relu()):
+        expected = torch.tensor([act.a, act.a, act.b], dtype=torch.float64)
+        assert torch.equal(act.derivative()(x), expected)
+        assert torch.equal(act.derivative()(x), g.autograd_derivative(act.fn)(x))

@@ -168,9 +168,11 @@ def _source(node: fx.Node, match: _Match, modules: dict) -> tuple:
         given = dict(zip(("chunks", "dim"), chunk.args[1:]), **chunk.kwargs)
         if not (_is(chunk, "chunk") and given.get("chunks") == 3 and given.get("dim", 0) in (-1, 2)):
             match.fail(f"{chunk.name} is not .chunk(3, -1)")
+        if not isinstance(projected.args[1], int) or not -3 <= projected.args[1] < 3:
+            match.fail(f"{projected.name} is not one of the three chunks")
         match.take(projected)
         match.take(chunk)
-        part, projected = projected.args[1], chunk.args[0]
+        part, projected = projected.args[1] % 3, chunk.args[0]  # parts[-1] is parts[2]: the same map
     lin = _linear(projected, modules, match)
     width = lin.out_features // (3 if part is not None else 1)
     return projected.args[0], lin, part, _heads_of(split, width, match)
@@ -179,6 +181,9 @@ def _source(node: fx.Node, match: _Match, modules: dict) -> tuple:
 def _fused_source(node: fx.Node, match: _Match, modules: dict) -> tuple:
     """qkv.reshape(n, l, 3, H, d).permute(2, 0, 3, 1, 4), then [i] or .unbind(0)[i]."""
     part, parent = node.args[1], node.args[0]
+    if not -3 <= part < 3:
+        match.fail(f"{node.name} is not one of the three maps")
+    part %= 3  # qkv[-1] is qkv[2]: the same map
     if _is(parent, "unbind") and (_ints(parent) or [0])[0] == 0:
         match.take(parent)
         parent = parent.args[0]

@@ -174,7 +174,7 @@ class ABRelu(Activation):
     def derivative(self):
         """phi'(x) = b for x > 0, a otherwise (autograd's convention at 0 for ReLU: 0)."""
         a, b = self.a, self.b
-        return lambda x: torch.where(x > 0, b, a).to(x.dtype) if a != b else torch.full_like(x, b)
+        return lambda x: torch.full_like(x, a).masked_fill_(x > 0, b)  # a and b in x's precision
 
 
 class Relu(ABRelu):

@@ -272,7 +272,7 @@ def _abrelu(a, b, relu, both, cov, var1, var2, need_kdot):
     """ABRelu's expectations from ReLU's (see :func:`abrelu`)."""
     nngp = relu * (b - a) ** 2 if b - a != 1.0 else relu
     if a != 0.0:
-        nngp = torch.add(nngp, cov, alpha=a * b)
+        nngp = nngp + (a * b) * cov  # not torch.add(alpha=): compiled, that lost the term (torch 2.13)
     if not need_kdot:
         return nngp, None
     kdot = both * (b - a) ** 2 if b - a != 1.0 else both

@@ -45,23 +45,35 @@ def test_interpolant_agrees_with_mpmath_to_1e_10(monkeypatch, row):
         assert abs(float(value[0, 0]) - float(row[name])) <= 1e-10 * scale, (name, float(value[0, 0]), row[name])
 
 
-@pytest.mark.parametrize("layout", ["dense", "conv-diagonal", "conv-full"])
+LAYOUTS = {"dense": ((20, 1), (1, 25)), "conv-diagonal": ((8, 1, 6), (1, 9, 6)),
+           "conv-full": ((5, 1, 4, 1), (1, 7, 1, 4)), "swapped": ((1, 1, 7), (5, 6, 1)),
+           "diagonal-only": ((40,), (40,)), "blocks": ((3, 1, 9, 1), (1, 2, 1, 11))}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_interpolant_agrees_with_direct_quadrature_on_kernel_layouts(monkeypatch, layout):
     """The variances of an entry are those of its row and of its column (and positions): the matrix products
-    over those axes give what direct quadrature gives entry by entry."""
+    over those axes give what direct quadrature gives entry by entry, also with the rows taken from var2 (its
+    axes first), with no matrix axes at all (every axis varies in both), and in blocks that split the batch, the
+    rows and the columns (a tiny block size); the TorchScript loop and the plain Python one give the same bits."""
     g = torch.Generator().manual_seed(1)
-    shapes = {"dense": ((20, 1), (1, 25)), "conv-diagonal": ((8, 1, 6), (1, 9, 6)),
-              "conv-full": ((5, 1, 4, 1), (1, 7, 1, 4))}[layout]
+    shapes = LAYOUTS[layout]
     var1 = torch.exp(torch.rand(shapes[0], generator=g, dtype=torch.float64) * 3 - 1.5)
     var2 = torch.exp(torch.rand(shapes[1], generator=g, dtype=torch.float64) * 3 - 1.5)
     corr = torch.rand(torch.broadcast_shapes(*shapes), generator=g, dtype=torch.float64) * 2 - 1
     cov = corr * torch.sqrt(var1 * var2)
     direct = gaussian._direct_quadrature(torch.tanh, *torch.broadcast_tensors(cov, var1, var2), True, None, 8, 0,
                                          2**22, False)
+    if layout == "blocks":
+        monkeypatch.setattr(variance_interpolation, "BLOCK_ENTRIES", 4)
+    monkeypatch.setattr(gaussian, "UNIFORM_MIN_ENTRIES", 1)
     _no_direct_quadrature(monkeypatch)
     got = gaussian.quadrature(torch.tanh, cov, var1, var2)
-    for a, b in zip(got, direct):
+    monkeypatch.setattr(variance_interpolation, "_SCRIPTED", [variance_interpolation._evaluate_blocks])
+    plain = gaussian.quadrature(torch.tanh, cov, var1, var2)
+    for a, b, c in zip(got, direct, plain):
         assert float((a - b).abs().max()) < 1e-10
+        assert torch.equal(a, c)
 
 
 def test_kinks_wide_ranges_and_zero_variances_fall_back_to_direct_quadrature():
@@ -121,3 +133,67 @@ def test_float32_kernels_take_the_interpolant_in_their_precision():
     single, double = net.kernel(x, dtype=torch.float32), net.kernel(x.double())
     assert single.nngp.dtype == torch.float32 and single.ntk.dtype == torch.float32
     assert torch.allclose(single.ntk.double(), double.ntk, rtol=1e-5, atol=1e-6)
+
+
+def _naive(c: torch.Tensor, x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """sum_kmn c[k, m, n] T_k(x) T_m(t1) T_n(t2), term by term (the reference for the fast evaluation)."""
+    k, m, n = (torch.arange(d, dtype=torch.float64) for d in c.shape)
+    tk = torch.cos(k * torch.arccos(x)[..., None])
+    tm = torch.cos(m * torch.arccos(t1)[..., None])
+    tn = torch.cos(n * torch.arccos(t2)[..., None])
+    return torch.einsum("kmn,...k,...m,...n->...", c, tk, tm, tn)
+
+
+def test_parity_split_and_low_rank_series_stay_within_their_bound():
+    """The Series form (even and odd parts in y = 2x^2 - 1, each term in low rank) of random decaying
+    coefficients agrees with the plain triple sum to within the budget given to its truncation (plus rounding,
+    mostly the round trip x -> rho -> x of the test's points), a budget of zero keeping it exact to rounding; an
+    odd function keeps only its odd part."""
+    g = torch.Generator().manual_seed(5)
+    decay = 0.6 ** torch.arange(12, dtype=torch.float64)
+    c = torch.randn(12, 7, 7, generator=g, dtype=torch.float64) * decay[:, None, None] * decay[None, :7, None]
+    x, t1, t2 = (torch.rand(30, 40, generator=g, dtype=torch.float64) * 2 - 1 for _ in range(3))
+    want = _naive(c, x, t1, t2)
+    for budget in (0.0, 1e-6, 1e-3):
+        s = variance_interpolation.Series.of(c, budget)
+        got = _series_value(s, x, t1, t2)
+        assert float((got - want).abs().max()) <= budget + 1e-11, budget
+    full, cut = variance_interpolation.Series.of(c, 0.0), variance_interpolation.Series.of(c, 1e-3)
+    assert cut.flops() < full.flops()
+    odd = c.clone()
+    odd[0::2] = 0
+    s = variance_interpolation.Series.of(odd, 1e-14)
+    assert s.even is None and s.odd is not None
+    assert torch.allclose(_series_value(s, x, t1, t2), _naive(odd, x, t1, t2), rtol=0, atol=1e-11)
+
+
+def _series_value(s, x, t1, t2):
+    """A Series evaluated at points given directly in (x, t1, t2), through the module's own block loop."""
+    m = s.left.shape[0]
+    basis = lambda t: torch.cos(torch.arange(m, dtype=torch.float64) * torch.arccos(t)[..., None])  # noqa: E731
+    out = torch.empty(x.numel(), dtype=torch.float64)
+    rows = basis(t1.flatten()) @ s.left  # (E, R): every entry its own row (a batch of 1 x 1 matrices)
+    cols = basis(t2.flatten()) @ s.right
+    table = type("T", (), {"series": [s]})()
+    factors = [(rows[:, None, :], cols[:, None, :])]
+    r, c, parts = variance_interpolation._stacks(table, factors)
+    cov = torch.sin(0.5 * torch.pi * x.flatten())[:, None, None]
+    ones = torch.ones(x.numel(), 1, 1, dtype=torch.float64)
+    variance_interpolation._block_loop()(cov, ones, ones, [out.view(-1, 1, 1)], r, c, parts, [7, 1, 1])
+    return out.view(x.shape)
+
+
+@pytest.mark.parametrize("n_terms", range(1, 8))
+def test_clenshaw_with_signed_buffers_matches_the_sum_for_every_length_and_zero_pattern(n_terms):
+    g = torch.Generator().manual_seed(n_terms)
+    y = torch.rand(1, 3, 4, generator=g, dtype=torch.float64) * 2 - 1
+    for pattern in range(2 ** (n_terms - 1)):
+        rows, cols, want = [], [], torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+        for j in range(n_terms):
+            rank = 2 if (pattern >> j) & 1 or j == n_terms - 1 else 0
+            rows.append(torch.randn(2, 1, 3, rank, generator=g, dtype=torch.float64))
+            cols.append(torch.randn(2, 1, 4, rank, generator=g, dtype=torch.float64))
+            want += (rows[-1] @ cols[-1].transpose(-1, -2)) * torch.cos(j * torch.arccos(y))
+        buffers = torch.empty(2, 1, 3, 4, dtype=torch.float64), torch.empty(2, 1, 3, 4, dtype=torch.float64)
+        got = variance_interpolation._clenshaw(rows, cols, y, *buffers)
+        assert torch.allclose(got, want, rtol=0, atol=1e-12), pattern

@@ -160,12 +160,13 @@ def quadrature(
     every layer of that kind shares the interpolants; by default the two functions themselves.
     """
     cov, var1, var2 = broadcast_pair(cov, var1, var2)
-    check_quadrature_range(var1, var2)
+    own1, own2 = compact(var1), compact(var2)  # checks read each variance once, not once per entry
+    check_quadrature_range(own1, own2)
     differentiate = torch.is_grad_enabled() and (cov.requires_grad or var1.requires_grad or var2.requires_grad)
     if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
-        out = _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels)
+        out = _uniform_variance(fn, cov, own1, own2, need_kdot, dfn, nodes, extra_panels)
         if out is None and os.environ.get("INFINET_QUADRATURE", "interpolate") != "direct":
-            out = _interpolated(fn, cov, _compact(var1), _compact(var2), need_kdot, dfn, nodes, extra_panels, identity)
+            out = _interpolated(fn, cov, own1, own2, need_kdot, dfn, nodes, extra_panels, identity)
         if out is not None:
             return out
     return _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate)
@@ -311,7 +312,7 @@ def _uniform_variance(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels) 
     return nngp, (_chebyshev.evaluate(c[1], rho) if need_kdot else None)
 
 
-def _compact(t: Tensor) -> Tensor:
+def compact(t: Tensor) -> Tensor:
     """``t`` without the axes a broadcast expanded (stride 0): the shape its values really have."""
     for d in range(t.ndim):
         if t.stride(d) == 0 and t.shape[d] > 1:
@@ -324,6 +325,7 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, iden
     :mod:`infinet.engine.variance_interpolation`, built from this module's polar rule (None: not resolved).
     ``identity``: a hashable that determines ``fn`` and ``dfn`` (see :func:`quadrature`), else the two functions."""
     from . import variance_interpolation
+    from .tiles import idle_threads_map
 
     derivative = dfn if dfn is not None else autograd_derivative(fn)
     device = cov.device
@@ -333,15 +335,23 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, iden
         radius, radial_w = _radial_rule(scale, nodes, extra_panels, torch.float64, device)
         arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, torch.float64, device)
         x, y, w = (t.reshape(len(rho), -1) for t in _polar_points(rho, radius, radial_w, arc_t, arc_w))
-        out = []
-        for f in (fn, derivative):  # both, always: one table serves the NNGP-only calls too
-            blocks = []
-            for part in torch.split(torch.arange(len(rho), device=device), max(1, 2**21 // (len(s) * x.shape[1]))):
-                first = f(s[None, :, None] * x[part, None, :])
-                second = f(s[None, :, None] * y[part, None, :]) * w[part, None, :]
-                blocks.append(first @ second.transpose(-1, -2))
-            out.append(torch.cat(blocks))
-        return torch.stack(out)
+        # blocks of one correlation and at most 2^16 evaluations: the arrays of a block (0.5 MB) stay in cache
+        # and in the heap a thread already holds (whole rows of points were MBs each, and on the tile pool's
+        # threads cost millions of page faults)
+        parts = range(len(rho))
+        step = max(1, 2**16 // len(s))
+
+        def block(f, i):
+            total = None
+            for p in range(0, x.shape[1], step):
+                first = f(s[:, None] * x[i, None, p: p + step])
+                second = f(s[:, None] * y[i, None, p: p + step]).mul_(w[i, None, p: p + step])
+                total = first @ second.T if total is None else total.addmm_(first, second.T)
+            return total[None]
+
+        jobs = [(f, part) for f in (fn, derivative) for part in parts]  # both, always: one table serves all calls
+        blocks = idle_threads_map(lambda job: block(*job), jobs) if device.type == "cpu" else [block(*j) for j in jobs]
+        return torch.stack([torch.cat(blocks[:len(parts)]), torch.cat(blocks[len(parts):])])
 
     key = (identity if identity is not None else (fn, dfn), nodes, extra_panels, str(device))
     values = variance_interpolation.expectations(values_at, cov, var1.to(torch.float64), var2.to(torch.float64), key)

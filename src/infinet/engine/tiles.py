@@ -189,7 +189,9 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
         for task in tasks:
             yield task, work(task)
         return
+    global _POOL_WIDTH
     torch.set_num_threads(1)
+    _POOL_WIDTH = threads
     pending: deque = deque()
 
     try:
@@ -209,7 +211,21 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
     finally:
         for _, future in pending:
             future.cancel()
+        _POOL_WIDTH = 0
         torch.set_num_threads(threads)
+
+
+_POOL_WIDTH = 0  # the threads of the running tile pool (0: none)
+
+
+def idle_threads_map(fn: Callable, items: list) -> list:
+    """[fn(item) for item in items], on the tile pool's width of threads when called from inside a pool whose
+    other workers are waiting for this result (a table every tile needs, built once under a lock): there each
+    operation runs on one thread, so without this the build would use one core of the pool's."""
+    if _POOL_WIDTH < 2 or torch.get_num_threads() > 1 or len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=_POOL_WIDTH, thread_name_prefix="infinet-build") as pool:
+        return list(pool.map(fn, items))
 
 
 def progress_bar(total: int, show: bool | None, desc: str = "kernel tiles"):

@@ -17,16 +17,26 @@ next degree, and when none suffices (a kink: ELU; a variance range too wide for 
 falls back to direct quadrature. Trailing coefficients are then dropped while the sum of their absolute values
 (a bound on the change, |T_k| <= 1) stays below ``TOL`` x max |f|.
 
-**Evaluation.** With A1[i, m] = T_m(t(var1_i)), A2[j, m'] likewise,
-f(rho_ij, i, j) = sum_k T_k(rho_ij) (A1 C_k A2^T)_ij: for each k a matrix product over the pair axes (the
-variances of a kernel entry are those of its rows and of its columns), then one step of Clenshaw's recurrence
-over the entries: O(K) passes per entry.
+**Evaluation.** Each function is written as f = E(y) + x O(y) with y = 2x^2 - 1 (the even and the odd Chebyshev
+terms in x; a function of one parity, as tanh's NNGP (odd) and its derivative kernel (even), has one part and
+half the steps), and each coefficient matrix C_j of a part in low rank from its SVD, rank-one components dropped
+smallest first while the sum of their bounds sigma |u|_1 |v|_1 stays below TOL / 2 x max |f| (:class:`Series`).
+With L1 = T(t(var1)) P_j and L2 = T(t(var2)) Q_j contracted once per call (an entry's variances are those of its
+row and of its column), f = sum_j T_j(y) (L1 L2^T)_j: Clenshaw's recurrence in y with one fused multiply-add and
+one rank-R_j matrix product per step, over blocks small enough to stay in cache, the parts of both functions
+stacked into the same passes, the loop compiled by TorchScript so that the tile pool's threads do not wait for
+each other's Python (:func:`evaluate`).
+
+Accuracy, all truncations together: at most 2 TOL x max |f| beyond the interpolation error (about TOL); against
+mpmath 3e-12 relative to the entry's scale (tests/test_variance_interpolation.py).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import warnings
+from typing import List
 
 import torch
 from torch import Tensor
@@ -46,10 +56,12 @@ _LOCK = threading.Lock()
 
 
 class Table:
-    """Coefficients ``c`` (F, K, M, M') of F functions (nngp, kdot) on log variances [lo, hi]."""
+    """Coefficients ``c`` (F, K, M, M) of F functions (nngp, kdot) on log variances [lo, hi], and each function as
+    a :class:`Series` whose low-rank truncation changes it by at most ``budget[f]``."""
 
-    def __init__(self, c: Tensor, lo: float, hi: float):
+    def __init__(self, c: Tensor, lo: float, hi: float, budget: Tensor):
         self.c, self.lo, self.hi = c, lo, hi
+        self.series = [Series.of(c[f], float(budget[f])) for f in range(len(c))]
 
     def basis(self, var: Tensor) -> Tensor:
         """T_m(t(var)) for m < M, shape var.shape + (M,)."""
@@ -111,37 +123,48 @@ def _s_nodes(m: int, lo: float, hi: float) -> Tensor:
     return torch.exp(0.25 * (lo + hi + (hi - lo) * chebyshev.lobatto_points(m)))  # sqrt(v) at Lobatto points in t
 
 
-def _first_resolved(degrees, values_of, dim: int) -> int:
-    """Index of the first degree whose probe values are resolved along ``dim`` (the last index when none is)."""
-    for i, n in enumerate(degrees):
+def _probe_degree(degrees, values_of, dim: int) -> int | None:
+    """The degree along ``dim`` that the grid needs, from probe values at the ladder ``degrees`` (the first that
+    resolves): the smallest degree n whose trailing quarter starts past the probe's last coefficient above TOL,
+    so that the grid's own certificate can pass without the next rung's cost (None when no rung resolves the
+    probe: the grid would not resolve either)."""
+    for n in degrees:
         values = values_of(n)
         c = _coefficients_along(values, dim)
         size = values.flatten(1).abs().amax(1).clamp(min=torch.finfo(values.dtype).tiny)
         if _resolved(c, size, dim):
-            return i
-    return len(degrees) - 1
+            above = (c.abs().movedim(dim, 1).flatten(2).amax(2) > 0.5 * TOL * size[:, None]).any(0)
+            last = int(torch.nonzero(above).max()) if bool(above.any()) else 0
+            need = 4 * (last + 2) // 3 + 2
+            return min(n, need + need % 2)
+    return None
+
+
+def _next_rung(degrees, n: int) -> int | None:
+    return next((d for d in degrees if d > n), None)
 
 
 def build(values_at, lo: float, hi: float) -> Table | None:
     """The certified interpolant on log variances [lo, hi] (see the module docstring), or None. The degrees are
     first probed on lines of the grid (rho at the largest variance, where the rho dependence is steepest; the
-    variances at a few correlations), then the whole grid is computed and certified, escalating a failing axis.
-    ``values_at(rho, s, scale)`` gets the largest standard deviation as the scale of its quadrature rule."""
+    variances at a few correlations), then the whole grid is computed and certified, a failing axis escalated to
+    the next rung. ``values_at(rho, s, scale)`` gets the largest standard deviation as the scale of its rule."""
     scale = math.exp(0.5 * hi)
     s_hi = torch.tensor([math.exp(0.5 * hi)], dtype=torch.float64)
-    ri = _first_resolved(RHO_DEGREES, lambda k: values_at(_rho_nodes(k), s_hi, scale), 1)
+    k = _probe_degree(RHO_DEGREES, lambda n: values_at(_rho_nodes(n), s_hi, scale), 1)
     probe = _rho_nodes(4)
-    vi = _first_resolved(VAR_DEGREES, lambda m: values_at(probe, _s_nodes(m, lo, hi), scale), 2)
-    while ri < len(RHO_DEGREES) and vi < len(VAR_DEGREES):
-        values = values_at(_rho_nodes(RHO_DEGREES[ri]), _s_nodes(VAR_DEGREES[vi], lo, hi), scale)
+    m = _probe_degree(VAR_DEGREES, lambda n: values_at(probe, _s_nodes(n, lo, hi), scale), 2)
+    while k is not None and m is not None:
+        values = values_at(_rho_nodes(k), _s_nodes(m, lo, hi), scale)
         c = values
         for dim in (1, 2, 3):
             c = _coefficients_along(c, dim)
         size = values.flatten(1).abs().amax(1).clamp(min=torch.finfo(values.dtype).tiny)
         rho_ok, var_ok = _resolved(c, size, 1), _resolved(c, size, 2) and _resolved(c, size, 3)
         if rho_ok and var_ok:
-            return Table(_truncated(c, size), lo, hi)
-        ri, vi = ri + (not rho_ok), vi + (not var_ok)
+            return Table(_truncated(c, size), lo, hi, 0.5 * TOL * size)
+        k = k if rho_ok else _next_rung(RHO_DEGREES, k)
+        m = m if var_ok else _next_rung(VAR_DEGREES, m)
     return None
 
 
@@ -163,49 +186,274 @@ def _truncated(c: Tensor, size: Tensor) -> Tensor:
     return c[:, :, :m, :m].contiguous()
 
 
-def _pair(b1: Tensor, a2: Tensor) -> Tensor:
-    """sum_m b1[..., m] a2[..., m] over the broadcast of the two leading shapes, as a matrix product: axes where
-    one side has size 1 are the other's rows (or columns), axes both have are a batch."""
-    s1, s2 = b1.shape[:-1], a2.shape[:-1]
-    letters = "abcdefghijklnopqrstuvwxyz"
-    in1, in2, out = [], [], []
-    x1, x2 = b1, a2
-    for d in reversed(range(len(s1))):
-        if s1[d] == 1 and s2[d] > 1:
-            x1 = x1.squeeze(d)
-        elif s2[d] == 1 and s1[d] > 1:
-            x2 = x2.squeeze(d)
-    for d in range(len(s1)):
-        letter = letters[d]
-        if not (s1[d] == 1 and s2[d] > 1):
-            in1.append(letter)
-        if not (s2[d] == 1 and s1[d] > 1):
-            in2.append(letter)
-        out.append(letter)
-    return torch.einsum(f"{''.join(in1)}m,{''.join(in2)}m->{''.join(out)}", x1, x2)
+def _odd_in_y(c: Tensor) -> Tensor:
+    """d with sum_i c_i T_{2i+1}(x) = x sum_i d_i T_i(2x^2 - 1), from x T_i(y) = (T_{2i+1}(x) + T_{|2i-1|}(x)) / 2:
+    c_0 = d_0 + d_1 / 2 and c_i = (d_i + d_{i+1}) / 2 for i >= 1, solved from the top (``c`` (I, ...): the
+    coefficients of T_1, T_3, ...)."""
+    d = torch.empty_like(c)
+    d[-1] = 2.0 * c[-1]
+    for i in range(len(c) - 2, 0, -1):
+        d[i] = 2.0 * c[i] - d[i + 1]
+    if len(c) > 1:
+        d[0] = c[0] - 0.5 * d[1]
+    return d
+
+
+class Series:
+    """One function of a table as f = E(y) + x O(y) with y = 2x^2 - 1 = T_2(x) (E from the even, O from the odd
+    Chebyshev terms in x) and each coefficient matrix of E and O in low-rank form P_j Q_j^T: term j of a part is
+    the slice ``terms[j]`` of the columns of ``left`` (M, R) and ``right`` (M, R), or None (rank 0). A function
+    of one parity (tanh's NNGP is odd in rho, its derivative kernel even) has one part, so half the steps."""
+
+    def __init__(self, left: Tensor, right: Tensor, even: list | None, odd: list | None):
+        self.left, self.right, self.even, self.odd = left, right, even, odd
+
+    @classmethod
+    def of(cls, c: Tensor, budget: float) -> "Series":
+        """From coefficients ``c`` (K, M, M) in x: drop the rank-one components of the SVDs of the parts'
+        coefficient matrices, smallest first, while the sum of their bounds s |u|_1 |v|_1 (|x|, |T| <= 1) stays
+        within ``budget``."""
+        parts = [c[0::2], _odd_in_y(c[1::2]) if len(c) > 1 else c[:0]]
+        svds = [torch.linalg.svd(part) for part in parts]
+        bounds = torch.cat([(s * u.abs().sum(-2) * vh.abs().sum(-1)).flatten() for u, s, vh in svds])
+        order = torch.argsort(bounds)
+        dropped = order[: int((bounds[order].cumsum(0) <= budget).sum())]
+        keep = torch.ones(len(bounds), dtype=torch.bool)
+        keep[dropped] = False
+        lefts, rights, series, at, base = [], [], [], 0, 0
+        for u, s, vh in svds:
+            terms, rank = [], u.shape[-1]
+            for j in range(len(u)):
+                kept = keep[base + j * rank: base + (j + 1) * rank]
+                r = int(kept.sum())
+                terms.append((at, at + r) if r else None)
+                if r:
+                    lefts.append(u[j][:, kept] * s[j][kept])
+                    rights.append(vh[j][kept].T)
+                    at += r
+            base += len(u) * rank
+            while terms and terms[-1] is None:
+                terms.pop()
+            series.append(terms or None)
+        m = c.shape[-1]
+        left = torch.cat(lefts, 1) if lefts else c.new_zeros(m, 0)
+        right = torch.cat(rights, 1) if rights else c.new_zeros(m, 0)
+        return cls(left, right, *series)
+
+    def flops(self) -> int:
+        """Rank summed over terms: the matrix-product work per entry (for tests and benchmarks)."""
+        return self.left.shape[1]
+
+
+def _final_sign(last: int) -> float:
+    """The sign :func:`_clenshaw` ends with when it starts from + (its steps on signs alone)."""
+    sign, s2, zero = 1.0, 1.0, True
+    for _ in range(last - 1):
+        if zero:
+            s2, zero = sign, False
+        else:
+            sign, s2 = -s2, sign
+    return sign if zero else -s2
+
+
+def _add_term(buf: Tensor, rows: Tensor, cols: Tensor, alpha: float, beta: float) -> bool:
+    """buf <- beta buf + alpha rows cols^T over the stacked batch (False, nothing done, when the term is zero)."""
+    if rows.shape[-1] == 0:
+        return False
+    p, b, r, c = buf.shape
+    buf.view(p * b, r, c).baddbmm_(rows.flatten(0, 1), cols.flatten(0, 1).transpose(1, 2), beta=beta, alpha=alpha)
+    return True
+
+
+def _clenshaw(rows: List[Tensor], cols: List[Tensor], y: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
+    """sum_j A_j T_j(y) for a stack of P series at once, A_j = rows[j] cols[j]^T ((P, B, r, R_j) and
+    (P, B, c, R_j); R_j = 0: a zero term), y (B, r, c); the result is left in one of the two (P, B, r, c)
+    buffers, which is returned. Clenshaw's recurrence b_j = A_j + 2y b_{j+1} - b_{j+2} runs in the buffers, each
+    holding +-b so that a step is one fused multiply-add in place and one accumulating matrix product, with no
+    temporaries; the starting sign is the one that ends at +."""
+    last = len(rows) - 1
+    if last == 0:
+        _add_term(b1, rows[0], cols[0], 1.0, 0.0)
+        return b1
+    sign = _final_sign(last)
+    _add_term(b1, rows[last], cols[last], sign, 0.0)  # b_J, held as sign b_J
+    cur1, cur2, s1, s2 = b1, b2, sign, sign  # b_{j+1} = s1 cur1, b_{j+2} = s2 cur2
+    fresh = True  # b_{j+2} = 0 (cur2 not yet written)
+    for j in range(last - 1, 0, -1):
+        if fresh:  # b_j = A_j + 2y b_{j+1}
+            torch.mul(y, cur1, out=cur2)
+            if not _add_term(cur2, rows[j], cols[j], s1, 2.0):
+                cur2.mul_(2.0)
+            cur1, cur2 = cur2, cur1
+            s2 = s1
+            fresh = False
+        else:  # cur2 <- s2 b_{j+2} - s2 2y b_{j+1} - s2 A_j = -s2 b_j
+            cur2.addcmul_(y, cur1, value=-2.0 * s2 * s1)
+            _add_term(cur2, rows[j], cols[j], -s2, 1.0)
+            cur1, cur2, s1, s2 = cur2, cur1, -s2, s1
+    if fresh:  # f = A_0 + y b_1, here s1 = +1
+        cur1.mul_(y)
+        _add_term(cur1, rows[0], cols[0], 1.0, 1.0)
+        return cur1
+    cur2.addcmul_(y, cur1, value=-s2 * s1)  # f = A_0 + y b_1 - b_2 = -s2 (s2 b_2 - s2 y b_1 - s2 A_0), -s2 = +1
+    _add_term(cur2, rows[0], cols[0], 1.0, 1.0)
+    return cur2
+
+
+def _evaluate_blocks(cov: Tensor, sd_rows: Tensor, sd_cols: Tensor, outs: List[Tensor], rows: List[List[Tensor]],
+                     cols: List[List[Tensor]], parts: List[List[int]], steps: List[int]) -> None:
+    """The block loop of :func:`evaluate` (one TorchScript call when it compiles, so that the tile pool's threads
+    do not contend for the GIL at every step): cov (B, r, c) with the standard deviations of its rows (B, r, 1)
+    and columns (B, c, 1), the stacks' factors per term, their parts (2 function + 1 if odd), and the block steps
+    (batch, rows, cols)."""
+    batch, n_rows, n_cols = cov.shape
+    for b0 in range(0, batch, steps[0]):
+        b = min(batch, b0 + steps[0])
+        for r0 in range(0, n_rows, steps[1]):
+            r = min(n_rows, r0 + steps[1])
+            for c0 in range(0, n_cols, steps[2]):
+                c = min(n_cols, c0 + steps[2])
+                x = torch.mul(sd_rows[b0:b, r0:r], sd_cols[b0:b, c0:c].transpose(1, 2))
+                torch.div(cov[b0:b, r0:r, c0:c], x, out=x)  # rho, pushed up 4 ulps: rounding never hides rho = 1
+                x.clamp_(-1.0, 1.0).arcsin_().mul_(2.0 / math.pi)  # the interpolation variable
+                y = torch.mul(x, x).mul_(2.0).sub_(1.0)  # y = 2 x^2 - 1 = T_2(x)
+                written = [False for _ in outs]
+                for k in range(len(rows)):
+                    block_rows = [t[:, b0:b, r0:r] for t in rows[k]]
+                    block_cols = [t[:, b0:b, c0:c] for t in cols[k]]
+                    size = [len(parts[k]), b - b0, r - r0, c - c0]
+                    value = _clenshaw(block_rows, block_cols, y, x.new_empty(size), x.new_empty(size))
+                    for p in range(len(parts[k])):
+                        f, odd = parts[k][p] // 2, parts[k][p] % 2 == 1
+                        target = outs[f][b0:b, r0:r, c0:c]
+                        if odd and written[f]:
+                            target.addcmul_(x, value[p])
+                        elif odd:
+                            torch.mul(x, value[p], out=target)
+                        elif written[f]:
+                            target.add_(value[p])
+                        else:
+                            target.copy_(value[p])
+                        written[f] = True
+                for f in range(len(outs)):
+                    if not written[f]:
+                        outs[f][b0:b, r0:r, c0:c].zero_()
+
+
+_SCRIPTED: list = []
+
+
+def _block_loop():
+    """:func:`_evaluate_blocks` compiled by TorchScript once per process (about 0.1 s), or the same Python function
+    where TorchScript is unavailable (the same operations in the same order: the same numbers, more GIL waits)."""
+    with _LOCK:
+        if not _SCRIPTED:
+            _SCRIPTED.append(_scripted())
+    return _SCRIPTED[0]
+
+
+def _scripted():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript is deprecated in favour of torch.compile, which would
+            return torch.jit.script(_evaluate_blocks)  # cost a compilation of tens of seconds here
+    except Exception:  # noqa: BLE001 - any failure to script: the plain function computes the same
+        return _evaluate_blocks
+
+
+def _stacks(table: Table, factors: list) -> tuple[list, list, list]:
+    """The series parts of all functions stacked so that one pass serves them all: (rows, cols, parts), per stack
+    the factors of each term j, (P, B, rows, R_j) and (P, B, cols, R_j) zero-padded to the largest rank (R_j = 0:
+    a zero term), and its parts (2 function + 1 if odd). Constant parts (one term) form a stack of their own, so
+    that they do not run the longer recurrences."""
+    parts = [(f, odd, terms) for f, series in enumerate(table.series)
+             for odd, terms in ((False, series.even), (True, series.odd)) if terms is not None]
+    rows, cols, codes = [], [], []
+    for group in ([p for p in parts if len(p[2]) > 1], [p for p in parts if len(p[2]) == 1]):
+        if not group:
+            continue
+        stacked = ([], [])
+        for j in range(max(len(terms) for _, _, terms in group)):
+            spans = [terms[j] if j < len(terms) else None for _, _, terms in group]
+            rank = max((e - s for s, e in filter(None, spans)), default=0)
+            for side in (0, 1):
+                first = factors[0][side]
+                t = first.new_zeros((len(group),) + first.shape[:-1] + (rank,))
+                for i, ((f, _, _), span) in enumerate(zip(group, spans)):
+                    if span is not None:
+                        t[i, ..., : span[1] - span[0]] = factors[f][side][..., span[0]: span[1]]
+                stacked[side].append(t)
+        rows.append(stacked[0])
+        cols.append(stacked[1])
+        codes.append([2 * f + int(odd) for f, odd, _ in group])
+    return rows, cols, codes
+
+
+#: entries per block of the evaluation on CPUs (on GPUs one block per call): the stacked buffers of a block stay
+#: in a core's L2 cache across the Clenshaw steps
+BLOCK_ENTRIES = 1 << 15
+
+
+def _matrix_layout(var1: Tensor, var2: Tensor) -> tuple[int, int, bool]:
+    """(start, split, swapped): the trailing axes [start, split) are the rows and [split, ndim) the columns of a
+    batch of matrices, every axis before ``start`` a batch axis. Columns are the longest trailing run of axes
+    along which only one of the variances varies (or neither), rows the run before it along which only the other
+    does; ``swapped`` when the rows are ``var2``'s."""
+    kind = ["b" if a > 1 and b > 1 else "c" if b > 1 else "r" for a, b in zip(var1.shape, var2.shape)]
+    split = len(kind)
+    while split > 0 and kind[split - 1] == kind[-1] != "b":
+        split -= 1
+    start, rows = split, "r" if kind and kind[-1] == "c" else "c"
+    while start > 0 and kind[start - 1] == rows:
+        start -= 1
+    return start, split, rows == "c"
+
+
+def _as_matrices(t: Tensor, shape, start: int, split: int, side: str) -> Tensor:
+    """``t`` (broadcastable to ``shape`` + its own trailing (R,)) as (B, rows, R) (side "rows") or (B, cols, R)
+    ("cols"), taking index 0 along the other side's axes (where ``t`` does not vary)."""
+    extra = t.shape[len(shape):]
+    full = t.expand(tuple(shape) + extra)
+    index = [slice(None)] * len(shape)
+    for d in (range(split, len(shape)) if side == "rows" else range(start, split)):
+        index[d] = slice(0, 1)
+    part = full[tuple(index)]
+    kept = range(start, split) if side == "rows" else range(split, len(shape))
+    return part.reshape(-1, math.prod(shape[d] for d in kept), *extra)
 
 
 def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
-    """The interpolant at every entry (Clenshaw's recurrence along rho, matrix products along the variances)."""
+    """The interpolant at every entry. The broadcast shape is read as a batch of (rows, cols) matrices
+    (:func:`_matrix_layout`: an entry's two variances are those of its row and of its column), the variance
+    factors of every term are contracted once per call, and each block of about :data:`BLOCK_ENTRIES` entries
+    runs the :class:`Series` parts by :func:`_clenshaw`."""
     ndim = max(cov.ndim, var1.ndim, var2.ndim)
     var1 = var1.reshape((1,) * (ndim - var1.ndim) + var1.shape)
     var2 = var2.reshape((1,) * (ndim - var2.ndim) + var2.shape)
-    dtype = cov.dtype  # the basis in the variances' precision (float64 here), everything after in the kernel's
-    a1, a2 = table.basis(var1).to(dtype), table.basis(var2).to(dtype)
-    var1, var2 = var1.to(dtype), var2.to(dtype)
-    rho = torch.clamp((cov / torch.sqrt(var1 * var2)) * (1.0 + 4.0 * torch.finfo(dtype).eps), -1.0, 1.0)
-    rho = torch.arcsin(rho).mul_(2.0 / math.pi)  # the interpolation variable
-    two_rho = 2.0 * rho
-    out = []
-    for c in table.c.to(dtype=cov.dtype, device=cov.device):  # each function
-        b1, b2 = torch.zeros_like(rho), torch.zeros_like(rho)
-        for k in range(c.shape[0] - 1, -1, -1):
-            g = _pair(a1 @ c[k], a2)
-            x = two_rho if k else rho
-            if g.shape == rho.shape:  # b_k = c_k + 2 x b_{k+1} - b_{k+2}, in the fresh product's memory
-                g.addcmul_(x, b1).sub_(b2)
-            else:
-                g = torch.addcmul(g - b2, x, b1)
-            b1, b2 = g, b1
-        out.append(b1)
+    shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
+    dtype, device = cov.dtype, cov.device
+    start, split, swapped = _matrix_layout(var1, var2)
+    v_rows, v_cols = (var2, var1) if swapped else (var1, var2)
+    eps = torch.finfo(dtype).eps
+    sd_rows = _as_matrices((torch.sqrt(v_rows) / (1.0 + 4.0 * eps))[..., None].to(dtype), shape, start, split, "rows")
+    sd_cols = _as_matrices(torch.sqrt(v_cols)[..., None].to(dtype), shape, start, split, "cols")
+    basis_rows, basis_cols = table.basis(v_rows), table.basis(v_cols)  # in float64, the products after in dtype
+    factors = []
+    for series in table.series:
+        left, right = (series.right, series.left) if swapped else (series.left, series.right)
+        factors.append((_as_matrices((basis_rows @ left.to(device)).to(dtype), shape, start, split, "rows"),
+                        _as_matrices((basis_cols @ right.to(device)).to(dtype), shape, start, split, "cols")))
+    batch, n_rows, n_cols = sd_rows.shape[0], sd_rows.shape[1], sd_cols.shape[1]
+    cov = cov.expand(shape).reshape(batch, n_rows, n_cols)
+    out = [torch.empty(shape, dtype=dtype, device=device) for _ in table.series]
+    views = [o.view(batch, n_rows, n_cols) for o in out]
+    rows, cols, parts = _stacks(table, factors)
+    per_matrix = n_rows * n_cols
+    limit = BLOCK_ENTRIES if device.type == "cpu" else 1 << 24
+    if per_matrix <= limit:
+        steps = [max(1, limit // max(1, per_matrix)), max(1, n_rows), max(1, n_cols)]
+    else:
+        col_step = min(n_cols, limit)
+        steps = [1, max(1, limit // col_step), col_step]
+    _block_loop()(cov, sd_rows, sd_cols, views, rows, cols, parts, steps)
     return out

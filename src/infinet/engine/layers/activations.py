@@ -135,6 +135,9 @@ class _Quadrature(Activation):
     def expectations(self, cov, var1, var2, need_kdot=True):
         self._check_range(var1, var2)
         nngp, kdot = super().expectations(cov, var1, var2, need_kdot)
+        own1, own2 = (gaussian.compact(v.detach()).reshape(-1) for v in (var1, var2))
+        if not bool(torch.isin(own1, own2).any()):  # no equal variances: no identical inputs
+            return nngp, kdot
         cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
         same = (cov == var1) & (var1 == var2) & (var1 > 0)
         if not bool(same.any()):

@@ -7,6 +7,8 @@ Workloads (float64, NNGP + NTK, biases everywhere so that variances differ):
          250); act = Tanh against act = Erf (closed form)
   cnn    five Conv(3x3 SAME, w_std 1.5, b_std 0.1) > act, global average pooling, Dense(1) on N images
          3 x S x S; act = Tanh against act = ReLU
+  flatten the same convolutions with Flatten instead of pooling (only position p with position p is needed: the
+         diagonal layout, positions a batch axis) on N images 3 x 16 x 16; Tanh against ReLU
 
 Tanh's expectations come from the certified interpolant in (rho, log var1, log var2)
 (:mod:`infinet.engine.variance_interpolation`), built on the first call for the variance range it meets and
@@ -14,7 +16,8 @@ kept for the process: "first" includes building it, "warm" is a second network o
 inputs. ``--direct`` also times the direct bivariate quadrature the interpolant replaces, on ``--direct-n``
 inputs (it costs about 4 ms per kernel entry), for the speed-up.
 
-    python benchmarks/quadrature_activations.py [--fc-n 2000] [--cnn-n 8] [--cnn-size 32] [--direct]
+    python benchmarks/quadrature_activations.py [--fc-n 2000] [--cnn-n 8] [--cnn-size 32] [--flatten-n 100]
+        [--direct]
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def cnn(act) -> inf.Layer:
                       inf.GlobalAvgPool(), inf.Dense(1))
 
 
+def cnn_flatten(act) -> inf.Layer:
+    return inf.serial(*[m for _ in range(5) for m in (inf.Conv(1, 3, padding="SAME", w_std=1.5, b_std=0.1), act())],
+                      inf.Flatten(), inf.Dense(1))
+
+
 def seconds(make, x) -> float:
     t0 = time.perf_counter()
     k = make().kernel(x)
@@ -70,6 +78,7 @@ def main() -> None:
     ap.add_argument("--fc-n", type=int, default=2000)
     ap.add_argument("--cnn-n", type=int, default=8)
     ap.add_argument("--cnn-size", type=int, default=32)
+    ap.add_argument("--flatten-n", type=int, default=100)
     ap.add_argument("--direct", action="store_true", help="also time direct quadrature (slow) on --direct-n")
     ap.add_argument("--direct-n", type=int, default=100)
     args = ap.parse_args()
@@ -77,6 +86,8 @@ def main() -> None:
     images = torch.randn(args.cnn_n, 3, args.cnn_size, args.cnn_size, generator=torch.Generator().manual_seed(1),
                          dtype=torch.float64)
     results["cnn"] = compare(f"cnn N={args.cnn_n} {args.cnn_size}x{args.cnn_size}", cnn, images, inf.Tanh, inf.Relu)
+    small = torch.randn(args.flatten_n, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    results["flatten"] = compare(f"cnn-flatten N={args.flatten_n} 16x16", cnn_flatten, small, inf.Tanh, inf.Relu)
     if args.direct:
         x = fc_inputs(args.direct_n)
         variance_interpolation._TABLES.clear()

@@ -158,6 +158,9 @@ def test_parity_split_and_low_rank_series_stay_within_their_bound():
         s = variance_interpolation.Series.of(c, budget)
         got = _series_value(s, x, t1, t2)
         assert float((got - want).abs().max()) <= budget + 1e-11, budget
+    for k in (1, 2, 3):  # the shortest series: a constant, one odd term, one term of each parity and one more
+        s = variance_interpolation.Series.of(c[:k], 0.0)
+        assert torch.allclose(_series_value(s, x, t1, t2), _naive(c[:k], x, t1, t2), rtol=0, atol=1e-11), k
     full, cut = variance_interpolation.Series.of(c, 0.0), variance_interpolation.Series.of(c, 1e-3)
     assert cut.flops() < full.flops()
     odd = c.clone()
@@ -172,28 +175,27 @@ def _series_value(s, x, t1, t2):
     m = s.left.shape[0]
     basis = lambda t: torch.cos(torch.arange(m, dtype=torch.float64) * torch.arccos(t)[..., None])  # noqa: E731
     out = torch.empty(x.numel(), dtype=torch.float64)
-    rows = basis(t1.flatten()) @ s.left  # (E, R): every entry its own row (a batch of 1 x 1 matrices)
-    cols = basis(t2.flatten()) @ s.right
-    table = type("T", (), {"series": [s]})()
-    factors = [(rows[:, None, :], cols[:, None, :])]
-    r, c, parts = variance_interpolation._stacks(table, factors)
+    b1, b2 = (basis(t.flatten())[:, None, None, :] for t in (t1, t2))  # every entry its own 1 x 1 matrix
+    lefts, rights, parts = variance_interpolation._stacks([s])
+    rows = [[b1 @ w for w in steps] for steps in lefts]
+    cols = [[b2 @ w for w in steps] for steps in rights]
     cov = torch.sin(0.5 * torch.pi * x.flatten())[:, None, None]
     ones = torch.ones(x.numel(), 1, 1, dtype=torch.float64)
-    variance_interpolation._block_loop()(cov, ones, ones, [out.view(-1, 1, 1)], r, c, parts, [7, 1, 1])
+    variance_interpolation._block_loop()(cov, ones, ones, [out.view(-1, 1, 1)], rows, cols, parts, [7, 1, 1])
     return out.view(x.shape)
 
 
 @pytest.mark.parametrize("n_terms", range(1, 8))
 def test_clenshaw_with_signed_buffers_matches_the_sum_for_every_length_and_zero_pattern(n_terms):
     g = torch.Generator().manual_seed(n_terms)
-    y = torch.rand(1, 3, 4, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.rand(1, 1, 3, 4, generator=g, dtype=torch.float64) * 2 - 1
     for pattern in range(2 ** (n_terms - 1)):
-        rows, cols, want = [], [], torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+        rows, cols, want = [], [], torch.zeros(1, 2, 3, 4, dtype=torch.float64)
         for j in range(n_terms):
             rank = 2 if (pattern >> j) & 1 or j == n_terms - 1 else 0
-            rows.append(torch.randn(2, 1, 3, rank, generator=g, dtype=torch.float64))
-            cols.append(torch.randn(2, 1, 4, rank, generator=g, dtype=torch.float64))
+            rows.append(torch.randn(1, 2, 3, rank, generator=g, dtype=torch.float64))
+            cols.append(torch.randn(1, 2, 4, rank, generator=g, dtype=torch.float64))
             want += (rows[-1] @ cols[-1].transpose(-1, -2)) * torch.cos(j * torch.arccos(y))
-        buffers = torch.empty(2, 1, 3, 4, dtype=torch.float64), torch.empty(2, 1, 3, 4, dtype=torch.float64)
+        buffers = torch.empty(1, 2, 3, 4, dtype=torch.float64), torch.empty(1, 2, 3, 4, dtype=torch.float64)
         got = variance_interpolation._clenshaw(rows, cols, y, *buffers)
         assert torch.allclose(got, want, rtol=0, atol=1e-12), pattern

@@ -62,6 +62,7 @@ class Table:
     def __init__(self, c: Tensor, lo: float, hi: float, budget: Tensor):
         self.c, self.lo, self.hi = c, lo, hi
         self.series = [Series.of(c[f], float(budget[f])) for f in range(len(c))]
+        self.stacks = _stacks(self.series)
 
     def basis(self, var: Tensor) -> Tensor:
         """T_m(t(var)) for m < M, shape var.shape + (M,)."""
@@ -191,11 +192,13 @@ def _odd_in_y(c: Tensor) -> Tensor:
     c_0 = d_0 + d_1 / 2 and c_i = (d_i + d_{i+1}) / 2 for i >= 1, solved from the top (``c`` (I, ...): the
     coefficients of T_1, T_3, ...)."""
     d = torch.empty_like(c)
+    if len(c) == 1:
+        d[0] = c[0]  # x T_0(y) = T_1(x)
+        return d
     d[-1] = 2.0 * c[-1]
     for i in range(len(c) - 2, 0, -1):
         d[i] = 2.0 * c[i] - d[i + 1]
-    if len(c) > 1:
-        d[0] = c[0] - 0.5 * d[1]
+    d[0] = c[0] - 0.5 * d[1]
     return d
 
 
@@ -260,14 +263,14 @@ def _add_term(buf: Tensor, rows: Tensor, cols: Tensor, alpha: float, beta: float
     """buf <- beta buf + alpha rows cols^T over the stacked batch (False, nothing done, when the term is zero)."""
     if rows.shape[-1] == 0:
         return False
-    p, b, r, c = buf.shape
-    buf.view(p * b, r, c).baddbmm_(rows.flatten(0, 1), cols.flatten(0, 1).transpose(1, 2), beta=beta, alpha=alpha)
+    b, p, r, c = buf.shape
+    buf.view(b * p, r, c).baddbmm_(rows.flatten(0, 1), cols.flatten(0, 1).transpose(1, 2), beta=beta, alpha=alpha)
     return True
 
 
 def _clenshaw(rows: List[Tensor], cols: List[Tensor], y: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
-    """sum_j A_j T_j(y) for a stack of P series at once, A_j = rows[j] cols[j]^T ((P, B, r, R_j) and
-    (P, B, c, R_j); R_j = 0: a zero term), y (B, r, c); the result is left in one of the two (P, B, r, c)
+    """sum_j A_j T_j(y) for a stack of P series at once, A_j = rows[j] cols[j]^T ((B, P, r, R_j) and
+    (B, P, c, R_j); R_j = 0: a zero term), y (B, 1, r, c); the result is left in one of the two (B, P, r, c)
     buffers, which is returned. Clenshaw's recurrence b_j = A_j + 2y b_{j+1} - b_{j+2} runs in the buffers, each
     holding +-b so that a step is one fused multiply-add in place and one accumulating matrix product, with no
     temporaries; the starting sign is the one that ends at +."""
@@ -316,24 +319,25 @@ def _evaluate_blocks(cov: Tensor, sd_rows: Tensor, sd_cols: Tensor, outs: List[T
                 x = torch.mul(sd_rows[b0:b, r0:r], sd_cols[b0:b, c0:c].transpose(1, 2))
                 torch.div(cov[b0:b, r0:r, c0:c], x, out=x)  # rho, pushed up 4 ulps: rounding never hides rho = 1
                 x.clamp_(-1.0, 1.0).arcsin_().mul_(2.0 / math.pi)  # the interpolation variable
-                y = torch.mul(x, x).mul_(2.0).sub_(1.0)  # y = 2 x^2 - 1 = T_2(x)
+                y = torch.mul(x, x).mul_(2.0).sub_(1.0)[:, None]  # y = 2 x^2 - 1 = T_2(x), against the stack axis
                 written = [False for _ in outs]
                 for k in range(len(rows)):
-                    block_rows = [t[:, b0:b, r0:r] for t in rows[k]]
-                    block_cols = [t[:, b0:b, c0:c] for t in cols[k]]
-                    size = [len(parts[k]), b - b0, r - r0, c - c0]
+                    block_rows = [t[b0:b, :, r0:r] for t in rows[k]]
+                    block_cols = [t[b0:b, :, c0:c] for t in cols[k]]
+                    size = [b - b0, len(parts[k]), r - r0, c - c0]
                     value = _clenshaw(block_rows, block_cols, y, x.new_empty(size), x.new_empty(size))
                     for p in range(len(parts[k])):
                         f, odd = parts[k][p] // 2, parts[k][p] % 2 == 1
                         target = outs[f][b0:b, r0:r, c0:c]
+                        part = value[:, p]
                         if odd and written[f]:
-                            target.addcmul_(x, value[p])
+                            target.addcmul_(x, part)
                         elif odd:
-                            torch.mul(x, value[p], out=target)
+                            torch.mul(x, part, out=target)
                         elif written[f]:
-                            target.add_(value[p])
+                            target.add_(part)
                         else:
-                            target.copy_(value[p])
+                            target.copy_(part)
                         written[f] = True
                 for f in range(len(outs)):
                     if not written[f]:
@@ -361,15 +365,15 @@ def _scripted():
         return _evaluate_blocks
 
 
-def _stacks(table: Table, factors: list) -> tuple[list, list, list]:
-    """The series parts of all functions stacked so that one pass serves them all: (rows, cols, parts), per stack
-    the factors of each term j, (P, B, rows, R_j) and (P, B, cols, R_j) zero-padded to the largest rank (R_j = 0:
-    a zero term), and its parts (2 function + 1 if odd). Constant parts (one term) form a stack of their own, so
-    that they do not run the longer recurrences."""
-    parts = [(f, odd, terms) for f, series in enumerate(table.series)
-             for odd, terms in ((False, series.even), (True, series.odd)) if terms is not None]
-    rows, cols, codes = [], [], []
-    for group in ([p for p in parts if len(p[2]) > 1], [p for p in parts if len(p[2]) == 1]):
+def _stacks(series: list) -> tuple[list, list, list]:
+    """The parts of all functions' series stacked so that one pass serves them all: (lefts, rights, parts), per
+    stack the coefficient factors of each term j, (P, M, R_j) zero-padded to the largest rank of the stack
+    (R_j = 0: a zero term), and its parts (2 function + 1 if odd). Constant parts (one term) form a stack of
+    their own, so that they do not run the longer recurrences."""
+    all_parts = [(f, odd, terms) for f, s in enumerate(series)
+                 for odd, terms in ((False, s.even), (True, s.odd)) if terms is not None]
+    lefts, rights, codes = [], [], []
+    for group in ([p for p in all_parts if len(p[2]) > 1], [p for p in all_parts if len(p[2]) == 1]):
         if not group:
             continue
         stacked = ([], [])
@@ -377,16 +381,16 @@ def _stacks(table: Table, factors: list) -> tuple[list, list, list]:
             spans = [terms[j] if j < len(terms) else None for _, _, terms in group]
             rank = max((e - s for s, e in filter(None, spans)), default=0)
             for side in (0, 1):
-                first = factors[0][side]
-                t = first.new_zeros((len(group),) + first.shape[:-1] + (rank,))
+                w = series[0].left.new_zeros(len(group), series[0].left.shape[0], rank)
                 for i, ((f, _, _), span) in enumerate(zip(group, spans)):
                     if span is not None:
-                        t[i, ..., : span[1] - span[0]] = factors[f][side][..., span[0]: span[1]]
-                stacked[side].append(t)
-        rows.append(stacked[0])
-        cols.append(stacked[1])
+                        factor = series[f].left if side == 0 else series[f].right
+                        w[i, :, : span[1] - span[0]] = factor[:, span[0]: span[1]]
+                stacked[side].append(w)
+        lefts.append(stacked[0])
+        rights.append(stacked[1])
         codes.append([2 * f + int(odd) for f, odd, _ in group])
-    return rows, cols, codes
+    return lefts, rights, codes
 
 
 #: entries per block of the evaluation on CPUs (on GPUs one block per call): the stacked buffers of a block stay
@@ -394,12 +398,17 @@ def _stacks(table: Table, factors: list) -> tuple[list, list, list]:
 BLOCK_ENTRIES = 1 << 15
 
 
+def _kinds(var1: Tensor, var2: Tensor) -> list:
+    """Per axis: "b" where both variances vary, "c" where only var2 does, "r" otherwise."""
+    return ["b" if a > 1 and b > 1 else "c" if b > 1 else "r" for a, b in zip(var1.shape, var2.shape)]
+
+
 def _matrix_layout(var1: Tensor, var2: Tensor) -> tuple[int, int, bool]:
     """(start, split, swapped): the trailing axes [start, split) are the rows and [split, ndim) the columns of a
     batch of matrices, every axis before ``start`` a batch axis. Columns are the longest trailing run of axes
     along which only one of the variances varies (or neither), rows the run before it along which only the other
     does; ``swapped`` when the rows are ``var2``'s."""
-    kind = ["b" if a > 1 and b > 1 else "c" if b > 1 else "r" for a, b in zip(var1.shape, var2.shape)]
+    kind = _kinds(var1, var2)
     split = len(kind)
     while split > 0 and kind[split - 1] == kind[-1] != "b":
         split -= 1
@@ -422,6 +431,20 @@ def _as_matrices(t: Tensor, shape, start: int, split: int, side: str) -> Tensor:
     return part.reshape(-1, math.prod(shape[d] for d in kept), *extra)
 
 
+def _contract(basis: Tensor, steps: list, dtype) -> list:
+    """basis (B, n, M) times each term's stacked factors (P, M, R_j): [(B, P, n, R_j)], one matrix product in float64
+    for all terms, then each term contiguous in the kernel's precision."""
+    b, n, m = basis.shape
+    flat = torch.cat([w.permute(1, 0, 2).reshape(m, -1) for w in steps], 1).to(basis.device)
+    product = (basis.reshape(b * n, m) @ flat).to(dtype)
+    out, at = [], 0
+    for w in steps:
+        p, _, r = w.shape
+        out.append(product[:, at: at + p * r].reshape(b, n, p, r).permute(0, 2, 1, 3).contiguous())
+        at += p * r
+    return out
+
+
 def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     """The interpolant at every entry. The broadcast shape is read as a batch of (rows, cols) matrices
     (:func:`_matrix_layout`: an entry's two variances are those of its row and of its column), the variance
@@ -433,21 +456,27 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
     dtype, device = cov.dtype, cov.device
     start, split, swapped = _matrix_layout(var1, var2)
+    if math.prod(shape[start:]) < 1024:  # small matrices (a batch axis last, as positions in the diagonal layout):
+        kind = _kinds(var1, var2)  # evaluate with the batch axes moved first, the rows and columns after them
+        order = [d for k in "brc" for d in range(ndim) if kind[d] == k]
+        if order != list(range(ndim)):
+            out = evaluate(table, cov.expand(shape).permute(order), var1.permute(order), var2.permute(order))
+            back = [order.index(d) for d in range(ndim)]
+            return [o.permute(back).contiguous() for o in out]
     v_rows, v_cols = (var2, var1) if swapped else (var1, var2)
     eps = torch.finfo(dtype).eps
     sd_rows = _as_matrices((torch.sqrt(v_rows) / (1.0 + 4.0 * eps))[..., None].to(dtype), shape, start, split, "rows")
     sd_cols = _as_matrices(torch.sqrt(v_cols)[..., None].to(dtype), shape, start, split, "cols")
-    basis_rows, basis_cols = table.basis(v_rows), table.basis(v_cols)  # in float64, the products after in dtype
-    factors = []
-    for series in table.series:
-        left, right = (series.right, series.left) if swapped else (series.left, series.right)
-        factors.append((_as_matrices((basis_rows @ left.to(device)).to(dtype), shape, start, split, "rows"),
-                        _as_matrices((basis_cols @ right.to(device)).to(dtype), shape, start, split, "cols")))
+    # T_m(t(var)) of each row and column (B, 1, n, M), times each term's stacked factors (P, M, R_j): (B, P, n, R_j),
+    # in float64 and then in the kernel's precision
+    lefts, rights, parts = table.stacks
+    lefts, rights = (rights, lefts) if swapped else (lefts, rights)
+    rows = [_contract(_as_matrices(table.basis(v_rows), shape, start, split, "rows"), steps, dtype) for steps in lefts]
+    cols = [_contract(_as_matrices(table.basis(v_cols), shape, start, split, "cols"), steps, dtype) for steps in rights]
     batch, n_rows, n_cols = sd_rows.shape[0], sd_rows.shape[1], sd_cols.shape[1]
     cov = cov.expand(shape).reshape(batch, n_rows, n_cols)
     out = [torch.empty(shape, dtype=dtype, device=device) for _ in table.series]
     views = [o.view(batch, n_rows, n_cols) for o in out]
-    rows, cols, parts = _stacks(table, factors)
     per_matrix = n_rows * n_cols
     limit = BLOCK_ENTRIES if device.type == "cpu" else 1 << 24
     if per_matrix <= limit:

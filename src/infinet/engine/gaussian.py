@@ -345,7 +345,7 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, iden
             total = None
             for p in range(0, x.shape[1], step):
                 first = f(s[:, None] * x[i, None, p: p + step])
-                second = f(s[:, None] * y[i, None, p: p + step]).mul_(w[i, None, p: p + step])
+                second = f(s[:, None] * y[i, None, p: p + step]) * w[i, None, p: p + step]  # f's result may be shared
                 total = first @ second.T if total is None else total.addmm_(first, second.T)
             return total[None]
 

@@ -467,12 +467,13 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     eps = torch.finfo(dtype).eps
     sd_rows = _as_matrices((torch.sqrt(v_rows) / (1.0 + 4.0 * eps))[..., None].to(dtype), shape, start, split, "rows")
     sd_cols = _as_matrices(torch.sqrt(v_cols)[..., None].to(dtype), shape, start, split, "cols")
-    # T_m(t(var)) of each row and column (B, 1, n, M), times each term's stacked factors (P, M, R_j): (B, P, n, R_j),
-    # in float64 and then in the kernel's precision
+    # T_m(t(var)) of each row and column (B, n, M), times each term's stacked factors (P, M, R_j): (B, P, n, R_j)
     lefts, rights, parts = table.stacks
     lefts, rights = (rights, lefts) if swapped else (lefts, rights)
-    rows = [_contract(_as_matrices(table.basis(v_rows), shape, start, split, "rows"), steps, dtype) for steps in lefts]
-    cols = [_contract(_as_matrices(table.basis(v_cols), shape, start, split, "cols"), steps, dtype) for steps in rights]
+    basis_rows = _as_matrices(table.basis(v_rows), shape, start, split, "rows")
+    basis_cols = _as_matrices(table.basis(v_cols), shape, start, split, "cols")
+    rows = [_contract(basis_rows, steps, dtype) for steps in lefts]
+    cols = [_contract(basis_cols, steps, dtype) for steps in rights]
     batch, n_rows, n_cols = sd_rows.shape[0], sd_rows.shape[1], sd_cols.shape[1]
     cov = cov.expand(shape).reshape(batch, n_rows, n_cols)
     out = [torch.empty(shape, dtype=dtype, device=device) for _ in table.series]

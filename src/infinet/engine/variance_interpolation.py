@@ -132,13 +132,18 @@ def _probe_degree(degrees, values_of, dim: int) -> int | None:
     for n in degrees:
         values = values_of(n)
         c = _coefficients_along(values, dim)
-        size = values.flatten(1).abs().amax(1).clamp(min=torch.finfo(values.dtype).tiny)
+        size = _scale(values)
         if _resolved(c, size, dim):
             above = (c.abs().movedim(dim, 1).flatten(2).amax(2) > 0.5 * TOL * size[:, None]).any(0)
             last = int(torch.nonzero(above).max()) if bool(above.any()) else 0
             need = 4 * (last + 2) // 3 + 2
             return min(n, need + need % 2)
     return None
+
+
+def _scale(values: Tensor) -> Tensor:
+    """max |f| of each function (F, ...) of a grid: the scale every tolerance is relative to."""
+    return values.flatten(1).abs().amax(1).clamp(min=torch.finfo(values.dtype).tiny)
 
 
 def _next_rung(degrees, n: int) -> int | None:
@@ -151,7 +156,7 @@ def build(values_at, lo: float, hi: float) -> Table | None:
     variances at a few correlations), then the whole grid is computed and certified, a failing axis escalated to
     the next rung. ``values_at(rho, s, scale)`` gets the largest standard deviation as the scale of its rule."""
     scale = math.exp(0.5 * hi)
-    s_hi = torch.tensor([math.exp(0.5 * hi)], dtype=torch.float64)
+    s_hi = torch.tensor([scale], dtype=torch.float64)
     k = _probe_degree(RHO_DEGREES, lambda n: values_at(_rho_nodes(n), s_hi, scale), 1)
     probe = _rho_nodes(4)
     m = _probe_degree(VAR_DEGREES, lambda n: values_at(probe, _s_nodes(n, lo, hi), scale), 2)
@@ -160,7 +165,7 @@ def build(values_at, lo: float, hi: float) -> Table | None:
         c = values
         for dim in (1, 2, 3):
             c = _coefficients_along(c, dim)
-        size = values.flatten(1).abs().amax(1).clamp(min=torch.finfo(values.dtype).tiny)
+        size = _scale(values)
         rho_ok, var_ok = _resolved(c, size, 1), _resolved(c, size, 2) and _resolved(c, size, 3)
         if rho_ok and var_ok:
             return Table(_truncated(c, size), lo, hi, 0.5 * TOL * size)
@@ -481,9 +486,9 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     per_matrix = n_rows * n_cols
     limit = BLOCK_ENTRIES if device.type == "cpu" else 1 << 24
     if per_matrix <= limit:
-        steps = [max(1, limit // max(1, per_matrix)), max(1, n_rows), max(1, n_cols)]
+        block = [max(1, limit // max(1, per_matrix)), max(1, n_rows), max(1, n_cols)]
     else:
         col_step = min(n_cols, limit)
-        steps = [1, max(1, limit // col_step), col_step]
-    _block_loop()(cov, sd_rows, sd_cols, views, rows, cols, parts, steps)
+        block = [1, max(1, limit // col_step), col_step]
+    _block_loop()(cov, sd_rows, sd_cols, views, rows, cols, parts, block)
     return out

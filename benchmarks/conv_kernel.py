@@ -32,9 +32,11 @@ The self-covariances are the diagonal pairs, so nothing else is counted. The rat
 roofline says how far the implementation is from these passes.
 
 infinet runs under each compile mode of ``--modes`` (``INFINET_COMPILE``, see :mod:`infinet.fused`): "off"
-is eager PyTorch, "on" compiles each ReLU layer's step into one loop (its first call includes compiling,
-or loading from TorchInductor's on-disk cache), "auto" is the default (compiles only computations
-large enough to repay a cold compilation).
+and "auto" (the default; it compiles only computations large enough to repay a cold compilation) fuse each
+Conv with the ReLU after it into one blocked TorchScript loop on the CPU (:mod:`infinet.engine.conv_fusion`;
+no compile step), "on" compiles each ReLU layer's step with TorchInductor instead (its first call includes
+compiling, or loading from TorchInductor's on-disk cache). The mode "unfused" is "auto" with the layers
+applied one by one (the eager path before the fusion), for the ratio between the two.
 
     python benchmarks/conv_kernel.py [--nt-python /path/to/venv/bin/python] [--repeats 3]
         [--only myrtle5_28,cnn_gap5_32] [--modes off,on,auto] [--device cuda] [--dtype float32] [--gpu]
@@ -65,7 +67,9 @@ WORKLOADS = {
 GPU_WORKLOADS = {"cnn_gap21_32": (8, 3, 32, "c " * 21 + "g")}
 
 INFINET_CHILD = textwrap.dedent("""
-    import json, math, resource, sys, time, numpy as np, torch, infinet as inf
+    import json, math, os, resource, sys, time, numpy as np, torch, infinet as inf
+    from infinet.engine import conv_fusion
+    conv_fusion.ENABLED = os.environ.get('BENCH_UNFUSED') != '1'
     tokens, path, repeats, device, dtype = sys.argv[1].split(), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     dtype = getattr(torch, dtype)
     x = torch.from_numpy(np.load(path)).to(device=device, dtype=dtype)
@@ -180,7 +184,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     ap.add_argument("--gpu", action="store_true", help="add the depth-21 CNN-GAP (per-entry milliseconds)")
     ap.add_argument("--modes", default="off,on,auto",
-                    help="INFINET_COMPILE settings to run infinet under (see infinet.fused)")
+                    help="INFINET_COMPILE settings to run infinet under (see infinet.fused), or 'unfused'")
     args = ap.parse_args()
     workloads = dict(WORKLOADS, **(GPU_WORKLOADS if args.gpu else {}))
     if args.only:
@@ -198,7 +202,8 @@ def main() -> None:
             print(f"  roofline proxy {roof['roofline_s']:.3f} s ({roof['passes']} passes per pair, "
                   f"{roof['pairs']} pairs)", flush=True)
             for mode in args.modes.split(","):
-                ours = run_child(sys.executable, INFINET_CHILD, child_args, env={"INFINET_COMPILE": mode})
+                env = {"INFINET_COMPILE": "auto", "BENCH_UNFUSED": "1"} if mode == "unfused" else {"INFINET_COMPILE": mode}
+                ours = run_child(sys.executable, INFINET_CHILD, child_args, env=env)
                 warm = statistics.median(ours["warm"])
                 print(summary(f"infinet {mode}", ours))
                 print(f"    infinet {mode} / roofline = {warm / roof['roofline_s']:.2f}x;  "

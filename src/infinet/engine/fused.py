@@ -126,6 +126,26 @@ def call(step: Callable, *args):
         return step(*args)
 
 
+_scripts: dict = {}
+
+
+def scripted(fn: Callable) -> Callable:
+    """``fn`` compiled by TorchScript, once per process (a fraction of a second, nothing on disk), for block
+    loops of many short passes: no Python runs between the passes, and threads of the tile pool do not
+    queue on the GIL at each one. Where scripting fails, ``fn`` itself (the same operations in the same
+    order: the same numbers). TorchScript is deprecated in favour of ``torch.compile`` (whose compilation
+    takes tens of seconds); its warning is silenced at this one call."""
+    with _lock:
+        if fn not in _scripts:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _scripts[fn] = torch.jit.script(fn)
+            except Exception:  # noqa: BLE001 - any failure to script: the plain function computes the same
+                _scripts[fn] = fn
+    return _scripts[fn]
+
+
 def _allow_variants() -> None:
     """Each step compiles once per combination of its constants and of size-1 axes (tiles of one
     example); TorchDynamo's default of 8 variants per function would send the rest back to eager."""

@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from typing import List
 
 import torch
 from torch import Tensor
 
-from . import chebyshev
+from . import chebyshev, fused
 
 #: resolution asked of the interpolant (trailing coefficients, and the dropped ones' sum, below TOL x max |f|)
 TOL = 2e-11
@@ -349,27 +348,6 @@ def _evaluate_blocks(cov: Tensor, sd_rows: Tensor, sd_cols: Tensor, outs: List[T
                         outs[f][b0:b, r0:r, c0:c].zero_()
 
 
-_SCRIPTED: list = []
-
-
-def _block_loop():
-    """:func:`_evaluate_blocks` compiled by TorchScript once per process (about 0.1 s), or the same Python function
-    where TorchScript is unavailable (the same operations in the same order: the same numbers, more GIL waits)."""
-    with _LOCK:
-        if not _SCRIPTED:
-            _SCRIPTED.append(_scripted())
-    return _SCRIPTED[0]
-
-
-def _scripted():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript is deprecated in favour of torch.compile, which would
-            return torch.jit.script(_evaluate_blocks)  # cost a compilation of tens of seconds here
-    except Exception:  # noqa: BLE001 - any failure to script: the plain function computes the same
-        return _evaluate_blocks
-
-
 def _stacks(series: list) -> tuple[list, list, list]:
     """The parts of all functions' series stacked so that one pass serves them all: (lefts, rights, parts), per
     stack the coefficient factors of each term j, (P, M, R_j) zero-padded to the largest rank of the stack
@@ -490,5 +468,5 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     else:
         col_step = min(n_cols, limit)
         block = [1, max(1, limit // col_step), col_step]
-    _block_loop()(cov, sd_rows, sd_cols, views, rows, cols, parts, block)
+    fused.scripted(_evaluate_blocks)(cov, sd_rows, sd_cols, views, rows, cols, parts, block)
     return out

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..apply import apply_kernel, fit_layout
-from .. import laws
+from .. import conv_fusion, laws
 from .base import Context, Layer, Spec, as_layer
 from ...core.checks import check_int
 
@@ -84,9 +84,18 @@ class Serial(Layer):
         for layer in reversed(self.layers):
             outs.append(full_out)
             full_out = layer.needs_full(full_out)
-        for layer, out in zip(self.layers, reversed(outs)):
+        outs.reverse()
+        i = 0
+        while i < len(self.layers):
+            layer, out = self.layers[i], outs[i]
             k = fit_layout(k, layer.needs_full(out))
+            if i + 1 < len(self.layers) and conv_fusion.applies(layer, self.layers[i + 1], k, outs[i + 1]):
+                fused_out = conv_fusion.conv_activation(layer, self.layers[i + 1], k)
+                if fused_out is not None:  # a Conv and its activation in one pass (infinet.engine.conv_fusion)
+                    k, i = fused_out, i + 2
+                    continue
             k = _pin(apply_kernel(layer, k, out), k)
+            i += 1
         return k
 
     def module(self, spec, ctx: Context) -> nn.Module:

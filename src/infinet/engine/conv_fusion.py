@@ -1,0 +1,316 @@
+"""A convolution and the ReLU-family activation after it, in one pass over a full-layout tile, in blocks
+that stay in cache.
+
+In the full pixel-pair layout a tile is an (N1, N2, H, W, H, W) tensor per kernel, and the eager layers
+make about 30 passes over it per Conv + ReLU: the convolution's window sums (Novak et al. 2019, Sec. 2:
+K' = w_std^2 A(K) + b_std^2, A the average of K(p + a, q + a) over filter taps a; Theta' = K' + w_std^2
+A(Theta)), then the arc-cosine kernel (Cho and Saul 2009, eq. 6) and its derivative kernel on the result
+(Jacot et al. 2018). Each pass streams tens of megabytes through memory. Here the same formulas run over
+blocks of a few rows of h1 (tens of thousands of entries, which stay in the core's L2 cache):
+
+- the tap sums read shifted views of a copy of the input padded with zeros (separable: the taps along H
+  move h1 and h2 together, then those along W move w1 and w2), with the inner (h2, w2) axes flattened so
+  that every view has one long contiguous inner axis;
+- the activation (phi = a min(x, 0) + b max(x, 0), :func:`infinet.engine.gaussian.abrelu`) follows on the
+  block while it is in cache, and its results go straight into the interior of the next padded buffer.
+
+The outputs are views of zero-bordered buffers, so that the next fused layer reads them without padding
+again. Only the two outputs are written to memory and only the two inputs read: about 8 ns per entry and
+layer instead of 25 on one core of this project's CPU. The loop over blocks runs in TorchScript (no
+Python between the short passes, and the tile pool's threads do not queue on the GIL).
+
+It applies to: :class:`~infinet.Conv` in 2 spatial dimensions with stride 1, dilation 1, an odd filter
+size and zero padding that keeps the size ('SAME'), 'ntk' parameterization, followed by an
+:class:`~infinet.ABRelu` (ReLU, LeakyReLU, Abs), on CPU kernels in the full layout without masks,
+laws or sampling, outside autograd, with every position variance positive and finite. Everything else
+(and anything this module declines) takes the layers' own kernel transforms, with the same formulas.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from . import fused
+from .closed_forms import elementwise_flags
+from .kernel import Kernel
+
+#: entries per block (each of the six block buffers): 2^16 doubles = 512 KiB, the buffers together in L2
+BLOCK_ENTRIES = 1 << 16
+
+#: False: every Conv and activation applies its own kernel transform (for comparisons)
+ENABLED = True
+
+_bordered: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDictionary()  # id -> padded buffer made
+# here (its border is zero: no view of it that leaves this module reaches the border)
+
+
+def applies(conv, act, k: Kernel, act_out_full: bool) -> bool:
+    """Whether :func:`conv_activation` computes ``act`` after ``conv`` on ``k`` (see the module docstring)."""
+    from .layers.activations import ABRelu, Activation
+    from .layers.conv import Conv
+
+    if not ENABLED or type(conv) is not Conv or not isinstance(act, ABRelu) or not act_out_full:
+        return False
+    if type(act).kernel_fn is not Activation.kernel_fn or type(act).elementwise_step is not ABRelu.elementwise_step:
+        return False
+    if not k.full or k.nngp is None or k.mask1 is not None or k.law is not None or k.sampling is not None:
+        return False
+    if k.sampled or k.tokens or k.nngp.device.type != "cpu" or k.nngp.dtype not in (torch.float32, torch.float64):
+        return False
+    if fused.compiling() or len(k.spatial) != 2 or conv.parameterization != "ntk" or conv.padding == "CIRCULAR":
+        return False
+    if isinstance(conv.w_std, Tensor) or isinstance(conv.b_std, Tensor):
+        return False
+    tensors = [t for t in (k.nngp, k.ntk, k.var1, k.var2) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    try:
+        geo = conv.geometry(k.shape)
+    except ValueError:
+        return False
+    return all(kk % 2 == 1 and s == 1 and d == 1 and before == after == kk // 2 and n_out == n
+               for (kk, s, d, before, after, n_out), n in zip(geo, k.spatial)) and geo[0][0] == geo[1][0]
+
+
+def conv_activation(conv, act, k: Kernel) -> Kernel | None:
+    """The kernel after ``conv`` and then ``act`` (what the two layers' ``kernel_fn`` give, with the variance
+    trace stepped once per layer and the diagonal pinned), or None when a position variance after the
+    convolution is zero, negative or too large for the closed form's product (the caller then applies the
+    layers one by one). Requires :func:`applies`."""
+    size = conv.geometry(k.shape)[0][0]
+    alpha = conv.w_std**2 / size**2
+    bias = 0.0 if conv.b_std is None else conv.b_std**2
+    spatial = k.spatial
+    trace = k.trace
+    if k.replaying:
+        e1, e2 = trace.entries[trace.cursor], trace.entries2[trace.cursor]
+        if len(e1) != 1:
+            return None
+        pv1, pv2 = e1[0], e2[0]
+    else:
+        pv1 = _position_conv(k._position_variances(k.var1), size, alpha, bias)
+        pv2 = pv1 if k.var2 is k.var1 else _position_conv(k._position_variances(k.var2), size, alpha, bias)
+    degenerate, safe = elementwise_flags(pv1, pv2)
+    if degenerate or not safe or not bool(torch.isfinite(pv1).all() and torch.isfinite(pv2).all()):
+        return None
+    shape = (conv.out_channels,) + tuple(spatial)
+    if trace is not None:  # the convolution's output: its position variances recorded (or replayed)
+        trace.step(k.replace(nngp=None, ntk=None, var1=pv1, var2=pv2, full=False, shape=shape))
+    n1, n2 = pv1.sqrt(), pv2.sqrt()
+    run = _Run(size, alpha, bias, act.a, act.b, spatial, k.nngp.dtype)
+    nngp, ntk = run.pairs(k.nngp, k.ntk, n1, n2)
+    var1 = var2 = None
+    pin = True
+    if k.symmetric and k.var2 is k.var1 and not k.replaying:
+        # nngp[i, i] is var1[i] (pinned after the layer before): the same arithmetic on the same numbers
+        index = torch.arange(len(nngp), device=nngp.device)
+        var1 = var2 = nngp[index, index]
+        pin = False
+    elif not k.replaying:
+        var1 = run.self_covariances(k.var1, n1)
+        var2 = var1 if k.var2 is k.var1 else run.self_covariances(k.var2, n2)
+    out = k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
+    if trace is not None:
+        out = trace.step(out)
+    return out.pin_diagonal(inplace=True) if pin else out
+
+
+def _position_conv(pv: Tensor, size: int, alpha: float, bias: float) -> Tensor:
+    """alpha x the tap sum of the position variances (N, H, W) + bias: the same additions in the same order as
+    the pair blocks (:func:`_blocks`) make on the diagonal, so that cov = var there to the last bit."""
+    p = size // 2
+    n, h, w = pv.shape
+    padded = pv.new_zeros(n, h + 2 * p, w + 2 * p)
+    padded[:, p:p + h, p:p + w] = pv
+    rows = padded[:, 0:h]
+    for a in range(1, size):
+        rows = rows + padded[:, a:a + h]
+    out = rows[:, :, 0:w]
+    for b in range(1, size):
+        out = out + rows[:, :, b:b + w]
+    out = out * alpha
+    return out + bias if bias else out
+
+
+class _Run:
+    """One fused layer's constants, and its calls of the scripted block loop on padded buffers."""
+
+    def __init__(self, size, alpha, bias, a, b, spatial, dtype):
+        self.size, self.alpha, self.bias, self.a, self.b = size, alpha, bias, a, b
+        self.h, self.w = spatial
+        self.p = size // 2
+        self.dtype = dtype
+        self.hp, self.wp = self.h + 2 * self.p, self.w + 2 * self.p
+        self.inner = self.h * self.wp - (size - 1)  # flattened (h2, w2) outputs, W..Wp-1 of each row spare
+        valid = torch.zeros(self.h, self.wp, dtype=dtype)
+        valid[:, :self.w] = 1.0
+        self.valid = valid.reshape(-1)[:self.inner].contiguous()
+        self.rows = max(1, min(self.h, BLOCK_ENTRIES // (self.w * self.inner)))
+
+    def padded(self, t: Tensor) -> Tensor:
+        """The zero-bordered buffer whose interior is ``t`` (..., H, W, H, W): ``t``'s own when it is an
+        output of this module with the same border, else a fresh copy."""
+        base = t._base
+        if base is not None and _bordered.get(id(base)) is base and self._interior(base).stride() == t.stride() \
+                and self._interior(base).storage_offset() == t.storage_offset() \
+                and tuple(base.shape[:-4]) == tuple(t.shape[:-4]):
+            return base
+        out = torch.zeros(*t.shape[:-4], self.hp, self.wp, self.hp, self.wp, dtype=self.dtype)
+        self._interior(out).copy_(t)
+        _bordered[id(out)] = out
+        return out
+
+    def bordered(self, lead) -> Tensor:
+        """A new padded buffer (lead, Hp, Wp, Hp, Wp) for :func:`_loop_eager` to fill: zero where the loop does
+        not write (the border rows and columns of h1, w1, and of each (h1, w1) the head and tail of the
+        flattened (h2, w2) border; the loop itself writes zeros into the border columns between)."""
+        p, hp, wp = self.p, self.hp, self.wp
+        out = torch.empty(*lead, hp, wp, hp, wp, dtype=self.dtype)
+        rows = out.view(*lead, hp, wp, hp * wp)
+        for axis, n in ((-3, hp), (-2, wp)):
+            rows.narrow(axis, 0, p).zero_()
+            rows.narrow(axis, n - p, p).zero_()
+        head = p * wp + p
+        inner = rows[..., p:p + self.h, p:p + self.w, :]
+        inner[..., :head].zero_()
+        inner[..., head + self.inner:].zero_()
+        _bordered[id(out)] = out
+        return out
+
+    def _interior(self, base: Tensor) -> Tensor:
+        p = self.p
+        return base[..., p:p + self.h, p:p + self.w, p:p + self.h, p:p + self.w]
+
+    def _gains(self, n2: Tensor) -> tuple[Tensor, Tensor]:
+        """Per second-member position in the flattened inner layout: sqrt(var2) (1 at the spare columns, so
+        that nothing divides by 0 there) and the 0/1 mask of real columns."""
+        norm = torch.ones(len(n2), self.h, self.wp, dtype=self.dtype)
+        norm[:, :, :self.w] = n2
+        return norm.reshape(len(n2), -1)[:, :self.inner].contiguous(), self.valid
+
+    def run(self, kin: Tensor, tin: Tensor | None, n1: Tensor, n2: Tensor) -> tuple[Tensor, Tensor | None]:
+        lead = kin.shape[:2]
+        kout = self.bordered(lead)
+        tout = None if tin is None else self.bordered(lead)
+        norm2, valid = self._gains(n2)
+        _loop(kin, tin, kout, tout, n1.contiguous(), norm2, valid, self.size, self.rows, self.inner,
+              self.alpha, self.bias, self.a, self.b, torch.finfo(self.dtype).eps)
+        return self._interior(kout), None if tout is None else self._interior(tout)
+
+    def pairs(self, nngp: Tensor, ntk: Tensor | None, n1: Tensor, n2: Tensor):
+        """(nngp, ntk) of the pairs after both layers: interior views of new padded buffers."""
+        tin = None if ntk is None else self.padded(ntk)
+        return self.run(self.padded(nngp), tin, n1, n2)
+
+    def self_covariances(self, var: Tensor, norm: Tensor) -> Tensor:
+        """The full self-covariances (N, H, W, H, W) after both layers, each example paired with itself."""
+        out = torch.empty(len(var), self.h, self.w, self.h, self.w, dtype=self.dtype)
+        for i in range(len(var)):
+            k, _ = self.run(self.padded(var[i:i + 1].unsqueeze(1)), None, norm[i:i + 1], norm[i:i + 1])
+            out[i] = k[0, 0]
+        return out
+
+
+def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional[Tensor], n1: Tensor,
+                norm2: Tensor, valid: Tensor, size: int, rows: int, inner: int, alpha: float, bias: float,
+                a: float, b: float, eps: float) -> None:
+    """The block loop: for each pair (i, j) and each block of ``rows`` output rows h1, the tap sums of nngp
+    (and ntk) from the padded inputs, the activation, and the results into the padded outputs' interiors.
+
+    Shapes: kin, tin, kout, tout (N1, N2, Hp, Wp, Hp, Wp) contiguous; n1 (N1, H, W) = sqrt(var1) after the
+    convolution; norm2 (N2, inner) = sqrt(var2) in the flattened inner layout; valid (inner,) 1 at real
+    columns. With cov = alpha S(K) + bias (S the tap sum), rho = cov / (n1 n2), angle = pi - arccos(rho)
+    = arccos(-rho) and c = 1 / (2 pi) (Cho and Saul 2009, eq. 6; :func:`infinet.engine.gaussian.abrelu`):
+        nngp' = (b - a)^2 n1 n2 c (sqrt(1 - rho^2) + angle rho) + a b cov,
+        ntk'  = ((b - a)^2 c angle + a b) (alpha S(Theta) + cov).
+    """
+    n_1, n_2 = kin.shape[0], kin.shape[1]
+    hp, wp = kin.shape[2], kin.shape[3]
+    h, w = n1.shape[1], n1.shape[2]
+    p = size // 2
+    s0, s1 = kin.stride(2), kin.stride(3)
+    pair = kin.stride(1)
+    c = 1.0 / (2.0 * math.pi)
+    slope = (b - a) * (b - a)
+    ab = a * b
+    rows = min(rows, h)
+    dt, dev = kin.dtype, kin.device
+    buf_a = torch.empty(rows, wp, h * wp, dtype=dt, device=dev)
+    cov = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    theta = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    norm = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    rho = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    angle = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    value = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    square = torch.full((1,), c * c, dtype=dt, device=dev)
+    gain = valid * (slope * c * alpha)
+    shift = valid * (ab * alpha)
+    out_offset = p * s0 + p * s1 + p * wp + p
+    for i in range(n_1):
+        for j in range(n_2):
+            base = (i * n_2 + j) * pair
+            n2j = norm2[j]
+            for r0 in range(0, h, rows):
+                r = min(rows, h - r0)
+                blk_a = buf_a.narrow(0, 0, r)
+                covb = cov.narrow(0, 0, r)
+                thetab = theta.narrow(0, 0, r)
+                _tap_sums(kin, base + r0 * s0, covb, blk_a, size, w, inner)
+                if tin is not None:
+                    _tap_sums(tin, base + r0 * s0, thetab, blk_a, size, w, inner)
+                covb.mul_(alpha)
+                if bias != 0.0:
+                    covb.add_(bias)
+                normb = norm.narrow(0, 0, r)
+                torch.mul(n1[i].narrow(0, r0, r).unsqueeze(-1), n2j, out=normb)
+                rhob = rho.narrow(0, 0, r)  # holds -rho, clamped as clamp_unit does
+                torch.div(covb, normb, out=rhob).mul_(-(1.0 + 4.0 * eps)).clamp_(-1.0, 1.0)
+                angleb = angle.narrow(0, 0, r)
+                torch.arccos(rhob, out=angleb)
+                kk = torch.addcmul(square, rhob, rhob, value=-c * c, out=value.narrow(0, 0, r))
+                kk.sqrt_().addcmul_(angleb, rhob, value=-c).mul_(normb)
+                if slope != 1.0:
+                    kk.mul_(slope)
+                if ab != 0.0:
+                    kk.add_(covb, alpha=ab)
+                dst_k = kout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
+                torch.mul(kk, valid, out=dst_k)
+                if tin is not None and tout is not None:
+                    thetab.add_(covb, alpha=1.0 / alpha)  # (S(Theta) + cov / alpha), alpha is in gain
+                    angleb.mul_(gain)
+                    if ab != 0.0:
+                        angleb.add_(shift)
+                    dst_t = tout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
+                    torch.mul(thetab, angleb, out=dst_t)
+
+
+def _tap_sums(src: Tensor, start: int, dst: Tensor, buf: Tensor, size: int, w: int, inner: int) -> None:
+    """dst = the sum over filter taps (a, b) of src[h1 + a, w1 + b, h2 + a, w2 + b] for the block of output
+    rows starting at storage offset ``start`` of a padded (Hp, Wp, Hp, Wp) pair: first the taps along H into
+    ``buf`` (rows, Wp, H Wp), then those along W into dst (rows, W, inner); (h2, w2) flattened throughout."""
+    r, wp, flat = buf.shape[0], buf.shape[1], buf.shape[2]
+    s0, s1 = src.stride(2), src.stride(3)
+    _sum_shifted(src, (r, wp, flat), (s0, s1, 1), start, s0 + wp, size, buf)
+    q0, q1 = buf.stride(0), buf.stride(1)
+    _sum_shifted(buf, (r, w, inner), (q0, q1, 1), buf.storage_offset(), q1 + 1, size, dst)
+
+
+def _sum_shifted(src: Tensor, shape: List[int], strides: List[int], start: int, step: int, size: int,
+                 out: Tensor) -> None:
+    """out = the sum over t < size of the view of src at storage offset start + t step, added in order."""
+    if size == 1:
+        out.copy_(src.as_strided(shape, strides, start))
+        return
+    torch.add(src.as_strided(shape, strides, start), src.as_strided(shape, strides, start + step), out=out)
+    for t in range(2, size):
+        out.add_(src.as_strided(shape, strides, start + t * step))
+
+
+def _loop(*args) -> None:
+    """:func:`_loop_eager`, scripted once per process by TorchScript (see :func:`infinet.engine.fused.scripted`)."""
+    fused.scripted(_loop_eager)(*args)

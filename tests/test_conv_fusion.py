@@ -1,0 +1,137 @@
+"""The fused Conv + ReLU-family step (infinet.engine.conv_fusion) against the layers applied one by one."""
+
+import math
+
+import pytest
+import torch
+
+import infinet as inf
+from infinet.engine import conv_fusion, fused
+from infinet.engine.kernel import input_kernel
+
+
+def _net(act=inf.Relu, b_std=None, size=3, tail=True, padding="SAME"):
+    layers = [inf.Conv(4, size, w_std=1.3, b_std=b_std, padding=padding), act(),
+              inf.Conv(4, size, w_std=1.4, b_std=b_std, padding=padding), act()]
+    if tail:
+        layers += [inf.AvgPool(2), inf.Conv(3, size, w_std=1.2, b_std=b_std, padding=padding), act()]
+    return inf.serial(*layers, inf.GlobalAvgPool(), inf.Dense(1, w_std=1.1))
+
+
+def _both(net, *args, **kwargs):
+    """(fused, layer by layer) kernels, counting the fused calls that took effect."""
+    calls = []
+    original = conv_fusion.conv_activation
+
+    def counted(*a):
+        out = original(*a)
+        calls.append(out is not None)
+        return out
+
+    try:
+        conv_fusion.conv_activation = counted
+        got = net.kernel(*args, **kwargs)
+        conv_fusion.ENABLED = False
+        want = net.kernel(*args, **kwargs)
+    finally:
+        conv_fusion.ENABLED = True
+        conv_fusion.conv_activation = original
+    return got, want, calls
+
+
+def _close(got, want, tol):
+    for name in ("nngp", "ntk"):
+        a, b = getattr(got, name), getattr(want, name)
+        if b is None:
+            assert a is None
+            continue
+        assert float((a - b).abs().max()) <= tol * float(b.abs().max()), name
+
+
+CASES = {
+    "relu": {},
+    "bias": {"b_std": 0.3},
+    "leaky": {"act": lambda: inf.LeakyRelu(0.2)},
+    "abs_bias": {"act": inf.Abs, "b_std": 0.1},
+    "filter5": {"size": 5},
+    "zeros_given": {"size": 5, "padding": 2},
+    "filter1": {"size": 1, "b_std": 0.2},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("tile_size", [None, 2])
+@pytest.mark.parametrize("second", [False, True])
+def test_fused_conv_activation_matches_the_layers_one_by_one(case, tile_size, second):
+    """Every ABRelu, with and without bias, 3x3 and 5x5 filters, non-square 8 x 6 images, one tile or tiles of 2
+    (symmetric tiles recording variances, off-diagonal ones replaying them), x2 = x1 or another batch."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, 8, 6, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, 2, 8, 6, generator=g, dtype=torch.float64) if second else None
+    got, want, calls = _both(_net(**CASES[case]), x, x2, get=("nngp", "ntk"), tile_size=tile_size)
+    assert calls and all(calls)
+    _close(got, want, 1e-13)
+
+
+def test_nngp_alone_float32_and_a_zero_variance():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 6, 6, generator=g, dtype=torch.float64)
+    got, want, calls = _both(_net(tail=False), x, get="nngp")
+    assert all(calls) and got.ntk is None
+    _close(got, want, 1e-13)
+    got, want, calls = _both(_net(tail=False), x.float(), get=("nngp", "ntk"), dtype=torch.float32)
+    assert all(calls) and got.nngp.dtype == torch.float32
+    _close(got, want, 1e-5)
+    x[2] = 0.0  # an all-zero image: its variances are 0, where the closed form needs its own limit
+    got, want, calls = _both(_net(tail=False), x, get=("nngp", "ntk"))
+    assert not any(calls)  # the layers one by one
+    _close(got, want, 0.0)
+
+
+def test_identical_inputs_in_different_tiles_keep_identical_rows():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 2, 8, 8, generator=g, dtype=torch.float64)
+    x[4] = x[0]
+    k = _net().kernel(x, get=("nngp", "ntk"), tile_size=2)
+    for t in (k.nngp, k.ntk):
+        assert torch.equal(t[0], t[4]) and torch.equal(t[:, 0], t[:, 4])
+
+
+@pytest.mark.parametrize("conv", [inf.Conv(2, 3, stride=2), inf.Conv(2, 3, dilation=2), inf.Conv(2, 3, padding="VALID"),
+                                  inf.Conv(2, 3, padding="CIRCULAR"), inf.Conv(2, 3, padding=2), inf.Conv(2, 2), inf.Conv(2, (3, 5)),
+                                  inf.Conv(2, 3, parameterization="standard"), inf.ConvLocal(2, 3, padding="SAME")])
+def test_other_convolutions_take_the_layers_own_transforms(conv):
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    k = input_kernel(x, None, True, full=True)
+    assert not conv_fusion.applies(conv, inf.Relu(), k, True)
+    assert conv_fusion.applies(inf.Conv(2, 3), inf.Relu(), k, True)
+    assert not conv_fusion.applies(inf.Conv(2, 3), inf.Relu(), k, False)  # a diagonal output
+    assert not conv_fusion.applies(inf.Conv(2, 3), inf.Erf(), k, True)
+    assert not conv_fusion.applies(inf.Conv(2, 3), inf.Relu(), k.to_diagonal(), True)
+    w = torch.tensor(1.2, requires_grad=True)
+    assert not conv_fusion.applies(inf.Conv(2, 3), inf.Relu(), k.replace(nngp=k.nngp * w), True)
+
+
+def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_borders_zero():
+    g = torch.Generator().manual_seed(3)
+    run = conv_fusion._Run(3, 2.0 / 9.0, 0.1, 0.2, 1.0, (7, 5), torch.float64)
+    run.rows = 2  # blocks that end short of the last row
+    pair = torch.rand(2, 3, 7, 5, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    n1 = torch.rand(2, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    kin, tin = run.padded(pair), run.padded(pair * 0.5)
+    outs = []
+    scripted = fused.scripted(conv_fusion._loop_eager)
+    assert isinstance(scripted, torch.jit.ScriptFunction)  # TorchScript takes the loop (else: slower, same bits)
+    for loop in (scripted, conv_fusion._loop_eager):
+        kout, tout = run.bordered((2, 3)), run.bordered((2, 3))
+        norm2, valid = run._gains(n2)
+        loop(kin, tin, kout, tout, n1, norm2, valid, 3, run.rows, run.inner, run.alpha, run.bias, run.a, run.b,
+             torch.finfo(torch.float64).eps)
+        for t in (kout, tout):
+            border = t.clone()
+            run._interior(border).zero_()
+            assert float(border.abs().max()) == 0.0
+        outs.append((kout, tout))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert run.padded(run._interior(outs[0][0])) is outs[0][0]  # the next layer reads it without a copy

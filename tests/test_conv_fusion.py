@@ -120,6 +120,10 @@ def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_bord
     n1 = torch.rand(2, 7, 5, generator=g, dtype=torch.float64) + 1.0
     n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
     kin, tin = run.padded(pair), run.padded(pair * 0.5)
+    for t in (kin, tin):  # fresh copies: zero border, the pair inside
+        border = t.clone()
+        run._interior(border).zero_()
+        assert float(border.abs().max()) == 0.0 and torch.equal(run._interior(t), pair * (0.5 if t is tin else 1.0))
     outs = []
     scripted = fused.scripted(conv_fusion._loop_eager)
     assert isinstance(scripted, torch.jit.ScriptFunction)  # TorchScript takes the loop (else: slower, same bits)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import fused
 from .closed_forms import elementwise_flags
-from .kernel import Kernel
+from .kernel import Kernel, known_zero
 
 #: entries per block (each of the six block buffers): 2^16 doubles = 512 KiB, the buffers together in L2
 BLOCK_ENTRIES = 1 << 16
@@ -160,9 +160,15 @@ class _Run:
                 and self._interior(base).storage_offset() == t.storage_offset() \
                 and tuple(base.shape[:-4]) == tuple(t.shape[:-4]):
             return base
-        out = torch.zeros(*t.shape[:-4], self.hp, self.wp, self.hp, self.wp, dtype=self.dtype)
+        out = self.bordered(t.shape[:-4])
+        if self.p and self.h > 1:  # the border columns between rows, which the loop would write
+            lead = out.shape[:-4]
+            strides = out.stride()
+            s0, s1 = strides[-4], strides[-3]
+            offset = self.p * (s0 + s1 + self.wp + 1) + self.w
+            out.as_strided((*lead, self.h, self.w, self.h - 1, 2 * self.p),
+                           (*strides[:-4], s0, s1, self.wp, 1), out.storage_offset() + offset).zero_()
         self._interior(out).copy_(t)
-        _bordered[id(out)] = out
         return out
 
     def bordered(self, lead) -> Tensor:
@@ -193,25 +199,28 @@ class _Run:
         norm[:, :, :self.w] = n2
         return norm.reshape(len(n2), -1)[:, :self.inner].contiguous(), self.valid
 
-    def run(self, kin: Tensor, tin: Tensor | None, n1: Tensor, n2: Tensor) -> tuple[Tensor, Tensor | None]:
+    def run(self, kin: Tensor, tin: Tensor | None, ntk: bool, n1: Tensor, n2: Tensor):
+        """The scripted loop on padded inputs (``tin`` None: an NTK of zeros, computed only when ``ntk``): the
+        interior views of new padded nngp and ntk (None unless ``ntk``)."""
         lead = kin.shape[:2]
         kout = self.bordered(lead)
-        tout = None if tin is None else self.bordered(lead)
+        tout = self.bordered(lead) if ntk else None
         norm2, valid = self._gains(n2)
         _loop(kin, tin, kout, tout, n1.contiguous(), norm2, valid, self.size, self.rows, self.inner,
               self.alpha, self.bias, self.a, self.b, torch.finfo(self.dtype).eps)
         return self._interior(kout), None if tout is None else self._interior(tout)
 
     def pairs(self, nngp: Tensor, ntk: Tensor | None, n1: Tensor, n2: Tensor):
-        """(nngp, ntk) of the pairs after both layers: interior views of new padded buffers."""
-        tin = None if ntk is None else self.padded(ntk)
-        return self.run(self.padded(nngp), tin, n1, n2)
+        """(nngp, ntk) of the pairs after both layers: interior views of new padded buffers. The inputs' NTK
+        (zeros, :func:`~infinet.engine.kernel.known_zero`) is not read."""
+        tin = None if ntk is None or known_zero(ntk) else self.padded(ntk)
+        return self.run(self.padded(nngp), tin, ntk is not None, n1, n2)
 
     def self_covariances(self, var: Tensor, norm: Tensor) -> Tensor:
         """The full self-covariances (N, H, W, H, W) after both layers, each example paired with itself."""
         out = torch.empty(len(var), self.h, self.w, self.h, self.w, dtype=self.dtype)
         for i in range(len(var)):
-            k, _ = self.run(self.padded(var[i:i + 1].unsqueeze(1)), None, norm[i:i + 1], norm[i:i + 1])
+            k, _ = self.run(self.padded(var[i:i + 1].unsqueeze(1)), None, False, norm[i:i + 1], norm[i:i + 1])
             out[i] = k[0, 0]
         return out
 
@@ -280,8 +289,11 @@ def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional
                     kk.add_(covb, alpha=ab)
                 dst_k = kout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
                 torch.mul(kk, valid, out=dst_k)
-                if tin is not None and tout is not None:
-                    thetab.add_(covb, alpha=1.0 / alpha)  # (S(Theta) + cov / alpha), alpha is in gain
+                if tout is not None:  # (S(Theta) + cov / alpha), alpha is in gain; S(Theta) = 0 without tin
+                    if tin is not None:
+                        thetab.add_(covb, alpha=1.0 / alpha)
+                    else:
+                        torch.mul(covb, 1.0 / alpha, out=thetab)
                     angleb.mul_(gain)
                     if ab != 0.0:
                         angleb.add_(shift)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -349,16 +350,19 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                  masks: tuple[Tensor, Tensor] | None = None,
-                 patterns: tuple[Tensor, Tensor | None] | None = None) -> Kernel:
-    """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1)."""
-    k = _input_kernel(x1, x2, need_ntk, full, masks)
+                 patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False) -> Kernel:
+    """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1).
+    ``positions_only``: the caller replaces var1 and var2 (a replaying :class:`VarianceTrace`), so that feature
+    maps' self-covariances are returned as same-position variances (N, *S) even in the full layout, unless
+    identical inputs need the full ones."""
+    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only)
     if patterns is None:
         return k
     return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
 
 
 def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
-                  masks: tuple[Tensor, Tensor] | None = None) -> Kernel:
+                  masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
@@ -374,7 +378,7 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
         k = _spatial_input_kernel(x1, x2, need_ntk, full)
         return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
-        return _spatial_input_kernel(x1, x2, need_ntk, full)
+        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = (f1 * f1).sum(1) / n_features
@@ -393,14 +397,17 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
     return Kernel(nngp, ntk, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None)
 
 
-def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool) -> Kernel:
+def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool,
+                          positions_only: bool = False) -> Kernel:
     c, s = x1.shape[1], tuple(x1.shape[2:])
     p = math.prod(s)
     a = x1.reshape(len(x1), c, p)
     b = a if x2 is None else x2.reshape(len(x2), c, p)
+    pairs = identical_pairs(x1, x2)
+    full_var = full and (not positions_only or pairs is not None)
 
     def self_cov(t):
-        if full:  # (N, P, P) per example
+        if full_var:  # (N, P, P) per example
             return (t.transpose(1, 2) @ t).div_(c).reshape(len(t), *s, *s)
         return (t * t).sum(1).div_(c).reshape(len(t), *s)
 
@@ -418,9 +425,24 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
     var1 = self_cov(a)
     var2 = var1 if x2 is None else self_cov(b)
     nngp = nngp.contiguous()
-    pairs = identical_pairs(x1, x2)
     if pairs is not None:
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     k = Kernel(nngp, None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
     k = k.pin_diagonal(inplace=True)
-    return k.replace(ntk=torch.zeros_like(k.nngp) if need_ntk else None)
+    return k.replace(ntk=zero_ntk(k.nngp) if need_ntk else None)
+
+
+_ZEROS: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDictionary()
+
+
+def zero_ntk(like: Tensor) -> Tensor:
+    """The NTK of the inputs, zeros shaped like ``like``, remembered as zero (:func:`known_zero`): the first
+    layer's transform may skip arithmetic on it (transforms never write into a kernel they receive)."""
+    out = torch.zeros_like(like)
+    _ZEROS[id(out)] = out
+    return out
+
+
+def known_zero(t: Tensor | None) -> bool:
+    """Whether ``t`` is an input NTK made by :func:`zero_ntk` (all zeros)."""
+    return t is not None and _ZEROS.get(id(t)) is t

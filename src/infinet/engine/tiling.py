@@ -87,12 +87,13 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         m1, m2 = masks[0], (masks[0] if x2 is None else masks[1])
         masks = (m1, m2) if bool(m1.any()) or bool(m2.any()) else None
     embedding = token_reader(layer)
+    replicates = sampling.plan(layer, x1.shape[1:])
     if embedding is not None:  # token indices (N, L): the kernel of their one-hot vectors
         k = embedding.input_kernel(x1, x2, need_ntk, bool(layer.needs_full(False)))
     else:
         full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
-        k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns)
-    replicates = sampling.plan(layer, x1.shape[1:])
+        k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
+                         positions_only=trace is not None and trace.replaying and replicates is None)
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
     if trace is not None:

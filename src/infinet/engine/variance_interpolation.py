@@ -40,7 +40,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from . import chebyshev, fused
+from . import chebyshev, fused, table_cache
 
 #: resolution asked of the interpolant (trailing coefficients, and the dropped ones' sum, below TOL x max |f|)
 TOL = 2e-11
@@ -59,7 +59,7 @@ class Table:
     a :class:`Series` whose low-rank truncation changes it by at most ``budget[f]``."""
 
     def __init__(self, c: Tensor, lo: float, hi: float, budget: Tensor):
-        self.c, self.lo, self.hi = c, lo, hi
+        self.c, self.lo, self.hi, self.budget = c, lo, hi, budget
         self.series = [Series.of(c[f], float(budget[f])) for f in range(len(c))]
         self.stacks = _stacks(self.series)
 
@@ -97,11 +97,25 @@ def _table(values_at, lo: float, hi: float, key: tuple) -> Table | None:
         for k, domain, table in _TABLES:
             if k == key and domain == (lo, hi):
                 return table
-        table = build(values_at, lo, hi)
+        table = _stored_or_built(values_at, lo, hi, key)
         _TABLES.append((key, (lo, hi), table))
         if len(_TABLES) > _MAX_TABLES:
             _TABLES.pop(0)
         return table
+
+
+def _stored_or_built(values_at, lo: float, hi: float, key: tuple) -> Table | None:
+    """The table from the on-disk cache (:mod:`infinet.engine.table_cache`) where one is stored for ``key``, else
+    :func:`build` (and stored, where the key can be kept across processes)."""
+    disk_key = table_cache.persistent_key(*key, lo, hi) if len(key) == 4 else None
+    if disk_key is not None:
+        found, tensors = table_cache.load(disk_key)
+        if found:
+            return None if tensors is None else Table(tensors["c"], lo, hi, tensors["budget"])
+    table = build(values_at, lo, hi)
+    if disk_key is not None:
+        table_cache.save(disk_key, None if table is None else {"c": table.c, "budget": table.budget})
+    return table
 
 
 def _coefficients_along(values: Tensor, dim: int) -> Tensor:

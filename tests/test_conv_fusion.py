@@ -21,21 +21,25 @@ def _net(act=inf.Relu, b_std=None, size=3, tail=True, padding="SAME"):
 def _both(net, *args, **kwargs):
     """(fused, layer by layer) kernels, counting the fused calls that took effect."""
     calls = []
-    original = conv_fusion.conv_activation
+    original, alone = conv_fusion.conv_activation, conv_fusion.conv_alone
 
     def counted(*a):
         out = original(*a)
         calls.append(out is not None)
         return out
 
+    def counted_alone(*a):
+        calls.append("alone")
+        return alone(*a)
+
     try:
-        conv_fusion.conv_activation = counted
+        conv_fusion.conv_activation, conv_fusion.conv_alone = counted, counted_alone
         got = net.kernel(*args, **kwargs)
         conv_fusion.ENABLED = False
         want = net.kernel(*args, **kwargs)
     finally:
         conv_fusion.ENABLED = True
-        conv_fusion.conv_activation = original
+        conv_fusion.conv_activation, conv_fusion.conv_alone = original, alone
     return got, want, calls
 
 
@@ -56,6 +60,8 @@ CASES = {
     "filter5": {"size": 5},
     "zeros_given": {"size": 5, "padding": 2},
     "filter1": {"size": 1, "b_std": 0.2},
+    "erf_alone": {"act": inf.Erf, "b_std": 0.2},  # no fused step: the blocked convolution alone
+    "gelu_alone": {"act": inf.Gelu},
 }
 
 
@@ -69,7 +75,7 @@ def test_fused_conv_activation_matches_the_layers_one_by_one(case, tile_size, se
     x = torch.randn(5, 2, 8, 6, generator=g, dtype=torch.float64)
     x2 = torch.randn(3, 2, 8, 6, generator=g, dtype=torch.float64) if second else None
     got, want, calls = _both(_net(**CASES[case]), x, x2, get=("nngp", "ntk"), tile_size=tile_size)
-    assert calls and all(calls)
+    assert calls and all(c is True for c in calls) or case.endswith("_alone") and set(calls) == {"alone"}
     _close(got, want, 1e-13)
 
 
@@ -77,14 +83,14 @@ def test_nngp_alone_float32_and_a_zero_variance():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 6, 6, generator=g, dtype=torch.float64)
     got, want, calls = _both(_net(tail=False), x, get="nngp")
-    assert all(calls) and got.ntk is None
+    assert all(c is True for c in calls) and got.ntk is None
     _close(got, want, 1e-13)
     got, want, calls = _both(_net(tail=False), x.float(), get=("nngp", "ntk"), dtype=torch.float32)
-    assert all(calls) and got.nngp.dtype == torch.float32
+    assert all(c is True for c in calls) and got.nngp.dtype == torch.float32
     _close(got, want, 1e-5)
     x[2] = 0.0  # an all-zero image: its variances are 0, where the closed form needs its own limit
     got, want, calls = _both(_net(tail=False), x, get=("nngp", "ntk"))
-    assert not any(calls)  # the layers one by one
+    assert False in calls and True not in calls  # the layers one by one (each Conv in blocks)
     _close(got, want, 0.0)
 
 
@@ -130,6 +136,7 @@ def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_bord
     for loop in (scripted, conv_fusion._loop_eager):
         kout, tout = run.bordered((2, 3)), run.bordered((2, 3))
         norm2, valid = run._gains(n2)
+        norm2 = norm2 * (-1.0 / (run.alpha * (1.0 + 4.0 * torch.finfo(torch.float64).eps)))
         loop(kin, tin, kout, tout, n1, norm2, valid, 3, run.rows, run.inner, run.alpha, run.bias, run.a, run.b,
              torch.finfo(torch.float64).eps)
         for t in (kout, tout):
@@ -139,3 +146,17 @@ def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_bord
         outs.append((kout, tout))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert run.padded(run._interior(outs[0][0])) is outs[0][0]  # the next layer reads it without a copy
+
+
+def test_auto_compile_mode_leaves_conv_relu_networks_to_the_blocked_step(monkeypatch):
+    """Mode "auto" would compile a large computation's ReLU steps; networks with Conv + ReLU pairs keep the
+    blocked TorchScript step (faster, and on the tile pool) instead."""
+    assert conv_fusion.has_pairs(inf.myrtle(5)) and conv_fusion.has_pairs(inf.repeat(inf.serial(inf.Conv(1), inf.Relu()), 2))
+    assert not conv_fusion.has_pairs(inf.serial(inf.Conv(1), inf.Tanh()))
+    assert not conv_fusion.has_pairs(inf.parallel(inf.Conv(1), inf.Relu()))  # branches, not a sequence
+    monkeypatch.setattr(fused, "_mode", "auto")
+    monkeypatch.setattr(fused, "AUTO_WORK", 0.0)  # every computation counts as large
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    got, want, calls = _both(_net(tail=False), x, get=("nngp", "ntk"))
+    assert calls and all(c is True for c in calls)
+    _close(got, want, 1e-13)

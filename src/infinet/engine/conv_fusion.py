@@ -39,7 +39,7 @@ from . import fused
 from .closed_forms import elementwise_flags
 from .kernel import Kernel, known_zero
 
-#: entries per block (each of the six block buffers): 2^16 doubles = 512 KiB, the buffers together in L2
+#: entries per block (each of the block buffers): 2^16 doubles, 512 KiB (the fastest of 2^15 ... 2^17 here)
 BLOCK_ENTRIES = 1 << 16
 
 #: False: every Conv and activation applies its own kernel transform (for comparisons)
@@ -51,12 +51,32 @@ _bordered: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDiction
 
 def applies(conv, act, k: Kernel, act_out_full: bool) -> bool:
     """Whether :func:`conv_activation` computes ``act`` after ``conv`` on ``k`` (see the module docstring)."""
-    from .layers.activations import ABRelu, Activation
-    from .layers.conv import Conv
+    slopes = getattr(act, "conv_fusion_slopes", None)
+    return act_out_full and slopes is not None and slopes() is not None and conv_applies(conv, k)
 
-    if not ENABLED or type(conv) is not Conv or not isinstance(act, ABRelu) or not act_out_full:
-        return False
-    if type(act).kernel_fn is not Activation.kernel_fn or type(act).elementwise_step is not ABRelu.elementwise_step:
+
+def has_pairs(layer) -> bool:
+    """Whether ``layer`` holds a :class:`~infinet.Conv` directly followed by an :class:`~infinet.ABRelu` in a
+    serial composition (candidates for :func:`conv_activation`; the tile engine does not compile those
+    networks' steps in mode "auto")."""
+    parts = getattr(layer, "layers", ())
+    if getattr(layer, "in_sequence", False) and any(
+            _fusable_conv(a) and getattr(b, "conv_fusion_slopes", lambda: None)() is not None
+            for a, b in zip(parts, parts[1:])):
+        return True
+    return any(has_pairs(part) for part in parts)
+
+
+def _fusable_conv(conv) -> bool:
+    """A :class:`~infinet.Conv` itself, not a subclass with other placements (the class declares it)."""
+    return type(conv).__dict__.get("blocked_tap_sums", False)
+
+
+def conv_applies(conv, k: Kernel) -> bool:
+    """Whether :func:`conv_alone` computes ``conv`` on ``k``: a :class:`~infinet.Conv` in 2 spatial dimensions,
+    stride 1, dilation 1, odd square filter, zero padding that keeps the size, 'ntk' parameterization, on a CPU
+    kernel in the full layout without masks, laws or sampling, outside autograd."""
+    if not ENABLED or not _fusable_conv(conv):
         return False
     if not k.full or k.nngp is None or k.mask1 is not None or k.law is not None or k.sampling is not None:
         return False
@@ -77,14 +97,35 @@ def applies(conv, act, k: Kernel, act_out_full: bool) -> bool:
                for (kk, s, d, before, after, n_out), n in zip(geo, k.spatial)) and geo[0][0] == geo[1][0]
 
 
+def _constants(conv, k: Kernel) -> tuple[int, float, float]:
+    """(filter size, alpha = w_std^2 / taps, bias = b_std^2) of a convolution that :func:`conv_applies` takes."""
+    size = conv.geometry(k.shape)[0][0]
+    return size, conv.w_std**2 / size**2, 0.0 if conv.b_std is None else conv.b_std**2
+
+
+def conv_alone(conv, k: Kernel) -> Kernel:
+    """``conv.kernel_fn(k)`` with its tap sums over cache-sized blocks (Novak et al. 2019, Sec. 2: K' = alpha S(K)
+    + b_std^2, Theta' = alpha S(Theta) + K', S the sum over filter taps): contiguous outputs, for any activation
+    after it. Requires :func:`conv_applies`."""
+    size, alpha, bias = _constants(conv, k)
+    run = _Run(size, alpha, bias, 0.0, 1.0, k.spatial, k.nngp.dtype)
+    ntk_in = None if k.ntk is None or known_zero(k.ntk) else run.padded(k.ntk)
+    nngp, ntk = run.sums(run.padded(k.nngp), ntk_in, k.ntk is not None)
+
+    def full_variances(var):
+        return run.sums(run.padded(var.unsqueeze(1)), None, False)[0].squeeze(1)
+
+    var1, var2 = k.map_variances(full_variances)
+    shape = (conv.out_channels,) + tuple(k.spatial)
+    return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
+
+
 def conv_activation(conv, act, k: Kernel) -> Kernel | None:
     """The kernel after ``conv`` and then ``act`` (what the two layers' ``kernel_fn`` give, with the variance
     trace stepped once per layer and the diagonal pinned), or None when a position variance after the
     convolution is zero, negative or too large for the closed form's product (the caller then applies the
     layers one by one). Requires :func:`applies`."""
-    size = conv.geometry(k.shape)[0][0]
-    alpha = conv.w_std**2 / size**2
-    bias = 0.0 if conv.b_std is None else conv.b_std**2
+    size, alpha, bias = _constants(conv, k)
     spatial = k.spatial
     trace = k.trace
     if k.replaying:
@@ -102,7 +143,7 @@ def conv_activation(conv, act, k: Kernel) -> Kernel | None:
     if trace is not None:  # the convolution's output: its position variances recorded (or replayed)
         trace.step(k.replace(nngp=None, ntk=None, var1=pv1, var2=pv2, full=False, shape=shape))
     n1, n2 = pv1.sqrt(), pv2.sqrt()
-    run = _Run(size, alpha, bias, act.a, act.b, spatial, k.nngp.dtype)
+    run = _Run(size, alpha, bias, *act.conv_fusion_slopes(), spatial, k.nngp.dtype)
     nngp, ntk = run.pairs(k.nngp, k.ntk, n1, n2)
     var1 = var2 = None
     pin = True
@@ -205,10 +246,21 @@ class _Run:
         lead = kin.shape[:2]
         kout = self.bordered(lead)
         tout = self.bordered(lead) if ntk else None
+        eps = torch.finfo(self.dtype).eps
         norm2, valid = self._gains(n2)
+        norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
         _loop(kin, tin, kout, tout, n1.contiguous(), norm2, valid, self.size, self.rows, self.inner,
-              self.alpha, self.bias, self.a, self.b, torch.finfo(self.dtype).eps)
+              self.alpha, self.bias, self.a, self.b, eps)
         return self._interior(kout), None if tout is None else self._interior(tout)
+
+    def sums(self, kin: Tensor, tin: Tensor | None, ntk: bool) -> tuple[Tensor, Tensor | None]:
+        """The convolution alone on padded inputs (``tin`` None: an NTK of zeros): new contiguous (lead, H, W, H,
+        W) nngp and ntk (None unless ``ntk``)."""
+        lead = kin.shape[:2]
+        kout = torch.empty(*lead, self.h, self.w, self.h, self.w, dtype=self.dtype)
+        tout = torch.empty_like(kout) if ntk else None
+        _conv_loop(kin, tin, kout, tout, self.size, self.rows, self.inner, self.alpha, self.bias)
+        return kout, tout
 
     def pairs(self, nngp: Tensor, ntk: Tensor | None, n1: Tensor, n2: Tensor):
         """(nngp, ntk) of the pairs after both layers: interior views of new padded buffers. The inputs' NTK
@@ -232,7 +284,8 @@ def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional
     (and ntk) from the padded inputs, the activation, and the results into the padded outputs' interiors.
 
     Shapes: kin, tin, kout, tout (N1, N2, Hp, Wp, Hp, Wp) contiguous; n1 (N1, H, W) = sqrt(var1) after the
-    convolution; norm2 (N2, inner) = sqrt(var2) in the flattened inner layout; valid (inner,) 1 at real
+    convolution; norm2 (N2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) in the flattened inner layout (the
+    constant folds clamp_unit's factor, the sign and alpha into the one division); valid (inner,) 1 at real
     columns. With cov = alpha S(K) + bias (S the tap sum), rho = cov / (n1 n2), angle = pi - arccos(rho)
     = arccos(-rho) and c = 1 / (2 pi) (Cho and Saul 2009, eq. 6; :func:`infinet.engine.gaussian.abrelu`):
         nngp' = (b - a)^2 n1 n2 c (sqrt(1 - rho^2) + angle rho) + a b cov,
@@ -259,6 +312,7 @@ def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional
     square = torch.full((1,), c * c, dtype=dt, device=dev)
     gain = valid * (slope * c * alpha)
     shift = valid * (ab * alpha)
+    finish = valid * (-alpha * (1.0 + 4.0 * eps))  # undoes normb's factor, zero at the spare columns
     out_offset = p * s0 + p * s1 + p * wp + p
     for i in range(n_1):
         for j in range(n_2):
@@ -272,13 +326,12 @@ def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional
                 _tap_sums(kin, base + r0 * s0, covb, blk_a, size, w, inner)
                 if tin is not None:
                     _tap_sums(tin, base + r0 * s0, thetab, blk_a, size, w, inner)
-                covb.mul_(alpha)
-                if bias != 0.0:
-                    covb.add_(bias)
-                normb = norm.narrow(0, 0, r)
+                if bias != 0.0:  # covb = cov / alpha
+                    covb.add_(bias / alpha)
+                normb = norm.narrow(0, 0, r)  # -n1 n2 / (alpha (1 + 4 eps)): see norm2
                 torch.mul(n1[i].narrow(0, r0, r).unsqueeze(-1), n2j, out=normb)
-                rhob = rho.narrow(0, 0, r)  # holds -rho, clamped as clamp_unit does
-                torch.div(covb, normb, out=rhob).mul_(-(1.0 + 4.0 * eps)).clamp_(-1.0, 1.0)
+                rhob = rho.narrow(0, 0, r)  # holds -rho (1 + 4 eps), clamped: clamp_unit's rho, negated
+                torch.div(covb, normb, out=rhob).clamp_(-1.0, 1.0)
                 angleb = angle.narrow(0, 0, r)
                 torch.arccos(rhob, out=angleb)
                 kk = torch.addcmul(square, rhob, rhob, value=-c * c, out=value.narrow(0, 0, r))
@@ -286,17 +339,17 @@ def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional
                 if slope != 1.0:
                     kk.mul_(slope)
                 if ab != 0.0:
-                    kk.add_(covb, alpha=ab)
+                    kk.add_(covb, alpha=-ab / (1.0 + 4.0 * eps))
                 dst_k = kout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
-                torch.mul(kk, valid, out=dst_k)
+                torch.mul(kk, finish, out=dst_k)
                 if tout is not None:  # (S(Theta) + cov / alpha), alpha is in gain; S(Theta) = 0 without tin
-                    if tin is not None:
-                        thetab.add_(covb, alpha=1.0 / alpha)
-                    else:
-                        torch.mul(covb, 1.0 / alpha, out=thetab)
                     angleb.mul_(gain)
                     if ab != 0.0:
                         angleb.add_(shift)
+                    if tin is not None:
+                        thetab.add_(covb)
+                    else:
+                        thetab = covb
                     dst_t = tout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
                     torch.mul(thetab, angleb, out=dst_t)
 
@@ -321,6 +374,50 @@ def _sum_shifted(src: Tensor, shape: List[int], strides: List[int], start: int, 
     torch.add(src.as_strided(shape, strides, start), src.as_strided(shape, strides, start + step), out=out)
     for t in range(2, size):
         out.add_(src.as_strided(shape, strides, start + t * step))
+
+
+def _conv_loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional[Tensor], size: int, rows: int,
+                     inner: int, alpha: float, bias: float) -> None:
+    """The block loop of the convolution alone: kout = alpha S(kin) + bias and tout = alpha S(tin) + kout (tin None:
+    tout = kout), S the tap sum (:func:`_tap_sums`); kin, tin (N1, N2, Hp, Wp, Hp, Wp) padded, kout, tout (N1,
+    N2, H, W, H, W) contiguous."""
+    n_1, n_2 = kin.shape[0], kin.shape[1]
+    wp = kin.shape[3]
+    h, w = kout.shape[2], kout.shape[3]
+    s0 = kin.stride(2)
+    pair = kin.stride(1)
+    rows = min(rows, h)
+    buf_a = torch.empty(rows, wp, h * wp, dtype=kin.dtype, device=kin.device)
+    cov = torch.empty(rows, w, inner, dtype=kin.dtype, device=kin.device)
+    theta = torch.empty(rows, w, inner, dtype=kin.dtype, device=kin.device)
+    for i in range(n_1):
+        for j in range(n_2):
+            base = (i * n_2 + j) * pair
+            for r0 in range(0, h, rows):
+                r = min(rows, h - r0)
+                blk_a = buf_a.narrow(0, 0, r)
+                covb = cov.narrow(0, 0, r)
+                _tap_sums(kin, base + r0 * s0, covb, blk_a, size, w, inner)
+                view = (r, w, h, w)
+                strides = (w * inner, inner, wp, 1)
+                dst = kout[i, j].narrow(0, r0, r)
+                torch.mul(covb.as_strided(view, strides, covb.storage_offset()), alpha, out=dst)
+                if bias != 0.0:
+                    dst.add_(bias)
+                if tout is not None:
+                    dst_t = tout[i, j].narrow(0, r0, r)
+                    if tin is None:
+                        dst_t.copy_(dst)
+                    else:
+                        thetab = theta.narrow(0, 0, r)
+                        _tap_sums(tin, base + r0 * s0, thetab, blk_a, size, w, inner)
+                        torch.add(dst, thetab.as_strided(view, strides, thetab.storage_offset()), alpha=alpha,
+                                  out=dst_t)
+
+
+def _conv_loop(*args) -> None:
+    """:func:`_conv_loop_eager`, scripted once per process (see :func:`infinet.engine.fused.scripted`)."""
+    fused.scripted(_conv_loop_eager)(*args)
 
 
 def _loop(*args) -> None:

@@ -411,9 +411,13 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
             return (t.transpose(1, 2) @ t).div_(c).reshape(len(t), *s, *s)
         return (t * t).sum(1).div_(c).reshape(len(t), *s)
 
-    if full:  # (N1 P, C) @ (C, N2 P) -> (N1, N2, P, P)
-        gram = a.transpose(1, 2).reshape(-1, c) @ b.transpose(1, 2).reshape(-1, c).T
-        nngp = gram.reshape(len(a), p, len(b), p).permute(0, 2, 1, 3).reshape(len(a), len(b), *s, *s) / c
+    if full and c <= 16:  # few channels: outer products (N1, N2, P, P) written in place, no permuted copy
+        nngp = torch.mul(a[:, None, 0, :, None], b[None, :, 0, None, :])
+        for ch in range(1, c):
+            nngp.addcmul_(a[:, None, ch, :, None], b[None, :, ch, None, :])
+        nngp = nngp.div_(c).reshape(len(a), len(b), *s, *s)
+    elif full:  # (N1, 1, P, C) @ (1, N2, C, P) -> (N1, N2, P, P)
+        nngp = torch.matmul(a.transpose(1, 2)[:, None], b[None]).div_(c).reshape(len(a), len(b), *s, *s)
     elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension
         nngp = a[:, None, 0] * b[None, :, 0]
         for ch in range(1, c):

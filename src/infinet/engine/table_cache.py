@@ -53,15 +53,17 @@ def persistent_key(identity, nodes, extra_panels, device: str, lo: float, hi: fl
             f"device={torch.device(device).type}|lo={lo!r}|hi={hi!r}|torch={torch.__version__}|code={_code()}")
 
 
+#: the modules whose source decides a table's numbers (read as files: importing them here would be a cycle)
+SOURCES = ("chebyshev.py", "closed_forms.py", "gaussian.py", "variance_interpolation.py", "layers/activations.py")
+
+
 @lru_cache(maxsize=None)
 def _code() -> str:
-    """SHA-256 of the source of the modules whose code decides a table's numbers."""
-    from . import chebyshev, closed_forms, gaussian, variance_interpolation
-    from .layers import activations
-
+    """SHA-256 of the source of the modules whose code decides a table's numbers (:data:`SOURCES`)."""
+    here = pathlib.Path(__file__).parent
     digest = hashlib.sha256()
-    for module in (chebyshev, closed_forms, gaussian, variance_interpolation, activations):
-        digest.update(pathlib.Path(module.__file__).read_bytes())
+    for name in SOURCES:
+        digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 

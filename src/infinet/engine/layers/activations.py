@@ -174,6 +174,13 @@ class ABRelu(Activation):
     def diagonal(self, var):
         return 0.5 * (self.a**2 + self.b**2) * var
 
+    def conv_fusion_slopes(self) -> tuple[float, float] | None:
+        """(a, b) for the fused Conv + activation step (:mod:`infinet.engine.conv_fusion`), None where a subclass
+        changes the kernel transform."""
+        if type(self).kernel_fn is Activation.kernel_fn and type(self).elementwise_step is ABRelu.elementwise_step:
+            return self.a, self.b
+        return None
+
     def derivative(self):
         """phi'(x) = b for x > 0, a otherwise (autograd's convention at 0 for ReLU: 0)."""
         a, b = self.a, self.b

@@ -59,6 +59,8 @@ class Serial(Layer):
 
     plans_layout = True
 
+    in_sequence = True  # its layers apply one after another (infinet.engine.conv_fusion.has_pairs)
+
     def __init__(self, layers: Sequence[Layer]):
         self.layers = tuple(as_layer(layer) for layer in layers)
         self.n_layers = _total((layer.n_layers for layer in self.layers), "this serial composition")

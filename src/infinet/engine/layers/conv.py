@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch import Tensor
 
+from .. import conv_fusion
 from ..kernel import Kernel
 from ..masks import refuse, remask
 from . import spatial as sp
@@ -49,6 +50,8 @@ class Conv(Layer):
     replays_variances = True  # see infinet.engine.apply.replays_variances
 
     fresh_output = True  # independent of every value before it (infinet.engine.laws)
+
+    blocked_tap_sums = True  # this class exactly (not its subclasses): infinet.engine.conv_fusion may compute it
 
     def __init__(
         self,
@@ -128,6 +131,8 @@ class Conv(Layer):
         return t
 
     def kernel_fn(self, k: Kernel) -> Kernel:
+        if conv_fusion.conv_applies(self, k):  # the common case, in cache-sized blocks (same formulas)
+            return conv_fusion.conv_alone(self, k)
         geo = self.geometry(k.shape)
         if k.mask1 is not None and (self.padding != "SAME" or any(g[1] != 1 for g in geo)):
             raise refuse(self, "only stride-1 SAME convolutions see padding as the zeros beyond an unpadded input")

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 import infinet as inf
-from infinet.engine import conv_fusion, fused
+from infinet.engine import conv_blocks, conv_fusion, fused
 from infinet.engine.kernel import input_kernel
 
 
-def _net(act=inf.Relu, b_std=None, size=3, tail=True, padding="SAME"):
+def _net(act=inf.Relu, b_std=None, size=3, tail=True, padding="SAME", head=inf.GlobalAvgPool):
     layers = [inf.Conv(4, size, w_std=1.3, b_std=b_std, padding=padding), act(),
               inf.Conv(4, size, w_std=1.4, b_std=b_std, padding=padding), act()]
     if tail:
         layers += [inf.AvgPool(2), inf.Conv(3, size, w_std=1.2, b_std=b_std, padding=padding), act()]
-    return inf.serial(*layers, inf.GlobalAvgPool(), inf.Dense(1, w_std=1.1))
+    return inf.serial(*layers, head(), inf.Dense(1, w_std=1.1))
 
 
 def _both(net, *args, **kwargs):
@@ -62,6 +62,8 @@ CASES = {
     "filter1": {"size": 1, "b_std": 0.2},
     "erf_alone": {"act": inf.Erf, "b_std": 0.2},  # no fused step: the blocked convolution alone
     "gelu_alone": {"act": inf.Gelu},
+    "flatten": {"head": inf.Flatten},  # the diagonal layout: same-position pairs only
+    "flatten_leaky_bias": {"head": inf.Flatten, "act": lambda: inf.LeakyRelu(0.2), "b_std": 0.3, "size": 5},
 }
 
 
@@ -131,9 +133,9 @@ def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_bord
         run._interior(border).zero_()
         assert float(border.abs().max()) == 0.0 and torch.equal(run._interior(t), pair * (0.5 if t is tin else 1.0))
     outs = []
-    scripted = fused.scripted(conv_fusion._loop_eager)
+    scripted = fused.scripted(conv_blocks.full_blocks)
     assert isinstance(scripted, torch.jit.ScriptFunction)  # TorchScript takes the loop (else: slower, same bits)
-    for loop in (scripted, conv_fusion._loop_eager):
+    for loop in (scripted, conv_blocks.full_blocks):
         kout, tout = run.bordered((2, 3)), run.bordered((2, 3))
         norm2, valid = run._gains(n2)
         norm2 = norm2 * (-1.0 / (run.alpha * (1.0 + 4.0 * torch.finfo(torch.float64).eps)))
@@ -160,3 +162,25 @@ def test_auto_compile_mode_leaves_conv_relu_networks_to_the_blocked_step(monkeyp
     got, want, calls = _both(_net(tail=False), x, get=("nngp", "ntk"))
     assert calls and all(c is True for c in calls)
     _close(got, want, 1e-13)
+
+
+def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_borders(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    run = conv_fusion._Run(3, 2.0 / 9.0, 0.1, -0.3, 1.0, (7, 5), torch.float64)
+    pair = torch.rand(5, 3, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    n1 = torch.rand(5, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    monkeypatch.setattr(conv_fusion, "BLOCK_ENTRIES", 2 * 3 * run.inner)  # blocks of 2 rows: the last one short
+    outs = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setitem(fused._scripts, conv_blocks.diagonal_blocks, conv_blocks.diagonal_blocks)
+        nngp, ntk = run.diagonal_pairs(pair, pair * 0.5, n1, n2)
+        for t in (nngp, ntk):
+            base = run._padded_positions(t)
+            assert base is t._base  # the next step reads the buffer itself
+            border = base.clone()
+            run._positions(border).zero_()
+            assert float(border.abs().max()) == 0.0
+        outs.append((nngp, ntk))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -28,14 +28,12 @@ laws or sampling, outside autograd, with every position variance positive and fi
 
 from __future__ import annotations
 
-import math
 import weakref
-from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from . import fused
+from . import conv_blocks, fused
 from .closed_forms import elementwise_flags
 from .kernel import Kernel, known_zero
 
@@ -52,7 +50,7 @@ _bordered: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDiction
 def applies(conv, act, k: Kernel, act_out_full: bool) -> bool:
     """Whether :func:`conv_activation` computes ``act`` after ``conv`` on ``k`` (see the module docstring)."""
     slopes = getattr(act, "conv_fusion_slopes", None)
-    return act_out_full and slopes is not None and slopes() is not None and conv_applies(conv, k)
+    return slopes is not None and slopes() is not None and k.full == act_out_full and _plain_conv(conv, k)
 
 
 def has_pairs(layer) -> bool:
@@ -76,9 +74,14 @@ def conv_applies(conv, k: Kernel) -> bool:
     """Whether :func:`conv_alone` computes ``conv`` on ``k``: a :class:`~infinet.Conv` in 2 spatial dimensions,
     stride 1, dilation 1, odd square filter, zero padding that keeps the size, 'ntk' parameterization, on a CPU
     kernel in the full layout without masks, laws or sampling, outside autograd."""
+    return k.full and _plain_conv(conv, k)
+
+
+def _plain_conv(conv, k: Kernel) -> bool:
+    """:func:`conv_applies` in either layout."""
     if not ENABLED or not _fusable_conv(conv):
         return False
-    if not k.full or k.nngp is None or k.mask1 is not None or k.law is not None or k.sampling is not None:
+    if k.nngp is None or k.mask1 is not None or k.law is not None or k.sampling is not None:
         return False
     if k.sampled or k.tokens or k.nngp.device.type != "cpu" or k.nngp.dtype not in (torch.float32, torch.float64):
         return False
@@ -144,6 +147,14 @@ def conv_activation(conv, act, k: Kernel) -> Kernel | None:
         trace.step(k.replace(nngp=None, ntk=None, var1=pv1, var2=pv2, full=False, shape=shape))
     n1, n2 = pv1.sqrt(), pv2.sqrt()
     run = _Run(size, alpha, bias, *act.conv_fusion_slopes(), spatial, k.nngp.dtype)
+    if not k.full:  # same-position pairs: the variances after the activation are its own diagonal
+        nngp, ntk = run.diagonal_pairs(k.nngp, k.ntk, n1, n2)
+        var1 = var2 = None
+        if not k.replaying:
+            var1 = act.diagonal(pv1)
+            var2 = var1 if pv2 is pv1 else act.diagonal(pv2)
+        out = k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
+        return (out if trace is None else trace.step(out)).pin_diagonal(inplace=True)
     nngp, ntk = run.pairs(k.nngp, k.ntk, n1, n2)
     var1 = var2 = None
     pin = True
@@ -163,7 +174,7 @@ def conv_activation(conv, act, k: Kernel) -> Kernel | None:
 
 def _position_conv(pv: Tensor, size: int, alpha: float, bias: float) -> Tensor:
     """alpha x the tap sum of the position variances (N, H, W) + bias: the same additions in the same order as
-    the pair blocks (:func:`_blocks`) make on the diagonal, so that cov = var there to the last bit."""
+    the blocks of :mod:`infinet.engine.conv_blocks` make on the diagonal, so that cov = var there to the last bit."""
     p = size // 2
     n, h, w = pv.shape
     padded = pv.new_zeros(n, h + 2 * p, w + 2 * p)
@@ -249,8 +260,8 @@ class _Run:
         eps = torch.finfo(self.dtype).eps
         norm2, valid = self._gains(n2)
         norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
-        _loop(kin, tin, kout, tout, n1.contiguous(), norm2, valid, self.size, self.rows, self.inner,
-              self.alpha, self.bias, self.a, self.b, eps)
+        fused.scripted(conv_blocks.full_blocks)(kin, tin, kout, tout, n1.contiguous(), norm2, valid, self.size,
+                                                self.rows, self.inner, self.alpha, self.bias, self.a, self.b, eps)
         return self._interior(kout), None if tout is None else self._interior(tout)
 
     def sums(self, kin: Tensor, tin: Tensor | None, ntk: bool) -> tuple[Tensor, Tensor | None]:
@@ -259,7 +270,8 @@ class _Run:
         lead = kin.shape[:2]
         kout = torch.empty(*lead, self.h, self.w, self.h, self.w, dtype=self.dtype)
         tout = torch.empty_like(kout) if ntk else None
-        _conv_loop(kin, tin, kout, tout, self.size, self.rows, self.inner, self.alpha, self.bias)
+        fused.scripted(conv_blocks.tap_sum_blocks)(kin, tin, kout, tout, self.size, self.rows, self.inner, self.alpha,
+                                                   self.bias)
         return kout, tout
 
     def pairs(self, nngp: Tensor, ntk: Tensor | None, n1: Tensor, n2: Tensor):
@@ -268,6 +280,48 @@ class _Run:
         tin = None if ntk is None or known_zero(ntk) else self.padded(ntk)
         return self.run(self.padded(nngp), tin, ntk is not None, n1, n2)
 
+    def diagonal_pairs(self, nngp: Tensor, ntk: Tensor | None, n1: Tensor, n2: Tensor):
+        """(nngp, ntk) after both layers in the diagonal layout (N1, N2, H, W): interior views of new padded
+        buffers (N1, N2, Hp, Wp), read without padding by the next such step."""
+        eps = torch.finfo(self.dtype).eps
+        kin = self._padded_positions(nngp)
+        tin = None if ntk is None or known_zero(ntk) else self._padded_positions(ntk)
+        lead = nngp.shape[:2]
+        kout = self._bordered_positions(lead)
+        tout = self._bordered_positions(lead) if ntk is not None else None
+        norm1, _ = self._gains(n1)
+        norm2, valid = self._gains(n2)
+        norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
+        rows = max(1, BLOCK_ENTRIES // (lead[1] * self.inner))
+        fused.scripted(conv_blocks.diagonal_blocks)(kin, tin, kout, tout, norm1, norm2, valid, self.size, rows,
+                                                    self.alpha, self.bias, self.a, self.b, eps)
+        return self._positions(kout), None if tout is None else self._positions(tout)
+
+    def _positions(self, base: Tensor) -> Tensor:
+        return base[..., self.p:self.p + self.h, self.p:self.p + self.w]
+
+    def _padded_positions(self, t: Tensor) -> Tensor:
+        """(N1, N2, Hp, Wp) zero-bordered with ``t`` (N1, N2, H, W) inside: ``t``'s own buffer where it is one."""
+        base = t._base
+        if base is not None and _bordered.get(id(base)) is base and base.ndim == 4 \
+                and self._positions(base).stride() == t.stride() \
+                and self._positions(base).storage_offset() == t.storage_offset() and base.shape[:2] == t.shape[:2]:
+            return base
+        out = t.new_zeros(*t.shape[:2], self.hp, self.wp)
+        self._positions(out).copy_(t)
+        _bordered[id(out)] = out
+        return out
+
+    def _bordered_positions(self, lead) -> Tensor:
+        """A new (lead, Hp, Wp) buffer, zero where :func:`conv_blocks.diagonal_blocks` does not write."""
+        out = torch.empty(*lead, self.hp, self.wp, dtype=self.dtype)
+        flat = out.view(*lead, self.hp * self.wp)
+        head = self.p * self.wp + self.p
+        flat[..., :head].zero_()
+        flat[..., head + self.inner:].zero_()
+        _bordered[id(out)] = out
+        return out
+
     def self_covariances(self, var: Tensor, norm: Tensor) -> Tensor:
         """The full self-covariances (N, H, W, H, W) after both layers, each example paired with itself."""
         out = torch.empty(len(var), self.h, self.w, self.h, self.w, dtype=self.dtype)
@@ -275,151 +329,3 @@ class _Run:
             k, _ = self.run(self.padded(var[i:i + 1].unsqueeze(1)), None, False, norm[i:i + 1], norm[i:i + 1])
             out[i] = k[0, 0]
         return out
-
-
-def _loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional[Tensor], n1: Tensor,
-                norm2: Tensor, valid: Tensor, size: int, rows: int, inner: int, alpha: float, bias: float,
-                a: float, b: float, eps: float) -> None:
-    """The block loop: for each pair (i, j) and each block of ``rows`` output rows h1, the tap sums of nngp
-    (and ntk) from the padded inputs, the activation, and the results into the padded outputs' interiors.
-
-    Shapes: kin, tin, kout, tout (N1, N2, Hp, Wp, Hp, Wp) contiguous; n1 (N1, H, W) = sqrt(var1) after the
-    convolution; norm2 (N2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) in the flattened inner layout (the
-    constant folds clamp_unit's factor, the sign and alpha into the one division); valid (inner,) 1 at real
-    columns. With cov = alpha S(K) + bias (S the tap sum), rho = cov / (n1 n2), angle = pi - arccos(rho)
-    = arccos(-rho) and c = 1 / (2 pi) (Cho and Saul 2009, eq. 6; :func:`infinet.engine.gaussian.abrelu`):
-        nngp' = (b - a)^2 n1 n2 c (sqrt(1 - rho^2) + angle rho) + a b cov,
-        ntk'  = ((b - a)^2 c angle + a b) (alpha S(Theta) + cov).
-    """
-    n_1, n_2 = kin.shape[0], kin.shape[1]
-    hp, wp = kin.shape[2], kin.shape[3]
-    h, w = n1.shape[1], n1.shape[2]
-    p = size // 2
-    s0, s1 = kin.stride(2), kin.stride(3)
-    pair = kin.stride(1)
-    c = 1.0 / (2.0 * math.pi)
-    slope = (b - a) * (b - a)
-    ab = a * b
-    rows = min(rows, h)
-    dt, dev = kin.dtype, kin.device
-    buf_a = torch.empty(rows, wp, h * wp, dtype=dt, device=dev)
-    cov = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    theta = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    norm = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    rho = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    angle = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    value = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    square = torch.full((1,), c * c, dtype=dt, device=dev)
-    gain = valid * (slope * c * alpha)
-    shift = valid * (ab * alpha)
-    finish = valid * (-alpha * (1.0 + 4.0 * eps))  # undoes normb's factor, zero at the spare columns
-    out_offset = p * s0 + p * s1 + p * wp + p
-    for i in range(n_1):
-        for j in range(n_2):
-            base = (i * n_2 + j) * pair
-            n2j = norm2[j]
-            for r0 in range(0, h, rows):
-                r = min(rows, h - r0)
-                blk_a = buf_a.narrow(0, 0, r)
-                covb = cov.narrow(0, 0, r)
-                thetab = theta.narrow(0, 0, r)
-                _tap_sums(kin, base + r0 * s0, covb, blk_a, size, w, inner)
-                if tin is not None:
-                    _tap_sums(tin, base + r0 * s0, thetab, blk_a, size, w, inner)
-                if bias != 0.0:  # covb = cov / alpha
-                    covb.add_(bias / alpha)
-                normb = norm.narrow(0, 0, r)  # -n1 n2 / (alpha (1 + 4 eps)): see norm2
-                torch.mul(n1[i].narrow(0, r0, r).unsqueeze(-1), n2j, out=normb)
-                rhob = rho.narrow(0, 0, r)  # holds -rho (1 + 4 eps), clamped: clamp_unit's rho, negated
-                torch.div(covb, normb, out=rhob).clamp_(-1.0, 1.0)
-                angleb = angle.narrow(0, 0, r)
-                torch.arccos(rhob, out=angleb)
-                kk = torch.addcmul(square, rhob, rhob, value=-c * c, out=value.narrow(0, 0, r))
-                kk.sqrt_().addcmul_(angleb, rhob, value=-c).mul_(normb)
-                if slope != 1.0:
-                    kk.mul_(slope)
-                if ab != 0.0:
-                    kk.add_(covb, alpha=-ab / (1.0 + 4.0 * eps))
-                dst_k = kout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
-                torch.mul(kk, finish, out=dst_k)
-                if tout is not None:  # (S(Theta) + cov / alpha), alpha is in gain; S(Theta) = 0 without tin
-                    angleb.mul_(gain)
-                    if ab != 0.0:
-                        angleb.add_(shift)
-                    if tin is not None:
-                        thetab.add_(covb)
-                    else:
-                        thetab = covb
-                    dst_t = tout.as_strided((r, w, inner), (s0, s1, 1), base + out_offset + r0 * s0)
-                    torch.mul(thetab, angleb, out=dst_t)
-
-
-def _tap_sums(src: Tensor, start: int, dst: Tensor, buf: Tensor, size: int, w: int, inner: int) -> None:
-    """dst = the sum over filter taps (a, b) of src[h1 + a, w1 + b, h2 + a, w2 + b] for the block of output
-    rows starting at storage offset ``start`` of a padded (Hp, Wp, Hp, Wp) pair: first the taps along H into
-    ``buf`` (rows, Wp, H Wp), then those along W into dst (rows, W, inner); (h2, w2) flattened throughout."""
-    r, wp, flat = buf.shape[0], buf.shape[1], buf.shape[2]
-    s0, s1 = src.stride(2), src.stride(3)
-    _sum_shifted(src, (r, wp, flat), (s0, s1, 1), start, s0 + wp, size, buf)
-    q0, q1 = buf.stride(0), buf.stride(1)
-    _sum_shifted(buf, (r, w, inner), (q0, q1, 1), buf.storage_offset(), q1 + 1, size, dst)
-
-
-def _sum_shifted(src: Tensor, shape: List[int], strides: List[int], start: int, step: int, size: int,
-                 out: Tensor) -> None:
-    """out = the sum over t < size of the view of src at storage offset start + t step, added in order."""
-    if size == 1:
-        out.copy_(src.as_strided(shape, strides, start))
-        return
-    torch.add(src.as_strided(shape, strides, start), src.as_strided(shape, strides, start + step), out=out)
-    for t in range(2, size):
-        out.add_(src.as_strided(shape, strides, start + t * step))
-
-
-def _conv_loop_eager(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional[Tensor], size: int, rows: int,
-                     inner: int, alpha: float, bias: float) -> None:
-    """The block loop of the convolution alone: kout = alpha S(kin) + bias and tout = alpha S(tin) + kout (tin None:
-    tout = kout), S the tap sum (:func:`_tap_sums`); kin, tin (N1, N2, Hp, Wp, Hp, Wp) padded, kout, tout (N1,
-    N2, H, W, H, W) contiguous."""
-    n_1, n_2 = kin.shape[0], kin.shape[1]
-    wp = kin.shape[3]
-    h, w = kout.shape[2], kout.shape[3]
-    s0 = kin.stride(2)
-    pair = kin.stride(1)
-    rows = min(rows, h)
-    buf_a = torch.empty(rows, wp, h * wp, dtype=kin.dtype, device=kin.device)
-    cov = torch.empty(rows, w, inner, dtype=kin.dtype, device=kin.device)
-    theta = torch.empty(rows, w, inner, dtype=kin.dtype, device=kin.device)
-    for i in range(n_1):
-        for j in range(n_2):
-            base = (i * n_2 + j) * pair
-            for r0 in range(0, h, rows):
-                r = min(rows, h - r0)
-                blk_a = buf_a.narrow(0, 0, r)
-                covb = cov.narrow(0, 0, r)
-                _tap_sums(kin, base + r0 * s0, covb, blk_a, size, w, inner)
-                view = (r, w, h, w)
-                strides = (w * inner, inner, wp, 1)
-                dst = kout[i, j].narrow(0, r0, r)
-                torch.mul(covb.as_strided(view, strides, covb.storage_offset()), alpha, out=dst)
-                if bias != 0.0:
-                    dst.add_(bias)
-                if tout is not None:
-                    dst_t = tout[i, j].narrow(0, r0, r)
-                    if tin is None:
-                        dst_t.copy_(dst)
-                    else:
-                        thetab = theta.narrow(0, 0, r)
-                        _tap_sums(tin, base + r0 * s0, thetab, blk_a, size, w, inner)
-                        torch.add(dst, thetab.as_strided(view, strides, thetab.storage_offset()), alpha=alpha,
-                                  out=dst_t)
-
-
-def _conv_loop(*args) -> None:
-    """:func:`_conv_loop_eager`, scripted once per process (see :func:`infinet.engine.fused.scripted`)."""
-    fused.scripted(_conv_loop_eager)(*args)
-
-
-def _loop(*args) -> None:
-    """:func:`_loop_eager`, scripted once per process by TorchScript (see :func:`infinet.engine.fused.scripted`)."""
-    fused.scripted(_loop_eager)(*args)

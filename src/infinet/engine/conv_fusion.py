@@ -1,5 +1,5 @@
-"""A convolution and the ReLU-family activation after it, in one pass over a full-layout tile, in blocks
-that stay in cache.
+"""A convolution and the ReLU-family activation after it, in one pass over a tile, in blocks that stay in cache;
+and a convolution alone (before any other activation) with the same blocked tap sums.
 
 In the full pixel-pair layout a tile is an (N1, N2, H, W, H, W) tensor per kernel, and the eager layers
 make about 30 passes over it per Conv + ReLU: the convolution's window sums (Novak et al. 2019, Sec. 2:
@@ -15,15 +15,17 @@ blocks of a few rows of h1 (tens of thousands of entries, which stay in the core
   block while it is in cache, and its results go straight into the interior of the next padded buffer.
 
 The outputs are views of zero-bordered buffers, so that the next fused layer reads them without padding
-again. Only the two outputs are written to memory and only the two inputs read: about 8 ns per entry and
-layer instead of 25 on one core of this project's CPU. The loop over blocks runs in TorchScript (no
-Python between the short passes, and the tile pool's threads do not queue on the GIL).
+again. Only the two outputs are written to memory and only the two inputs read: about 12 ns per entry and
+layer instead of 25 on one core of this project's CPU. The loops (:mod:`infinet.engine.conv_blocks`) run in
+TorchScript (no Python between the short passes, and the tile pool's threads do not queue on the GIL). In the
+diagonal layout (N1, N2, H, W) (no pooling later) the same formulas run over blocks of first-batch examples.
 
 It applies to: :class:`~infinet.Conv` in 2 spatial dimensions with stride 1, dilation 1, an odd filter
 size and zero padding that keeps the size ('SAME'), 'ntk' parameterization, followed by an
-:class:`~infinet.ABRelu` (ReLU, LeakyReLU, Abs), on CPU kernels in the full layout without masks,
-laws or sampling, outside autograd, with every position variance positive and finite. Everything else
-(and anything this module declines) takes the layers' own kernel transforms, with the same formulas.
+:class:`~infinet.ABRelu` (ReLU, LeakyReLU, Abs), on CPU kernels without masks, laws or sampling, outside
+autograd, with every position variance positive and finite; the convolution alone in the full layout.
+Everything else (and anything this module declines) takes the layers' own kernel transforms, with the same
+formulas. On GPUs the layers' own transforms run (each pass there is one kernel launch over the whole tile).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ _bordered: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDiction
 
 def applies(conv, act, k: Kernel, act_out_full: bool) -> bool:
     """Whether :func:`conv_activation` computes ``act`` after ``conv`` on ``k`` (see the module docstring)."""
+    if not _fusable_conv(conv) or not isinstance(k, Kernel):
+        return False
     slopes = getattr(act, "conv_fusion_slopes", None)
     return slopes is not None and slopes() is not None and k.full == act_out_full and _plain_conv(conv, k)
 

@@ -106,7 +106,8 @@ def test_identical_inputs_in_different_tiles_keep_identical_rows():
 
 
 @pytest.mark.parametrize("conv", [inf.Conv(2, 3, stride=2), inf.Conv(2, 3, dilation=2), inf.Conv(2, 3, padding="VALID"),
-                                  inf.Conv(2, 3, padding="CIRCULAR"), inf.Conv(2, 3, padding=2), inf.Conv(2, 2), inf.Conv(2, (3, 5)),
+                                  inf.Conv(2, 3, padding="CIRCULAR"), inf.Conv(2, 3, padding=2), inf.Conv(2, 2),
+                                  inf.Conv(2, (3, 5)),
                                   inf.Conv(2, 3, parameterization="standard"), inf.ConvLocal(2, 3, padding="SAME")])
 def test_other_convolutions_take_the_layers_own_transforms(conv):
     x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
@@ -153,7 +154,8 @@ def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_bord
 def test_auto_compile_mode_leaves_conv_relu_networks_to_the_blocked_step(monkeypatch):
     """Mode "auto" would compile a large computation's ReLU steps; networks with Conv + ReLU pairs keep the
     blocked TorchScript step (faster, and on the tile pool) instead."""
-    assert conv_fusion.has_pairs(inf.myrtle(5)) and conv_fusion.has_pairs(inf.repeat(inf.serial(inf.Conv(1), inf.Relu()), 2))
+    assert conv_fusion.has_pairs(inf.myrtle(5))
+    assert conv_fusion.has_pairs(inf.repeat(inf.serial(inf.Conv(1), inf.Relu()), 2))
     assert not conv_fusion.has_pairs(inf.serial(inf.Conv(1), inf.Tanh()))
     assert not conv_fusion.has_pairs(inf.parallel(inf.Conv(1), inf.Relu()))  # branches, not a sequence
     monkeypatch.setattr(fused, "_mode", "auto")

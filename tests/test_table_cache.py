@@ -82,7 +82,8 @@ def test_off_user_functions_and_unwritable_folders_store_nothing(cache, monkeypa
     assert not cache.exists()
     monkeypatch.setenv("INFINET_CACHE", "on")
     g = torch.Generator().manual_seed(1)
-    var1, var2 = torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.5, torch.rand(1, 8, generator=g, dtype=torch.float64) + 0.5
+    var1 = torch.rand(8, 1, generator=g, dtype=torch.float64) + 0.5
+    var2 = torch.rand(1, 8, generator=g, dtype=torch.float64) + 0.5
     cov = 0.3 * torch.sqrt(var1 * var2)
     inf.Elementwise(lambda x: torch.tanh(x) + 0.1 * x).expectations(cov, var1, var2)  # a user's function
     assert not cache.exists()

@@ -228,7 +228,7 @@ class _Run:
         return out
 
     def bordered(self, lead) -> Tensor:
-        """A new padded buffer (lead, Hp, Wp, Hp, Wp) for :func:`_loop_eager` to fill: zero where the loop does
+        """A new padded buffer (lead, Hp, Wp, Hp, Wp) for :func:`conv_blocks.full_blocks` to fill: zero where it does
         not write (the border rows and columns of h1, w1, and of each (h1, w1) the head and tail of the
         flattened (h2, w2) border; the loop itself writes zeros into the border columns between)."""
         p, hp, wp = self.p, self.hp, self.wp

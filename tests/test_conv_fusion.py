@@ -186,3 +186,23 @@ def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_bor
             assert float(border.abs().max()) == 0.0
         outs.append((nngp, ntk))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_fused_kernels_are_the_limit_of_their_finite_networks(head):
+    """Against something infinet's kernels did not compute: Monte Carlo over finite networks of 256 channels
+    (the full layout before global pooling, the diagonal one before Flatten; bias and LeakyReLU included)."""
+    net = inf.serial(inf.Conv(256, 3, w_std=1.4, b_std=0.2), inf.LeakyRelu(0.1), inf.Conv(256, 3, w_std=1.3),
+                     inf.Relu(), inf.GlobalAvgPool() if head == "gap" else inf.Flatten(), inf.Dense(1, b_std=0.1))
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    calls = []
+    original = conv_fusion.conv_activation
+    try:
+        conv_fusion.conv_activation = lambda *a: calls.append(1) or original(*a)
+        exact = net.kernel(x)
+    finally:
+        conv_fusion.conv_activation = original
+    assert len(calls) == 2
+    mc = inf.monte_carlo_kernel(net, x, n_samples=24, seed=1)
+    for got, se, want in ((mc.nngp, mc.nngp_stderr, exact.nngp), (mc.ntk, mc.ntk_stderr, exact.ntk)):
+        assert float(((got - want).abs() / se).max()) < 4.0

@@ -50,7 +50,7 @@ def test_a_stored_table_is_read_back_instead_of_built_and_gives_the_same_bits(ca
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "foreign"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "foreign", "malformed"])
 def test_a_damaged_or_foreign_file_is_rebuilt_never_used(cache, monkeypatch, damage):
     call = _tanh_call()
     first = call()
@@ -62,6 +62,10 @@ def test_a_damaged_or_foreign_file_is_rebuilt_never_used(cache, monkeypatch, dam
         stored = torch.load(path, weights_only=True)
         stored["tensors"]["c"][0, 1, 0, 0] += 1e-3
         torch.save(stored, path)
+    elif damage == "malformed":  # a consistent file whose numbers cannot be a table (NaN), digest and all
+        stored = torch.load(path, weights_only=True)
+        stored["tensors"]["c"][0, 0, 0, 0] = float("nan")
+        table_cache.save(stored["key"], stored["tensors"])
     else:  # another key's table under this name
         stored = torch.load(path, weights_only=True)
         stored["key"] = stored["key"].replace("Tanh", "Sigmoid")

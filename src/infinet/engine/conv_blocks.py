@@ -34,14 +34,8 @@ def full_blocks(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Optional
     s0, s1 = kin.stride(2), kin.stride(3)
     pair = kin.stride(1)
     rows = min(rows, h)
-    dt, dev = kin.dtype, kin.device
-    buf_a = torch.empty(rows, wp, h * wp, dtype=dt, device=dev)
-    cov = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    theta = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    norm = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    rho = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    angle = torch.empty(rows, w, inner, dtype=dt, device=dev)
-    value = torch.empty(rows, w, inner, dtype=dt, device=dev)
+    buf_a = torch.empty(rows, wp, h * wp, dtype=kin.dtype, device=kin.device)
+    cov, theta, norm, rho, angle, value = _block_buffers(kin, [rows, w, inner])
     consts = _constants(valid, alpha, a, b, eps)
     out_offset = p * s0 + p * s1 + p * wp + p
     for i in range(n_1):
@@ -99,6 +93,11 @@ def _activation(covb: Tensor, thetab: Tensor, has_theta: bool, normb: Tensor, rh
             torch.mul(covb, angleb, out=dst_t)
 
 
+def _block_buffers(like: Tensor, shape: List[int]) -> List[Tensor]:
+    """The six block buffers of :func:`_activation` (cov, theta, norm, rho, angle, value), each of ``shape``."""
+    return list(torch.empty([6] + shape, dtype=like.dtype, device=like.device).unbind(0))
+
+
 def _constants(valid: Tensor, alpha: float, a: float, b: float, eps: float) -> List[Tensor]:
     """(c^2 as a tensor, finish, gain, shift) of :func:`_activation` for the 0/1 mask ``valid`` of real columns:
     finish undoes normb's factor, gain = (b - a)^2 c alpha, shift = a b alpha, all zero at the spare columns."""
@@ -122,14 +121,8 @@ def diagonal_blocks(kin: Tensor, tin: Optional[Tensor], kout: Tensor, tout: Opti
     p = size // 2
     s0, s1 = kin.stride(0), kin.stride(1)
     rows = min(rows, n_1)
-    dt, dev = kin.dtype, kin.device
-    buf_a = torch.empty(rows, n_2, h * wp, dtype=dt, device=dev)
-    cov = torch.empty(rows, n_2, inner, dtype=dt, device=dev)
-    theta = torch.empty(rows, n_2, inner, dtype=dt, device=dev)
-    norm = torch.empty(rows, n_2, inner, dtype=dt, device=dev)
-    rho = torch.empty(rows, n_2, inner, dtype=dt, device=dev)
-    angle = torch.empty(rows, n_2, inner, dtype=dt, device=dev)
-    value = torch.empty(rows, n_2, inner, dtype=dt, device=dev)
+    buf_a = torch.empty(rows, n_2, h * wp, dtype=kin.dtype, device=kin.device)
+    cov, theta, norm, rho, angle, value = _block_buffers(kin, [rows, n_2, inner])
     consts = _constants(valid, alpha, a, b, eps)
     out_offset = p * wp + p
     for i0 in range(0, n_1, rows):

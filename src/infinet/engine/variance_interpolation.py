@@ -110,12 +110,27 @@ def _stored_or_built(values_at, lo: float, hi: float, key: tuple) -> Table | Non
     disk_key = table_cache.persistent_key(*key, lo, hi) if len(key) == 4 else None
     if disk_key is not None:
         found, tensors = table_cache.load(disk_key)
-        if found:
-            return None if tensors is None else Table(tensors["c"], lo, hi, tensors["budget"])
+        if found and tensors is None:
+            return None
+        if found and _well_formed(tensors):
+            return Table(tensors["c"], lo, hi, tensors["budget"])
     table = build(values_at, lo, hi)
     if disk_key is not None:
         table_cache.save(disk_key, None if table is None else {"c": table.c, "budget": table.budget})
     return table
+
+
+def _well_formed(tensors: dict) -> bool:
+    """Whether stored tensors can be a table: coefficients (2, K, M, M) and budgets (2,), float64 and finite (a
+    file that passed its digest but not this is rebuilt, not used)."""
+    c, budget = tensors.get("c"), tensors.get("budget")
+    if not isinstance(c, Tensor) or not isinstance(budget, Tensor):
+        return False
+    if c.dtype != torch.float64 or budget.dtype != torch.float64 or c.ndim != 4 or c.shape[0] != 2:
+        return False
+    if c.shape[2] != c.shape[3] or tuple(budget.shape) != (2,):
+        return False
+    return bool(torch.isfinite(c).all()) and bool(torch.isfinite(budget).all() and (budget >= 0).all())
 
 
 def _coefficients_along(values: Tensor, dim: int) -> Tensor:

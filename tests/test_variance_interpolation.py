@@ -56,6 +56,7 @@ def test_interpolant_agrees_with_direct_quadrature_on_kernel_layouts(monkeypatch
     over those axes give what direct quadrature gives entry by entry, also with the rows taken from var2 (its
     axes first), with no matrix axes at all (every axis varies in both), and in blocks that split the batch, the
     rows and the columns (a tiny block size); the TorchScript loop and the plain Python one give the same bits."""
+    monkeypatch.setenv("INFINET_NATIVE", "off")  # the TorchScript loops (tests/test_native.py: the compiled one)
     g = torch.Generator().manual_seed(1)
     shapes = LAYOUTS[layout]
     var1 = torch.exp(torch.rand(shapes[0], generator=g, dtype=torch.float64) * 3 - 1.5)

@@ -35,7 +35,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from . import conv_blocks, fused
+from . import conv_blocks, fused, native
 from .closed_forms import elementwise_flags
 from .kernel import Kernel, known_zero
 
@@ -122,7 +122,11 @@ def conv_alone(conv, k: Kernel) -> Kernel:
     def full_variances(var):
         return run.sums(run.padded(var.unsqueeze(1)), None, False)[0].squeeze(1)
 
-    var1, var2 = k.map_variances(full_variances)
+    if k.symmetric and k.var2 is k.var1 and not k.replaying:  # nngp[i, i] is var1[i]: its sums are the new one
+        index = torch.arange(len(nngp), device=nngp.device)
+        var1 = var2 = nngp[index, index]
+    else:
+        var1, var2 = k.map_variances(full_variances)
     shape = (conv.out_channels,) + tuple(k.spatial)
     return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
 
@@ -264,9 +268,26 @@ class _Run:
         eps = torch.finfo(self.dtype).eps
         norm2, valid = self._gains(n2)
         norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
-        fused.scripted(conv_blocks.full_blocks)(kin, tin, kout, tout, n1.contiguous(), norm2, valid, self.size,
-                                                self.rows, self.inner, self.alpha, self.bias, self.a, self.b, eps)
+        n1 = n1.contiguous()
+        if not self._compiled("conv_relu_full", kin, tin, kout, tout, n1, norm2, valid, eps):
+            fused.scripted(conv_blocks.full_blocks)(kin, tin, kout, tout, n1, norm2, valid, self.size, self.rows,
+                                                    self.inner, self.alpha, self.bias, self.a, self.b, eps)
         return self._interior(kout), None if tout is None else self._interior(tout)
+
+    def _compiled(self, name: str, kin, tin, kout, tout, norm1, norm2, valid, eps) -> bool:
+        """Run the block loop ``name`` of :mod:`infinet.engine.native` (float64, contiguous buffers; the same
+        formulas and tap order as the TorchScript loops); False where it is not to be had."""
+        lib = native.library() if self.dtype == torch.float64 else None
+        tensors = [t for t in (kin, tin, kout, tout, norm1, norm2, valid) if t is not None]
+        if lib is None or not all(t.is_contiguous() and t.dtype == torch.float64 for t in tensors):
+            return False
+        a = native.address
+        failed = getattr(lib, name)(kin.shape[0], kin.shape[1], self.h, self.w, self.size, a(kin), a(tin), a(kout),
+                                    a(tout), a(norm1), a(norm2), a(valid), self.alpha, self.bias, self.a, self.b,
+                                    eps)
+        if failed:
+            raise MemoryError(f"the compiled {name} could not allocate its buffers")
+        return True
 
     def sums(self, kin: Tensor, tin: Tensor | None, ntk: bool) -> tuple[Tensor, Tensor | None]:
         """The convolution alone on padded inputs (``tin`` None: an NTK of zeros): new contiguous (lead, H, W, H,
@@ -297,8 +318,9 @@ class _Run:
         norm2, valid = self._gains(n2)
         norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
         rows = max(1, BLOCK_ENTRIES // (lead[1] * self.inner))
-        fused.scripted(conv_blocks.diagonal_blocks)(kin, tin, kout, tout, norm1, norm2, valid, self.size, rows,
-                                                    self.alpha, self.bias, self.a, self.b, eps)
+        if not self._compiled("conv_relu_diagonal", kin, tin, kout, tout, norm1, norm2, valid, eps):
+            fused.scripted(conv_blocks.diagonal_blocks)(kin, tin, kout, tout, norm1, norm2, valid, self.size, rows,
+                                                        self.alpha, self.bias, self.a, self.b, eps)
         return self._positions(kout), None if tout is None else self._positions(tout)
 
     def _positions(self, base: Tensor) -> Tensor:

@@ -27,15 +27,36 @@ import torch
 VERSION = 1  # of the file layout
 
 
-def directory() -> pathlib.Path | None:
-    """The folder of cached tables, or None when ``INFINET_CACHE=off``."""
+def root() -> pathlib.Path | None:
+    """infinet's cache folder (``INFINET_CACHE_DIR``, else ``$XDG_CACHE_HOME/infinet``, else
+    ``~/.cache/infinet``), or None when ``INFINET_CACHE=off``."""
     if os.environ.get("INFINET_CACHE", "on").lower() in ("off", "0", "no"):
         return None
-    root = os.environ.get("INFINET_CACHE_DIR")
-    if not root:
+    folder = os.environ.get("INFINET_CACHE_DIR")
+    if not folder:
         xdg = os.environ.get("XDG_CACHE_HOME")
-        root = os.path.join(xdg, "infinet") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "infinet")
-    return pathlib.Path(root) / "tables"
+        folder = os.path.join(xdg, "infinet") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "infinet")
+    return pathlib.Path(folder)
+
+
+def directory() -> pathlib.Path | None:
+    """The folder of cached tables, or None when ``INFINET_CACHE=off``."""
+    folder = root()
+    return None if folder is None else folder / "tables"
+
+
+def write_atomic(path: pathlib.Path, data: bytes) -> bool:
+    """Write ``data`` to a temporary name beside ``path`` and rename it there (readers never see half a file);
+    False when the folder cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            f.write(data)
+            name = f.name
+        os.replace(name, path)
+        return True
+    except OSError:
+        return False
 
 
 def persistent_key(identity, nodes, extra_panels, device: str, lo: float, hi: float) -> str | None:
@@ -110,13 +131,6 @@ def save(key: str, tensors: dict | None) -> None:
     if tensors is not None:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         stored.update(tensors=tensors, digest=_digest(tensors))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(stored, buffer)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-            f.write(buffer.getvalue())
-            name = f.name
-        os.replace(name, path)
-    except OSError:
-        pass
+    buffer = io.BytesIO()
+    torch.save(stored, buffer)
+    write_atomic(path, buffer.getvalue())

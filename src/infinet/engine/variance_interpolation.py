@@ -40,7 +40,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from . import chebyshev, fused, table_cache
+from . import chebyshev, fused, native, table_cache
 
 #: resolution asked of the interpolant (trailing coefficients, and the dropped ones' sum, below TOL x max |f|)
 TOL = 2e-11
@@ -62,6 +62,7 @@ class Table:
         self.c, self.lo, self.hi, self.budget = c, lo, hi, budget
         self.series = [Series.of(c[f], float(budget[f])) for f in range(len(c))]
         self.stacks = _stacks(self.series)
+        self.native_terms = _native_terms(self.series)
 
     def basis(self, var: Tensor) -> Tensor:
         """T_m(t(var)) for m < M, shape var.shape + (M,)."""
@@ -70,6 +71,20 @@ class Table:
         for _ in range(2, self.c.shape[2]):
             out.append(2.0 * t * out[-1] - out[-2])
         return torch.stack(out[: self.c.shape[2]], -1)
+
+
+def _native_terms(series: list) -> tuple[list, list, list]:
+    """The series' term layout for ``clenshaw_eval`` (native_kernels.c): per function its total rank, per function
+    and part (even, odd) its number of terms, and per term the (start, end) of its columns in ``left``/``right``."""
+    ranks, terms, spans = [], [], []
+    for s in series:
+        ranks.append(s.left.shape[1])
+        for part in (s.even, s.odd):
+            part = part or []
+            terms.append(len(part))
+            for span in part:
+                spans.extend(span if span is not None else (0, 0))
+    return ranks, terms, spans
 
 
 def expectations(values_at, cov: Tensor, var1: Tensor, var2: Tensor, key: tuple) -> list | None:
@@ -479,17 +494,21 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
     eps = torch.finfo(dtype).eps
     sd_rows = _as_matrices((torch.sqrt(v_rows) / (1.0 + 4.0 * eps))[..., None].to(dtype), shape, start, split, "rows")
     sd_cols = _as_matrices(torch.sqrt(v_cols)[..., None].to(dtype), shape, start, split, "cols")
-    # T_m(t(var)) of each row and column (B, n, M), times each term's stacked factors (P, M, R_j): (B, P, n, R_j)
-    lefts, rights, parts = table.stacks
-    lefts, rights = (rights, lefts) if swapped else (lefts, rights)
-    basis_rows = _as_matrices(table.basis(v_rows), shape, start, split, "rows")
+    basis_rows = _as_matrices(table.basis(v_rows), shape, start, split, "rows")  # T_m(t(var)) (B, n, M)
     basis_cols = _as_matrices(table.basis(v_cols), shape, start, split, "cols")
-    rows = [_contract(basis_rows, steps, dtype) for steps in lefts]
-    cols = [_contract(basis_cols, steps, dtype) for steps in rights]
     batch, n_rows, n_cols = sd_rows.shape[0], sd_rows.shape[1], sd_cols.shape[1]
     cov = cov.expand(shape).reshape(batch, n_rows, n_cols)
     out = [torch.empty(shape, dtype=dtype, device=device) for _ in table.series]
     views = [o.view(batch, n_rows, n_cols) for o in out]
+    lib = native.library() if device.type == "cpu" and dtype == torch.float64 else None
+    if lib is not None:
+        _evaluate_native(lib, table, cov, sd_rows, sd_cols, basis_rows, basis_cols, swapped, views)
+        return out
+    # each term's stacked factors (P, M, R_j) contracted with the bases: (B, P, n, R_j)
+    lefts, rights, parts = table.stacks
+    lefts, rights = (rights, lefts) if swapped else (lefts, rights)
+    rows = [_contract(basis_rows, steps, dtype) for steps in lefts]
+    cols = [_contract(basis_cols, steps, dtype) for steps in rights]
     per_matrix = n_rows * n_cols
     limit = BLOCK_ENTRIES if device.type == "cpu" else 1 << 24
     if per_matrix <= limit:
@@ -499,3 +518,28 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
         block = [1, max(1, limit // col_step), col_step]
     fused.scripted(_evaluate_blocks)(cov, sd_rows, sd_cols, views, rows, cols, parts, block)
     return out
+
+
+def _evaluate_native(lib, table: Table, cov: Tensor, sd_rows: Tensor, sd_cols: Tensor, basis_rows: Tensor,
+                     basis_cols: Tensor, swapped: bool, views: List[Tensor]) -> None:
+    """:func:`evaluate`'s loop compiled (:mod:`infinet.engine.native`, ``clenshaw_eval``): the interpolation
+    variable x = (2 / pi) arcsin(rho) written into the first output (the same operations as the TorchScript
+    loop), each function's factors contracted with the bases whole, L (B, rows, R) and C^T (B, R, cols), and
+    every entry's Clenshaw recurrences in registers."""
+    x = views[0]
+    torch.mul(sd_rows, sd_cols.transpose(1, 2), out=x)
+    torch.div(cov, x, out=x)  # rho, pushed up 4 ulps: rounding never hides rho = 1
+    x.clamp_(-1.0, 1.0).arcsin_().mul_(2.0 / math.pi)
+    batch, n_rows, n_cols = x.shape
+    basis_rows, basis_cols = basis_rows.contiguous(), basis_cols.contiguous()
+    rows, cols = [], []
+    for s in table.series:
+        left, right = (s.right, s.left) if swapped else (s.left, s.right)
+        rows.append((basis_rows.view(-1, basis_rows.shape[-1]) @ left).view(batch, n_rows, -1))
+        cols.append(torch.matmul(right.T, basis_cols.transpose(1, 2)).contiguous())  # (B, R, cols)
+    ranks, terms, spans = table.native_terms
+    failed = lib.clenshaw_eval(batch, n_rows, n_cols, len(views), native.pointers(views), native.pointers(rows),
+                               native.pointers(cols), native.int64s(ranks), native.int64s(terms),
+                               native.int64s(spans))
+    if failed:
+        raise MemoryError("the compiled interpolant could not allocate its tile buffers")

@@ -85,7 +85,13 @@ class Activation(Layer):
             return laws.drawn_kernel(k, laws.map_draws(k.law.draws(k), self), k.law.roots)
         var1, var2 = k.pair_variances()
         nngp, ntk = self.step(k.nngp, k.ntk, var1, var2)
-        new_var1, new_var2 = k.map_self(lambda c, a, b: self.step(c, None, a, b)[0], self.diagonal)
+        if k.full and k.symmetric and k.var2 is k.var1 and not k.replaying:
+            # every example's (S, S) self-covariance is its nngp[i, i] (pinned after the layer before): the new
+            # one is the new nngp[i, i], not the same expectations computed a second time
+            index = torch.arange(len(nngp), device=nngp.device)
+            new_var1 = new_var2 = nngp[index, index]
+        else:
+            new_var1, new_var2 = k.map_self(lambda c, a, b: self.step(c, None, a, b)[0], self.diagonal)
         out = k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)
         if k.sampling is not None and k.sampling.laws:  # a later layer may need this value's law
             out = out.replace(law=laws.MapLaw(laws.law_of(k), self))

@@ -1,0 +1,302 @@
+/* Compiled CPU loops of infinet (see infinet/engine/native.py, which compiles this file on first use with the
+ * machine's C compiler and loads it with ctypes; without a compiler the same steps run in TorchScript).
+ *
+ * clenshaw_eval: the interpolant of infinet/engine/variance_interpolation.py at every entry of a batch of
+ * (rows, cols) matrices. Each function f is f = E(y) + x O(y) with y = 2 x^2 - 1, and each part (E or O) a
+ * Chebyshev series sum_k A_k T_k(y) whose coefficient A_k at entry (i, j) is the rank-R_k product
+ * sum_r L[i, s_k + r] C[s_k + r, j] (L: the row factors, C: the column factors, transposed). Clenshaw's
+ * recurrence (Clenshaw 1955; Mason and Handscomb 2003, sec. 2.4.1):
+ *     b_k = A_k + 2 y b_{k+1} - b_{k+2},   sum = A_0 + y b_1 - b_2.
+ * The loop runs over tiles of RB rows x CW columns held in vector registers; the column factors of a strip of
+ * CW columns are copied once into a contiguous, zero-padded buffer and reused by every row tile, the row
+ * factors of a row tile are interleaved so that each rank term is one broadcast per row. Partial tiles are
+ * padded with zeros and go through the same code, so every entry's value is the same sequence of operations
+ * wherever it sits (identical inputs give identical bits in any tile).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RB 4                /* rows per tile */
+#define NV 2                /* vectors per row of a tile */
+#define VW 8                /* doubles per vector */
+#define CW (NV * VW)        /* columns per tile */
+#define MAX_FUNCTIONS 8
+
+typedef double vec __attribute__((vector_size(VW * sizeof(double))));
+
+/* One tile: x in xs (RB x CW), row factors interleaved lr[f][r * RB + a], column strip cs[f][r * CW + c]. */
+static void tile(int64_t nf, double *const *lr, double *const *cs, const int64_t *nterms, const int64_t *spans,
+                 const vec xs[RB][NV], vec res[][RB][NV])
+{
+    const int64_t *sp = spans;
+    for (int64_t f = 0; f < nf; f++) {
+        vec acc[RB][NV];
+        for (int a = 0; a < RB; a++)
+            for (int v = 0; v < NV; v++) acc[a][v] = (vec){0};
+        const double *l = lr[f], *c = cs[f];
+        for (int part = 0; part < 2; part++) {  /* 0: E(y), 1: x O(y) */
+            int64_t terms = nterms[2 * f + part];
+            const int64_t *s = sp;
+            sp += 2 * terms;
+            if (terms == 0) continue;
+            vec b1[RB][NV], b2[RB][NV];  /* b_{k+1}, b_{k+2}; b2 receives b_k */
+            for (int a = 0; a < RB; a++)
+                for (int v = 0; v < NV; v++) { b1[a][v] = (vec){0}; b2[a][v] = (vec){0}; }
+            for (int64_t k = terms - 1; k >= 0; k--) {
+                double twice = k > 0 ? 2.0 : 1.0;  /* 2y in the recurrence, y in the last step */
+                for (int a = 0; a < RB; a++)
+                    for (int v = 0; v < NV; v++) {
+                        vec y = twice * (2.0 * xs[a][v] * xs[a][v] - 1.0);
+                        b2[a][v] = y * b1[a][v] - b2[a][v];
+                    }
+                for (int64_t r = s[2 * k]; r < s[2 * k + 1]; r++) {
+                    vec col[NV];
+                    for (int v = 0; v < NV; v++) memcpy(&col[v], c + r * CW + v * VW, sizeof(vec));
+                    for (int a = 0; a < RB; a++) {
+                        double row = l[r * RB + a];
+                        for (int v = 0; v < NV; v++) b2[a][v] = row * col[v] + b2[a][v];
+                    }
+                }
+                for (int a = 0; a < RB; a++)
+                    for (int v = 0; v < NV; v++) { vec t = b1[a][v]; b1[a][v] = b2[a][v]; b2[a][v] = t; }
+            }
+            for (int a = 0; a < RB; a++)
+                for (int v = 0; v < NV; v++)
+                    acc[a][v] = part ? xs[a][v] * b1[a][v] + acc[a][v] : acc[a][v] + b1[a][v];
+        }
+        for (int a = 0; a < RB; a++)
+            for (int v = 0; v < NV; v++) res[f][a][v] = acc[a][v];
+    }
+}
+
+/* outs[f]: (nb, nr, nc) contiguous, outs[0] holding x on entry; lrow[f]: (nb, nr, rtot[f]); lcolt[f]:
+ * (nb, rtot[f], nc); nterms[2 f + part]: terms of part (0 even, 1 odd) of function f; spans: for every
+ * function, part and term in that order, the (start, end) of its rank columns. Returns 0, or -1 when memory
+ * for the tile buffers cannot be had (nothing written then). */
+int clenshaw_eval(int64_t nb, int64_t nr, int64_t nc, int64_t nf, double *const *outs, const double *const *lrow,
+                  const double *const *lcolt, const int64_t *rtot, const int64_t *nterms, const int64_t *spans)
+{
+    if (nf < 1 || nf > MAX_FUNCTIONS) return -1;
+    double *strips[MAX_FUNCTIONS] = {0}, *rows[MAX_FUNCTIONS] = {0};
+    int failed = 0;
+    for (int64_t f = 0; f < nf; f++) {
+        size_t n = (size_t)(rtot[f] > 0 ? rtot[f] : 1);
+        strips[f] = aligned_alloc(64, n * CW * sizeof(double));
+        rows[f] = aligned_alloc(64, n * RB * sizeof(double));
+        failed |= strips[f] == NULL || rows[f] == NULL;
+    }
+    if (!failed) {
+        vec xs[RB][NV], res[MAX_FUNCTIONS][RB][NV];
+        double *xd = (double *)xs;
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t j0 = 0; j0 < nc; j0 += CW) {
+                int64_t n = nc - j0 < CW ? nc - j0 : CW;
+                for (int64_t f = 0; f < nf; f++) {
+                    const double *src = lcolt[f] + (b * rtot[f]) * nc + j0;
+                    for (int64_t r = 0; r < rtot[f]; r++) {
+                        double *d = strips[f] + r * CW;
+                        memcpy(d, src + r * nc, (size_t)n * sizeof(double));
+                        memset(d + n, 0, (size_t)(CW - n) * sizeof(double));
+                    }
+                }
+                for (int64_t i0 = 0; i0 < nr; i0 += RB) {
+                    int64_t m = nr - i0 < RB ? nr - i0 : RB;
+                    memset(xd, 0, sizeof(xs));
+                    for (int64_t a = 0; a < m; a++)
+                        memcpy(xd + a * CW, outs[0] + (b * nr + i0 + a) * nc + j0, (size_t)n * sizeof(double));
+                    for (int64_t f = 0; f < nf; f++) {
+                        const double *src = lrow[f] + (b * nr + i0) * rtot[f];
+                        for (int64_t r = 0; r < rtot[f]; r++)
+                            for (int64_t a = 0; a < RB; a++)
+                                rows[f][r * RB + a] = a < m ? src[a * rtot[f] + r] : 0.0;
+                    }
+                    tile(nf, rows, strips, nterms, spans, (const vec(*)[NV])xs, res);
+                    for (int64_t f = 0; f < nf; f++) {
+                        const double *rd = (const double *)res[f];
+                        for (int64_t a = 0; a < m; a++)
+                            memcpy(outs[f] + (b * nr + i0 + a) * nc + j0, rd + a * CW, (size_t)n * sizeof(double));
+                    }
+                }
+            }
+    }
+    for (int64_t f = 0; f < nf; f++) { free(strips[f]); free(rows[f]); }
+    return failed ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The arc-cosine, branch-free so that loops over it vectorize: asin(s) = s + s z P(z), z = s^2, on |s| <= 1/2,
+ * P(z) = (asin(sqrt z) / sqrt z - 1) / z as a degree-14 polynomial fitted at Chebyshev points of [0, 1/4]
+ * (tests/data/acos_polynomial.py; relative error 2e-16 in P, so about 1e-17 in s z P), and
+ *     acos(x) = pi/2 - asin(x)                        for |x| <= 1/2,
+ *     acos(x) = 2 asin(sqrt((1 - x) / 2))             for x > 1/2,
+ *     acos(x) = pi - 2 asin(sqrt((1 + x) / 2))        for x < -1/2
+ * (the half-angle identities; 1 - |x| is exact there). */
+static const double ASIN_P[15] = {
+    0.16666666666666666, 0.0749999999999999, 0.04464285714288483, 0.030381944441216887, 0.022372159287575737,
+    0.017352757223830194, 0.013965015221404711, 0.011549011895900822, 0.009793486386035298, 0.00813073858378954,
+    0.008819738782820177, 0.00029837978129833786, 0.022733346235747326, -0.024251252161814167,
+    0.030850913031892038};
+static const double HALF_PI = 1.5707963267948966, PI = 3.141592653589793;
+
+static inline double asin_small(double s)
+{
+    /* P(z) by Estrin's scheme (pairs, then powers z^2, z^4, z^8): a dependency chain of 5 steps instead of 14 */
+    const double *c = ASIN_P;
+    double z = s * s, z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+    double r0 = (c[0] + c[1] * z) + (c[2] + c[3] * z) * z2, r1 = (c[4] + c[5] * z) + (c[6] + c[7] * z) * z2;
+    double r2 = (c[8] + c[9] * z) + (c[10] + c[11] * z) * z2, r3 = (c[12] + c[13] * z) + c[14] * z2;
+    double p = (r0 + r1 * z4) + (r2 + r3 * z4) * z8;
+    return s + s * z * p;
+}
+
+static inline double acos_branchless(double x)
+{
+    double ax = x < 0 ? -x : x;
+    int big = ax > 0.5;
+    double s = big ? __builtin_sqrt(0.5 * (1.0 - ax)) : x;
+    double a = asin_small(s);
+    double far = x < 0 ? PI - 2.0 * a : 2.0 * a;
+    return big ? far : HALF_PI - a;
+}
+
+/* acos of n values (for tests). */
+void acos_values(int64_t n, const double *x, double *out)
+{
+    for (int64_t i = 0; i < n; i++) out[i] = acos_branchless(x[i]);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * A convolution (filter size x size, stride 1, zero SAME padding) and the ReLU family phi = a min(x, 0) +
+ * b max(x, 0) after it, on the kernels of pairs of examples (infinet/engine/conv_fusion.py; the formulas and
+ * the folded constants are those of infinet/engine/conv_blocks.py, whose TorchScript loops these replace):
+ *   cov = S(K) + bias / alpha   (S: the sum over the taps, along H first, then along W, in tap order),
+ *   r = clamp(cov / norm, -1, 1) with norm = -n1 n2 / (alpha (1 + 4 eps)),   angle = acos(r),
+ *   nngp' = [((sqrt(c^2 - c^2 r^2) - c angle r) norm) slope - ab / (1 + 4 eps) cov] finish,
+ *   ntk'  = (S(Theta) + cov) (angle gain + shift)   (S(Theta) = 0 without an input NTK),
+ * c = 1 / (2 pi), slope = (b - a)^2, finish = -alpha (1 + 4 eps), gain = slope c alpha, shift = ab alpha, the
+ * last three 0 at the spare columns of the flattened (h2, w2) axis (valid = 0), which are written as zeros.
+ * ------------------------------------------------------------------------------------------------------------ */
+typedef struct {
+    double alpha, bias, slope, ab, eps;
+} relu_step;
+
+/* One row of n entries: cov and theta (S(K), S(Theta) or NULL) are overwritten. */
+static void activation_row(int64_t n, double *cov, double *theta, const double *norm, const double *valid,
+                           double *out_k, double *out_t, relu_step st)
+{
+    const double c = 1.0 / (2.0 * PI), c2 = c * c;
+    const double shift_bias = st.bias / st.alpha, ab_term = -st.ab / (1.0 + 4.0 * st.eps);
+    const double finish = -st.alpha * (1.0 + 4.0 * st.eps), gain = st.slope * c * st.alpha, shift = st.ab * st.alpha;
+    for (int64_t g = 0; g < n; g++) {
+        double cv = st.bias != 0.0 ? cov[g] + shift_bias : cov[g];
+        double r = cv / norm[g];
+        r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+        double angle = acos_branchless(r);
+        double kk = __builtin_sqrt(c2 - c2 * r * r);
+        kk = (kk - c * angle * r) * norm[g];
+        if (st.slope != 1.0) kk *= st.slope;
+        if (st.ab != 0.0) kk += ab_term * cv;
+        out_k[g] = kk * (finish * valid[g]);
+        if (out_t != NULL) {
+            double weight = angle * (gain * valid[g]) + shift * valid[g];
+            out_t[g] = (theta != NULL ? theta[g] + cv : cv) * weight;
+        }
+    }
+}
+
+/* Full layout. kin, tin (NULL: an NTK of zeros), kout, tout (NULL: no NTK): (n_1, n_2, hp, wp, hp, wp) padded,
+ * contiguous; n1: (n_1, h, w) = sqrt(var1); norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) (1 at spare
+ * columns); valid: (inner,). inner = h wp - (size - 1). Returns -1 when its buffers cannot be allocated. */
+int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
+                   const double *tin, double *kout, double *tout, const double *n1, const double *norm2,
+                   const double *valid, double alpha, double bias, double a, double b, double eps)
+{
+    const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
+    const int64_t s1 = hp * wp, s0 = wp * s1, pair = hp * s0, flat = h * wp, inner = h * wp - (size - 1);
+    const int64_t out_offset = p * s0 + p * s1 + p * wp + p;
+    relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
+    double *buf_k = malloc((size_t)(wp * flat) * sizeof(double));
+    double *buf_t = tin != NULL ? malloc((size_t)(wp * flat) * sizeof(double)) : NULL;
+    double *rows = malloc((size_t)(3 * inner) * sizeof(double));
+    if (buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL)) {
+        free(buf_k); free(buf_t); free(rows);
+        return -1;
+    }
+    double *cov = rows, *theta = rows + inner, *norm = rows + 2 * inner;
+    for (int64_t i = 0; i < n_1; i++)
+        for (int64_t j = 0; j < n_2; j++) {
+            const int64_t base = (i * n_2 + j) * pair;
+            const double *n2j = norm2 + j * inner;
+            for (int64_t h1 = 0; h1 < h; h1++) {
+                for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {  /* the taps along H: h1 and h2 */
+                    const double *src = (pass ? tin : kin) + base + h1 * s0;
+                    double *buf = pass ? buf_t : buf_k;
+                    for (int64_t w1 = 0; w1 < wp; w1++) {
+                        double *dst = buf + w1 * flat;
+                        const double *row = src + w1 * s1;
+                        for (int64_t f = 0; f < flat; f++) dst[f] = row[f];
+                        for (int64_t u = 1; u < size; u++) {
+                            const double *shifted = row + u * (s0 + wp);
+                            for (int64_t f = 0; f < flat; f++) dst[f] += shifted[f];
+                        }
+                    }
+                }
+                for (int64_t w1 = 0; w1 < w; w1++) {
+                    for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {  /* the taps along W: w1 and w2 */
+                        const double *buf = pass ? buf_t : buf_k;
+                        double *dst = pass ? theta : cov;
+                        const double *first = buf + w1 * flat;
+                        for (int64_t g = 0; g < inner; g++) dst[g] = first[g];
+                        for (int64_t t = 1; t < size; t++) {
+                            const double *shifted = buf + (w1 + t) * flat + t;
+                            for (int64_t g = 0; g < inner; g++) dst[g] += shifted[g];
+                        }
+                    }
+                    const double n1w = n1[(i * h + h1) * w + w1];
+                    for (int64_t g = 0; g < inner; g++) norm[g] = n1w * n2j[g];
+                    const int64_t at = base + out_offset + h1 * s0 + w1 * s1;
+                    activation_row(inner, cov, tin != NULL ? theta : NULL, norm, valid, kout + at,
+                                   tout != NULL ? tout + at : NULL, st);
+                }
+            }
+        }
+    free(buf_k); free(buf_t); free(rows);
+    return 0;
+}
+
+/* Diagonal layout (same-position pairs): kin, tin, kout, tout (n_1, n_2, hp, wp) padded, contiguous; norm1:
+ * (n_1, inner) = sqrt(var1) and norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)), both 1 at spare
+ * columns. Returns -1 when its buffers cannot be allocated. */
+int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
+                       const double *tin, double *kout, double *tout, const double *norm1, const double *norm2,
+                       const double *valid, double alpha, double bias, double a, double b, double eps)
+{
+    const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
+    const int64_t pair = hp * wp, flat = h * wp, inner = h * wp - (size - 1), out_offset = p * wp + p;
+    relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
+    double *work = malloc((size_t)(2 * flat + 3 * inner) * sizeof(double));
+    if (work == NULL) return -1;
+    double *buf_k = work, *buf_t = work + flat, *cov = work + 2 * flat, *theta = cov + inner, *norm = theta + inner;
+    (void)w;
+    for (int64_t i = 0; i < n_1; i++)
+        for (int64_t j = 0; j < n_2; j++) {
+            const int64_t base = (i * n_2 + j) * pair;
+            for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {
+                const double *src = (pass ? tin : kin) + base;
+                double *buf = pass ? buf_t : buf_k, *dst = pass ? theta : cov;
+                for (int64_t f = 0; f < flat; f++) buf[f] = src[f];
+                for (int64_t u = 1; u < size; u++)
+                    for (int64_t f = 0; f < flat; f++) buf[f] += src[f + u * wp];
+                for (int64_t g = 0; g < inner; g++) dst[g] = buf[g];
+                for (int64_t t = 1; t < size; t++)
+                    for (int64_t g = 0; g < inner; g++) dst[g] += buf[g + t];
+            }
+            const double *n1i = norm1 + i * inner, *n2j = norm2 + j * inner;
+            for (int64_t g = 0; g < inner; g++) norm[g] = n1i[g] * n2j[g];
+            activation_row(inner, cov, tin != NULL ? theta : NULL, norm, valid, kout + base + out_offset,
+                           tout != NULL ? tout + base + out_offset : NULL, st);
+        }
+    free(work);
+    return 0;
+}

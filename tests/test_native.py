@@ -1,0 +1,185 @@
+"""The compiled CPU loops (infinet.engine.native, native_kernels.c): the interpolant's Clenshaw evaluation against
+the TorchScript loop and the plain triple sum, bit-for-bit independence of an entry's place in the tiles, and
+how the library is compiled, kept, rebuilt and declined."""
+
+import os
+
+import pytest
+import torch
+
+import infinet as inf
+from infinet.engine import gaussian, native, variance_interpolation
+
+needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+
+
+def _tanh_call(rows_shape, cols_shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    var1 = torch.exp(torch.rand(rows_shape, generator=g, dtype=torch.float64) * 3 - 1.5)
+    var2 = torch.exp(torch.rand(cols_shape, generator=g, dtype=torch.float64) * 3 - 1.5)
+    corr = torch.rand(torch.broadcast_shapes(rows_shape, cols_shape), generator=g, dtype=torch.float64) * 2 - 1
+    return corr * torch.sqrt(var1 * var2), var1, var2
+
+
+SHAPES = {"one-matrix": ((37, 1), (1, 45)), "remainders": ((3, 7, 1), (3, 1, 19)), "swapped": ((1, 1, 7), (5, 6, 1)),
+          "positions": ((5, 1, 4, 1), (1, 7, 1, 4)), "few-entries": ((40,), (40,)), "wide": ((2, 1), (1, 300))}
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_compiled_interpolant_matches_the_torchscript_loop(monkeypatch, shape):
+    """Row and column counts that fill no tile (7 rows of 4, 19 columns of 16), rows taken from var2, batches,
+    positions: the compiled evaluation agrees with the TorchScript loop to rounding (1e-14 of the largest value;
+    the two sum in different orders) and with direct quadrature to 1e-10."""
+    monkeypatch.setattr(gaussian, "UNIFORM_MIN_ENTRIES", 1)
+    cov, var1, var2 = _tanh_call(*SHAPES[shape], seed=len(shape))
+    assert native.library() is not None, native.status()
+    compiled = gaussian.quadrature(torch.tanh, cov, var1, var2)
+    monkeypatch.setenv("INFINET_NATIVE", "off")
+    scripted = gaussian.quadrature(torch.tanh, cov, var1, var2)
+    direct = gaussian._direct_quadrature(torch.tanh, *torch.broadcast_tensors(cov, var1, var2), True, None, 8, 0,
+                                         2**22, False)
+    for a, b, c in zip(compiled, scripted, direct):
+        assert not torch.equal(a, b) or a.numel() < 64  # the compiled loop did run (its sums are ordered otherwise)
+        assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max())
+        assert float((a - c).abs().max()) < 1e-10
+
+
+@needs_compiler
+def test_an_entry_has_the_same_bits_wherever_it_sits_in_the_tiles():
+    """Rows and columns at every place in a tile (and in the padded last tiles) holding the same entry give the
+    same bits: each entry is the same sequence of operations."""
+    cov, var1, var2 = _tanh_call((23, 1), (1, 37), seed=7)
+    cov[:, 5] = cov[:, 30]
+    var2[0, 5] = var2[0, 30]
+    cov[2], var1[2] = cov[21], var1[21]
+    nngp, kdot = gaussian.quadrature(torch.tanh, cov, var1, var2)
+    for t in (nngp, kdot):
+        assert torch.equal(t[:, 5], t[:, 30]) and torch.equal(t[2], t[21])
+    sub = gaussian.quadrature(torch.tanh, cov[3:, 1:], var1[3:], var2[:, 1:])  # every entry in another place
+    assert torch.equal(sub[0], nngp[3:, 1:]) and torch.equal(sub[1], kdot[3:, 1:])
+
+
+def _naive(c, x, t1, t2):
+    k, m, n = (torch.arange(d, dtype=torch.float64) for d in c.shape)
+    tk, tm, tn = (torch.cos(i * torch.arccos(t)[..., None]) for i, t in ((k, x), (m, t1), (n, t2)))
+    return torch.einsum("kmn,...k,...m,...n->...", c, tk, tm, tn)
+
+
+@needs_compiler
+@pytest.mark.parametrize("zeros", [(), (0,), (1, 2), (0, 3, 5), (2, 4, 6, 7), tuple(range(0, 9, 2)),
+                                   tuple(range(1, 9, 2))])
+def test_compiled_clenshaw_sums_every_term_pattern(zeros):
+    """Series with zero terms anywhere (rank 0 in the recurrence), one parity only (even-only, odd-only) or one
+    term: the compiled recurrences give the plain triple sum of the coefficients."""
+    g = torch.Generator().manual_seed(len(zeros))
+    c = torch.randn(9, 5, 5, generator=g, dtype=torch.float64) * 0.7 ** torch.arange(9.0)[:, None, None]
+    c[list(zeros)] = 0.0
+    for k in (1, 2, 9):
+        table = variance_interpolation.Table(torch.stack([c[:k], 0.5 * c[:k]]), -1.0, 1.0,
+                                             torch.zeros(2, dtype=torch.float64))
+        t1 = torch.rand(6, generator=g, dtype=torch.float64) * 2 - 1
+        t2 = torch.rand(11, generator=g, dtype=torch.float64) * 2 - 1
+        rho = torch.rand(6, 11, generator=g, dtype=torch.float64) * 2 - 1
+        var1, var2 = torch.exp(t1)[:, None], torch.exp(t2)[None]  # log v = t on [-1, 1]
+        got = variance_interpolation.evaluate(table, rho * torch.sqrt(var1 * var2), var1, var2)
+        x = torch.arcsin(rho) * 2 / torch.pi
+        want = _naive(c[:k], x, t1[:, None].expand(6, 11), t2[None].expand(6, 11))
+        assert float((got[0] - want).abs().max()) < 1e-12, k
+        assert float((got[1] - 0.5 * want).abs().max()) < 1e-12, k
+
+
+@needs_compiler
+def test_a_tanh_network_gives_the_same_kernel_compiled_or_scripted(monkeypatch):
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = x * torch.linspace(0.3, 3.0, 30, dtype=torch.float64)[:, None]
+    net = inf.serial(inf.Conv(4, 3, padding="SAME", b_std=0.1), inf.Tanh(), inf.Flatten(), inf.Dense(1))
+    images = x.reshape(30, 1, 2, 3)
+    compiled = net.kernel(images)
+    monkeypatch.setenv("INFINET_NATIVE", "off")
+    scripted = net.kernel(images)
+    for a, b in ((compiled.nngp, scripted.nngp), (compiled.ntk, scripted.ntk)):
+        assert torch.allclose(a, b, rtol=1e-13, atol=0)
+
+
+def test_switched_off_no_compiler_and_failing_compiler_give_the_torchscript_loops(monkeypatch, tmp_path):
+    monkeypatch.setenv("INFINET_NATIVE", "off")
+    assert native.library() is None and "INFINET_NATIVE=off" in native.status()
+    monkeypatch.delenv("INFINET_NATIVE")
+    monkeypatch.setenv("INFINET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("INFINET_CACHE", "on")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    lib, why = native._obtain()
+    assert lib is None and "no C compiler" in why
+    failing = tmp_path / "failing-cc"
+    failing.write_text("#!/bin/sh\necho 'cc: error: not today' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CC", str(failing))
+    lib, why = native._obtain()
+    assert lib is None and "failed" in why and "not today" in why
+    assert not list(tmp_path.glob("native/*.so"))
+
+
+@needs_compiler
+def test_the_library_is_kept_read_back_and_rebuilt_when_damaged(monkeypatch, tmp_path):
+    monkeypatch.setenv("INFINET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("INFINET_CACHE", "on")
+    lib, why = native._obtain()
+    assert lib is not None and "compiled" in why
+    kept = list(tmp_path.glob("native/*.so"))
+    assert len(kept) == 1 and str(kept[0]) in why
+    lib, why = native._obtain()
+    assert lib is not None and why == f"read from {kept[0]}"
+    data = kept[0].read_bytes()
+    kept[0].unlink()  # (a new file: the loaded library's pages stay mapped)
+    kept[0].write_bytes(data[:100])  # truncated: not loadable
+    lib, why = native._obtain()
+    assert lib is not None and "compiled" in why and os.path.getsize(kept[0]) > 100
+    monkeypatch.setenv("INFINET_CACHE", "off")
+    lib, why = native._obtain()
+    assert lib is not None and "not kept" in why
+
+
+@needs_compiler
+def test_the_compiled_arc_cosine_is_within_an_ulp_of_pi_and_keeps_its_ends():
+    """Against torch's arccos on 2^20 points and the boundaries of its branches (|x| = 1/2) and ends: within
+    4.5e-16 (two ulps of pi), exactly 0 at 1 and pi at -1, and never increasing across the branches."""
+    lib = native.library()
+    x = torch.cat([torch.linspace(-1.0, 1.0, 1 << 20, dtype=torch.float64),
+                   torch.tensor([-1.0, 1.0, 0.0, 0.5, -0.5], dtype=torch.float64),
+                   0.5 + torch.arange(-50, 51, dtype=torch.float64) * 2.0**-53,
+                   -0.5 + torch.arange(-50, 51, dtype=torch.float64) * 2.0**-53])
+    out = torch.empty_like(x)
+    lib.acos_values(x.numel(), x.data_ptr(), out.data_ptr())
+    assert float((out - torch.arccos(x)).abs().max()) <= 4.5e-16
+    ends, at = torch.empty(2, dtype=torch.float64), torch.tensor([1.0, -1.0], dtype=torch.float64)
+    lib.acos_values(2, at.data_ptr(), ends.data_ptr())
+    assert ends[0] == 0.0 and ends[1] == torch.pi
+    for centre in (0.5, -0.5):
+        near = centre + torch.arange(-50, 51, dtype=torch.float64) * 2.0**-53
+        got = torch.empty_like(near)
+        lib.acos_values(near.numel(), near.data_ptr(), got.data_ptr())
+        assert bool((got[1:] <= got[:-1]).all())
+
+
+@needs_compiler
+@pytest.mark.parametrize("head", [inf.GlobalAvgPool, inf.Flatten])
+@pytest.mark.parametrize("act", [inf.Relu, lambda: inf.LeakyRelu(0.2), inf.Abs])
+def test_compiled_conv_relu_steps_match_the_torchscript_loops(monkeypatch, head, act):
+    """The fused Conv + ReLU-family step compiled (full layout below pooling, diagonal before Flatten) against its
+    TorchScript loops: the same formulas, so to rounding (the arc-cosines differ by an ulp), with biases and a
+    5x5 filter; identical inputs keep identical rows in both."""
+    x = torch.randn(5, 2, 7, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = torch.cat([x, x[:1]])
+    net = inf.serial(inf.Conv(3, 3, w_std=1.3, b_std=0.2, padding="SAME"), act(),
+                     inf.Conv(3, 5, w_std=1.2, b_std=0.1, padding="SAME"), act(), head(), inf.Dense(1))
+    calls = []
+    original = native.library
+    monkeypatch.setattr(native, "library", lambda: calls.append(1) or original())
+    compiled = net.kernel(x, tile_size=3)
+    assert calls
+    monkeypatch.setenv("INFINET_NATIVE", "off")
+    scripted = net.kernel(x, tile_size=3)
+    for a, b in ((compiled.nngp, scripted.nngp), (compiled.ntk, scripted.ntk)):
+        assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max())
+        assert torch.equal(a[0], a[5]) and torch.equal(a[:, 0], a[:, 5])

@@ -183,3 +183,101 @@ def test_compiled_conv_relu_steps_match_the_torchscript_loops(monkeypatch, head,
     for a, b in ((compiled.nngp, scripted.nngp), (compiled.ntk, scripted.ntk)):
         assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max())
         assert torch.equal(a[0], a[5]) and torch.equal(a[:, 0], a[:, 5])
+
+
+@needs_compiler
+def test_the_compiled_unit_atan2_matches_torch():
+    """atan2(y, x) on the right half of the unit circle (the arguments the closed forms give it), through both of
+    its branches: within 2 ulps of pi/2."""
+    lib = native.library()
+    theta = torch.linspace(-torch.pi / 2, torch.pi / 2, 100001, dtype=torch.float64)
+    y, x = torch.sin(theta), torch.cos(theta).clamp(min=0.0)
+    out = torch.empty_like(y)
+    lib.atan2_unit_values(y.numel(), y.data_ptr(), x.data_ptr(), out.data_ptr())
+    assert float((out - torch.atan2(y, x)).abs().max()) <= 4.5e-16
+
+
+CLOSED_FORMS = {"relu": inf.Relu, "leaky": lambda: inf.LeakyRelu(0.1), "abs": inf.Abs,
+                "erf": lambda: inf.Erf(1.3, 0.7, 0.2), "gelu": inf.Gelu}
+LAYOUTS = {"vectors": ((9, 1), (1, 11)), "full": ((3, 1, 4, 5, 1, 1), (1, 2, 1, 1, 4, 5)),
+           "diagonal": ((3, 1, 4, 5), (1, 2, 4, 5)), "tile": ((6, 1), (1, 6))}
+
+
+@needs_compiler
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("name", list(CLOSED_FORMS))
+def test_compiled_closed_form_steps_match_the_eager_formulas(monkeypatch, name, layout):
+    """Every layout the layers give (vectors, both convolutional layouts), with and without an NTK, correlations up
+    to +-1: the compiled step agrees with closed_forms to 1e-13 of the largest value, and an entry whose inputs are
+    identical (cov = var1 = var2) has the value of the diagonal in both."""
+    act = CLOSED_FORMS[name]()
+    g = torch.Generator().manual_seed(len(name) + len(layout))
+    s1, s2 = LAYOUTS[layout]
+    var1 = torch.exp(torch.rand(s1, generator=g, dtype=torch.float64) * 4 - 2)
+    var2 = torch.exp(torch.rand(s2, generator=g, dtype=torch.float64) * 4 - 2)
+    rho = torch.rand(torch.broadcast_shapes(s1, s2), generator=g, dtype=torch.float64) * 2 - 1
+    rho.view(-1)[:3] = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
+    cov = rho * torch.sqrt(var1 * var2)
+    if layout == "tile":  # a symmetric tile: cov[i, i] = var[i]
+        var2 = var1.T.clone()
+        cov = (rho + rho.T) / 2 * torch.sqrt(var1 * var2)
+        cov.diagonal().copy_(var1[:, 0])
+    ntk = torch.rand(cov.shape, generator=g, dtype=torch.float64) + 0.5
+    for theta in (ntk, None):
+        assert act.native_pairs() is not None
+        got = act.step(cov, theta, var1, var2)
+        with monkeypatch.context() as m:
+            m.setenv("INFINET_NATIVE", "off")
+            want = act.step(cov, theta, var1, var2)
+        for a, b in zip(got, want):
+            if b is None:
+                assert a is None
+                continue
+            assert float((a - b).abs().max()) <= 1e-13 * float(b.abs().max()), name
+    if layout == "tile":
+        nngp, _ = act.step(cov, ntk, var1, var2)
+        assert torch.equal(nngp.diagonal(), act.step(var1[:, 0], None, var1[:, 0], var1[:, 0])[0])
+
+
+@needs_compiler
+def test_closed_form_steps_outside_the_compiled_loop_take_the_eager_formulas(monkeypatch):
+    """A zero variance, variances whose product would overflow, Erf's 2 b^2 var beyond the float range, float32,
+    gradients and INFINET_COMPILE=on: the eager formulas (the compiled loop is never called)."""
+    from infinet.engine import fused, native_pairs
+
+    def refuse(*args):
+        raise AssertionError("the compiled loop was called")
+
+    lib = native.library()
+    monkeypatch.setattr(native, "library", lambda: type("L", (), {"closed_form_pairs": refuse})())
+    var = torch.tensor([[0.0], [1.0], [2.0]], dtype=torch.float64)
+    cov = torch.full((3, 3), 0.1, dtype=torch.float64)
+    assert native_pairs.step(native_pairs.ABRELU, (0.0, 1.0, 0.0), cov, None, var, var.T) is None
+    huge = torch.tensor([[1e200], [1.0]], dtype=torch.float64)
+    assert native_pairs.step(native_pairs.GELU, (0.0, 0.0, 0.0), torch.zeros(2, 2, dtype=torch.float64), None, huge,
+                             huge.T) is None
+    big = torch.tensor([[1e150], [1.0]], dtype=torch.float64)
+    assert native_pairs.step(native_pairs.ERF, (1.0, 1e80, 0.0), torch.zeros(2, 2, dtype=torch.float64), None, big,
+                             big.T) is None
+    v = var[1:]
+    assert native_pairs.step(native_pairs.ABRELU, (0.0, 1.0, 0.0), cov[1:, 1:].float(), None, v.float(),
+                             v.T.float()) is None
+    w = v.clone().requires_grad_()
+    assert native_pairs.step(native_pairs.ABRELU, (0.0, 1.0, 0.0), cov[1:, 1:], None, w, v.T) is None
+    monkeypatch.setattr(fused, "get_compile", lambda: "on")
+    assert native_pairs.step(native_pairs.ABRELU, (0.0, 1.0, 0.0), cov[1:, 1:], None, v, v.T) is None
+    assert lib is not None
+
+
+@needs_compiler
+def test_networks_of_closed_form_layers_give_the_same_kernels_compiled_or_eager(monkeypatch):
+    x = torch.randn(12, 2, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for act in (inf.Erf, inf.Gelu, inf.Relu):
+        net = inf.serial(inf.Conv(3, 3, b_std=0.2, padding="SAME"), act(), inf.Conv(3, 3, padding="SAME"), act(),
+                         inf.GlobalAvgPool(), inf.Dense(4, b_std=0.1), act(), inf.Dense(1))
+        compiled = net.kernel(x, tile_size=5)
+        with monkeypatch.context() as m:
+            m.setenv("INFINET_NATIVE", "off")
+            eager = net.kernel(x, tile_size=5)
+        for a, b in ((compiled.nngp, eager.nngp), (compiled.ntk, eager.ntk)):
+            assert float((a - b).abs().max()) <= 1e-13 * float(b.abs().max()), act.__name__

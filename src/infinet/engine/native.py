@@ -3,8 +3,8 @@
 Some steps are many short passes over cache-sized blocks whose cost is the passes themselves (the Clenshaw
 recurrence of :mod:`infinet.engine.variance_interpolation`: about 50 per entry). One compiled loop keeps each
 entry in registers from the first pass to the last. The source is compiled on the first call that needs it
-(about 0.3 s, once per machine: the library is kept in infinet's cache folder, :func:`infinet.engine.
-table_cache.root`, under a name that is a SHA-256 of the source, the compiler, its flags and the CPU's
+(about 0.3 s, once per machine: the library is kept in infinet's cache folder,
+:func:`infinet.engine.table_cache.root`, under a name that is a SHA-256 of the source, the compiler, its flags and the CPU's
 features, with its SHA-256 beside it, checked before loading) with ``-O3 -march=native``, or without ``-march=native`` where the compiler refuses it.
 
 Nothing depends on it: without a C compiler (``CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH), when
@@ -164,6 +164,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.clenshaw_eval.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.acos_values.restype = None
     lib.acos_values.argtypes = [i64, ptr, ptr]
+    lib.closed_form_pairs.restype = ctypes.c_int
+    lib.closed_form_pairs.argtypes = [i64] + [ptr] * 9 + [f64] * 4
+    lib.atan2_unit_values.restype = None
+    lib.atan2_unit_values.argtypes = [i64, ptr, ptr, ptr]
     for name in ("conv_relu_full", "conv_relu_diagonal"):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = [i64] * 5 + [ptr] * 7 + [f64] * 5

@@ -300,3 +300,112 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
     free(work);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Closed-form activations on every entry of a tile, as in infinet/engine/closed_forms.py (the same formulas in
+ * the same overflow-free forms; callers send only positive variances whose products are safe to form and, for
+ * Erf, finite 2 b^2 var):
+ *   kind 0, ABRelu (a, b): with rho = clamp((1 + 4 eps) cov / sqrt(v1 v2)) and angle = pi - acos(rho),
+ *     nngp = (b - a)^2 sqrt(v1 v2) (sqrt(1 - rho^2) + angle rho) / (2 pi) + a b cov,
+ *     kdot = (b - a)^2 angle / (2 pi) + a^2 + a (b - a)                    (Cho and Saul 2009, eq. 6);
+ *   kind 1, Erf a erf(b x) + c: with e_i = 1 / (1 + 2 b^2 v_i), cov' = rho sqrt(v1 v2),
+ *     r = 2 b^2 cov' sqrt(e1 e2), root = sqrt((1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2)),
+ *     nngp = a^2 (2 / pi) atan2(r, root) + c^2,  kdot = a^2 b^2 (4 / pi) sqrt(e1 e2) / root   (Williams 1997);
+ *   kind 2, GELU x Phi(x): with e_i = 1 / (1 + v_i), r = cov' sqrt(e1 e2), delta = root / sqrt(e1 e2),
+ *     A = atan2(r, root), ratio = v1 e1 v2 e2,
+ *     nngp = cov' / 4 + (cov' A + r^2 / delta + ratio delta) / (2 pi),
+ *     kdot = 1/4 + A / (2 pi) + (cov' / delta) (1 / delta^2 + e1 e2 - ratio + 1) / (2 pi)  (Tsuchida et al. 2021).
+ * The second output is kdot, or kdot x ntk when an NTK is given (Jacot et al. 2018).
+ * ------------------------------------------------------------------------------------------------------------ */
+static inline double asin_branchless(double x)
+{
+    double ax = x < 0 ? -x : x;
+    int big = ax > 0.5;
+    double s = big ? __builtin_sqrt(0.5 * (1.0 - ax)) : x;
+    double a = asin_small(s);
+    double far = HALF_PI - 2.0 * a;
+    return big ? (x < 0 ? -far : far) : a;
+}
+
+/* atan2(y, x) for x >= 0 and y^2 + x^2 = 1 up to rounding: asin of the smaller of the two, so that the
+ * argument is at most 1/sqrt(2) and its error is not amplified. */
+static inline double atan2_unit(double y, double x)
+{
+    double ay = y < 0 ? -y : y;
+    double small = asin_branchless(y);
+    double other = HALF_PI - asin_branchless(x);
+    return ay <= x ? small : (y < 0 ? -other : other);
+}
+
+/* shape: 4 sizes; cov, ntk (or NULL), out_nngp, out_second (or NULL): contiguous over shape; var1, var2 with
+ * strides s1, s2 (4 each, in elements; 0 where the variance does not vary). */
+int closed_form_pairs(int64_t kind, const int64_t *shape, const double *cov, const double *ntk, const double *var1,
+                      const int64_t *s1, const double *var2, const int64_t *s2, double *out_nngp,
+                      double *out_second, double a, double b, double c, double eps)
+{
+    const int64_t n3 = shape[3];
+    double *row = malloc((size_t)(2 * (n3 > 0 ? n3 : 1)) * sizeof(double));
+    if (row == NULL) return -1;
+    double *r1 = row, *r2 = row + n3;
+    const double inv_2pi = 1.0 / (2.0 * PI), c2 = inv_2pi * inv_2pi, up = 1.0 + 4.0 * eps;
+    const double slope = (b - a) * (b - a), ab = a * b, kdot_shift = a * a + a * (b - a);
+    const double b2 = b * b, erf_scale = a * a * (2.0 / PI), erf_kdot = a * a * b2 * (4.0 / PI), erf_c = c * c;
+    int64_t at = 0;
+    for (int64_t i0 = 0; i0 < shape[0]; i0++)
+        for (int64_t i1 = 0; i1 < shape[1]; i1++)
+            for (int64_t i2 = 0; i2 < shape[2]; i2++, at += n3) {
+                const double *p1 = var1 + i0 * s1[0] + i1 * s1[1] + i2 * s1[2];
+                const double *p2 = var2 + i0 * s2[0] + i1 * s2[1] + i2 * s2[2];
+                for (int64_t g = 0; g < n3; g++) { r1[g] = p1[g * s1[3]]; r2[g] = p2[g * s2[3]]; }
+                const double *cv = cov + at, *th = ntk != NULL ? ntk + at : NULL;
+                double *on = out_nngp + at, *os = out_second != NULL ? out_second + at : NULL;
+                if (kind == 0) {
+                    for (int64_t g = 0; g < n3; g++) {
+                        double norm = __builtin_sqrt(r1[g] * r2[g]);
+                        double rho = cv[g] / norm * up;
+                        rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
+                        double angle = acos_branchless(-rho);
+                        double relu = (__builtin_sqrt(c2 - c2 * rho * rho) + inv_2pi * angle * rho) * norm;
+                        on[g] = slope * relu + ab * cv[g];
+                        if (os != NULL) {
+                            double kdot = slope * (angle * inv_2pi) + kdot_shift;
+                            os[g] = th != NULL ? kdot * th[g] : kdot;
+                        }
+                    }
+                } else {
+                    const double gain = kind == 1 ? 2.0 * b2 : 1.0;
+                    for (int64_t g = 0; g < n3; g++) {
+                        double norm = __builtin_sqrt(r1[g] * r2[g]);
+                        double rho = cv[g] / norm * up;
+                        rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
+                        double cb = rho * norm;
+                        double e1 = 1.0 / (1.0 + gain * r1[g]), e2 = 1.0 / (1.0 + gain * r2[g]);
+                        double root_e = __builtin_sqrt(e1) * __builtin_sqrt(e2);
+                        double r = cb * __builtin_sqrt(e1) * __builtin_sqrt(e2) * gain;
+                        r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+                        double q = (1.0 - rho) * (1.0 + rho) + rho * rho * (e1 + e2 - e1 * e2);
+                        double root = __builtin_sqrt(q > 0.0 ? q : 0.0);
+                        double angle = atan2_unit(r, root);
+                        double kdot;
+                        if (kind == 1) {
+                            on[g] = erf_scale * angle + erf_c;
+                            kdot = erf_kdot * root_e / root;
+                        } else {
+                            double delta = root / root_e, ratio = (r1[g] * e1) * (r2[g] * e2);
+                            on[g] = 0.25 * cb + (cb * angle + r * r / delta + ratio * delta) * inv_2pi;
+                            kdot = 0.25 + angle * inv_2pi
+                                   + (cb / delta) * (1.0 / (delta * delta) + e1 * e2 - ratio + 1.0) * inv_2pi;
+                        }
+                        if (os != NULL) os[g] = th != NULL ? kdot * th[g] : kdot;
+                    }
+                }
+            }
+    free(row);
+    return 0;
+}
+
+/* atan2_unit of n pairs (for tests). */
+void atan2_unit_values(int64_t n, const double *y, const double *x, double *out)
+{
+    for (int64_t i = 0; i < n; i++) out[i] = atan2_unit(y[i], x[i]);
+}

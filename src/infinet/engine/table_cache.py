@@ -75,7 +75,8 @@ def persistent_key(identity, nodes, extra_panels, device: str, lo: float, hi: fl
 
 
 #: the modules whose source decides a table's numbers (read as files: importing them here would be a cycle)
-SOURCES = ("chebyshev.py", "closed_forms.py", "gaussian.py", "variance_interpolation.py", "layers/activations.py")
+SOURCES = ("chebyshev.py", "closed_forms.py", "gaussian.py", "variance_interpolation.py",
+           "layers/quadrature_activations.py")
 
 
 @lru_cache(maxsize=None)

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import conv_fusion, fused, laws, sampling
+from . import conv_fusion, fused, laws, native_pairs, sampling
 from .tiles import (  # noqa: F401  (NonFiniteKernelError and tile_ranges: importable from here, as before)
     MemorySink, NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar,
     tile_part, tile_ranges,
@@ -301,8 +301,11 @@ def compute_kernel(
     pairs = len(x1) * (len(x1) + 1) // 2 if symmetric else len(x1) * len(x2)
     work = pairs * spatial_cost(layer, tuple(x1.shape[1:]), masks is not None)[0] * layer.n_layers
     # in "auto" mode a network whose ReLU layers follow convolutions takes the blocked TorchScript step instead
-    # (faster than the compiled one, and its tiles share the cores on the tile pool)
-    compile_steps = fused.worth_compiling(work) and (fused.get_compile() == "on" or not conv_fusion.has_pairs(layer))
+    # (faster than the compiled one, and its tiles share the cores on the tile pool); so do the compiled closed-form
+    # steps of infinet.engine.native_pairs wherever that library is had
+    native_steps = native_pairs.available(x1.device, dtype or x1.dtype)
+    compile_steps = fused.worth_compiling(work) and (
+        fused.get_compile() == "on" or not (conv_fusion.has_pairs(layer) or native_steps))
     with fused.active(compile_steps):
         return _compute(layer, x1, None if symmetric else x2, names, masks, patterns, dtype=dtype,
                         tile_size=tile_size, max_memory=max_memory, progress_shown=progress)

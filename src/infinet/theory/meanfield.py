@@ -31,7 +31,7 @@ from ..core.stats import mean_and_stderr
 from ..engine.layers.combinators import serial
 from ..engine.layers.dense import Dense
 from ..finite.ensembles import built_layers, ensemble_forward, sample_ensemble
-from ..engine.layers import activations as _acts
+from ..engine import layers as _acts
 from ..engine.layers.activations import Activation
 
 #: the grid of q on which fixed points of the length map are bracketed

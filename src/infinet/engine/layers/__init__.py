@@ -5,8 +5,6 @@ from .activations import (
     Abs,
     Activation,
     Cos,
-    Elementwise,
-    Elu,
     Erf,
     Exp,
     ExpNormalized,
@@ -20,13 +18,10 @@ from .activations import (
     Rbf,
     RectifiedMonomial,
     Relu,
-    Sigmoid,
     Sign,
-    Silu,
     Sin,
-    Softplus,
-    Tanh,
 )
+from .quadrature_activations import Elementwise, Elu, Sigmoid, Silu, Softplus, Tanh
 from .attention import GlobalSelfAttention
 from .base import Layer, Spec
 from .combinators import (

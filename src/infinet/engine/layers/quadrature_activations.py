@@ -1,0 +1,156 @@
+"""Activations without a closed form: their kernels by the bivariate quadrature of :func:`infinet.gaussian.quadrature`
+(E[phi(u) phi(v)] and E[phi'(u) phi'(v)] for (u, v) ~ N(0, [[var1, cov], [cov, var2]]); Lee et al. 2018, eq. 4;
+Jacot et al. 2018, Thm. 1), large calls through its certified interpolant
+(:mod:`infinet.engine.variance_interpolation`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import gaussian
+from .activations import Activation
+
+
+class _Quadrature(Activation):
+    """Activation without a closed form: bivariate quadrature (see :func:`infinet.gaussian.quadrature`).
+
+    Entries whose two inputs are identical (cov = var1 = var2 exactly, as for duplicated input rows)
+    take the diagonal values E[phi(u)^2] and E[phi'(u)^2] of the same variance, so identical inputs
+    keep identical kernel rows: the bivariate rule, its interpolant and the one-dimensional diagonal
+    rule agree only to ~1e-11, and in the chaotic phase the correlation map amplifies any difference
+    by chi_1 per layer.
+    """
+
+    def diagonal(self, var: Tensor) -> Tensor:
+        self._check_range(var)
+        return gaussian.quadrature_diagonal(self.fn, var)
+
+    def _check_range(self, *variances):
+        try:
+            gaussian.check_quadrature_range(*variances)
+        except ValueError as e:
+            raise ValueError(f"{self!r}: {e}") from None
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        self._check_range(var1, var2)
+        nngp, kdot = super().expectations(cov, var1, var2, need_kdot)
+        own1, own2 = (gaussian.compact(v.detach()).reshape(-1) for v in (var1, var2))
+        if not bool(torch.isin(own1, own2).any()):  # no equal variances: no identical inputs
+            return nngp, kdot
+        cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
+        same = (cov == var1) & (var1 == var2) & (var1 > 0)
+        if not bool(same.any()):
+            return nngp, kdot
+        values = var1[same]
+        nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
+        if kdot is not None:  # E[phi'(u)^2]: a one-dimensional rule, refined (it costs one line per entry)
+            dfn = self.derivative() or gaussian.autograd_derivative(self.fn)
+            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values, nodes=16, extra_panels=2))
+        return nngp, kdot
+
+
+# ---------------------------------------------------------------- quadrature
+class Tanh(_Quadrature):
+    """phi = tanh; kernel by :func:`infinet.gaussian.quadrature` (no closed form)."""
+
+    def fn(self, x):
+        return torch.tanh(x)
+
+    def derivative(self):
+        return lambda x: 1.0 - torch.tanh(x) ** 2
+
+
+class Sigmoid(_Quadrature):
+    """phi = logistic sigmoid 1 / (1 + exp(-x)) (the true logistic, not an erf stand-in); by quadrature."""
+
+    def fn(self, x):
+        return torch.sigmoid(x)
+
+    def derivative(self):
+        return lambda x: torch.sigmoid(x) * torch.sigmoid(-x)
+
+
+class Softplus(_Quadrature):
+    """phi(x) = log(1 + exp(x)); by quadrature."""
+
+    def fn(self, x):
+        return torch.logaddexp(x, torch.zeros_like(x))
+
+    def derivative(self):
+        return torch.sigmoid
+
+
+class Silu(_Quadrature):
+    """phi(x) = x sigmoid(x) (SiLU / swish); by quadrature."""
+
+    def fn(self, x):
+        return F.silu(x)
+
+
+class Elu(_Quadrature):
+    """phi(x) = x for x > 0, alpha (exp(x) - 1) otherwise; by quadrature (its kink at 0 is a panel edge)."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = float(alpha)
+
+    def _args(self):
+        return (self.alpha,)
+
+    def fn(self, x):
+        return F.elu(x, self.alpha)
+
+
+class Elementwise(_Quadrature):
+    """Any elementwise torch function ``fn``.
+
+    Kernels by :func:`infinet.gaussian.quadrature` (phi' from autograd unless ``dfn`` is given), or from
+    a closed form ``nngp_fn(cov, var1, var2) = E[fn(u) fn(v)]`` when given, with ``kdot_fn`` or, without
+    it, kdot = d nngp_fn / d cov by Price's theorem (:func:`infinet.gaussian.price_kdot`).
+    ``fn`` must act elementwise and accept tensors.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        dfn: Callable[[Tensor], Tensor] | None = None,
+        nngp_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        kdot_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        name: str | None = None,
+    ):
+        if not callable(fn):
+            raise TypeError(f"Elementwise needs a callable fn, got {type(fn).__name__}")
+        self._fn, self._dfn, self.nngp_fn, self.kdot_fn = fn, dfn, nngp_fn, kdot_fn
+        self.name = name or getattr(fn, "__name__", "fn")
+
+    def __repr__(self) -> str:
+        return f"Elementwise({self.name})"
+
+    def fn(self, x):
+        return self._fn(x)
+
+    def derivative(self):
+        return self._dfn
+
+    def expectation_identity(self):
+        return None  # a user function: interpolants are shared by this layer only
+
+    def expectations(self, cov, var1, var2, need_kdot=True):
+        if self.nngp_fn is None:
+            return super().expectations(cov, var1, var2, need_kdot)
+        cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
+        nngp = self.nngp_fn(cov, var1, var2)
+        if not need_kdot:
+            return nngp, None
+        if self.kdot_fn is not None:
+            return nngp, self.kdot_fn(cov, var1, var2)
+        return nngp, gaussian.price_kdot(self.nngp_fn, cov, var1, var2)
+
+    def diagonal(self, var):
+        if self.nngp_fn is None:
+            return super().diagonal(var)
+        return self.nngp_fn(var, var, var)

@@ -116,8 +116,12 @@ def conv_alone(conv, k: Kernel) -> Kernel:
     after it. Requires :func:`conv_applies`."""
     size, alpha, bias = _constants(conv, k)
     run = _Run(size, alpha, bias, 0.0, 1.0, k.spatial, k.nngp.dtype)
-    ntk_in = None if k.ntk is None or known_zero(k.ntk) else run.padded(k.ntk)
-    nngp, ntk = run.sums(run.padded(k.nngp), ntk_in, k.ntk is not None)
+    ntk_in = None if k.ntk is None or known_zero(k.ntk) else k.ntk
+    compiled = run.compiled_sums(k.nngp, ntk_in, k.ntk is not None)
+    if compiled is not None:
+        nngp, ntk = compiled
+    else:
+        nngp, ntk = run.sums(run.padded(k.nngp), None if ntk_in is None else run.padded(ntk_in), k.ntk is not None)
 
     def full_variances(var):
         return run.sums(run.padded(var.unsqueeze(1)), None, False)[0].squeeze(1)
@@ -212,13 +216,20 @@ class _Run:
         self.valid = valid.reshape(-1)[:self.inner].contiguous()
         self.rows = max(1, min(self.h, BLOCK_ENTRIES // (self.w * self.inner)))
 
-    def padded(self, t: Tensor) -> Tensor:
-        """The zero-bordered buffer whose interior is ``t`` (..., H, W, H, W): ``t``'s own when it is an
-        output of this module with the same border, else a fresh copy."""
+    def _own_border(self, t: Tensor) -> Tensor | None:
+        """The zero-bordered buffer of this module whose interior ``t`` is (same border), or None."""
         base = t._base
         if base is not None and _bordered.get(id(base)) is base and self._interior(base).stride() == t.stride() \
                 and self._interior(base).storage_offset() == t.storage_offset() \
                 and tuple(base.shape[:-4]) == tuple(t.shape[:-4]):
+            return base
+        return None
+
+    def padded(self, t: Tensor) -> Tensor:
+        """The zero-bordered buffer whose interior is ``t`` (..., H, W, H, W): ``t``'s own when it is an
+        output of this module with the same border, else a fresh copy."""
+        base = self._own_border(t)
+        if base is not None:
             return base
         out = self.bordered(t.shape[:-4])
         if self.p and self.h > 1:  # the border columns between rows, which the loop would write
@@ -297,6 +308,31 @@ class _Run:
         tout = torch.empty_like(kout) if ntk else None
         fused.scripted(conv_blocks.tap_sum_blocks)(kin, tin, kout, tout, self.size, self.rows, self.inner, self.alpha,
                                                    self.bias)
+        return kout, tout
+
+    def compiled_sums(self, nngp: Tensor, ntk: Tensor | None, need_ntk: bool):
+        """:meth:`sums` by ``conv_sums_full`` of :mod:`infinet.engine.native` (float64), reading a zero-bordered
+        buffer of this module as it is and any other input unpadded (each pair bordered in the loop's own scratch
+        buffer, instead of a padded copy of the whole tile); None where that library is not to be had."""
+        lib = native.library() if self.dtype == torch.float64 else None
+        if lib is None:
+            return None
+        inputs = []
+        for t in (nngp, ntk):
+            if t is not None:
+                base = self._own_border(t)
+                inputs.append(base if base is not None else t.contiguous())
+        bordered = all(self._own_border(t) is not None for t in (nngp, ntk) if t is not None)
+        if not bordered:  # one layout for both: the unpadded one
+            inputs = [t.contiguous() for t in (nngp, ntk) if t is not None]
+        kin, tin = inputs[0], inputs[1] if ntk is not None else None
+        lead = nngp.shape[:2]
+        kout = torch.empty(*lead, self.h, self.w, self.h, self.w, dtype=self.dtype)
+        tout = torch.empty_like(kout) if need_ntk else None
+        a = native.address
+        if lib.conv_sums_full(lead[0], lead[1], self.h, self.w, self.size, a(kin), a(tin), a(kout), a(tout),
+                              self.alpha, self.bias, int(bordered)):
+            raise MemoryError("the compiled conv_sums_full could not allocate its buffers")
         return kout, tout
 
     def pairs(self, nngp: Tensor, ntk: Tensor | None, n1: Tensor, n2: Tensor):

@@ -168,6 +168,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.closed_form_pairs.argtypes = [i64] + [ptr] * 9 + [f64] * 4
     lib.atan2_unit_values.restype = None
     lib.atan2_unit_values.argtypes = [i64, ptr, ptr, ptr]
+    lib.conv_sums_full.restype = ctypes.c_int
+    lib.conv_sums_full.argtypes = [i64] * 5 + [ptr] * 4 + [f64] * 2 + [i64]
     for name in ("conv_relu_full", "conv_relu_diagonal"):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = [i64] * 5 + [ptr] * 7 + [f64] * 5

@@ -205,6 +205,35 @@ static void activation_row(int64_t n, double *cov, double *theta, const double *
     }
 }
 
+/* The taps along H for output row h1 of one padded pair (hp, wp, hp, wp): buf[w1 * flat + f] = sum over u of
+ * pair[h1 + u, w1, f + u wp] (h1 and h2 move together), f < flat = h wp, in tap order. */
+static void taps_h(const double *pair, int64_t h1, int64_t size, int64_t s0, int64_t s1, int64_t wp, int64_t flat,
+                   double *buf)
+{
+    const double *src = pair + h1 * s0;
+    for (int64_t w1 = 0; w1 < wp; w1++) {
+        double *dst = buf + w1 * flat;
+        const double *row = src + w1 * s1;
+        for (int64_t f = 0; f < flat; f++) dst[f] = row[f];
+        for (int64_t u = 1; u < size; u++) {
+            const double *shifted = row + u * (s0 + wp);
+            for (int64_t f = 0; f < flat; f++) dst[f] += shifted[f];
+        }
+    }
+}
+
+/* The taps along W for output column w1: dst[g] = sum over t of buf[(w1 + t) flat + g + t], g < inner, in tap
+ * order (w1 and w2 move together; g = h2 wp + w2 with the spare columns w2 >= w). */
+static void taps_w(const double *buf, int64_t w1, int64_t size, int64_t flat, int64_t inner, double *dst)
+{
+    const double *first = buf + w1 * flat;
+    for (int64_t g = 0; g < inner; g++) dst[g] = first[g];
+    for (int64_t t = 1; t < size; t++) {
+        const double *shifted = buf + (w1 + t) * flat + t;
+        for (int64_t g = 0; g < inner; g++) dst[g] += shifted[g];
+    }
+}
+
 /* Full layout. kin, tin (NULL: an NTK of zeros), kout, tout (NULL: no NTK): (n_1, n_2, hp, wp, hp, wp) padded,
  * contiguous; n1: (n_1, h, w) = sqrt(var1); norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) (1 at spare
  * columns); valid: (inner,). inner = h wp - (size - 1). Returns -1 when its buffers cannot be allocated. */
@@ -229,30 +258,11 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
             const int64_t base = (i * n_2 + j) * pair;
             const double *n2j = norm2 + j * inner;
             for (int64_t h1 = 0; h1 < h; h1++) {
-                for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {  /* the taps along H: h1 and h2 */
-                    const double *src = (pass ? tin : kin) + base + h1 * s0;
-                    double *buf = pass ? buf_t : buf_k;
-                    for (int64_t w1 = 0; w1 < wp; w1++) {
-                        double *dst = buf + w1 * flat;
-                        const double *row = src + w1 * s1;
-                        for (int64_t f = 0; f < flat; f++) dst[f] = row[f];
-                        for (int64_t u = 1; u < size; u++) {
-                            const double *shifted = row + u * (s0 + wp);
-                            for (int64_t f = 0; f < flat; f++) dst[f] += shifted[f];
-                        }
-                    }
-                }
+                taps_h(kin + base, h1, size, s0, s1, wp, flat, buf_k);
+                if (tin != NULL) taps_h(tin + base, h1, size, s0, s1, wp, flat, buf_t);
                 for (int64_t w1 = 0; w1 < w; w1++) {
-                    for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {  /* the taps along W: w1 and w2 */
-                        const double *buf = pass ? buf_t : buf_k;
-                        double *dst = pass ? theta : cov;
-                        const double *first = buf + w1 * flat;
-                        for (int64_t g = 0; g < inner; g++) dst[g] = first[g];
-                        for (int64_t t = 1; t < size; t++) {
-                            const double *shifted = buf + (w1 + t) * flat + t;
-                            for (int64_t g = 0; g < inner; g++) dst[g] += shifted[g];
-                        }
-                    }
+                    taps_w(buf_k, w1, size, flat, inner, cov);
+                    if (tin != NULL) taps_w(buf_t, w1, size, flat, inner, theta);
                     const double n1w = n1[(i * h + h1) * w + w1];
                     for (int64_t g = 0; g < inner; g++) norm[g] = n1w * n2j[g];
                     const int64_t at = base + out_offset + h1 * s0 + w1 * s1;
@@ -262,6 +272,79 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
             }
         }
     free(buf_k); free(buf_t); free(rows);
+    return 0;
+}
+
+/* One pair (h, w, h, w) copied into the interior of a zero-bordered (hp, wp, hp, wp) buffer (whose border
+ * stays as it is: zero). */
+static void pad_pair(const double *src, int64_t h, int64_t w, int64_t p, double *dst)
+{
+    const int64_t hp = h + 2 * p, wp = w + 2 * p, s1 = hp * wp, s0 = wp * s1;
+    for (int64_t h1 = 0; h1 < h; h1++)
+        for (int64_t w1 = 0; w1 < w; w1++)
+            for (int64_t h2 = 0; h2 < h; h2++)
+                memcpy(dst + (h1 + p) * s0 + (w1 + p) * s1 + (h2 + p) * wp + p, src + ((h1 * w + w1) * h + h2) * w,
+                       (size_t)w * sizeof(double));
+}
+
+/* The convolution alone in the full layout (any activation after it): kout = alpha S(K) + bias and tout = kout +
+ * alpha S(Theta) (tin NULL: tout = kout; tout NULL: no NTK); kout, tout (n_1, n_2, h, w, h, w) contiguous; kin,
+ * tin (n_1, n_2, hp, wp, hp, wp) zero-bordered when bordered is 1, else (n_1, n_2, h, w, h, w), each pair then
+ * copied into a zero-bordered scratch buffer. Returns -1 when its buffers cannot be allocated. */
+int conv_sums_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
+                   const double *tin, double *kout, double *tout, double alpha, double bias, int64_t bordered)
+{
+    const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
+    const int64_t s1 = hp * wp, s0 = wp * s1, pair = hp * s0, flat = h * wp, inner = h * wp - (size - 1);
+    const int64_t out_pair = h * w * h * w;
+    double *buf_k = malloc((size_t)(wp * flat) * sizeof(double));
+    double *buf_t = tin != NULL ? malloc((size_t)(wp * flat) * sizeof(double)) : NULL;
+    double *rows = malloc((size_t)(2 * inner) * sizeof(double));
+    double *scratch = bordered ? NULL : calloc((size_t)((tin != NULL ? 2 : 1) * pair), sizeof(double));
+    if (buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL) || (!bordered && scratch == NULL)) {
+        free(buf_k); free(buf_t); free(rows); free(scratch);
+        return -1;
+    }
+    double *cov = rows, *theta = rows + inner;
+    for (int64_t i = 0; i < n_1; i++)
+        for (int64_t j = 0; j < n_2; j++) {
+            const int64_t out_base = (i * n_2 + j) * out_pair;
+            const double *pk, *pt = NULL;
+            if (bordered) {
+                pk = kin + (i * n_2 + j) * pair;
+                if (tin != NULL) pt = tin + (i * n_2 + j) * pair;
+            } else {
+                pad_pair(kin + out_base, h, w, p, scratch);
+                pk = scratch;
+                if (tin != NULL) {
+                    pad_pair(tin + out_base, h, w, p, scratch + pair);
+                    pt = scratch + pair;
+                }
+            }
+            for (int64_t h1 = 0; h1 < h; h1++) {
+                taps_h(pk, h1, size, s0, s1, wp, flat, buf_k);
+                if (tin != NULL) taps_h(pt, h1, size, s0, s1, wp, flat, buf_t);
+                for (int64_t w1 = 0; w1 < w; w1++) {
+                    taps_w(buf_k, w1, size, flat, inner, cov);
+                    if (tin != NULL) taps_w(buf_t, w1, size, flat, inner, theta);
+                    double *dk = kout + out_base + (h1 * w + w1) * h * w;
+                    double *dt = tout != NULL ? tout + out_base + (h1 * w + w1) * h * w : NULL;
+                    for (int64_t h2 = 0; h2 < h; h2++) {
+                        const double *ck = cov + h2 * wp, *ct = theta + h2 * wp;
+                        double *ok = dk + h2 * w;
+                        for (int64_t w2 = 0; w2 < w; w2++) ok[w2] = ck[w2] * alpha + bias;
+                        if (dt != NULL) {
+                            double *ot = dt + h2 * w;
+                            if (tin != NULL)
+                                for (int64_t w2 = 0; w2 < w; w2++) ot[w2] = ok[w2] + alpha * ct[w2];
+                            else
+                                for (int64_t w2 = 0; w2 < w; w2++) ot[w2] = ok[w2];
+                        }
+                    }
+                }
+            }
+        }
+    free(buf_k); free(buf_t); free(rows); free(scratch);
     return 0;
 }
 

@@ -15,9 +15,11 @@ blocks of a few rows of h1 (tens of thousands of entries, which stay in the core
   block while it is in cache, and its results go straight into the interior of the next padded buffer.
 
 The outputs are views of zero-bordered buffers, so that the next fused layer reads them without padding
-again. Only the two outputs are written to memory and only the two inputs read: about 12 ns per entry and
-layer instead of 25 on one core of this project's CPU. The loops (:mod:`infinet.engine.conv_blocks`) run in
-TorchScript (no Python between the short passes, and the tile pool's threads do not queue on the GIL). In the
+again. Only the two outputs are written to memory and only the two inputs read. On CPUs with a C compiler the
+loops are compiled (:mod:`infinet.engine.native`: about 8 ns per entry and layer with the NTK on one core of
+this project's CPU, against 25 for the layers one by one); elsewhere they run in TorchScript
+(:mod:`infinet.engine.conv_blocks`, about 12 ns; no Python between the short passes, and the tile pool's threads
+do not queue on the GIL). In the
 diagonal layout (N1, N2, H, W) (no pooling later) the same formulas run over blocks of first-batch examples.
 
 It applies to: :class:`~infinet.Conv` in 2 spatial dimensions with stride 1, dilation 1, an odd filter
@@ -317,14 +319,10 @@ class _Run:
         lib = native.library() if self.dtype == torch.float64 else None
         if lib is None:
             return None
-        inputs = []
-        for t in (nngp, ntk):
-            if t is not None:
-                base = self._own_border(t)
-                inputs.append(base if base is not None else t.contiguous())
-        bordered = all(self._own_border(t) is not None for t in (nngp, ntk) if t is not None)
-        if not bordered:  # one layout for both: the unpadded one
-            inputs = [t.contiguous() for t in (nngp, ntk) if t is not None]
+        given = [t for t in (nngp, ntk) if t is not None]
+        bases = [self._own_border(t) for t in given]
+        bordered = all(base is not None for base in bases)  # else one layout for both: the unpadded one
+        inputs = bases if bordered else [t.contiguous() for t in given]
         kin, tin = inputs[0], inputs[1] if ntk is not None else None
         lead = nngp.shape[:2]
         kout = torch.empty(*lead, self.h, self.w, self.h, self.w, dtype=self.dtype)

@@ -387,7 +387,7 @@ def _polar_chunk(fn, dfn, need_kdot, cov, var1, var2, radius, radial_w, arc_t, a
 
 
 def quadrature_diagonal(
-    fn: Callable[[Tensor], Tensor], var: Tensor, nodes: int = 8, extra_panels: int = 0
+    fn: Callable[[Tensor], Tensor], var: Tensor, nodes: int = 8, extra_panels: int = 0, identity=None
 ) -> Tensor:
     """E[phi(u)^2] for u ~ N(0, var): Gauss-Legendre on [-9, 9] graded toward 0 (as in :func:`quadrature`).
 
@@ -395,12 +395,13 @@ def quadrature_diagonal(
     convolutional networks) instead evaluate a Chebyshev interpolant of log E[phi(u)^2] in log var (Trefethen 2013,
     ch. 3), fitted to the same rule at Chebyshev-Lobatto points of the call's range rounded outward to even units
     of log var, and used only where its trailing coefficients are below ``DIAGONAL_TOL`` x max |log E[phi^2]|
-    (the relative error of the values is about that absolute error of their logarithm)."""
+    (the relative error of the values is about that absolute error of their logarithm). ``identity``: a hashable
+    that determines ``fn`` (layers of one activation then share the interpolant), else ``fn`` itself."""
     if var.numel() == 0:
         return torch.zeros_like(var)
     check_quadrature_range(var)
     if var.numel() >= DIAGONAL_MIN_VALUES and not var.requires_grad:
-        values = _diagonal_interpolated(fn, var, nodes, extra_panels)
+        values = _diagonal_interpolated(fn, var, nodes, extra_panels, fn if identity is None else identity)
         if values is not None:
             return values
     return _diagonal_rule(fn, var, math.sqrt(max(float(var.detach().max()), 0.0)), nodes, extra_panels)
@@ -416,10 +417,10 @@ def _diagonal_rule(fn, var: Tensor, scale: float, nodes: int, extra_panels: int)
 DIAGONAL_MIN_VALUES = 256
 #: resolution asked of the diagonal interpolant of log E[phi^2] (trailing coefficients below this x max |log f|)
 DIAGONAL_TOL = 1e-14
-_DIAGONAL_FITS: dict = {}  # recent (fn, nodes, panels, dtype, device, lo, hi) -> coefficients (None: not resolved)
+_DIAGONAL_FITS: dict = {}  # recent (identity, nodes, panels, dtype, device, lo, hi) -> coefficients or None
 
 
-def _diagonal_interpolated(fn, var: Tensor, nodes: int, extra_panels: int) -> Tensor | None:
+def _diagonal_interpolated(fn, var: Tensor, nodes: int, extra_panels: int, identity) -> Tensor | None:
     """:func:`quadrature_diagonal` by its interpolant in log var (None where a variance is not positive or the
     fit is not resolved: a kink of E[phi^2] in var, a zero value)."""
     low, high = torch.aminmax(var.detach())
@@ -427,7 +428,7 @@ def _diagonal_interpolated(fn, var: Tensor, nodes: int, extra_panels: int) -> Te
         return None
     lo, hi = 2.0 * math.floor(math.log(float(low)) / 2.0), 2.0 * math.ceil(math.log(float(high)) / 2.0)
     hi = hi if hi > lo else lo + 2.0
-    key = (fn, nodes, extra_panels, var.dtype, str(var.device), lo, hi)
+    key = (identity, nodes, extra_panels, var.dtype, str(var.device), lo, hi)
     if key not in _DIAGONAL_FITS:
         def log_values(t: Tensor) -> Tensor:
             at = torch.exp(0.5 * (lo + hi) + 0.5 * (hi - lo) * t)

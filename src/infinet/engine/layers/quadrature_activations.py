@@ -28,7 +28,8 @@ class _Quadrature(Activation):
 
     def diagonal(self, var: Tensor) -> Tensor:
         self._check_range(var)
-        return gaussian.quadrature_diagonal(self.fn, var)
+        identity = self.expectation_identity()
+        return gaussian.quadrature_diagonal(self.fn, var, identity=None if identity is None else (identity, "phi"))
 
     def _check_range(self, *variances):
         try:
@@ -50,7 +51,9 @@ class _Quadrature(Activation):
         nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
         if kdot is not None:  # E[phi'(u)^2]: a one-dimensional rule, refined (it costs one line per entry)
             dfn = self.derivative() or gaussian.autograd_derivative(self.fn)
-            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(dfn, values, nodes=16, extra_panels=2))
+            identity = self.expectation_identity()
+            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(
+                dfn, values, nodes=16, extra_panels=2, identity=None if identity is None else (identity, "dphi")))
         return nngp, kdot
 
 

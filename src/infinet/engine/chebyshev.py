@@ -59,3 +59,10 @@ def fit(fn: Callable[[Tensor], Tensor], tol: float, sizes=(64, 128, 256), dtype=
         if bool((tail <= tol * scale).all()):
             return c
     return None
+
+
+def even_units(lo: float, hi: float) -> tuple[float, float]:
+    """[lo, hi] rounded outward to even integers (at least 2 wide): the domain of an interpolant in log variance,
+    so that every call whose range falls inside shares it and its values do not depend on earlier calls."""
+    lo, hi = 2.0 * math.floor(lo / 2.0), 2.0 * math.ceil(hi / 2.0)
+    return lo, (hi if hi > lo else lo + 2.0)

@@ -106,8 +106,7 @@ def _table(values_at, lo: float, hi: float, key: tuple) -> Table | None:
     process and kept: the rounding is the whole of the choice, so a tile's values never depend on which tiles
     were computed before it (resumed and clean runs agree bit for bit), and tiles and layers with nearby ranges
     share a table. One build at a time (the tile pool's workers wait for it instead of repeating it)."""
-    lo, hi = 2.0 * math.floor(lo / 2.0), 2.0 * math.ceil(hi / 2.0)
-    hi = hi if hi > lo else lo + 2.0
+    lo, hi = chebyshev.even_units(lo, hi)
     with _LOCK:
         for k, domain, table in _TABLES:
             if k == key and domain == (lo, hi):

@@ -207,7 +207,8 @@ def test_clenshaw_with_signed_buffers_matches_the_sum_for_every_length_and_zero_
 @pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_diagonal_expectations_of_many_variances_take_their_certified_interpolant(name):
     """E[phi(u)^2] at 300 variances over e^-4 .. e^4 (every position of every example, in convolutional networks):
-    the interpolant in log var agrees with the one-dimensional rule to 1e-12 relative, its fit is kept under the
+    the interpolant in log var agrees with the one-dimensional rule to 1e-11 relative (the rule's own error varies
+    by about 1e-12 between its nodes; against mpmath: the next test), its fit is kept under the
     identity given (one per activation, whatever the callable), and a function whose E[phi^2] vanishes somewhere
     (no logarithm) is left to the rule."""
     fn = FUNCTIONS[name]
@@ -215,10 +216,29 @@ def test_diagonal_expectations_of_many_variances_take_their_certified_interpolan
     rule = gaussian._diagonal_rule(fn, var, float(var.max().sqrt()), 8, 0)
     gaussian._DIAGONAL_FITS.clear()
     got = gaussian.quadrature_diagonal(lambda x: fn(x), var, identity=("test", name))
-    assert float((got / rule - 1).abs().max()) < 1e-12
+    assert float((got / rule - 1).abs().max()) < 1e-11
     assert [k[0] for k in gaussian._DIAGONAL_FITS] == [("test", name)]
     assert next(iter(gaussian._DIAGONAL_FITS.values())) is not None
     again = gaussian.quadrature_diagonal(lambda x: fn(x), var, identity=("test", name))
     assert torch.equal(got, again) and len(gaussian._DIAGONAL_FITS) == 1
     zero = gaussian.quadrature_diagonal(lambda x: torch.relu(x - 3.0) * 0.0, var)
     assert torch.equal(zero, torch.zeros_like(var))
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_diagonal_interpolants_agree_with_mpmath_to_1e_10(name):
+    """The interpolated E[phi(u)^2] and E[phi'(u)^2] (as the layers call them: phi' on the refined rule) at the
+    variances of the mpmath references (tests/data/quadrature_mpmath.py), inside a call of 300 variances."""
+    rows = [r for r in REFERENCE if r["activation"] == name]
+    points = {r[v]: (r["nngp_" + d], r["kdot_" + d]) for r in rows for v, d in (("var1", "diag1"), ("var2", "diag2"))}
+    given = torch.tensor(sorted(points), dtype=torch.float64)
+    var = torch.cat([given, torch.exp(torch.linspace(-1.6, 3.2, 300, dtype=torch.float64))])
+    fn = FUNCTIONS[name]
+    gaussian._DIAGONAL_FITS.clear()
+    phi2 = gaussian.quadrature_diagonal(fn, var, identity=(name, "phi"))
+    dphi2 = gaussian.quadrature_diagonal(gaussian.autograd_derivative(fn), var, nodes=16, extra_panels=2,
+                                         identity=(name, "dphi"))
+    assert all(c is not None for c in gaussian._DIAGONAL_FITS.values())  # both were interpolated
+    for i, v in enumerate(sorted(points)):
+        for got, want in ((phi2[i], points[v][0]), (dphi2[i], points[v][1])):
+            assert abs(float(got) - float(want)) <= 1e-10 * abs(float(want)), (v, float(got), want)

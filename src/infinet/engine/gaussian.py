@@ -416,7 +416,7 @@ def _diagonal_rule(fn, var: Tensor, scale: float, nodes: int, extra_panels: int)
 #: quadrature_diagonal calls with at least this many variances interpolate in log var
 DIAGONAL_MIN_VALUES = 256
 #: resolution asked of the diagonal interpolant of log E[phi^2] (trailing coefficients below this x max |log f|)
-DIAGONAL_TOL = 1e-14
+DIAGONAL_TOL = 1e-13  # the rule's own noise floor in these coefficients is a few 1e-14 (softplus)
 _DIAGONAL_FITS: dict = {}  # recent (identity, nodes, panels, dtype, device, lo, hi) -> coefficients or None
 
 
@@ -426,8 +426,7 @@ def _diagonal_interpolated(fn, var: Tensor, nodes: int, extra_panels: int, ident
     low, high = torch.aminmax(var.detach())
     if not (float(low) > 0 and math.isfinite(float(high))):
         return None
-    lo, hi = 2.0 * math.floor(math.log(float(low)) / 2.0), 2.0 * math.ceil(math.log(float(high)) / 2.0)
-    hi = hi if hi > lo else lo + 2.0
+    lo, hi = _chebyshev.even_units(math.log(float(low)), math.log(float(high)))
     key = (identity, nodes, extra_panels, var.dtype, str(var.device), lo, hi)
     if key not in _DIAGONAL_FITS:
         def log_values(t: Tensor) -> Tensor:

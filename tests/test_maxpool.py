@@ -61,6 +61,36 @@ def test_sampled_kernel_matches_wide_finite_networks(monkeypatch, name, estimato
     assert_case_matches_wide_networks(make(), inputs(*shape, seed=2), mc_seed=4)
 
 
+@pytest.mark.parametrize("window", [2, 16])
+def test_joint_draws_pick_the_first_maximum_of_each_window(window):
+    """The joint estimator's window maxima: the value and the first slot attaining it (ties: exact zeros of blank
+    inputs), in both of its ways to find the slot (bytes for windows under 256 positions, max with indices
+    above), against a loop; the winners' weights spread over the slots and their input positions agree."""
+    from infinet.engine.layers import maxpool_joint
+
+    layer = inf.MaxPool(window)
+    side = 2 * window
+    index, valid, _ = layer.windows((side, side))
+    p, (o, w) = side * side, index.shape
+    gen = torch.Generator().manual_seed(5)
+    factor = torch.randn(3, p, 4, generator=gen, dtype=F64)
+    factor[:, ::3] = 0.0  # every third position blank: ties at zero
+    zt = torch.randn(4, 7, generator=gen, dtype=F64).clamp(max=0.0)  # many draws <= 0, so blanks win
+    pooled = maxpool_joint.Pooled(layer, factor, zt, index, None, True)
+    u = factor @ zt  # (3, P, points)
+    for b in range(3):
+        for j in range(o):
+            for s in range(7):
+                values = [float(u[b, index[j, k], s]) for k in range(w)]
+                assert pooled.top[b, j, s] == max(values)
+                assert int(pooled.slot[b, j, s]) == values.index(max(values))
+    rows = torch.tensor([2, 0])
+    assert torch.equal(pooled.argmax(rows), index[torch.arange(o)[:, None], pooled.slot[rows]])
+    spread = pooled.spread(pooled.derivative[rows], rows).unflatten(-2, (o, w))
+    assert torch.equal(spread.sum(-2), pooled.derivative[rows])
+    assert torch.equal((spread != 0).sum(-2), (pooled.derivative[rows] != 0).long())
+
+
 def test_joint_draws_are_exactly_symmetric_and_serve_small_images(monkeypatch):
     """The joint estimator (chosen for 4 x 4 inputs) gives K(x1, x2) = K(x2, x1)^T (its same-position layout is
     the diagonal of its full one: tests/test_trust_round_three.py)."""

@@ -58,6 +58,10 @@ def test_an_entry_has_the_same_bits_wherever_it_sits_in_the_tiles():
         assert torch.equal(t[:, 5], t[:, 30]) and torch.equal(t[2], t[21])
     sub = gaussian.quadrature(torch.tanh, cov[3:, 1:], var1[3:], var2[:, 1:])  # every entry in another place
     assert torch.equal(sub[0], nngp[3:, 1:]) and torch.equal(sub[1], kdot[3:, 1:])
+    cov, var1, var2 = _tanh_call((263, 1), (1, 20), seed=8)  # rows in two groups of row tiles (256 rows each)
+    cov[261], var1[261] = cov[2], var1[2]
+    nngp, kdot = gaussian.quadrature(torch.tanh, cov, var1, var2)
+    assert torch.equal(nngp[2], nngp[261]) and torch.equal(kdot[2], kdot[261])
 
 
 def _naive(c, x, t1, t2):

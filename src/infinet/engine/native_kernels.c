@@ -7,9 +7,12 @@
  * sum_r L[i, s_k + r] C[s_k + r, j] (L: the row factors, C: the column factors, transposed). Clenshaw's
  * recurrence (Clenshaw 1955; Mason and Handscomb 2003, sec. 2.4.1):
  *     b_k = A_k + 2 y b_{k+1} - b_{k+2},   sum = A_0 + y b_1 - b_2.
- * The loop runs over tiles of RB rows x CW columns held in vector registers; the column factors of a strip of
- * CW columns are copied once into a contiguous, zero-padded buffer and reused by every row tile, the row
- * factors of a row tile are interleaved so that each rank term is one broadcast per row. Partial tiles are
+ * The loop runs over tiles of RB rows x CW columns held in vector registers. Both factors are laid out once
+ * per matrix: the column factors of each strip of CW columns contiguous and zero-padded, the row factors of
+ * each row tile interleaved so that each rank term is one broadcast per row. Row tiles go in groups of
+ * TILE_GROUP, whose factors stay in L2 while every column strip passes over them (one pass over all rows per
+ * strip read them from L3: 1.7x slower on 1024 x 1024 matrices), and the 2 y factor is formed once per
+ * tile. Partial tiles are
  * padded with zeros and go through the same code, so every entry's value is the same sequence of operations
  * wherever it sits (identical inputs give identical bits in any tile).
  */
@@ -22,6 +25,7 @@
 #define VW 8                /* doubles per vector */
 #define CW (NV * VW)        /* columns per tile */
 #define MAX_FUNCTIONS 8
+#define TILE_GROUP 64       /* row tiles per pass over the column strips (256 rows: their factors fit L2) */
 
 typedef double vec __attribute__((vector_size(VW * sizeof(double))));
 
@@ -30,6 +34,9 @@ static void tile(int64_t nf, double *const *lr, double *const *cs, const int64_t
                  const vec xs[RB][NV], vec res[][RB][NV])
 {
     const int64_t *sp = spans;
+    vec y2[RB][NV];  /* 2 y = 2 (2 x^2 - 1), the recurrence's factor, once per tile */
+    for (int a = 0; a < RB; a++)
+        for (int v = 0; v < NV; v++) y2[a][v] = 2.0 * (2.0 * xs[a][v] * xs[a][v] - 1.0);
     for (int64_t f = 0; f < nf; f++) {
         vec acc[RB][NV];
         for (int a = 0; a < RB; a++)
@@ -44,12 +51,9 @@ static void tile(int64_t nf, double *const *lr, double *const *cs, const int64_t
             for (int a = 0; a < RB; a++)
                 for (int v = 0; v < NV; v++) { b1[a][v] = (vec){0}; b2[a][v] = (vec){0}; }
             for (int64_t k = terms - 1; k >= 0; k--) {
-                double twice = k > 0 ? 2.0 : 1.0;  /* 2y in the recurrence, y in the last step */
+                double half = k > 0 ? 1.0 : 0.5;  /* 2y in the recurrence, y (exactly) in the last step */
                 for (int a = 0; a < RB; a++)
-                    for (int v = 0; v < NV; v++) {
-                        vec y = twice * (2.0 * xs[a][v] * xs[a][v] - 1.0);
-                        b2[a][v] = y * b1[a][v] - b2[a][v];
-                    }
+                    for (int v = 0; v < NV; v++) b2[a][v] = (half * y2[a][v]) * b1[a][v] - b2[a][v];
                 for (int64_t r = s[2 * k]; r < s[2 * k + 1]; r++) {
                     vec col[NV];
                     for (int v = 0; v < NV; v++) memcpy(&col[v], c + r * CW + v * VW, sizeof(vec));
@@ -79,46 +83,59 @@ int clenshaw_eval(int64_t nb, int64_t nr, int64_t nc, int64_t nf, double *const 
 {
     if (nf < 1 || nf > MAX_FUNCTIONS) return -1;
     double *strips[MAX_FUNCTIONS] = {0}, *rows[MAX_FUNCTIONS] = {0};
+    int64_t ntiles = (nr + RB - 1) / RB, nstrips = (nc + CW - 1) / CW;
     int failed = 0;
     for (int64_t f = 0; f < nf; f++) {
         size_t n = (size_t)(rtot[f] > 0 ? rtot[f] : 1);
-        strips[f] = aligned_alloc(64, n * CW * sizeof(double));
-        rows[f] = aligned_alloc(64, n * RB * sizeof(double));
+        strips[f] = aligned_alloc(64, (size_t)nstrips * n * CW * sizeof(double));
+        rows[f] = aligned_alloc(64, (size_t)ntiles * n * RB * sizeof(double));
         failed |= strips[f] == NULL || rows[f] == NULL;
     }
     if (!failed) {
         vec xs[RB][NV], res[MAX_FUNCTIONS][RB][NV];
         double *xd = (double *)xs;
-        for (int64_t b = 0; b < nb; b++)
-            for (int64_t j0 = 0; j0 < nc; j0 += CW) {
-                int64_t n = nc - j0 < CW ? nc - j0 : CW;
-                for (int64_t f = 0; f < nf; f++) {
-                    const double *src = lcolt[f] + (b * rtot[f]) * nc + j0;
+        double *tile_rows[MAX_FUNCTIONS], *strip[MAX_FUNCTIONS];
+        for (int64_t b = 0; b < nb; b++) {
+            /* the factors laid out once per matrix, zero-padded: every row tile's interleaved,
+             * rows[f][(t * rtot + r) * RB + a], and every column strip's contiguous, strips[f][(j * rtot + r) * CW + c] */
+            for (int64_t f = 0; f < nf; f++) {
+                for (int64_t t = 0; t < ntiles; t++) {
+                    const double *src = lrow[f] + (b * nr + t * RB) * rtot[f];
+                    double *d = rows[f] + t * rtot[f] * RB;
+                    int64_t m = nr - t * RB < RB ? nr - t * RB : RB;
+                    for (int64_t a = 0; a < RB; a++)
+                        for (int64_t r = 0; r < rtot[f]; r++) d[r * RB + a] = a < m ? src[a * rtot[f] + r] : 0.0;
+                }
+                for (int64_t j = 0; j < nstrips; j++) {
+                    int64_t n = nc - j * CW < CW ? nc - j * CW : CW;
+                    const double *src = lcolt[f] + (b * rtot[f]) * nc + j * CW;
                     for (int64_t r = 0; r < rtot[f]; r++) {
-                        double *d = strips[f] + r * CW;
+                        double *d = strips[f] + (j * rtot[f] + r) * CW;
                         memcpy(d, src + r * nc, (size_t)n * sizeof(double));
                         memset(d + n, 0, (size_t)(CW - n) * sizeof(double));
                     }
                 }
-                for (int64_t i0 = 0; i0 < nr; i0 += RB) {
-                    int64_t m = nr - i0 < RB ? nr - i0 : RB;
-                    memset(xd, 0, sizeof(xs));
-                    for (int64_t a = 0; a < m; a++)
-                        memcpy(xd + a * CW, outs[0] + (b * nr + i0 + a) * nc + j0, (size_t)n * sizeof(double));
-                    for (int64_t f = 0; f < nf; f++) {
-                        const double *src = lrow[f] + (b * nr + i0) * rtot[f];
-                        for (int64_t r = 0; r < rtot[f]; r++)
-                            for (int64_t a = 0; a < RB; a++)
-                                rows[f][r * RB + a] = a < m ? src[a * rtot[f] + r] : 0.0;
-                    }
-                    tile(nf, rows, strips, nterms, spans, (const vec(*)[NV])xs, res);
-                    for (int64_t f = 0; f < nf; f++) {
-                        const double *rd = (const double *)res[f];
+            }
+            /* row tiles in groups whose factors stay in L2 while every column strip passes over them */
+            for (int64_t t0 = 0; t0 < ntiles; t0 += TILE_GROUP)
+                for (int64_t j = 0; j < nstrips; j++) {
+                    int64_t j0 = j * CW, n = nc - j0 < CW ? nc - j0 : CW;
+                    for (int64_t f = 0; f < nf; f++) strip[f] = strips[f] + j * rtot[f] * CW;
+                    for (int64_t t = t0; t < ntiles && t < t0 + TILE_GROUP; t++) {
+                        int64_t i0 = t * RB, m = nr - i0 < RB ? nr - i0 : RB;
+                        memset(xd, 0, sizeof(xs));
                         for (int64_t a = 0; a < m; a++)
-                            memcpy(outs[f] + (b * nr + i0 + a) * nc + j0, rd + a * CW, (size_t)n * sizeof(double));
+                            memcpy(xd + a * CW, outs[0] + (b * nr + i0 + a) * nc + j0, (size_t)n * sizeof(double));
+                        for (int64_t f = 0; f < nf; f++) tile_rows[f] = rows[f] + t * rtot[f] * RB;
+                        tile(nf, tile_rows, strip, nterms, spans, (const vec(*)[NV])xs, res);
+                        for (int64_t f = 0; f < nf; f++) {
+                            const double *rd = (const double *)res[f];
+                            for (int64_t a = 0; a < m; a++)
+                                memcpy(outs[f] + (b * nr + i0 + a) * nc + j0, rd + a * CW, (size_t)n * sizeof(double));
+                        }
                     }
                 }
-            }
+        }
     }
     for (int64_t f = 0; f < nf; f++) { free(strips[f]); free(rows[f]); }
     return failed ? -1 : 0;
@@ -158,6 +175,18 @@ static inline double acos_branchless(double x)
     double a = asin_small(s);
     double far = x < 0 ? PI - 2.0 * a : 2.0 * a;
     return big ? far : HALF_PI - a;
+}
+
+/* asin on [-1, 1], branch-free: asin_small on |x| <= 1/2, pi/2 - 2 asin(sqrt((1 - |x|) / 2)) above, the sign
+ * restored. */
+static inline double asin_branchless(double x)
+{
+    double ax = x < 0 ? -x : x;
+    int big = ax > 0.5;
+    double s = big ? __builtin_sqrt(0.5 * (1.0 - ax)) : x;
+    double a = asin_small(s);
+    double far = HALF_PI - 2.0 * a;
+    return big ? (x < 0 ? -far : far) : a;
 }
 
 /* acos of n values (for tests). */
@@ -400,16 +429,6 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
  *     kdot = 1/4 + A / (2 pi) + (cov' / delta) (1 / delta^2 + e1 e2 - ratio + 1) / (2 pi)  (Tsuchida et al. 2021).
  * The second output is kdot, or kdot x ntk when an NTK is given (Jacot et al. 2018).
  * ------------------------------------------------------------------------------------------------------------ */
-static inline double asin_branchless(double x)
-{
-    double ax = x < 0 ? -x : x;
-    int big = ax > 0.5;
-    double s = big ? __builtin_sqrt(0.5 * (1.0 - ax)) : x;
-    double a = asin_small(s);
-    double far = HALF_PI - 2.0 * a;
-    return big ? (x < 0 ? -far : far) : a;
-}
-
 /* atan2(y, x) for x >= 0 and y^2 + x^2 = 1 up to rounding: asin of the smaller of the two, so that the
  * argument is at most 1/sqrt(2) and its error is not amplified. */
 static inline double atan2_unit(double y, double x)

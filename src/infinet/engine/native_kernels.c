@@ -189,6 +189,24 @@ static inline double asin_branchless(double x)
     return big ? (x < 0 ? -far : far) : a;
 }
 
+/* The interpolant's variable at every entry of nb matrices (nr, nc): x = (2 / pi) asin(rho), rho = cov / (sdr sdc)
+ * clamped to [-1, 1] (sdr pushed up 4 ulps by the caller: rounding never hides rho = 1). One pass, vectorized
+ * along the columns, in place of five tensor passes. */
+void interpolation_x(int64_t nb, int64_t nr, int64_t nc, const double *cov, const double *sdr, const double *sdc,
+                     double *restrict x)
+{
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t i = 0; i < nr; i++) {
+            const double *restrict cv = cov + (b * nr + i) * nc, *restrict sc = sdc + b * nc;
+            double *restrict xi = x + (b * nr + i) * nc, sr = sdr[b * nr + i];
+            for (int64_t j = 0; j < nc; j++) {
+                double r = cv[j] / (sr * sc[j]);
+                r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+                xi[j] = (2.0 / PI) * asin_branchless(r);
+            }
+        }
+}
+
 /* acos of n values (for tests). */
 void acos_values(int64_t n, const double *x, double *out)
 {

@@ -522,14 +522,14 @@ def evaluate(table: Table, cov: Tensor, var1: Tensor, var2: Tensor) -> list:
 def _evaluate_native(lib, table: Table, cov: Tensor, sd_rows: Tensor, sd_cols: Tensor, basis_rows: Tensor,
                      basis_cols: Tensor, swapped: bool, views: List[Tensor]) -> None:
     """:func:`evaluate`'s loop compiled (:mod:`infinet.engine.native`, ``clenshaw_eval``): the interpolation
-    variable x = (2 / pi) arcsin(rho) written into the first output (the same operations as the TorchScript
-    loop), each function's factors contracted with the bases whole, L (B, rows, R) and C^T (B, R, cols), and
-    every entry's Clenshaw recurrences in registers."""
+    variable x = (2 / pi) arcsin(rho) written into the first output in one compiled pass (``interpolation_x``, the
+    TorchScript loop's formula), each function's factors contracted with the bases whole, L (B, rows, R) and
+    C^T (B, R, cols), and every entry's Clenshaw recurrences in registers."""
     x = views[0]
-    torch.mul(sd_rows, sd_cols.transpose(1, 2), out=x)
-    torch.div(cov, x, out=x)  # rho, pushed up 4 ulps: rounding never hides rho = 1
-    x.clamp_(-1.0, 1.0).arcsin_().mul_(2.0 / math.pi)
     batch, n_rows, n_cols = x.shape
+    cov = cov.contiguous()
+    sd_rows, sd_cols = sd_rows.reshape(batch, n_rows).contiguous(), sd_cols.reshape(batch, n_cols).contiguous()
+    lib.interpolation_x(batch, n_rows, n_cols, cov.data_ptr(), sd_rows.data_ptr(), sd_cols.data_ptr(), x.data_ptr())
     basis_rows, basis_cols = basis_rows.contiguous(), basis_cols.contiguous()
     rows, cols = [], []
     for s in table.series:

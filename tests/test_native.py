@@ -167,6 +167,36 @@ def test_the_compiled_arc_cosine_is_within_an_ulp_of_pi_and_keeps_its_ends():
 
 
 @needs_compiler
+def test_the_compiled_conv_relu_loops_write_their_zero_borders_into_uninitialized_buffers():
+    """The fused Conv + ReLU loops (full and diagonal layout) are given buffers holding NaN, as new memory may:
+    every border entry the next step reads as padding comes out exactly zero, every interior entry finite."""
+    from infinet.engine import conv_fusion
+
+    g = torch.Generator().manual_seed(3)
+    run = conv_fusion._Run(3, 2.0 / 9.0, 0.1, 0.2, 1.0, (7, 5), torch.float64)
+    pair = torch.rand(2, 3, 7, 5, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    n1 = torch.rand(2, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    eps = torch.finfo(torch.float64).eps
+    norm1, _ = run._gains(n1)
+    norm2, valid = run._gains(n2)
+    norm2 = norm2 * (-1.0 / (run.alpha * (1.0 + 4.0 * eps)))
+    full = [run.bordered((2, 3)).fill_(float("nan")) for _ in range(2)]
+    assert run._compiled("conv_relu_full", run.padded(pair), run.padded(0.5 * pair), *full, n1.contiguous(), norm2,
+                         valid, eps)
+    positions = pair.diagonal(dim1=2, dim2=4).diagonal(dim1=2, dim2=3)  # (2, 3, 7, 5): each position with itself
+    diagonal = [run._bordered_positions((2, 3)).fill_(float("nan")) for _ in range(2)]
+    assert run._compiled("conv_relu_diagonal", run._padded_positions(positions.contiguous()),
+                         run._padded_positions(0.5 * positions), *diagonal, norm1, norm2, valid, eps)
+    for outs, interior in ((full, run._interior), (diagonal, run._positions)):
+        for t in outs:
+            border = t.clone()
+            assert bool(torch.isfinite(interior(border)).all())
+            interior(border).zero_()
+            assert float(border.abs().max()) == 0.0
+
+
+@needs_compiler
 def test_the_compiled_interpolation_variable_matches_torch():
     """x = (2 / pi) arcsin(clamp(cov / (sd_row sd_col))) in one compiled pass: within 2.5e-16 of torch's five
     passes, rows and columns of several matrices in place, correlations beyond +-1 clamped to x = +-1 exactly,

@@ -233,23 +233,24 @@ class _Run:
         base = self._own_border(t)
         if base is not None:
             return base
-        out = self.bordered(t.shape[:-4])
-        if self.p and self.h > 1:  # the border columns between rows, which the loop would write
-            lead = out.shape[:-4]
-            strides = out.stride()
-            s0, s1 = strides[-4], strides[-3]
-            offset = self.p * (s0 + s1 + self.wp + 1) + self.w
-            out.as_strided((*lead, self.h, self.w, self.h - 1, 2 * self.p),
-                           (*strides[:-4], s0, s1, self.wp, 1), out.storage_offset() + offset).zero_()
+        out = t.new_zeros(*t.shape[:-4], self.hp, self.wp, self.hp, self.wp, dtype=self.dtype)
+        _bordered[id(out)] = out
         self._interior(out).copy_(t)
         return out
 
     def bordered(self, lead) -> Tensor:
-        """A new padded buffer (lead, Hp, Wp, Hp, Wp) for :func:`conv_blocks.full_blocks` to fill: zero where it does
-        not write (the border rows and columns of h1, w1, and of each (h1, w1) the head and tail of the
-        flattened (h2, w2) border; the loop itself writes zeros into the border columns between)."""
+        """A new padded buffer (lead, Hp, Wp, Hp, Wp) for a zero-bordered output: the compiled loop writes its
+        border, the TorchScript one needs :meth:`_zero_border` first."""
+        out = torch.empty(*lead, self.hp, self.wp, self.hp, self.wp, dtype=self.dtype)
+        _bordered[id(out)] = out
+        return out
+
+    def _zero_border(self, out: Tensor) -> None:
+        """Zero where :func:`conv_blocks.full_blocks` does not write (the border rows and columns of h1, w1, and of
+        each (h1, w1) the head and tail of the flattened (h2, w2) border; the loop itself writes zeros into the
+        border columns between)."""
         p, hp, wp = self.p, self.hp, self.wp
-        out = torch.empty(*lead, hp, wp, hp, wp, dtype=self.dtype)
+        lead = out.shape[:-4]
         rows = out.view(*lead, hp, wp, hp * wp)
         for axis, n in ((-3, hp), (-2, wp)):
             rows.narrow(axis, 0, p).zero_()
@@ -258,8 +259,6 @@ class _Run:
         inner = rows[..., p:p + self.h, p:p + self.w, :]
         inner[..., :head].zero_()
         inner[..., head + self.inner:].zero_()
-        _bordered[id(out)] = out
-        return out
 
     def _interior(self, base: Tensor) -> Tensor:
         p = self.p
@@ -283,6 +282,8 @@ class _Run:
         norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
         n1 = n1.contiguous()
         if not self._compiled("conv_relu_full", kin, tin, kout, tout, n1, norm2, valid, eps):
+            for out in (kout, tout) if tout is not None else (kout,):
+                self._zero_border(out)
             fused.scripted(conv_blocks.full_blocks)(kin, tin, kout, tout, n1, norm2, valid, self.size, self.rows,
                                                     self.inner, self.alpha, self.bias, self.a, self.b, eps)
         return self._interior(kout), None if tout is None else self._interior(tout)
@@ -353,6 +354,8 @@ class _Run:
         norm2 = norm2 * (-1.0 / (self.alpha * (1.0 + 4.0 * eps)))
         rows = max(1, BLOCK_ENTRIES // (lead[1] * self.inner))
         if not self._compiled("conv_relu_diagonal", kin, tin, kout, tout, norm1, norm2, valid, eps):
+            for out in (kout, tout) if tout is not None else (kout,):
+                self._zero_position_border(out)
             fused.scripted(conv_blocks.diagonal_blocks)(kin, tin, kout, tout, norm1, norm2, valid, self.size, rows,
                                                         self.alpha, self.bias, self.a, self.b, eps)
         return self._positions(kout), None if tout is None else self._positions(tout)
@@ -373,14 +376,19 @@ class _Run:
         return out
 
     def _bordered_positions(self, lead) -> Tensor:
-        """A new (lead, Hp, Wp) buffer, zero where :func:`conv_blocks.diagonal_blocks` does not write."""
+        """A new (lead, Hp, Wp) buffer for a zero-bordered output: the compiled loop writes its border, others
+        call :meth:`_zero_position_border` first."""
         out = torch.empty(*lead, self.hp, self.wp, dtype=self.dtype)
-        flat = out.view(*lead, self.hp * self.wp)
+        _bordered[id(out)] = out
+        return out
+
+    def _zero_position_border(self, out: Tensor) -> None:
+        """Zero where :func:`conv_blocks.diagonal_blocks` does not write (the head and tail of each flattened
+        (Hp, Wp) plane)."""
+        flat = out.view(*out.shape[:-2], self.hp * self.wp)
         head = self.p * self.wp + self.p
         flat[..., :head].zero_()
         flat[..., head + self.inner:].zero_()
-        _bordered[id(out)] = out
-        return out
 
     def self_covariances(self, var: Tensor, norm: Tensor) -> Tensor:
         """The full self-covariances (N, H, W, H, W) after both layers, each example paired with itself."""

@@ -5,7 +5,8 @@ recurrence of :mod:`infinet.engine.variance_interpolation`: about 50 per entry).
 entry in registers from the first pass to the last. The source is compiled on the first call that needs it
 (about 0.3 s, once per machine: the library is kept in infinet's cache folder,
 :func:`infinet.engine.table_cache.root`, under a name that is a SHA-256 of the source, the compiler, its flags and the CPU's
-features, with its SHA-256 beside it, checked before loading) with ``-O3 -march=native``, or without ``-march=native`` where the compiler refuses it.
+features, with its SHA-256 beside it, checked before loading) with ``-O3 -march=native
+-mprefer-vector-width=512``, or without those where the compiler refuses them.
 
 Nothing depends on it: without a C compiler (``CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH), when
 compiling or loading fails, on GPUs, or with ``INFINET_NATIVE=off``, the same steps run in TorchScript with the
@@ -33,8 +34,9 @@ SOURCE = pathlib.Path(__file__).with_name("native_kernels.c")
 #: flags every build uses (-ffp-contract=fast: a * b + c as one fused multiply-add where the CPU has one;
 #: -fno-math-errno: sqrt without errno, so that loops with it vectorize)
 FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
-#: flags tried first (dropped when the compiler refuses them)
-TUNED = ("-march=native",)
+#: flags tried first, dropped from the end when the compiler refuses them (512-bit vectors where the CPU has them:
+#: the closed-form loops are compute-bound; GCC prefers 256 bits by default)
+TUNED = ("-march=native", "-mprefer-vector-width=512")
 #: seconds one compilation may take
 TIMEOUT = 120
 
@@ -108,7 +110,7 @@ def _obtain() -> tuple[ctypes.CDLL | None, str]:
         return None, f"the compiler {compiler} does not run ({e}): TorchScript loops"
     source = SOURCE.read_bytes()
     errors = []
-    for flags in (FLAGS + TUNED, FLAGS):
+    for flags in [FLAGS + TUNED[:n] for n in range(len(TUNED), -1, -1)]:
         identity = "\n".join([compiler, version, " ".join(flags), platform.machine(), _cpu_features()])
         name = hashlib.sha256(source + identity.encode()).hexdigest()[:40] + ".so"
         folder = table_cache.root()

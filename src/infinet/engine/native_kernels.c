@@ -284,6 +284,28 @@ static void taps_w(const double *buf, int64_t w1, int64_t size, int64_t flat, in
 /* Full layout. kin, tin (NULL: an NTK of zeros), kout, tout (NULL: no NTK): (n_1, n_2, hp, wp, hp, wp) padded,
  * contiguous; n1: (n_1, h, w) = sqrt(var1); norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) (1 at spare
  * columns); valid: (inner,). inner = h wp - (size - 1). Returns -1 when its buffers cannot be allocated. */
+/* Zero the border of one pair's (hp, wp, hp, wp) output that the loop below does not write: the border rows and
+ * columns of (h1, w1), and in each interior (h1, w1) the head and tail of the flattened (h2, w2) plane (the loop
+ * writes the border columns between its rows itself). */
+static void zero_full_border(double *out, int64_t h, int64_t w, int64_t p, int64_t inner)
+{
+    const int64_t hp = h + 2 * p, wp = w + 2 * p, s1 = hp * wp, s0 = wp * s1, head = p * wp + p;
+    for (int64_t h1 = 0; h1 < hp; h1++) {
+        double *row = out + h1 * s0;
+        if (h1 < p || h1 >= h + p) {
+            memset(row, 0, (size_t)s0 * sizeof(double));
+            continue;
+        }
+        memset(row, 0, (size_t)(p * s1) * sizeof(double));
+        memset(row + (w + p) * s1, 0, (size_t)(p * s1) * sizeof(double));
+        for (int64_t w1 = p; w1 < w + p; w1++) {
+            double *plane = row + w1 * s1;
+            memset(plane, 0, (size_t)head * sizeof(double));
+            memset(plane + head + inner, 0, (size_t)(s1 - head - inner) * sizeof(double));
+        }
+    }
+}
+
 int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
                    const double *tin, double *kout, double *tout, const double *n1, const double *norm2,
                    const double *valid, double alpha, double bias, double a, double b, double eps)
@@ -304,6 +326,8 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
         for (int64_t j = 0; j < n_2; j++) {
             const int64_t base = (i * n_2 + j) * pair;
             const double *n2j = norm2 + j * inner;
+            zero_full_border(kout + base, h, w, p, inner);
+            if (tout != NULL) zero_full_border(tout + base, h, w, p, inner);
             for (int64_t h1 = 0; h1 < h; h1++) {
                 taps_h(kin + base, h1, size, s0, s1, wp, flat, buf_k);
                 if (tin != NULL) taps_h(tin + base, h1, size, s0, s1, wp, flat, buf_t);
@@ -426,6 +450,11 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
             for (int64_t g = 0; g < inner; g++) norm[g] = n1i[g] * n2j[g];
             activation_row(inner, cov, tin != NULL ? theta : NULL, norm, valid, kout + base + out_offset,
                            tout != NULL ? tout + base + out_offset : NULL, st);
+            for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {  /* the border before and after */
+                double *plane = (pass ? tout : kout) + base;
+                memset(plane, 0, (size_t)out_offset * sizeof(double));
+                memset(plane + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
+            }
         }
     free(work);
     return 0;

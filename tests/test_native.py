@@ -167,6 +167,27 @@ def test_the_compiled_arc_cosine_is_within_an_ulp_of_pi_and_keeps_its_ends():
 
 
 @needs_compiler
+def test_the_compiled_arc_cosine_and_sine_share_one_root_and_keep_their_ends():
+    """acos(x) and sqrt(1 - x^2) of the fused ReLU step, with one square root (a polynomial in x^2 for |x| <= 1/2,
+    2 s sqrt(1 - s^2) with s = sqrt((1 - |x|) / 2) above): against mpmath to 3 ulps relative on a grid dense at
+    the ends and at the branch, exactly 0 at +-1, and acos within 4.5e-16 of torch's."""
+    mpmath = pytest.importorskip("mpmath")
+    lib = native.library()
+    ends = 1.0 - torch.logspace(-16, 0, 400, dtype=torch.float64)
+    x = torch.cat([torch.linspace(-1.0, 1.0, 4001, dtype=torch.float64), ends, -ends,
+                   torch.tensor([1.0, -1.0, 0.5, -0.5], dtype=torch.float64),
+                   0.5 + torch.arange(-20, 21, dtype=torch.float64) * 2.0**-53])
+    angle, sine = torch.empty_like(x), torch.empty_like(x)
+    lib.acos_sine_values(x.numel(), x.data_ptr(), angle.data_ptr(), sine.data_ptr())
+    mpmath.mp.dps = 40
+    want = torch.tensor([float(mpmath.sqrt(1 - mpmath.mpf(v) ** 2)) for v in x.tolist()], dtype=torch.float64)
+    nonzero = want > 0
+    assert float(((sine - want).abs()[nonzero] / want[nonzero]).max()) <= 3 * 2.0**-53
+    assert bool((sine[~nonzero] == 0).all()) and bool((sine[x.abs() == 1.0] == 0).all())
+    assert float((angle - torch.arccos(x)).abs().max()) <= 4.5e-16
+
+
+@needs_compiler
 def test_the_compiled_conv_relu_loops_write_their_zero_borders_into_uninitialized_buffers():
     """The fused Conv + ReLU loops (full and diagonal layout) are given buffers holding NaN, as new memory may:
     every border entry the next step reads as padding comes out exactly zero, every interior entry finite."""

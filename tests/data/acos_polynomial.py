@@ -1,7 +1,12 @@
-"""The coefficients ASIN_P of src/infinet/engine/native_kernels.c: P(z) = (asin(sqrt z) / sqrt z - 1) / z on
-z in [0, 1/4] (so that asin(s) = s + s z P(z) for |s| <= 1/2), interpolated at 200 Chebyshev points of the first
-kind in t = 8 z - 1 in 50-digit arithmetic (mpmath), the series truncated at degree 14 (its last coefficient
-is 9e-19) and converted to powers of z. Prints the coefficients and the largest relative error of the
+"""The polynomial coefficients of src/infinet/engine/native_kernels.c, each interpolated at 200 Chebyshev points of
+the first kind in t = 8 z - 1 on z in [0, 1/4] in 50-digit arithmetic (mpmath), the series truncated at degree 14
+and converted to powers of z:
+
+  ASIN_P   P(z) = (asin(sqrt z) / sqrt z - 1) / z, so that asin(s) = s + s z P(z) for |s| <= 1/2;
+  SQRT1M_P R(z) = (sqrt(1 - z) - 1) / z, so that sqrt(1 - z) = 1 + z R(z) (and sqrt(1 - r^2) = 1 + r^2 R(r^2)
+           for |r| <= 1/2, 2 s (1 + s^2 R(s^2)) with s^2 = (1 - |r|) / 2 above).
+
+Prints the coefficients, each series' last Chebyshev coefficient and the largest relative error of the
 double-precision polynomial (Horner) against mpmath on a grid of [0, 1/4].
 
     python tests/data/acos_polynomial.py
@@ -14,7 +19,7 @@ mpmath.mp.dps = 50
 DEGREE, POINTS = 14, 200
 
 
-def p(z):
+def asin_p(z):
     z = mpmath.mpf(z)
     if z == 0:
         return mpmath.mpf(1) / 6
@@ -22,9 +27,17 @@ def p(z):
     return (mpmath.asin(s) / s - 1) / z
 
 
-def main() -> None:
+def sqrt1m_r(z):
+    z = mpmath.mpf(z)
+    if z == 0:
+        return mpmath.mpf(-1) / 2
+    return (mpmath.sqrt(1 - z) - 1) / z
+
+
+def power_coefficients(f) -> tuple[list, float]:
+    """f's Chebyshev interpolant on [0, 1/4], truncated at DEGREE, in powers of z; and its last coefficient."""
     angles = [mpmath.pi * (k + mpmath.mpf(1) / 2) / POINTS for k in range(POINTS)]
-    values = [p((mpmath.cos(a) + 1) / 8) for a in angles]
+    values = [f((mpmath.cos(a) + 1) / 8) for a in angles]
     cheb = []
     for j in range(DEGREE + 1):
         s = sum(v * mpmath.cos(j * a) for a, v in zip(angles, values)) * 2 / POINTS
@@ -43,14 +56,19 @@ def main() -> None:
     for j in range(DEGREE + 1):
         for i, a in enumerate(basis[j]):
             power[i] += cheb[j] * a
-    coefficients = [float(c) for c in power]
+    return [float(c) for c in power], float(abs(cheb[-1]))
+
+
+def main() -> None:
     grid = np.linspace(0.0, 0.25, 2001)
-    value = np.zeros_like(grid)
-    for c in reversed(coefficients):
-        value = value * grid + c
-    reference = np.array([float(p(z)) for z in grid])
-    print("ASIN_P =", ", ".join(repr(c) for c in coefficients))
-    print("last Chebyshev coefficient", float(abs(cheb[-1])), "max relative error", np.max(np.abs(value / reference - 1)))
+    for name, f in (("ASIN_P", asin_p), ("SQRT1M_P", sqrt1m_r)):
+        coefficients, last = power_coefficients(f)
+        value = np.zeros_like(grid)
+        for c in reversed(coefficients):
+            value = value * grid + c
+        reference = np.array([float(f(z)) for z in grid])
+        print(name, "=", ", ".join(repr(c) for c in coefficients))
+        print("  last Chebyshev coefficient", last, "max relative error", np.max(np.abs(value / reference - 1)))
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.clenshaw_eval.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.interpolation_x.restype = None
     lib.interpolation_x.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
+    lib.acos_sine_values.restype = None
+    lib.acos_sine_values.argtypes = [i64, ptr, ptr, ptr]
     lib.acos_values.restype = None
     lib.acos_values.argtypes = [i64, ptr, ptr]
     lib.closed_form_pairs.restype = ctypes.c_int

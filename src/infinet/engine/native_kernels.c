@@ -167,6 +167,40 @@ static inline double asin_small(double s)
     return s + s * z * p;
 }
 
+/* R(z) = (sqrt(1 - z) - 1) / z on [0, 1/4], degree 14 (tests/data/acos_polynomial.py; relative error 2e-16). */
+static const double SQRT1M_P[15] = {
+    -0.5, -0.1249999999999999, -0.06250000000002927, -0.03906249999658816, -0.027343750207903684,
+    -0.020507804889059737, -0.0161134625368131, -0.013089092178226442, -0.010943740516805222, -0.008999006358373503,
+    -0.00960302565247834, -0.0005035772405896988, -0.024179171040594173, 0.02558875764897536, -0.0327253850689262};
+
+/* sqrt(1 - z) = 1 + z R(z) for z in [0, 1/4], by Estrin's scheme. */
+static inline double sqrt_one_minus(double z)
+{
+    const double *c = SQRT1M_P;
+    double z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+    double r0 = (c[0] + c[1] * z) + (c[2] + c[3] * z) * z2, r1 = (c[4] + c[5] * z) + (c[6] + c[7] * z) * z2;
+    double r2 = (c[8] + c[9] * z) + (c[10] + c[11] * z) * z2, r3 = (c[12] + c[13] * z) + c[14] * z2;
+    return 1.0 + z * ((r0 + r1 * z4) + (r2 + r3 * z4) * z8);
+}
+
+/* acos(r) and sin(acos(r)) = sqrt(1 - r^2) together, with one square root: with s = sqrt((1 - |r|) / 2) where
+ * |r| > 1/2, acos as in acos_branchless and sqrt(1 - r^2) = 2 s sqrt(1 - s^2) (1 - r^2 = 4 s^2 (1 - s^2));
+ * below, sqrt(1 - r^2) from its polynomial in r^2. Both exact at r = +-1 (s = 0). */
+static inline void acos_and_sine(double r, double *angle, double *sine)
+{
+    double ar = r < 0 ? -r : r, half = 0.5 * (1.0 - ar), s = __builtin_sqrt(half);
+    int big = ar > 0.5;
+    double a = asin_small(big ? s : r), root = sqrt_one_minus(big ? half : r * r);
+    *angle = big ? (r < 0 ? PI - 2.0 * a : 2.0 * a) : HALF_PI - a;
+    *sine = big ? 2.0 * s * root : root;
+}
+
+/* acos(x) and sqrt(1 - x^2) of n values, by acos_and_sine (for tests). */
+void acos_sine_values(int64_t n, const double *x, double *angle, double *sine)
+{
+    for (int64_t i = 0; i < n; i++) acos_and_sine(x[i], angle + i, sine + i);
+}
+
 static inline double acos_branchless(double x)
 {
     double ax = x < 0 ? -x : x;
@@ -218,8 +252,8 @@ void acos_values(int64_t n, const double *x, double *out)
  * b max(x, 0) after it, on the kernels of pairs of examples (infinet/engine/conv_fusion.py; the formulas and
  * the folded constants are those of infinet/engine/conv_blocks.py, whose TorchScript loops these replace):
  *   cov = S(K) + bias / alpha   (S: the sum over the taps, along H first, then along W, in tap order),
- *   r = clamp(cov / norm, -1, 1) with norm = -n1 n2 / (alpha (1 + 4 eps)),   angle = acos(r),
- *   nngp' = [((sqrt(c^2 - c^2 r^2) - c angle r) norm) slope - ab / (1 + 4 eps) cov] finish,
+ *   r = clamp(cov (1 / n1) (1 / n2'), -1, 1) with norm = n1 n2' = -n1 n2 / (alpha (1 + 4 eps)),   angle = acos(r),
+ *   nngp' = [((c sqrt(1 - r^2) - c angle r) norm) slope - ab / (1 + 4 eps) cov] finish,
  *   ntk'  = (S(Theta) + cov) (angle gain + shift)   (S(Theta) = 0 without an input NTK),
  * c = 1 / (2 pi), slope = (b - a)^2, finish = -alpha (1 + 4 eps), gain = slope c alpha, shift = ab alpha, the
  * last three 0 at the spare columns of the flattened (h2, w2) axis (valid = 0), which are written as zeros.
@@ -228,20 +262,23 @@ typedef struct {
     double alpha, bias, slope, ab, eps;
 } relu_step;
 
-/* One row of n entries: cov and theta (S(K), S(Theta) or NULL) are overwritten. */
-static void activation_row(int64_t n, double *cov, double *theta, const double *norm, const double *valid,
-                           double *out_k, double *out_t, relu_step st)
+/* One row of n entries from cov and theta (S(K), S(Theta) or NULL); norm and inv hold each entry's norm and its
+ * reciprocal (r = cov inv: a product instead of a division; the norm's 4-ulp push covers the reciprocals' 2 ulps,
+ * so rho = +-1 stays exact). No two arrays overlap. */
+static void activation_row(int64_t n, const double *restrict cov, const double *restrict theta,
+                           const double *restrict norm, const double *restrict inv, const double *restrict valid,
+                           double *restrict out_k, double *restrict out_t, relu_step st)
 {
-    const double c = 1.0 / (2.0 * PI), c2 = c * c;
+    const double c = 1.0 / (2.0 * PI);
     const double shift_bias = st.bias / st.alpha, ab_term = -st.ab / (1.0 + 4.0 * st.eps);
     const double finish = -st.alpha * (1.0 + 4.0 * st.eps), gain = st.slope * c * st.alpha, shift = st.ab * st.alpha;
     for (int64_t g = 0; g < n; g++) {
-        double cv = st.bias != 0.0 ? cov[g] + shift_bias : cov[g];
-        double r = cv / norm[g];
+        double cv = cov[g] + shift_bias;  /* + 0 without a bias: exact */
+        double r = cv * inv[g];
         r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
-        double angle = acos_branchless(r);
-        double kk = __builtin_sqrt(c2 - c2 * r * r);
-        kk = (kk - c * angle * r) * norm[g];
+        double angle, sine;
+        acos_and_sine(r, &angle, &sine);
+        double kk = (c * sine - c * angle * r) * norm[g];
         if (st.slope != 1.0) kk *= st.slope;
         if (st.ab != 0.0) kk += ab_term * cv;
         out_k[g] = kk * (finish * valid[g]);
@@ -284,6 +321,15 @@ static void taps_w(const double *buf, int64_t w1, int64_t size, int64_t flat, in
 /* Full layout. kin, tin (NULL: an NTK of zeros), kout, tout (NULL: no NTK): (n_1, n_2, hp, wp, hp, wp) padded,
  * contiguous; n1: (n_1, h, w) = sqrt(var1); norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) (1 at spare
  * columns); valid: (inner,). inner = h wp - (size - 1). Returns -1 when its buffers cannot be allocated. */
+/* 1 / x of n values, in new memory (NULL when it cannot be had). */
+static double *reciprocals(int64_t n, const double *x)
+{
+    double *out = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (out != NULL)
+        for (int64_t i = 0; i < n; i++) out[i] = 1.0 / x[i];
+    return out;
+}
+
 /* Zero the border of one pair's (hp, wp, hp, wp) output that the loop below does not write: the border rows and
  * columns of (h1, w1), and in each interior (h1, w1) the head and tail of the flattened (h2, w2) plane (the loop
  * writes the border columns between its rows itself). */
@@ -316,16 +362,17 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
     relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
     double *buf_k = malloc((size_t)(wp * flat) * sizeof(double));
     double *buf_t = tin != NULL ? malloc((size_t)(wp * flat) * sizeof(double)) : NULL;
-    double *rows = malloc((size_t)(3 * inner) * sizeof(double));
-    if (buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL)) {
-        free(buf_k); free(buf_t); free(rows);
+    double *rows = malloc((size_t)(4 * inner) * sizeof(double));
+    double *inv1 = reciprocals(n_1 * h * w, n1), *inv2 = reciprocals(n_2 * inner, norm2);
+    if (buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL) || inv1 == NULL || inv2 == NULL) {
+        free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
         return -1;
     }
-    double *cov = rows, *theta = rows + inner, *norm = rows + 2 * inner;
+    double *cov = rows, *theta = rows + inner, *norm = rows + 2 * inner, *inv = rows + 3 * inner;
     for (int64_t i = 0; i < n_1; i++)
         for (int64_t j = 0; j < n_2; j++) {
             const int64_t base = (i * n_2 + j) * pair;
-            const double *n2j = norm2 + j * inner;
+            const double *n2j = norm2 + j * inner, *i2j = inv2 + j * inner;
             zero_full_border(kout + base, h, w, p, inner);
             if (tout != NULL) zero_full_border(tout + base, h, w, p, inner);
             for (int64_t h1 = 0; h1 < h; h1++) {
@@ -334,15 +381,18 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
                 for (int64_t w1 = 0; w1 < w; w1++) {
                     taps_w(buf_k, w1, size, flat, inner, cov);
                     if (tin != NULL) taps_w(buf_t, w1, size, flat, inner, theta);
-                    const double n1w = n1[(i * h + h1) * w + w1];
-                    for (int64_t g = 0; g < inner; g++) norm[g] = n1w * n2j[g];
+                    const double n1w = n1[(i * h + h1) * w + w1], i1w = inv1[(i * h + h1) * w + w1];
+                    for (int64_t g = 0; g < inner; g++) {
+                        norm[g] = n1w * n2j[g];
+                        inv[g] = i1w * i2j[g];
+                    }
                     const int64_t at = base + out_offset + h1 * s0 + w1 * s1;
-                    activation_row(inner, cov, tin != NULL ? theta : NULL, norm, valid, kout + at,
+                    activation_row(inner, cov, tin != NULL ? theta : NULL, norm, inv, valid, kout + at,
                                    tout != NULL ? tout + at : NULL, st);
                 }
             }
         }
-    free(buf_k); free(buf_t); free(rows);
+    free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
     return 0;
 }
 
@@ -429,9 +479,14 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
     const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
     const int64_t pair = hp * wp, flat = h * wp, inner = h * wp - (size - 1), out_offset = p * wp + p;
     relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
-    double *work = malloc((size_t)(2 * flat + 3 * inner) * sizeof(double));
-    if (work == NULL) return -1;
+    double *work = malloc((size_t)(2 * flat + 4 * inner) * sizeof(double));
+    double *inv1 = reciprocals(n_1 * inner, norm1), *inv2 = reciprocals(n_2 * inner, norm2);
+    if (work == NULL || inv1 == NULL || inv2 == NULL) {
+        free(work); free(inv1); free(inv2);
+        return -1;
+    }
     double *buf_k = work, *buf_t = work + flat, *cov = work + 2 * flat, *theta = cov + inner, *norm = theta + inner;
+    double *inv = norm + inner;
     (void)w;
     for (int64_t i = 0; i < n_1; i++)
         for (int64_t j = 0; j < n_2; j++) {
@@ -447,8 +502,12 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
                     for (int64_t g = 0; g < inner; g++) dst[g] += buf[g + t];
             }
             const double *n1i = norm1 + i * inner, *n2j = norm2 + j * inner;
-            for (int64_t g = 0; g < inner; g++) norm[g] = n1i[g] * n2j[g];
-            activation_row(inner, cov, tin != NULL ? theta : NULL, norm, valid, kout + base + out_offset,
+            const double *i1i = inv1 + i * inner, *i2j = inv2 + j * inner;
+            for (int64_t g = 0; g < inner; g++) {
+                norm[g] = n1i[g] * n2j[g];
+                inv[g] = i1i[g] * i2j[g];
+            }
+            activation_row(inner, cov, tin != NULL ? theta : NULL, norm, inv, valid, kout + base + out_offset,
                            tout != NULL ? tout + base + out_offset : NULL, st);
             for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {  /* the border before and after */
                 double *plane = (pass ? tout : kout) + base;
@@ -456,7 +515,7 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
                 memset(plane + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
             }
         }
-    free(work);
+    free(work); free(inv1); free(inv2);
     return 0;
 }
 

@@ -164,7 +164,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     f64 = ctypes.c_double
     lib.clenshaw_eval.restype = ctypes.c_int
     lib.clenshaw_eval.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.interpolation_x.restype = None
+    lib.interpolation_x.restype = ctypes.c_int
     lib.interpolation_x.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
     lib.acos_sine_values.restype = None
     lib.acos_sine_values.argtypes = [i64, ptr, ptr, ptr]

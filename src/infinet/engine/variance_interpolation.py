@@ -529,7 +529,9 @@ def _evaluate_native(lib, table: Table, cov: Tensor, sd_rows: Tensor, sd_cols: T
     batch, n_rows, n_cols = x.shape
     cov = cov.contiguous()
     sd_rows, sd_cols = sd_rows.reshape(batch, n_rows).contiguous(), sd_cols.reshape(batch, n_cols).contiguous()
-    lib.interpolation_x(batch, n_rows, n_cols, cov.data_ptr(), sd_rows.data_ptr(), sd_cols.data_ptr(), x.data_ptr())
+    if lib.interpolation_x(batch, n_rows, n_cols, cov.data_ptr(), sd_rows.data_ptr(), sd_cols.data_ptr(),
+                           x.data_ptr()):
+        raise MemoryError("the compiled interpolation variable could not allocate its buffer")
     basis_rows, basis_cols = basis_rows.contiguous(), basis_cols.contiguous()
     rows, cols = [], []
     for s in table.series:

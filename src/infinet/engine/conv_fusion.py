@@ -291,7 +291,7 @@ class _Run:
     def _compiled(self, name: str, kin, tin, kout, tout, norm1, norm2, valid, eps) -> bool:
         """Run the block loop ``name`` of :mod:`infinet.engine.native` (float64, contiguous buffers; the same
         formulas and tap order as the TorchScript loops); False where it is not to be had."""
-        lib = native.library() if self.dtype == torch.float64 else None
+        lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
         tensors = [t for t in (kin, tin, kout, tout, norm1, norm2, valid) if t is not None]
         if lib is None or not all(t.is_contiguous() and t.dtype == torch.float64 for t in tensors):
             return False
@@ -317,7 +317,7 @@ class _Run:
         """:meth:`sums` by ``conv_sums_full`` of :mod:`infinet.engine.native` (float64), reading a zero-bordered
         buffer of this module as it is and any other input unpadded (each pair bordered in the loop's own scratch
         buffer, instead of a padded copy of the whole tile); None where that library is not to be had."""
-        lib = native.library() if self.dtype == torch.float64 else None
+        lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
         if lib is None:
             return None
         given = [t for t in (nngp, ntk) if t is not None]

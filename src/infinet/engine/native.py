@@ -37,6 +37,8 @@ FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", 
 #: flags tried first, dropped from the end when the compiler refuses them (512-bit vectors where the CPU has them:
 #: the closed-form loops are compute-bound; GCC prefers 256 bits by default)
 TUNED = ("-march=native", "-mprefer-vector-width=512")
+#: the largest filter size of the compiled convolution loops (MAX_TAPS in native_kernels.c)
+MAX_TAPS = 64
 #: seconds one compilation may take
 TIMEOUT = 120
 

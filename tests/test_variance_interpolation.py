@@ -242,3 +242,22 @@ def test_diagonal_interpolants_agree_with_mpmath_to_1e_10(name):
     for i, v in enumerate(sorted(points)):
         for got, want in ((phi2[i], points[v][0]), (dphi2[i], points[v][1])):
             assert abs(float(got) - float(want)) <= 1e-10 * abs(float(want)), (v, float(got), want)
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 40.0])
+def test_the_polar_rule_halves_mirror_each_other(scale):
+    """The table build evaluates phi at X only: in the order of gaussian._mirrored_halves, the rule's Y at the
+    first half is X at the second and the reverse (to rounding of the angles), the halves' weights are equal,
+    and the order is a permutation of all points; at correlations inside and at the ends of [-1, 1]."""
+    rho = torch.tensor([-1.0, -0.97, -0.3, 0.0, 0.41, 0.999, 1.0], dtype=torch.float64)
+    radius, radial_w = gaussian._radial_rule(scale, 8, 0, torch.float64, None)
+    arc_t, arc_w = gaussian._arc_rule(scale, 8, 0, torch.float64, None)
+    x, y, w = gaussian._polar_points(rho, radius, radial_w, arc_t, arc_w)
+    order = gaussian._mirrored_halves(len(arc_t), None)
+    half = len(order) // 2
+    assert sorted(order.tolist()) == list(range(x.shape[1]))
+    x, y, w = x[:, order], y[:, order], w[:, order]
+    reach = float(radius.max())
+    assert float((y[:, :half] - x[:, half:]).abs().max()) <= 64 * 2.0**-53 * reach
+    assert float((y[:, half:] - x[:, :half]).abs().max()) <= 64 * 2.0**-53 * reach
+    assert torch.equal(w[:, :half], w[:, half:])

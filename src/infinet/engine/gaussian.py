@@ -334,20 +334,26 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, iden
         rho, s = rho.to(device), s.to(device)
         radius, radial_w = _radial_rule(scale, nodes, extra_panels, torch.float64, device)
         arc_t, arc_w = _arc_rule(scale, nodes, extra_panels, torch.float64, device)
-        x, y, w = (t.reshape(len(rho), -1) for t in _polar_points(rho, radius, radial_w, arc_t, arc_w))
-        # blocks of one correlation and at most 2^16 evaluations: the arrays of a block (0.5 MB) stay in cache
-        # and in the heap a thread already holds (whole rows of points were MBs each, and on the tile pool's
-        # threads cost millions of page faults)
+        x, _, w = _polar_points(rho, radius, radial_w, arc_t, arc_w)  # (E, arcs x t, radii)
+        # the points in two halves P, Q with Y_P = X_Q and Y_Q = X_P point by point, and equal weights
+        # (_mirrored_halves): sum_p phi(s X_p) W_p phi(s' Y_p) = A + A^T, A = (phi(s X_P) W_P) phi(s' X_Q)^T
+        order = _mirrored_halves(len(arc_t), device)
+        half = len(order) // 2
+        x, w = x[:, order], w[:, order[:half]]
+        # blocks of one correlation, all arc points and at most 2^18 evaluations (2 MB): a block's arrays stay in
+        # cache and in the heap a thread already holds (whole rows of points were MBs each, and on the tile
+        # pool's threads cost millions of page faults)
         parts = range(len(rho))
-        step = max(1, 2**16 // len(s))
+        step = max(1, 2**18 // (len(s) * x.shape[1]))
 
         def block(f, i):
             total = None
-            for p in range(0, x.shape[1], step):
-                first = f(s[:, None] * x[i, None, p: p + step])
-                second = f(s[:, None] * y[i, None, p: p + step]) * w[i, None, p: p + step]  # f's result may be shared
+            for p in range(0, x.shape[2], step):
+                values = f(s[:, None, None] * x[i, None, :, p: p + step])  # (M, arcs x t, radii)
+                first = (values[:, :half] * w[i, None, :, p: p + step]).flatten(1)
+                second = values[:, half:].flatten(1)
                 total = first @ second.T if total is None else total.addmm_(first, second.T)
-            return total[None]
+            return (total + total.T)[None]
 
         jobs = [(f, part) for f in (fn, derivative) for part in parts]  # both, always: one table serves all calls
         blocks = idle_threads_map(lambda job: block(*job), jobs) if device.type == "cpu" else [block(*j) for j in jobs]
@@ -372,6 +378,20 @@ def _polar_points(rho: Tensor, radius, radial_w, arc_t, arc_w) -> tuple[Tensor, 
     angle = (starts[:, :, None] + lengths[:, :, None] * arc_t).reshape(len(rho), -1, 1)
     weight = (lengths[:, :, None] * arc_w).reshape(len(rho), -1, 1) * (radial_w / (2.0 * math.pi))
     return torch.cos(angle) * radius, torch.cos(angle - beta[:, None, None]) * radius, weight
+
+
+def _mirrored_halves(n: int, device) -> Tensor:
+    """An order of the polar rule's arc points (4 arcs of the ``n`` template points, ``n`` even, in the order of
+    :func:`_polar_points`) whose second half Q mirrors its first half P point by point: Y_P = X_Q, Y_Q = X_P
+    (up to rounding) and W_P = W_Q. With theta = start + length t, cos(theta - beta) on the first arc at t is cos
+    of the third arc's angle at 1 - t (both sin(beta (1 - t))) and the reverse; on the second and the fourth arc
+    it is cos of the same arc's angle at 1 - t. The template is symmetric under t -> 1 - t (points and weights),
+    so P = (arc 1, first halves of arcs 2 and 4) and Q = (arc 3 reversed, second halves of arcs 2 and 4
+    reversed): phi is evaluated at X only, and the rule's sum is a matrix product and its transpose."""
+    k, h = torch.arange(n, device=device), torch.arange(n // 2, device=device)
+    first = torch.cat([k, n + h, 3 * n + h])
+    second = torch.cat([3 * n - 1 - k, 2 * n - 1 - h, 4 * n - 1 - h])
+    return torch.cat([first, second])
 
 
 def _polar_chunk(fn, dfn, need_kdot, cov, var1, var2, radius, radial_w, arc_t, arc_w):

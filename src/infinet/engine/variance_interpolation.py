@@ -8,7 +8,10 @@ t = affine map of log v onto [-1, 1], the values at the tensor grid of Chebyshev
 t_m') come from the same graded polar rule as :func:`infinet.gaussian.quadrature`, written as a matrix
 product: at a fixed rho the rule's points (r cos a, r cos(a - beta)) and weights are those of every variance
 pair, so with Phi1[m, p] = phi(s_m X_p) and Phi2[m', p] = phi(s_m' Y_p) the whole (m, m') block is
-Phi1 diag(W) Phi2^T, O(M P) evaluations of phi instead of O(M^2 P).
+Phi1 diag(W) Phi2^T, O(M P) evaluations of phi instead of O(M^2 P). The rule's points split into halves that
+mirror each other (Y on one half is X on the other, with equal weights: ``gaussian._mirrored_halves``),
+so phi is evaluated at X only and the block is A + A^T with A = Phi(X_P) diag(W_P) Phi(X_Q)^T: half the
+evaluations and half the product.
 
 **Certificate.** The coefficients c[k, m, m'] of the interpolant (a type-I DCT along each axis) are accepted
 only when, along each of the three axes, the trailing quarter is below ``TOL`` x max |f| (the estimate of the

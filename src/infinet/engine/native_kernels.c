@@ -305,6 +305,11 @@ static void taps_h(const double *const *slab, int64_t size, int64_t s1, int64_t 
     for (int64_t w1 = 0; w1 < wp; w1++) {
         double *dst = buf + w1 * flat;
         const double *row = slab[0] + w1 * s1;
+        if (size == 3) {  /* the three taps in one pass: the same additions in the same order */
+            const double *a = slab[1] + w1 * s1 + wp, *b = slab[2] + w1 * s1 + 2 * wp;
+            for (int64_t f = 0; f < flat; f++) dst[f] = (row[f] + a[f]) + b[f];
+            continue;
+        }
         for (int64_t f = 0; f < flat; f++) dst[f] = row[f];
         for (int64_t u = 1; u < size; u++) {
             const double *shifted = slab[u] + w1 * s1 + u * wp;
@@ -325,6 +330,11 @@ static void pair_slabs(const double *pair, int64_t h1, int64_t size, int64_t s0,
 static void taps_w(const double *buf, int64_t w1, int64_t size, int64_t flat, int64_t inner, double *dst)
 {
     const double *first = buf + w1 * flat;
+    if (size == 3) {  /* the three taps in one pass: the same additions in the same order */
+        const double *a = buf + (w1 + 1) * flat + 1, *b = buf + (w1 + 2) * flat + 2;
+        for (int64_t g = 0; g < inner; g++) dst[g] = (first[g] + a[g]) + b[g];
+        return;
+    }
     for (int64_t g = 0; g < inner; g++) dst[g] = first[g];
     for (int64_t t = 1; t < size; t++) {
         const double *shifted = buf + (w1 + t) * flat + t;
@@ -531,6 +541,11 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
             for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {
                 const double *src = (pass ? tin : kin) + base;
                 double *buf = pass ? buf_t : buf_k, *dst = pass ? theta : cov;
+                if (size == 3) {  /* the three taps in one pass each: the same additions in the same order */
+                    for (int64_t f = 0; f < flat; f++) buf[f] = (src[f] + src[f + wp]) + src[f + 2 * wp];
+                    for (int64_t g = 0; g < inner; g++) dst[g] = (buf[g] + buf[g + 1]) + buf[g + 2];
+                    continue;
+                }
                 for (int64_t f = 0; f < flat; f++) buf[f] = src[f];
                 for (int64_t u = 1; u < size; u++)
                     for (int64_t f = 0; f < flat; f++) buf[f] += src[f + u * wp];

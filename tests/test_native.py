@@ -1,6 +1,6 @@
-"""The compiled CPU loops (infinet.engine.native, native_kernels.c): the interpolant's Clenshaw evaluation against
-the TorchScript loop and the plain triple sum, bit-for-bit independence of an entry's place in the tiles, and
-how the library is compiled, kept, rebuilt and declined."""
+"""The compiled CPU loops (infinet.engine.native: native_kernels.c, native_conv.c): the interpolant's Clenshaw
+evaluation against the TorchScript loop and the plain triple sum, bit-for-bit independence of an entry's place in
+the tiles, and how the library is compiled, kept, rebuilt and declined."""
 
 import os
 

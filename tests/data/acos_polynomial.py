@@ -1,4 +1,4 @@
-"""The polynomial coefficients of src/infinet/engine/native_kernels.c, each interpolated at 200 Chebyshev points of
+"""The polynomial coefficients of src/infinet/engine/native_math.h, each interpolated at 200 Chebyshev points of
 the first kind in t = 8 z - 1 on z in [0, 1/4] in 50-digit arithmetic (mpmath), the series truncated at degree 14
 and converted to powers of z:
 

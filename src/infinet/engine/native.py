@@ -1,10 +1,11 @@
-"""Compiled CPU loops: ``native_kernels.c``, built once per machine with its own C compiler and loaded with ctypes.
+"""Compiled CPU loops: ``native_kernels.c`` (the interpolant, closed forms) and ``native_conv.c`` (convolutions),
+sharing ``native_math.h``, built once per machine with its own C compiler and loaded with ctypes.
 
 Some steps are many short passes over cache-sized blocks whose cost is the passes themselves (the Clenshaw
 recurrence of :mod:`infinet.engine.variance_interpolation`: about 50 per entry). One compiled loop keeps each
 entry in registers from the first pass to the last. The source is compiled on the first call that needs it
 (about 0.3 s, once per machine: the library is kept in infinet's cache folder,
-:func:`infinet.engine.table_cache.root`, under a name that is a SHA-256 of the source, the compiler, its flags and the CPU's
+:func:`infinet.engine.table_cache.root`, under a name that is a SHA-256 of the sources, the compiler, its flags and the CPU's
 features, with its SHA-256 beside it, checked before loading) with ``-O3 -march=native
 -mprefer-vector-width=512``, or without those where the compiler refuses them.
 
@@ -30,14 +31,16 @@ from torch import Tensor
 
 from . import table_cache
 
-SOURCE = pathlib.Path(__file__).with_name("native_kernels.c")
+#: the C sources compiled together, and the header they share (all part of the library's name)
+SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ("native_kernels.c", "native_conv.c"))
+HEADERS = (pathlib.Path(__file__).with_name("native_math.h"),)
 #: flags every build uses (-ffp-contract=fast: a * b + c as one fused multiply-add where the CPU has one;
 #: -fno-math-errno: sqrt without errno, so that loops with it vectorize)
 FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
 #: flags tried first, dropped from the end when the compiler refuses them (512-bit vectors where the CPU has them:
 #: the closed-form loops are compute-bound; GCC prefers 256 bits by default)
 TUNED = ("-march=native", "-mprefer-vector-width=512")
-#: the largest filter size of the compiled convolution loops (MAX_TAPS in native_kernels.c)
+#: the largest filter size of the compiled convolution loops (MAX_TAPS in native_conv.c)
 MAX_TAPS = 64
 #: seconds one compilation may take
 TIMEOUT = 120
@@ -110,7 +113,7 @@ def _obtain() -> tuple[ctypes.CDLL | None, str]:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=TIMEOUT).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"the compiler {compiler} does not run ({e}): TorchScript loops"
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     errors = []
     for flags in [FLAGS + TUNED[:n] for n in range(len(TUNED), -1, -1)]:
         identity = "\n".join([compiler, version, " ".join(flags), platform.machine(), _cpu_features()])
@@ -125,7 +128,7 @@ def _obtain() -> tuple[ctypes.CDLL | None, str]:
         with tempfile.TemporaryDirectory() as scratch:
             built = pathlib.Path(scratch) / name
             try:
-                run = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True,
+                run = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built)], capture_output=True,
                                      text=True, timeout=TIMEOUT)
             except (OSError, subprocess.SubprocessError) as e:
                 errors.append(str(e))
@@ -144,7 +147,7 @@ def _obtain() -> tuple[ctypes.CDLL | None, str]:
                 return _bind(ctypes.CDLL(str(built))), f"compiled with {' '.join(flags)} (not kept)"
             except OSError as e:
                 errors.append(str(e))
-    return None, f"compiling {SOURCE.name} failed ({'; '.join(errors)}): TorchScript loops"
+    return None, f"compiling {' and '.join(p.name for p in SOURCES)} failed ({'; '.join(errors)}): TorchScript loops"
 
 
 def _digest_file(kept: pathlib.Path) -> pathlib.Path:
@@ -161,7 +164,7 @@ def _intact(kept: pathlib.Path) -> bool:
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Declare the functions' signatures (see native_kernels.c)."""
+    """Declare the functions' signatures (see native_kernels.c and native_conv.c)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     f64 = ctypes.c_double
     lib.clenshaw_eval.restype = ctypes.c_int

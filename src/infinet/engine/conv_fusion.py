@@ -315,8 +315,9 @@ class _Run:
 
     def compiled_sums(self, nngp: Tensor, ntk: Tensor | None, need_ntk: bool):
         """:meth:`sums` by ``conv_sums_full`` of :mod:`infinet.engine.native` (float64), reading a zero-bordered
-        buffer of this module as it is and any other input unpadded (each pair bordered in the loop's own scratch
-        buffer, instead of a padded copy of the whole tile); None where that library is not to be had."""
+        buffer of this module as it is and any other input unpadded (each pair's rows bordered one at a time in a ring
+        of slabs that stays in cache, instead of a padded copy of the whole tile); None where that library is not
+        to be had."""
         lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
         if lib is None:
             return None

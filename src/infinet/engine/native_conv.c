@@ -50,24 +50,31 @@ static void activation_row(int64_t n, const double *restrict cov, const double *
     }
 }
 
+/* dst[f] = sum over u of rows[u][f] for f < n, in tap order (the same additions in the same order for every
+ * filter size; three taps, the usual filter, in one pass). */
+static void tap_sum(const double *const *rows, int64_t size, int64_t n, double *dst)
+{
+    if (size == 3) {
+        const double *a = rows[0], *b = rows[1], *c = rows[2];
+        for (int64_t f = 0; f < n; f++) dst[f] = (a[f] + b[f]) + c[f];
+        return;
+    }
+    for (int64_t f = 0; f < n; f++) dst[f] = rows[0][f];
+    for (int64_t u = 1; u < size; u++) {
+        const double *row = rows[u];
+        for (int64_t f = 0; f < n; f++) dst[f] += row[f];
+    }
+}
+
 /* The taps along H for one output row h1 of a padded pair (hp, wp, hp, wp): buf[w1 * flat + f] = sum over u of
  * slab[u][w1, f + u wp] (h1 and h2 move together), f < flat = h wp, in tap order; slab[u] the padded (wp, hp, wp)
  * slab of row h1 + u. */
 static void taps_h(const double *const *slab, int64_t size, int64_t s1, int64_t wp, int64_t flat, double *buf)
 {
     for (int64_t w1 = 0; w1 < wp; w1++) {
-        double *dst = buf + w1 * flat;
-        const double *row = slab[0] + w1 * s1;
-        if (size == 3) {  /* the three taps in one pass: the same additions in the same order */
-            const double *a = slab[1] + w1 * s1 + wp, *b = slab[2] + w1 * s1 + 2 * wp;
-            for (int64_t f = 0; f < flat; f++) dst[f] = (row[f] + a[f]) + b[f];
-            continue;
-        }
-        for (int64_t f = 0; f < flat; f++) dst[f] = row[f];
-        for (int64_t u = 1; u < size; u++) {
-            const double *shifted = slab[u] + w1 * s1 + u * wp;
-            for (int64_t f = 0; f < flat; f++) dst[f] += shifted[f];
-        }
+        const double *rows[MAX_TAPS];
+        for (int64_t u = 0; u < size; u++) rows[u] = slab[u] + w1 * s1 + u * wp;
+        tap_sum(rows, size, flat, buf + w1 * flat);
     }
 }
 
@@ -82,17 +89,9 @@ static void pair_slabs(const double *pair, int64_t h1, int64_t size, int64_t s0,
  * order (w1 and w2 move together; g = h2 wp + w2 with the spare columns w2 >= w). */
 static void taps_w(const double *buf, int64_t w1, int64_t size, int64_t flat, int64_t inner, double *dst)
 {
-    const double *first = buf + w1 * flat;
-    if (size == 3) {  /* the three taps in one pass: the same additions in the same order */
-        const double *a = buf + (w1 + 1) * flat + 1, *b = buf + (w1 + 2) * flat + 2;
-        for (int64_t g = 0; g < inner; g++) dst[g] = (first[g] + a[g]) + b[g];
-        return;
-    }
-    for (int64_t g = 0; g < inner; g++) dst[g] = first[g];
-    for (int64_t t = 1; t < size; t++) {
-        const double *shifted = buf + (w1 + t) * flat + t;
-        for (int64_t g = 0; g < inner; g++) dst[g] += shifted[g];
-    }
+    const double *rows[MAX_TAPS];
+    for (int64_t t = 0; t < size; t++) rows[t] = buf + (w1 + t) * flat + t;
+    tap_sum(rows, size, inner, dst);
 }
 
 /* 1 / x of n values, in new memory (NULL when it cannot be had). */
@@ -281,7 +280,7 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
     relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
     double *work = malloc((size_t)(2 * flat + 4 * inner) * sizeof(double));
     double *inv1 = reciprocals(n_1 * inner, norm1), *inv2 = reciprocals(n_2 * inner, norm2);
-    if (work == NULL || inv1 == NULL || inv2 == NULL) {
+    if (size > MAX_TAPS || work == NULL || inv1 == NULL || inv2 == NULL) {
         free(work); free(inv1); free(inv2);
         return -1;
     }
@@ -294,17 +293,11 @@ int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t s
             for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {
                 const double *src = (pass ? tin : kin) + base;
                 double *buf = pass ? buf_t : buf_k, *dst = pass ? theta : cov;
-                if (size == 3) {  /* the three taps in one pass each: the same additions in the same order */
-                    for (int64_t f = 0; f < flat; f++) buf[f] = (src[f] + src[f + wp]) + src[f + 2 * wp];
-                    for (int64_t g = 0; g < inner; g++) dst[g] = (buf[g] + buf[g + 1]) + buf[g + 2];
-                    continue;
-                }
-                for (int64_t f = 0; f < flat; f++) buf[f] = src[f];
-                for (int64_t u = 1; u < size; u++)
-                    for (int64_t f = 0; f < flat; f++) buf[f] += src[f + u * wp];
-                for (int64_t g = 0; g < inner; g++) dst[g] = buf[g];
-                for (int64_t t = 1; t < size; t++)
-                    for (int64_t g = 0; g < inner; g++) dst[g] += buf[g + t];
+                const double *rows[MAX_TAPS];
+                for (int64_t u = 0; u < size; u++) rows[u] = src + u * wp;
+                tap_sum(rows, size, flat, buf);
+                for (int64_t t = 0; t < size; t++) rows[t] = buf + t;
+                tap_sum(rows, size, inner, dst);
             }
             const double *n1i = norm1 + i * inner, *n2j = norm2 + j * inner;
             const double *i1i = inv1 + i * inner, *i2j = inv2 + j * inner;

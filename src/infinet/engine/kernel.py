@@ -350,19 +350,22 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                  masks: tuple[Tensor, Tensor] | None = None,
-                 patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False) -> Kernel:
+                 patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False,
+                 distinct: bool = False) -> Kernel:
     """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1).
     ``positions_only``: the caller replaces var1 and var2 (a replaying :class:`VarianceTrace`), so that feature
     maps' self-covariances are returned as same-position variances (N, *S) even in the full layout, unless
-    identical inputs need the full ones."""
-    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only)
+    identical inputs need the full ones. ``distinct``: the caller knows no row of x1 equals one of x2 (nor two
+    of x1 when x2 is None): :func:`identical_pairs` is not searched."""
+    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct)
     if patterns is None:
         return k
     return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
 
 
 def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
-                  masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False) -> Kernel:
+                  masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False,
+                  distinct: bool = False) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
@@ -375,10 +378,10 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
     if masks is not None:
         x1 = x1.masked_fill(masks[0].unsqueeze(1), 0.0)
         x2 = None if x2 is None else x2.masked_fill(masks[1].unsqueeze(1), 0.0)
-        k = _spatial_input_kernel(x1, x2, need_ntk, full)
+        k = _spatial_input_kernel(x1, x2, need_ntk, full, distinct=distinct)
         return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
-        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only)
+        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = (f1 * f1).sum(1) / n_features
@@ -390,7 +393,7 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
     else:
         nngp = gram
         var2 = (f2 * f2).sum(1) / n_features
-    pairs = identical_pairs(x1, x2)
+    pairs = None if distinct else identical_pairs(x1, x2)
     if pairs is not None:
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     ntk = torch.zeros_like(nngp) if need_ntk else None
@@ -398,12 +401,12 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
 
 
 def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool,
-                          positions_only: bool = False) -> Kernel:
+                          positions_only: bool = False, distinct: bool = False) -> Kernel:
     c, s = x1.shape[1], tuple(x1.shape[2:])
     p = math.prod(s)
     a = x1.reshape(len(x1), c, p)
     b = a if x2 is None else x2.reshape(len(x2), c, p)
-    pairs = identical_pairs(x1, x2)
+    pairs = None if distinct else identical_pairs(x1, x2)
     full_var = full and (not positions_only or pairs is not None)
 
     def self_cov(t):

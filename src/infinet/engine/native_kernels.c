@@ -185,8 +185,8 @@ void acos_sine_values(int64_t n, const double *x, double *angle, double *sine)
  * Closed-form activations on every entry of a tile, as in infinet/engine/closed_forms.py (the same formulas in
  * the same overflow-free forms; callers send only positive variances whose products are safe to form and, for
  * Erf, finite 2 b^2 var):
- *   kind 0, ABRelu (a, b): with rho = clamp((1 + 4 eps) cov / sqrt(v1 v2)) and angle = pi - acos(rho),
- *     nngp = (b - a)^2 sqrt(v1 v2) (sqrt(1 - rho^2) + angle rho) / (2 pi) + a b cov,
+ *   kind 0, ABRelu (a, b): with rho = clamp((1 + 4 eps) cov / (sqrt(v1) sqrt(v2))) and angle = pi - acos(rho),
+ *     nngp = (b - a)^2 sqrt(v1) sqrt(v2) (sqrt(1 - rho^2) + angle rho) / (2 pi) + a b cov,
  *     kdot = (b - a)^2 angle / (2 pi) + a^2 + a (b - a)                    (Cho and Saul 2009, eq. 6);
  *   kind 1, Erf a erf(b x) + c: with e_i = 1 / (1 + 2 b^2 v_i), cov' = rho sqrt(v1 v2),
  *     r = 2 b^2 cov' sqrt(e1 e2), root = sqrt((1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2)),
@@ -207,70 +207,125 @@ static inline double atan2_unit(double y, double x)
     return ay <= x ? small : (y < 0 ? -other : other);
 }
 
+/* The Dense layer before the activation (infinet/engine/dense_fusion.py), on one row of n entries:
+ * cov' = w2 cov + b2, ntk' = p cov + q cov' + w2 ntk + r, with aff = (w2, b2, p, q, r) (Dense's kernel transform:
+ * 'ntk' parameterization p = 0, q = 1, r = 0; 'standard' p = fan-in, q = 0, r = 1 with a bias; frozen p = q = r = 0).
+ * theta NULL: the NNGP alone. */
+static void affine_row(int64_t n, const double *restrict cov, const double *restrict theta, const double *aff,
+                       double *restrict out_cov, double *restrict out_theta)
+{
+    const double w2 = aff[0], b2 = aff[1], p = aff[2], q = aff[3], r = aff[4];
+    for (int64_t g = 0; g < n; g++) out_cov[g] = cov[g] * w2 + b2;
+    if (theta != NULL)
+        for (int64_t g = 0; g < n; g++) out_theta[g] = p * cov[g] + q * out_cov[g] + w2 * theta[g] + r;
+}
+
+/* One row of variances (stride 0: one value), with their square roots and the roots' reciprocals when root is
+ * not NULL. */
+static void variance_row(const double *p, int64_t stride, int64_t n, double *var, double *root, double *inv)
+{
+    if (stride == 0) {
+        double v = p[0], sq = __builtin_sqrt(v), iv = 1.0 / sq;
+        for (int64_t g = 0; g < n; g++) var[g] = v;
+        if (root != NULL)
+            for (int64_t g = 0; g < n; g++) { root[g] = sq; inv[g] = iv; }
+        return;
+    }
+    for (int64_t g = 0; g < n; g++) var[g] = p[g * stride];
+    if (root != NULL)
+        for (int64_t g = 0; g < n; g++) { root[g] = __builtin_sqrt(var[g]); inv[g] = 1.0 / root[g]; }
+}
+
+typedef struct {
+    double slope, ab, kdot_shift, up;
+} abrelu_consts;
+
+/* kind 0 on one row: norm = sqrt(v1) sqrt(v2), r = -rho = -(cov (1 / sqrt(v1)) (1 / sqrt(v2))) (1 + 4 eps)
+ * (products instead of a division and a root per entry; the 4-ulp push covers the reciprocals' 2 ulps, so rho =
+ * +-1 stays exact), angle = acos(r) = pi - acos(rho) and sqrt(1 - r^2) from one root (acos_and_sine). */
+static void abrelu_row(int64_t n, const double *restrict cv, const double *restrict th, const double *restrict q1,
+                       const double *restrict q2, const double *restrict i1, const double *restrict i2,
+                       double *restrict on, double *restrict os, abrelu_consts k)
+{
+    const double c = 1.0 / (2.0 * PI);
+    for (int64_t g = 0; g < n; g++) {
+        double norm = q1[g] * q2[g];
+        double r = -(cv[g] * (i1[g] * i2[g])) * k.up;
+        r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+        double angle, sine;
+        acos_and_sine(r, &angle, &sine);
+        on[g] = k.slope * ((c * sine - c * angle * r) * norm) + k.ab * cv[g];
+        if (os != NULL) {
+            double kdot = k.slope * (angle * c) + k.kdot_shift;
+            os[g] = th != NULL ? kdot * th[g] : kdot;
+        }
+    }
+}
+
 /* shape: 4 sizes; cov, ntk (or NULL), out_nngp, out_second (or NULL): contiguous over shape; var1, var2 with
- * strides s1, s2 (4 each, in elements; 0 where the variance does not vary). */
+ * strides s1, s2 (4 each, in elements; 0 where the variance does not vary): the activation's input variances.
+ * affine: NULL, or the Dense layer before the activation (affine_row), applied to cov and ntk first. A row of
+ * variances is read (and, for kind 0, its roots formed) only when it differs from the previous row's. Returns -1
+ * when its buffers cannot be had. */
 int closed_form_pairs(int64_t kind, const int64_t *shape, const double *cov, const double *ntk, const double *var1,
                       const int64_t *s1, const double *var2, const int64_t *s2, double *out_nngp,
-                      double *out_second, double a, double b, double c, double eps)
+                      double *out_second, double a, double b, double c, double eps, const double *affine)
 {
-    const int64_t n3 = shape[3];
-    double *row = malloc((size_t)(2 * (n3 > 0 ? n3 : 1)) * sizeof(double));
-    if (row == NULL) return -1;
-    double *r1 = row, *r2 = row + n3;
-    const double inv_2pi = 1.0 / (2.0 * PI), c2 = inv_2pi * inv_2pi, up = 1.0 + 4.0 * eps;
-    const double slope = (b - a) * (b - a), ab = a * b, kdot_shift = a * a + a * (b - a);
+    const int64_t n3 = shape[3], m = n3 > 0 ? n3 : 1;
+    double *buf = malloc((size_t)(8 * m) * sizeof(double));
+    if (buf == NULL) return -1;
+    double *r1 = buf, *r2 = buf + m, *q1 = buf + 2 * m, *q2 = buf + 3 * m, *i1 = buf + 4 * m, *i2 = buf + 5 * m;
+    double *ca = buf + 6 * m, *ta = buf + 7 * m;
+    const double inv_2pi = 1.0 / (2.0 * PI), up = 1.0 + 4.0 * eps;
+    const abrelu_consts relu = {(b - a) * (b - a), a * b, a * a + a * (b - a), up};
     const double b2 = b * b, erf_scale = a * a * (2.0 / PI), erf_kdot = a * a * b2 * (4.0 / PI), erf_c = c * c;
+    const double *last1 = NULL, *last2 = NULL;
     int64_t at = 0;
     for (int64_t i0 = 0; i0 < shape[0]; i0++)
-        for (int64_t i1 = 0; i1 < shape[1]; i1++)
-            for (int64_t i2 = 0; i2 < shape[2]; i2++, at += n3) {
-                const double *p1 = var1 + i0 * s1[0] + i1 * s1[1] + i2 * s1[2];
-                const double *p2 = var2 + i0 * s2[0] + i1 * s2[1] + i2 * s2[2];
-                for (int64_t g = 0; g < n3; g++) { r1[g] = p1[g * s1[3]]; r2[g] = p2[g * s2[3]]; }
+        for (int64_t i1_ = 0; i1_ < shape[1]; i1_++)
+            for (int64_t i2_ = 0; i2_ < shape[2]; i2_++, at += n3) {
+                const double *p1 = var1 + i0 * s1[0] + i1_ * s1[1] + i2_ * s1[2];
+                const double *p2 = var2 + i0 * s2[0] + i1_ * s2[1] + i2_ * s2[2];
+                if (p1 != last1) variance_row(p1, s1[3], n3, r1, kind == 0 ? q1 : NULL, i1);
+                if (p2 != last2) variance_row(p2, s2[3], n3, r2, kind == 0 ? q2 : NULL, i2);
+                last1 = p1, last2 = p2;
                 const double *cv = cov + at, *th = ntk != NULL ? ntk + at : NULL;
+                if (affine != NULL) {
+                    affine_row(n3, cv, th, affine, ca, ta);
+                    cv = ca, th = th != NULL ? ta : NULL;
+                }
                 double *on = out_nngp + at, *os = out_second != NULL ? out_second + at : NULL;
                 if (kind == 0) {
-                    for (int64_t g = 0; g < n3; g++) {
-                        double norm = __builtin_sqrt(r1[g] * r2[g]);
-                        double rho = cv[g] / norm * up;
-                        rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
-                        double angle = acos_branchless(-rho);
-                        double relu = (__builtin_sqrt(c2 - c2 * rho * rho) + inv_2pi * angle * rho) * norm;
-                        on[g] = slope * relu + ab * cv[g];
-                        if (os != NULL) {
-                            double kdot = slope * (angle * inv_2pi) + kdot_shift;
-                            os[g] = th != NULL ? kdot * th[g] : kdot;
-                        }
+                    abrelu_row(n3, cv, th, q1, q2, i1, i2, on, os, relu);
+                    continue;
+                }
+                const double gain = kind == 1 ? 2.0 * b2 : 1.0;
+                for (int64_t g = 0; g < n3; g++) {
+                    double norm = __builtin_sqrt(r1[g] * r2[g]);
+                    double rho = cv[g] / norm * up;
+                    rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
+                    double cb = rho * norm;
+                    double e1 = 1.0 / (1.0 + gain * r1[g]), e2 = 1.0 / (1.0 + gain * r2[g]);
+                    double root_e = __builtin_sqrt(e1) * __builtin_sqrt(e2);
+                    double r = cb * __builtin_sqrt(e1) * __builtin_sqrt(e2) * gain;
+                    r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+                    double q = (1.0 - rho) * (1.0 + rho) + rho * rho * (e1 + e2 - e1 * e2);
+                    double root = __builtin_sqrt(q > 0.0 ? q : 0.0);
+                    double angle = atan2_unit(r, root);
+                    double kdot;
+                    if (kind == 1) {
+                        on[g] = erf_scale * angle + erf_c;
+                        kdot = erf_kdot * root_e / root;
+                    } else {
+                        double delta = root / root_e, ratio = (r1[g] * e1) * (r2[g] * e2);
+                        on[g] = 0.25 * cb + (cb * angle + r * r / delta + ratio * delta) * inv_2pi;
+                        kdot = 0.25 + angle * inv_2pi
+                               + (cb / delta) * (1.0 / (delta * delta) + e1 * e2 - ratio + 1.0) * inv_2pi;
                     }
-                } else {
-                    const double gain = kind == 1 ? 2.0 * b2 : 1.0;
-                    for (int64_t g = 0; g < n3; g++) {
-                        double norm = __builtin_sqrt(r1[g] * r2[g]);
-                        double rho = cv[g] / norm * up;
-                        rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
-                        double cb = rho * norm;
-                        double e1 = 1.0 / (1.0 + gain * r1[g]), e2 = 1.0 / (1.0 + gain * r2[g]);
-                        double root_e = __builtin_sqrt(e1) * __builtin_sqrt(e2);
-                        double r = cb * __builtin_sqrt(e1) * __builtin_sqrt(e2) * gain;
-                        r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
-                        double q = (1.0 - rho) * (1.0 + rho) + rho * rho * (e1 + e2 - e1 * e2);
-                        double root = __builtin_sqrt(q > 0.0 ? q : 0.0);
-                        double angle = atan2_unit(r, root);
-                        double kdot;
-                        if (kind == 1) {
-                            on[g] = erf_scale * angle + erf_c;
-                            kdot = erf_kdot * root_e / root;
-                        } else {
-                            double delta = root / root_e, ratio = (r1[g] * e1) * (r2[g] * e2);
-                            on[g] = 0.25 * cb + (cb * angle + r * r / delta + ratio * delta) * inv_2pi;
-                            kdot = 0.25 + angle * inv_2pi
-                                   + (cb / delta) * (1.0 / (delta * delta) + e1 * e2 - ratio + 1.0) * inv_2pi;
-                        }
-                        if (os != NULL) os[g] = th != NULL ? kdot * th[g] : kdot;
-                    }
+                    if (os != NULL) os[g] = th != NULL ? kdot * th[g] : kdot;
                 }
             }
-    free(row);
+    free(buf);
     return 0;
 }
 

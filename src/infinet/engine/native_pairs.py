@@ -12,6 +12,7 @@ broadcast axes fold into four (vectors, both convolutional layouts); everything 
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
@@ -29,9 +30,14 @@ def available(device, dtype) -> bool:
 
 
 def step(kind: int, params: tuple[float, float, float], cov: Tensor, ntk: Tensor | None, var1: Tensor,
-         var2: Tensor) -> tuple[Tensor, Tensor | None] | None:
+         var2: Tensor, affine: tuple[float, float, float, float, float] | None = None
+         ) -> tuple[Tensor, Tensor | None] | None:
     """(nngp, kdot x ntk) (second None when ``ntk`` is None) of the activation ``kind`` with ``params`` (a, b, c),
-    or None where the loop does not take the tile (see the module docstring)."""
+    or None where the loop does not take the tile (see the module docstring).
+
+    ``affine``: (w2, b2, p, q, r) of a Dense layer applied to ``cov`` and ``ntk`` first in the same loop,
+    cov' = w2 cov + b2 and ntk' = p cov + q cov' + w2 ntk + r (:mod:`infinet.engine.dense_fusion`); ``var1`` and
+    ``var2`` are then the variances after it, the activation's input variances."""
     tensors = [t for t in (cov, ntk, var1, var2) if t is not None]
     if fused.get_compile() == "on" or not all(t.dtype == torch.float64 and t.device.type == "cpu" for t in tensors):
         return None
@@ -57,8 +63,10 @@ def step(kind: int, params: tuple[float, float, float], cov: Tensor, ntk: Tensor
     nngp = torch.empty(shape, dtype=torch.float64)
     second = None if ntk is None else torch.empty(shape, dtype=torch.float64)
     a = native.address
+    constants = None if affine is None else (ctypes.c_double * 5)(*map(float, affine))
     failed = lib.closed_form_pairs(kind, native.int64s(sizes), a(cov), a(ntk), a(v1), native.int64s(s1), a(v2),
-                                   native.int64s(s2), a(nngp), a(second), *params, torch.finfo(torch.float64).eps)
+                                   native.int64s(s2), a(nngp), a(second), *params, torch.finfo(torch.float64).eps,
+                                   constants)
     if failed:
         raise MemoryError("the compiled closed-form step could not allocate its buffer")
     return nngp, second

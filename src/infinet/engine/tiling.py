@@ -74,7 +74,7 @@ def token_reader(layer):
 def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
                 masks: tuple[Tensor, Tensor | None] | None = None,
                 patterns: tuple[Tensor, Tensor | None] | None = None,
-                trace: VarianceTrace | None = None) -> Kernel:
+                trace: VarianceTrace | None = None, distinct: bool = False) -> Kernel:
     """Kernel of ``layer`` between the rows ``x1`` and columns ``x2`` (``None``: x2 is x1).
 
     Pure: it reads nothing but its arguments and returns a new :class:`~infinet.Kernel`. The inputs
@@ -85,6 +85,8 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
     x2 for :class:`~infinet.Aggregate` (x2's None when x2 is None). ``trace``: a
     :class:`~infinet.kernel.VarianceTrace` that records the self-covariances of x1 along the network, or
     replays recorded ones instead of computing them (the tile engine's business; see :func:`compute_kernel`).
+    ``distinct``: the caller knows that no row of x1 equals a row of x2 (no two rows of x1 when x2 is None), so
+    the search for identical inputs (:func:`~infinet.engine.kernel.identical_pairs`) is skipped.
     """
     x1, x2 = aligned(x1), (None if x2 is None else aligned(x2))
     if masks is not None:
@@ -97,7 +99,8 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
     else:
         full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
         k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
-                         positions_only=trace is not None and trace.replaying and replicates is None)
+                         positions_only=trace is not None and trace.replaying and replicates is None,
+                         distinct=distinct)
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
     if trace is not None:
@@ -350,6 +353,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
         replay = _Replay(symmetric, len(rows), len(cols))
         tasks = replay.order(tasks)
     sink = MemorySink(plan, need_ntk, sampling.plan(layer, x1.shape[1:]) is not None, dtype, x1.device)
+    # no input repeats (groups1 and groups2 are None here): a tile need not look for identical rows, unless a row
+    # of x1 is also one of x2
+    distinct = symmetric or not bool(torch.isin(row_keys(x1), row_keys(x2)).any())
 
     def work(task):
         if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)
@@ -360,7 +366,8 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
 
         def tile(trace=None):
             return kernel_tile(layer, x1[rows[i]], None if diagonal else x2[cols[j]], need_ntk,
-                               tile_part(masks, plan, i, j), tile_part(patterns, plan, i, j), trace=trace)
+                               tile_part(masks, plan, i, j), tile_part(patterns, plan, i, j), trace=trace,
+                               distinct=distinct)
 
         if replay is None:
             k = tile()

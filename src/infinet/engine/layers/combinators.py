@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..apply import apply_kernel, fit_layout
-from .. import conv_fusion, laws
+from .. import conv_fusion, dense_fusion, laws
 from .base import Context, Layer, Spec, as_layer
 from ...core.checks import check_int
 
@@ -91,14 +91,26 @@ class Serial(Layer):
         while i < len(self.layers):
             layer, out = self.layers[i], outs[i]
             k = fit_layout(k, layer.needs_full(out))
-            if i + 1 < len(self.layers) and conv_fusion.applies(layer, self.layers[i + 1], k, outs[i + 1]):
-                fused_out = conv_fusion.conv_activation(layer, self.layers[i + 1], k)
-                if fused_out is not None:  # a Conv and its activation in one pass (infinet.engine.conv_fusion)
-                    k, i = fused_out, i + 2
-                    continue
+            fused_out = self._fused_pair(i, k, outs)
+            if fused_out is not None:
+                k, i = fused_out, i + 2
+                continue
             k = _pin(apply_kernel(layer, k, out), k)
             i += 1
         return k
+
+    def _fused_pair(self, i: int, k, outs: list):
+        """The kernel after layers i and i + 1 computed in one pass (a Conv and its activation,
+        :mod:`infinet.engine.conv_fusion`; a Dense and its activation, :mod:`infinet.engine.dense_fusion`), or
+        None: the layers one by one."""
+        if i + 1 >= len(self.layers):
+            return None
+        layer, nxt = self.layers[i], self.layers[i + 1]
+        if conv_fusion.applies(layer, nxt, k, outs[i + 1]):
+            return conv_fusion.conv_activation(layer, nxt, k)
+        if dense_fusion.applies(layer, nxt, k):
+            return dense_fusion.dense_activation(layer, nxt, k)
+        return None
 
     def module(self, spec, ctx: Context) -> nn.Module:
         modules = []

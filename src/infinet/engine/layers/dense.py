@@ -119,13 +119,30 @@ class Dense(Layer):
                              f"shape {spec.shape}")
         return random_output(spec, ctx, None if spec.shape is None else (self.out_features, *spec.shape[1:]))
 
+    fused_affine = True  # this class exactly (not its subclasses): infinet.engine.dense_fusion may compute it
+
+    def variance(self, v: Tensor) -> Tensor:
+        """Self-covariance after the layer: w_std^2 v + b_std^2."""
+        return self.w_std**2 * v + (0.0 if self.b_std is None else self.b_std**2)
+
+    def affine_constants(self, fan_in: int) -> tuple[float, float, float, float, float]:
+        """(w2, b2, p, q, r) of the kernel transform below as Theta' = p K + q K' + w2 Theta + r (for
+        :mod:`infinet.engine.dense_fusion`): 'ntk' p = 0, q = 1, r = 0; 'standard' p = n, q = 0, r = 1 with a
+        bias; frozen p = q = r = 0. Float hyperparameters only."""
+        w2, b2 = float(self.w_std) ** 2, 0.0 if self.b_std is None else float(self.b_std) ** 2
+        if not self.trainable:
+            return w2, b2, 0.0, 0.0, 0.0
+        if self.parameterization == "ntk":
+            return w2, b2, 0.0, 1.0, 0.0
+        return w2, b2, float(fan_in), 0.0, 0.0 if self.b_std is None else 1.0
+
     def kernel_fn(self, k: Kernel) -> Kernel:
         w2 = self.w_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
         nngp = k.nngp * w2
         if b2:
             nngp = nngp.add_(b2)  # in place on the fresh product only; k is never mutated
-        var1, var2 = k.map_variances(lambda v: w2 * v + b2)
+        var1, var2 = k.map_variances(self.variance)
         ntk = k.ntk
         if ntk is not None:
             if not self.trainable:  # frozen: no gradient with respect to this layer's own parameters

@@ -1,5 +1,5 @@
-"""A Dense layer and the closed-form activation after it in one compiled pass (infinet.engine.dense_fusion): the
-same kernels as the two layers one by one, taken where it applies and declined elsewhere."""
+"""Dense layers and the closed-form activations between them in one compiled pass (infinet.engine.dense_fusion):
+the same kernels as the layers one by one, taken where it applies and declined elsewhere."""
 
 import pytest
 import torch
@@ -35,23 +35,23 @@ def _unfused(fn):
 
 
 def _spy(monkeypatch) -> list:
-    """Record each fused pair's outcome (a kernel, or None where the loop declined)."""
+    """Record each fused run's (number of stages, outcome: a kernel, or None where the loop declined)."""
     calls = []
-    original = dense_fusion.dense_activation
+    original = dense_fusion.dense_chain
 
-    def spy(*args):
-        out = original(*args)
-        calls.append(out)
+    def spy(run, k):
+        out = original(run, k)
+        calls.append((len(run), out))
         return out
 
-    monkeypatch.setattr(dense_fusion, "dense_activation", spy)
+    monkeypatch.setattr(dense_fusion, "dense_chain", spy)
     return calls
 
 
 @needs_compiler
 @pytest.mark.parametrize("dense", list(DENSES))
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-def test_fused_pairs_give_the_layers_kernels(monkeypatch, dense, act):
+def test_fused_runs_give_the_layers_kernels(monkeypatch, dense, act):
     """Symmetric and x1 against x2 (a row of x1 repeated in x2), with and without the NTK, tiles of 7 rows: within
     1e-13 of the largest value of the layers one by one, and the diagonal exactly the self-covariances."""
     g = torch.Generator().manual_seed(len(dense) * 7 + len(act))
@@ -68,7 +68,8 @@ def test_fused_pairs_give_the_layers_kernels(monkeypatch, dense, act):
             assert float((a - b).abs().max()) <= 1e-13 * float(b.abs().max()), (name, args[1:] != ())
         if len(args) == 1:
             assert torch.equal(got.nngp.diagonal(), got.var1)
-    assert calls and all(out is not None for out in calls)
+    # the first Dense and ReLU, then two stages of the activation under test and the readout: one run of four
+    assert calls and all(n == 4 and out is not None for n, out in calls)
 
 
 @needs_compiler
@@ -92,29 +93,40 @@ def test_pairs_the_loop_cannot_take_are_left_to_the_layers(monkeypatch):
     x[2] = 0.0
     zero = inf.serial(inf.Dense(8, w_std=1.2), inf.Relu(), inf.Dense(1))
     got = zero.kernel(x)
-    assert calls == [None]  # offered, declined: a zero variance
+    assert [out for _, out in calls] == [None]  # offered, declined: a zero variance
     want = _unfused(lambda: zero.kernel(x))
     assert torch.equal(got.nngp, want.nngp) and torch.equal(got.ntk, want.ntk)
 
 
 @needs_compiler
-def test_the_affine_map_inside_the_loop_is_the_dense_transform():
-    """native_pairs.step with a Dense layer's constants on a tile: the Dense transform and then the activation,
-    for each parameterization (the NTK update p K + q K' + w2 Theta + r)."""
+def test_a_chain_stage_by_stage_is_the_layers_transforms():
+    """dense_chain on a tile against the layers' own transforms applied one by one (the diagonal pinned after each,
+    as serial does): runs of one stage, of stages ending in a readout, each parameterization and activation kind,
+    symmetric and not, with and without the NTK."""
+    from infinet.engine.layers.combinators import _pin
+
     g = torch.Generator().manual_seed(3)
     x1, x2 = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
-    k = input_kernel(x1, x2, True)
-    k = k.replace(ntk=torch.rand(9, 5, generator=g, dtype=torch.float64))
-    act = inf.Gelu()
-    for make in DENSES.values():
-        dense = make()
-        after = dense.kernel_fn(k)
-        want = act.step(after.nngp, after.ntk, after.var1.unsqueeze(1), after.var2.unsqueeze(0))
-        kind, params = act.native_pairs()
-        got = native_pairs.step(kind, params, k.nngp, k.ntk, after.var1.unsqueeze(1), after.var2.unsqueeze(0),
-                                affine=dense.affine_constants(k.shape[0]))
-        for a, b in zip(got, want):
-            assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max()), repr(dense)
+    for make_dense in DENSES.values():
+        for make_act in ACTIVATIONS.values():
+            run = [(make_dense(), make_act()), (make_dense(), make_act()), (inf.Dense(3, w_std=0.9, b_std=0.2), None)]
+            for stages in (run[:1], run):
+                for k in (input_kernel(x1, None, True), input_kernel(x1, x2, True), input_kernel(x1, x2, False)):
+                    got = dense_fusion.dense_chain(stages, k)
+                    want = k
+                    for dense, act in stages:
+                        want = _pin(dense.kernel_fn(want), want)
+                        want = want if act is None else _pin(act.kernel_fn(want), want)
+                    assert got is not None and got.shape == want.shape
+                    assert torch.equal(got.var1, want.var1) and torch.equal(got.var2, want.var2)
+                    for name in ("nngp", "ntk"):
+                        a, b = getattr(got, name), getattr(want, name)
+                        if b is None:
+                            assert a is None
+                            continue
+                        assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max()), (stages, name)
+                    if k.symmetric:
+                        assert torch.equal(got.nngp.diagonal(), got.var1)
 
 
 def test_tiles_skip_the_search_for_identical_inputs_only_where_there_are_none(monkeypatch):

@@ -82,3 +82,19 @@ def test_gaussian_activation_domain():
     # var 0.36 < 1/(2b) = 0.5 was accepted before although E[exp(2 u^2)] = 1/sqrt(1 - 4 var) diverges
     with pytest.raises(ValueError, match="1/\\(4b\\)"):
         inf.serial(inf.Dense(8, w_std=0.6), inf.Gaussian(1.0, 1.0), inf.Dense(1)).kernel(x)
+
+
+def test_gelu_derivative_kernel_at_large_variances():
+    """E[phi'(u)^2] for GELU at variances 1e10 ... 1e300 is 1/2 + O(var^-1/2), in the eager formula and the
+    compiled loop alike: its (1 - P)/P1 + 1 = e1 + e2 term, written as e1 e2 - var1 e1 var2 e2 + 1, lost everything
+    to cancellation wherever var e rounded below 1 (kdot 2e83 at var = 7e199)."""
+    from infinet.engine import closed_forms, native_pairs
+
+    var = torch.logspace(10, 300, 400, dtype=torch.float64)
+    _, kdot = closed_forms.gelu(var, var, var)
+    assert float((kdot - 0.5).abs().max()) < 1e-4
+    v = var[var < 1e150]  # the compiled loop takes variances whose products are safe to form
+    out = native_pairs.step(native_pairs.GELU, (0.0, 0.0, 0.0), v[:, None], torch.ones(len(v), 1, dtype=torch.float64),
+                            v[:, None], v[:, None])
+    if out is not None:
+        assert float((out[1] - 0.5).abs().max()) < 1e-4

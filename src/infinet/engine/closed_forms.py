@@ -348,7 +348,8 @@ def gelu(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pai
     Evaluated without forming P, P1 or cov^2 (which overflow at variances near 1e154 while the result,
     of the order of the variance, is representable): with e_i = 1 / (1 + var_i) and r = cov sqrt(e1 e2),
     (cov^2 + P D^2) / (P1 D) = r^2 / D + var1 e1 var2 e2 D, D = sqrt(1 - r^2) / sqrt(e1 e2) and
-    1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2).
+    1 - r^2 = (1 - rho)(1 + rho) + rho^2 (e1 + e2 - e1 e2), and (1 - P)/P1 + 1 = (2 + var1 + var2)/P1 = e1 + e2
+    (written as e1 e2 - var1 e1 var2 e2 + 1 it cancels to nothing at large variances, where var e rounds to 1).
     """
     cov, var1, var2 = broadcast_pair(cov, var1, var2)
     cov, rho, _ = bounded_covariance(cov, var1, var2)
@@ -364,7 +365,7 @@ def gelu(cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> Pai
     if not need_kdot:
         return nngp, None
     t = cov / delta
-    kdot = 0.25 + angle / _TWO_PI + t * (1.0 / (delta * delta) + e1 * e2 - ratio + 1.0) / _TWO_PI
+    kdot = 0.25 + angle / _TWO_PI + t * (1.0 / (delta * delta) + e1 + e2) / _TWO_PI
     return nngp, kdot
 
 

@@ -176,7 +176,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.acos_values.restype = None
     lib.acos_values.argtypes = [i64, ptr, ptr]
     lib.closed_form_pairs.restype = ctypes.c_int
-    lib.closed_form_pairs.argtypes = [i64] + [ptr] * 9 + [f64] * 4 + [ptr]
+    lib.closed_form_pairs.argtypes = [i64] + [ptr] * 9 + [f64] * 4
+    lib.closed_form_chain.restype = ctypes.c_int
+    lib.closed_form_chain.argtypes = [i64] * 4 + [ptr] * 10 + [f64]
     lib.atan2_unit_values.restype = None
     lib.atan2_unit_values.argtypes = [i64, ptr, ptr, ptr]
     lib.conv_sums_full.restype = ctypes.c_int

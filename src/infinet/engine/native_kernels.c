@@ -194,7 +194,7 @@ void acos_sine_values(int64_t n, const double *x, double *angle, double *sine)
  *   kind 2, GELU x Phi(x): with e_i = 1 / (1 + v_i), r = cov' sqrt(e1 e2), delta = root / sqrt(e1 e2),
  *     A = atan2(r, root), ratio = v1 e1 v2 e2,
  *     nngp = cov' / 4 + (cov' A + r^2 / delta + ratio delta) / (2 pi),
- *     kdot = 1/4 + A / (2 pi) + (cov' / delta) (1 / delta^2 + e1 e2 - ratio + 1) / (2 pi)  (Tsuchida et al. 2021).
+ *     kdot = 1/4 + A / (2 pi) + (cov' / delta) (1 / delta^2 + e1 + e2) / (2 pi)  (Tsuchida et al. 2021).
  * The second output is kdot, or kdot x ntk when an NTK is given (Jacot et al. 2018).
  * ------------------------------------------------------------------------------------------------------------ */
 /* atan2(y, x) for x >= 0 and y^2 + x^2 = 1 up to rounding: asin of the smaller of the two, so that the
@@ -207,10 +207,12 @@ static inline double atan2_unit(double y, double x)
     return ay <= x ? small : (y < 0 ? -other : other);
 }
 
-/* The Dense layer before the activation (infinet/engine/dense_fusion.py), on one row of n entries:
- * cov' = w2 cov + b2, ntk' = p cov + q cov' + w2 ntk + r, with aff = (w2, b2, p, q, r) (Dense's kernel transform:
- * 'ntk' parameterization p = 0, q = 1, r = 0; 'standard' p = fan-in, q = 0, r = 1 with a bias; frozen p = q = r = 0).
- * theta NULL: the NNGP alone. */
+/* A Dense layer on one row of n entries (infinet/engine/dense_fusion.py): cov' = w2 cov + b2 and ntk' = p cov +
+ * q cov' + w2 ntk + r, with aff = (w2, b2, p, q, r) (Dense's kernel transform: 'ntk' parameterization p = 0, q = 1,
+ * r = 0; 'standard' p = fan-in, q = 0, r = 1 with a bias; frozen p = q = r = 0). theta NULL: the NNGP alone.
+ * Without contraction, w2 cov + b2 rounds as the variances' w2 v + b2 do in torch: identical inputs keep
+ * cov' = v' exactly. */
+__attribute__((optimize("fp-contract=off")))
 static void affine_row(int64_t n, const double *restrict cov, const double *restrict theta, const double *aff,
                        double *restrict out_cov, double *restrict out_theta)
 {
@@ -220,7 +222,7 @@ static void affine_row(int64_t n, const double *restrict cov, const double *rest
         for (int64_t g = 0; g < n; g++) out_theta[g] = p * cov[g] + q * out_cov[g] + w2 * theta[g] + r;
 }
 
-/* One row of variances (stride 0: one value), with their square roots and the roots' reciprocals when root is
+/* n variances from p with stride (0: one value), with their square roots and the roots' reciprocals when root is
  * not NULL. */
 static void variance_row(const double *p, int64_t stride, int64_t n, double *var, double *root, double *inv)
 {
@@ -236,95 +238,151 @@ static void variance_row(const double *p, int64_t stride, int64_t n, double *var
         for (int64_t g = 0; g < n; g++) { root[g] = __builtin_sqrt(var[g]); inv[g] = 1.0 / root[g]; }
 }
 
+/* One row of variances for the activation: var, and for kind 0 their roots and the roots' reciprocals. */
 typedef struct {
-    double slope, ab, kdot_shift, up;
-} abrelu_consts;
+    double *var, *root, *inv;
+} side_row;
 
-/* kind 0 on one row: norm = sqrt(v1) sqrt(v2), r = -rho = -(cov (1 / sqrt(v1)) (1 / sqrt(v2))) (1 + 4 eps)
+typedef struct {
+    int64_t kind;
+    double a, b, c, eps;
+} activation;
+
+/* The activation on one row of n entries: cv, th (or NULL) in, on, os (or NULL) out; s1, s2 the two members'
+ * variances. Kind 0 forms norm = sqrt(v1) sqrt(v2) and r = -rho = -(cov (1 / sqrt(v1)) (1 / sqrt(v2))) (1 + 4 eps)
  * (products instead of a division and a root per entry; the 4-ulp push covers the reciprocals' 2 ulps, so rho =
  * +-1 stays exact), angle = acos(r) = pi - acos(rho) and sqrt(1 - r^2) from one root (acos_and_sine). */
-static void abrelu_row(int64_t n, const double *restrict cv, const double *restrict th, const double *restrict q1,
-                       const double *restrict q2, const double *restrict i1, const double *restrict i2,
-                       double *restrict on, double *restrict os, abrelu_consts k)
+static void activation_row(activation f, int64_t n, const double *restrict cv, const double *restrict th, side_row s1,
+                           side_row s2, double *restrict on, double *restrict os)
 {
-    const double c = 1.0 / (2.0 * PI);
-    for (int64_t g = 0; g < n; g++) {
-        double norm = q1[g] * q2[g];
-        double r = -(cv[g] * (i1[g] * i2[g])) * k.up;
-        r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
-        double angle, sine;
-        acos_and_sine(r, &angle, &sine);
-        on[g] = k.slope * ((c * sine - c * angle * r) * norm) + k.ab * cv[g];
-        if (os != NULL) {
-            double kdot = k.slope * (angle * c) + k.kdot_shift;
-            os[g] = th != NULL ? kdot * th[g] : kdot;
+    const double inv_2pi = 1.0 / (2.0 * PI), up = 1.0 + 4.0 * f.eps, a = f.a, b = f.b;
+    if (f.kind == 0) {
+        const double slope = (b - a) * (b - a), ab = a * b, kdot_shift = a * a + a * (b - a);
+        const double *restrict q1 = s1.root, *restrict q2 = s2.root, *restrict i1 = s1.inv, *restrict i2 = s2.inv;
+        for (int64_t g = 0; g < n; g++) {
+            double norm = q1[g] * q2[g];
+            double r = -(cv[g] * (i1[g] * i2[g])) * up;
+            r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+            double angle, sine;
+            acos_and_sine(r, &angle, &sine);
+            on[g] = slope * ((inv_2pi * sine - inv_2pi * angle * r) * norm) + ab * cv[g];
+            if (os != NULL) {
+                double kdot = slope * (angle * inv_2pi) + kdot_shift;
+                os[g] = th != NULL ? kdot * th[g] : kdot;
+            }
         }
+        return;
+    }
+    const double b2 = b * b, erf_scale = a * a * (2.0 / PI), erf_kdot = a * a * b2 * (4.0 / PI), erf_c = f.c * f.c;
+    const double gain = f.kind == 1 ? 2.0 * b2 : 1.0;
+    const double *restrict r1 = s1.var, *restrict r2 = s2.var;
+    for (int64_t g = 0; g < n; g++) {
+        double norm = __builtin_sqrt(r1[g] * r2[g]);
+        double rho = cv[g] / norm * up;
+        rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
+        double cb = rho * norm;
+        double e1 = 1.0 / (1.0 + gain * r1[g]), e2 = 1.0 / (1.0 + gain * r2[g]);
+        double root_e = __builtin_sqrt(e1) * __builtin_sqrt(e2);
+        double r = cb * __builtin_sqrt(e1) * __builtin_sqrt(e2) * gain;
+        r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
+        double q = (1.0 - rho) * (1.0 + rho) + rho * rho * (e1 + e2 - e1 * e2);
+        double root = __builtin_sqrt(q > 0.0 ? q : 0.0);
+        double angle = atan2_unit(r, root);
+        double kdot;
+        if (f.kind == 1) {
+            on[g] = erf_scale * angle + erf_c;
+            kdot = erf_kdot * root_e / root;
+        } else {
+            double delta = root / root_e, ratio = (r1[g] * e1) * (r2[g] * e2);
+            on[g] = 0.25 * cb + (cb * angle + r * r / delta + ratio * delta) * inv_2pi;
+            kdot = 0.25 + angle * inv_2pi + (cb / delta) * (1.0 / (delta * delta) + e1 + e2) * inv_2pi;
+        }
+        if (os != NULL) os[g] = th != NULL ? kdot * th[g] : kdot;
     }
 }
 
 /* shape: 4 sizes; cov, ntk (or NULL), out_nngp, out_second (or NULL): contiguous over shape; var1, var2 with
- * strides s1, s2 (4 each, in elements; 0 where the variance does not vary): the activation's input variances.
- * affine: NULL, or the Dense layer before the activation (affine_row), applied to cov and ntk first. A row of
- * variances is read (and, for kind 0, its roots formed) only when it differs from the previous row's. Returns -1
- * when its buffers cannot be had. */
+ * strides s1, s2 (4 each, in elements; 0 where the variance does not vary). A row of variances is read (and, for
+ * kind 0, its roots formed) only when it differs from the previous row's. Returns -1 when its buffer cannot be
+ * had. */
 int closed_form_pairs(int64_t kind, const int64_t *shape, const double *cov, const double *ntk, const double *var1,
                       const int64_t *s1, const double *var2, const int64_t *s2, double *out_nngp,
-                      double *out_second, double a, double b, double c, double eps, const double *affine)
+                      double *out_second, double a, double b, double c, double eps)
 {
     const int64_t n3 = shape[3], m = n3 > 0 ? n3 : 1;
-    double *buf = malloc((size_t)(8 * m) * sizeof(double));
+    double *buf = malloc((size_t)(6 * m) * sizeof(double));
     if (buf == NULL) return -1;
-    double *r1 = buf, *r2 = buf + m, *q1 = buf + 2 * m, *q2 = buf + 3 * m, *i1 = buf + 4 * m, *i2 = buf + 5 * m;
-    double *ca = buf + 6 * m, *ta = buf + 7 * m;
-    const double inv_2pi = 1.0 / (2.0 * PI), up = 1.0 + 4.0 * eps;
-    const abrelu_consts relu = {(b - a) * (b - a), a * b, a * a + a * (b - a), up};
-    const double b2 = b * b, erf_scale = a * a * (2.0 / PI), erf_kdot = a * a * b2 * (4.0 / PI), erf_c = c * c;
+    side_row one = {buf, buf + 2 * m, buf + 4 * m}, two = {buf + m, buf + 3 * m, buf + 5 * m};
+    const activation f = {kind, a, b, c, eps};
     const double *last1 = NULL, *last2 = NULL;
     int64_t at = 0;
     for (int64_t i0 = 0; i0 < shape[0]; i0++)
-        for (int64_t i1_ = 0; i1_ < shape[1]; i1_++)
-            for (int64_t i2_ = 0; i2_ < shape[2]; i2_++, at += n3) {
-                const double *p1 = var1 + i0 * s1[0] + i1_ * s1[1] + i2_ * s1[2];
-                const double *p2 = var2 + i0 * s2[0] + i1_ * s2[1] + i2_ * s2[2];
-                if (p1 != last1) variance_row(p1, s1[3], n3, r1, kind == 0 ? q1 : NULL, i1);
-                if (p2 != last2) variance_row(p2, s2[3], n3, r2, kind == 0 ? q2 : NULL, i2);
+        for (int64_t i1 = 0; i1 < shape[1]; i1++)
+            for (int64_t i2 = 0; i2 < shape[2]; i2++, at += n3) {
+                const double *p1 = var1 + i0 * s1[0] + i1 * s1[1] + i2 * s1[2];
+                const double *p2 = var2 + i0 * s2[0] + i1 * s2[1] + i2 * s2[2];
+                if (p1 != last1) variance_row(p1, s1[3], n3, one.var, kind == 0 ? one.root : NULL, one.inv);
+                if (p2 != last2) variance_row(p2, s2[3], n3, two.var, kind == 0 ? two.root : NULL, two.inv);
                 last1 = p1, last2 = p2;
-                const double *cv = cov + at, *th = ntk != NULL ? ntk + at : NULL;
-                if (affine != NULL) {
-                    affine_row(n3, cv, th, affine, ca, ta);
-                    cv = ca, th = th != NULL ? ta : NULL;
-                }
-                double *on = out_nngp + at, *os = out_second != NULL ? out_second + at : NULL;
-                if (kind == 0) {
-                    abrelu_row(n3, cv, th, q1, q2, i1, i2, on, os, relu);
-                    continue;
-                }
-                const double gain = kind == 1 ? 2.0 * b2 : 1.0;
-                for (int64_t g = 0; g < n3; g++) {
-                    double norm = __builtin_sqrt(r1[g] * r2[g]);
-                    double rho = cv[g] / norm * up;
-                    rho = rho < -1.0 ? -1.0 : (rho > 1.0 ? 1.0 : rho);
-                    double cb = rho * norm;
-                    double e1 = 1.0 / (1.0 + gain * r1[g]), e2 = 1.0 / (1.0 + gain * r2[g]);
-                    double root_e = __builtin_sqrt(e1) * __builtin_sqrt(e2);
-                    double r = cb * __builtin_sqrt(e1) * __builtin_sqrt(e2) * gain;
-                    r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
-                    double q = (1.0 - rho) * (1.0 + rho) + rho * rho * (e1 + e2 - e1 * e2);
-                    double root = __builtin_sqrt(q > 0.0 ? q : 0.0);
-                    double angle = atan2_unit(r, root);
-                    double kdot;
-                    if (kind == 1) {
-                        on[g] = erf_scale * angle + erf_c;
-                        kdot = erf_kdot * root_e / root;
-                    } else {
-                        double delta = root / root_e, ratio = (r1[g] * e1) * (r2[g] * e2);
-                        on[g] = 0.25 * cb + (cb * angle + r * r / delta + ratio * delta) * inv_2pi;
-                        kdot = 0.25 + angle * inv_2pi
-                               + (cb / delta) * (1.0 / (delta * delta) + e1 * e2 - ratio + 1.0) * inv_2pi;
-                    }
-                    if (os != NULL) os[g] = th != NULL ? kdot * th[g] : kdot;
-                }
+                activation_row(f, n3, cov + at, ntk != NULL ? ntk + at : NULL, one, two, out_nngp + at,
+                               out_second != NULL ? out_second + at : NULL);
             }
+    free(buf);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * A chain of fully-connected stages on an (n1, n2) tile of vectors (infinet/engine/dense_fusion.py), row by row
+ * with the row in L1: stage l is a Dense layer (affine_row with affines[5 l ...]) and, for l < n_stages - 1 or
+ * when the last kind is not -1, the activation kinds[l] with params[3 l ...] (activation_row). pre1, pre2
+ * (n_stages x n1, n_stages x n2): each stage's variances after its Dense layer; post1: after its activation (the
+ * next stage's input). symmetric (a tile on the diagonal, n1 = n2): entry (i, i) is pinned to pre1 after each
+ * Dense layer and to post1 after each activation, as the layers one by one pin it. ntk and out_ntk NULL: the NNGP
+ * alone. Returns -1 when its buffers cannot be had.
+ * ------------------------------------------------------------------------------------------------------------ */
+int closed_form_chain(int64_t n_stages, int64_t n1, int64_t n2, int64_t symmetric, const double *cov,
+                      const double *ntk, const int64_t *kinds, const double *params, const double *affines,
+                      const double *pre1, const double *pre2, const double *post1, double *out_nngp, double *out_ntk,
+                      double eps)
+{
+    const int64_t m = n2 > 0 ? n2 : 1, m1 = n1 > 0 ? n1 : 1, stages = n_stages > 0 ? n_stages : 1;
+    double *buf = malloc((size_t)(7 * m + 2 * stages * (m + m1)) * sizeof(double));
+    if (buf == NULL) return -1;
+    double *ca = buf, *ta = buf + m, *cb = buf + 2 * m, *tb = buf + 3 * m;  /* after a Dense layer; after an activation */
+    side_row one = {buf + 4 * m, buf + 5 * m, buf + 6 * m};
+    double *root2 = buf + 7 * m, *inv2 = root2 + stages * m, *root1 = inv2 + stages * m, *inv1 = root1 + stages * m1;
+    for (int64_t l = 0; l < n_stages; l++) {
+        for (int64_t g = 0; g < n2; g++) {
+            root2[l * m + g] = __builtin_sqrt(pre2[l * n2 + g]);
+            inv2[l * m + g] = 1.0 / root2[l * m + g];
+        }
+        for (int64_t i = 0; i < n1; i++) {
+            root1[l * m1 + i] = __builtin_sqrt(pre1[l * n1 + i]);
+            inv1[l * m1 + i] = 1.0 / root1[l * m1 + i];
+        }
+    }
+    for (int64_t i = 0; i < n1; i++) {
+        const double *c_in = cov + i * n2, *t_in = ntk != NULL ? ntk + i * n2 : NULL;
+        const int pin = symmetric && i < n2;
+        for (int64_t l = 0; l < n_stages; l++) {
+            const int last = l == n_stages - 1;
+            double *c_out = last ? out_nngp + i * n2 : cb, *t_out = t_in == NULL ? NULL : (last ? out_ntk + i * n2 : tb);
+            if (kinds[l] < 0) {  /* a Dense layer alone (the last stage) */
+                affine_row(n2, c_in, t_in, affines + 5 * l, c_out, t_out);
+                if (pin) c_out[i] = pre1[l * n1 + i];
+                break;
+            }
+            affine_row(n2, c_in, t_in, affines + 5 * l, ca, ta);
+            if (pin) ca[i] = pre1[l * n1 + i];
+            const double v1 = pre1[l * n1 + i], q1 = root1[l * m1 + i], iv1 = inv1[l * m1 + i];
+            for (int64_t g = 0; g < n2; g++) { one.var[g] = v1; one.root[g] = q1; one.inv[g] = iv1; }
+            const side_row two = {(double *)pre2 + l * n2, root2 + l * m, inv2 + l * m};
+            const activation f = {kinds[l], params[3 * l], params[3 * l + 1], params[3 * l + 2], eps};
+            activation_row(f, n2, ca, t_in == NULL ? NULL : ta, one, two, c_out, t_out);
+            if (pin) c_out[i] = post1[l * n1 + i];
+            c_in = c_out, t_in = t_out;
+        }
+    }
     free(buf);
     return 0;
 }

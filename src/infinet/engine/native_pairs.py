@@ -12,7 +12,6 @@ broadcast axes fold into four (vectors, both convolutional layouts); everything 
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import torch
@@ -30,28 +29,16 @@ def available(device, dtype) -> bool:
 
 
 def step(kind: int, params: tuple[float, float, float], cov: Tensor, ntk: Tensor | None, var1: Tensor,
-         var2: Tensor, affine: tuple[float, float, float, float, float] | None = None
-         ) -> tuple[Tensor, Tensor | None] | None:
+         var2: Tensor) -> tuple[Tensor, Tensor | None] | None:
     """(nngp, kdot x ntk) (second None when ``ntk`` is None) of the activation ``kind`` with ``params`` (a, b, c),
-    or None where the loop does not take the tile (see the module docstring).
-
-    ``affine``: (w2, b2, p, q, r) of a Dense layer applied to ``cov`` and ``ntk`` first in the same loop,
-    cov' = w2 cov + b2 and ntk' = p cov + q cov' + w2 ntk + r (:mod:`infinet.engine.dense_fusion`); ``var1`` and
-    ``var2`` are then the variances after it, the activation's input variances."""
-    tensors = [t for t in (cov, ntk, var1, var2) if t is not None]
-    if fused.get_compile() == "on" or not all(t.dtype == torch.float64 and t.device.type == "cpu" for t in tensors):
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    or None where the loop does not take the tile (see the module docstring)."""
+    if not eligible(cov, ntk, var1, var2):
         return None
     lib = native.library()
-    if lib is None:
-        return None
     shape = torch.broadcast_shapes(cov.shape, var1.shape, var2.shape)
     if ntk is not None and tuple(ntk.shape) != tuple(shape):
         return None
-    if not (bool((var1 > 0).all()) and bool((var2 > 0).all()) and closed_forms.product_safe(var1, var2)):
-        return None
-    if kind == ERF and not math.isfinite(2.0 * params[1] ** 2 * float(torch.maximum(var1.max(), var2.max()))):
+    if not takes(kind, params, var1, var2):
         return None
     v1, v2 = var1.expand(shape), var2.expand(shape)
     folded = _folded(shape, [v1.stride(), v2.stride()])
@@ -63,13 +50,30 @@ def step(kind: int, params: tuple[float, float, float], cov: Tensor, ntk: Tensor
     nngp = torch.empty(shape, dtype=torch.float64)
     second = None if ntk is None else torch.empty(shape, dtype=torch.float64)
     a = native.address
-    constants = None if affine is None else (ctypes.c_double * 5)(*map(float, affine))
     failed = lib.closed_form_pairs(kind, native.int64s(sizes), a(cov), a(ntk), a(v1), native.int64s(s1), a(v2),
-                                   native.int64s(s2), a(nngp), a(second), *params, torch.finfo(torch.float64).eps,
-                                   constants)
+                                   native.int64s(s2), a(nngp), a(second), *params, torch.finfo(torch.float64).eps)
     if failed:
         raise MemoryError("the compiled closed-form step could not allocate its buffer")
     return nngp, second
+
+
+def eligible(*tensors: Tensor | None) -> bool:
+    """Whether tiles of these tensors (None: absent) may take the compiled loops: float64 on the CPU, outside
+    autograd, with the library built and ``INFINET_COMPILE`` not "on"."""
+    present = [t for t in tensors if t is not None]
+    if fused.get_compile() == "on" or not all(t.dtype == torch.float64 and t.device.type == "cpu" for t in present):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    return native.library() is not None
+
+
+def takes(kind: int, params: tuple[float, float, float], var1: Tensor, var2: Tensor) -> bool:
+    """Whether the loop's formulas hold for these variances: all positive, their products safe to form
+    (:func:`infinet.engine.closed_forms.product_safe`), and for Erf 2 b^2 var finite."""
+    if not (bool((var1 > 0).all()) and bool((var2 > 0).all()) and closed_forms.product_safe(var1, var2)):
+        return False
+    return kind != ERF or math.isfinite(2.0 * params[1] ** 2 * float(torch.maximum(var1.max(), var2.max())))
 
 
 def _folded(shape, strides: list) -> tuple[list, list] | None:

@@ -91,26 +91,27 @@ class Serial(Layer):
         while i < len(self.layers):
             layer, out = self.layers[i], outs[i]
             k = fit_layout(k, layer.needs_full(out))
-            fused_out = self._fused_pair(i, k, outs)
+            fused_out = self._fused_run(i, k, outs)
             if fused_out is not None:
-                k, i = fused_out, i + 2
+                k, i = fused_out[0], i + fused_out[1]
                 continue
             k = _pin(apply_kernel(layer, k, out), k)
             i += 1
         return k
 
-    def _fused_pair(self, i: int, k, outs: list):
-        """The kernel after layers i and i + 1 computed in one pass (a Conv and its activation,
-        :mod:`infinet.engine.conv_fusion`; a Dense and its activation, :mod:`infinet.engine.dense_fusion`), or
-        None: the layers one by one."""
+    def _fused_run(self, i: int, k, outs: list):
+        """(the kernel after layers i, i + 1, ..., how many layers) computed in one pass (a Conv and its activation,
+        :mod:`infinet.engine.conv_fusion`; Dense layers and their activations, :mod:`infinet.engine.dense_fusion`),
+        or None: layer i alone."""
         if i + 1 >= len(self.layers):
             return None
         layer, nxt = self.layers[i], self.layers[i + 1]
         if conv_fusion.applies(layer, nxt, k, outs[i + 1]):
-            return conv_fusion.conv_activation(layer, nxt, k)
-        if dense_fusion.applies(layer, nxt, k):
-            return dense_fusion.dense_activation(layer, nxt, k)
-        return None
+            out = conv_fusion.conv_activation(layer, nxt, k)
+            return None if out is None else (out, 2)
+        run = dense_fusion.stages(self.layers, i, k)
+        out = dense_fusion.dense_chain(run, k) if run else None
+        return None if out is None else (out, 2 * len(run) - (run[-1][1] is None))
 
     def module(self, spec, ctx: Context) -> nn.Module:
         modules = []

@@ -96,7 +96,10 @@ def test_dropout_kernel():
     assert torch.equal(drop.nngp[off], plain.nngp[off]) and torch.equal(evaluation.nngp, plain.nngp)
     relu_sq = (plain.nngp.diagonal() - 0.04) / 1.44
     assert torch.allclose(drop.nngp.diagonal(), 1.44 * relu_sq / 0.75 + 0.04, rtol=1e-13)
-    assert torch.equal(drop.ntk[off], plain.ntk[off]) and (drop.ntk.diagonal() > plain.ntk.diagonal()).all()
+    # to rounding: the plain network's readout runs inside the compiled fully-connected chain
+    # (infinet.engine.dense_fusion), the one after Dropout as its own transform (another rounding of nngp + w2 ntk)
+    assert torch.allclose(drop.ntk[off], plain.ntk[off], rtol=1e-15, atol=0)
+    assert (drop.ntk.diagonal() > plain.ntk.diagonal()).all()
     model = inf.serial(*base, inf.Dropout(0.5), inf.Dense(1)).build(6, seed=0)
     model.eval()
     assert torch.equal(model(x.float()), model(x.float()))  # identity at evaluation

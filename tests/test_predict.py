@@ -188,3 +188,30 @@ def test_single_network_metrics_of_a_gaussian_ensemble():
     assert out["accuracy_se"] > 0 and float((f - y).pow(2).mean()) == pytest.approx(out["mse"], rel=0.02)
     with pytest.raises(ValueError, match="needs one time's posterior with its covariance"):
         single_network_metrics(Posterior(mean, None), y)
+
+
+def test_kernel_matrix_checks_find_one_bad_entry_anywhere():
+    """The blocked symmetry check sees a single asymmetric pair in any block (sizes that are not multiples of the
+    block, pairs far from the diagonal and in the last partial block), and the finiteness check a single NaN or
+    inf; a symmetric matrix passes unchanged."""
+    from infinet.inference.solve import _max_asymmetry, check_kernel_matrix
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 255, 300, 700):
+        x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+        k = x @ x.T
+        k = (k + k.T) / 2
+        assert check_kernel_matrix(k) is k and _max_asymmetry(k) == 0.0
+        for i, j in ((n - 1, 0), (n // 2, n - 1), (0, n // 3)):
+            if i == j:
+                continue
+            bad = k.clone()
+            bad[i, j] += 1e-3 * float(k.abs().max())
+            assert _max_asymmetry(bad) == float((bad - bad.T).abs().max()) > 0
+            with pytest.raises(KernelMatrixError, match="not symmetric"):
+                check_kernel_matrix(bad)
+        for value in (float("nan"), float("inf"), -float("inf")):
+            bad = k.clone()
+            bad[n - 1, n // 2] = value
+            with pytest.raises(KernelMatrixError, match="NaN or inf"):
+                check_kernel_matrix(bad)

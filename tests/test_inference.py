@@ -278,3 +278,22 @@ def test_one_calling_convention():
         gradient_descent_mse_ensemble(k.ntk, y, 5.0, ks.ntk, kss.nngp, compute_cov=True)
     with pytest.raises(TypeError, match="torch.Tensor or an infinet Kernel"):
         gp_inference(k.nngp.numpy(), ks, y)
+
+
+def test_ensemble_covariance_with_and_without_a_cholesky_factor(monkeypatch):
+    """The covariance's NNGP term (A F)(A F)^T with F = V^T L (Cholesky of the training NNGP) is the A (V^T K V) A^T
+    taken where K has no Cholesky factor, to rounding."""
+    k, ks, kss, y = problem()
+    times = [5.0, math.inf]
+    factored = gradient_descent_mse_ensemble(k, y, times, ks, kss, compute_cov=True)
+    real = torch.linalg.cholesky_ex
+
+    def singular(a, *args, **kwargs):
+        chol, info = real(a, *args, **kwargs)
+        return chol, torch.ones_like(info)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", singular)
+    fallback = gradient_descent_mse_ensemble(k, y, times, ks, kss, compute_cov=True)
+    scale = float(factored.cov.abs().max())
+    assert float((fallback.cov - factored.cov).abs().max()) <= 1e-12 * scale
+    assert torch.equal(fallback.mean, factored.mean)

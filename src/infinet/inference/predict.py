@@ -244,8 +244,12 @@ def gradient_descent_mse(
 
 
 def _nngp_parts(need, k_train_train, k_test_train, k_test_test, n: int, evecs: Tensor):
-    """The NNGP pieces of the ensemble covariance: K(x*, x*'), V^T K(X, X) V and V^T K(X, x*) (test points are
-    the training points when ``k_test_train`` is None)."""
+    """The NNGP pieces of the ensemble covariance: K(x*, x*'), a factor F of V^T K(X, X) V = F F^T and
+    V^T K(X, x*) (test points are the training points when ``k_test_train`` is None).
+
+    F = V^T L with K(X, X) = L L^T (Cholesky) is one N^3 product where V^T K V is two, and the covariance's term
+    (A F)(A F)^T is then positive semi-definite by construction; where K(X, X) is singular (no Cholesky factor),
+    F is V^T K V itself and the term is A F A^T."""
     k = check_kernel_matrix(need(k_train_train, "k_train_train", "nngp"), "k_train_train.nngp")
     if k_test_train is None:
         k_s, k_ss = k, k
@@ -254,7 +258,9 @@ def _nngp_parts(need, k_train_train, k_test_train, k_test_test, n: int, evecs: T
         k_ss = check_kernel_matrix(need(k_test_test, "k_test_test", "nngp"), "k_test_test.nngp")
         if k_ss.shape != (len(k_s), len(k_s)):
             raise KernelMatrixError(f"k_test_test must be ({len(k_s)}, {len(k_s)}), got {tuple(k_ss.shape)}")
-    return k_ss, evecs.T @ k @ evecs, evecs.T @ k_s.T
+    chol, info = torch.linalg.cholesky_ex(k)
+    factor = (evecs.T @ chol, True) if int(info) == 0 else (evecs.T @ k @ evecs, False)
+    return k_ss, factor, evecs.T @ k_s.T
 
 
 def _descent_factor(evals: Tensor, steps: float, rate: float) -> Tensor:
@@ -357,7 +363,10 @@ def gradient_descent_mse_ensemble(
         if compute_cov:
             ag = a * g  # Theta(x*, X) T_t expressed in the eigenbasis
             cross = ag @ c
-            covs.append(k_ss - cross - cross.T + (ag @ b) @ ag.T)
+            f, is_factor = b
+            af = ag @ f
+            spread = af @ af.T if is_factor else af @ ag.T
+            covs.append(k_ss - cross - cross.T + spread)
     mean = torch.stack(means)
     if vector:
         mean = mean[..., 0]

@@ -156,3 +156,13 @@ def test_tiles_skip_the_search_for_identical_inputs_only_where_there_are_none(mo
     assert seen and not any(seen)
     alone = net.kernel(x1[1:2], x1[1:2].clone())
     assert torch.equal(k.nngp[1, 6], alone.nngp[0, 0]) and torch.equal(k.ntk[1, 6], alone.ntk[0, 0])
+    # padded sequences: rows that differ only where they are padded are identical inputs once masked, which only
+    # the tiles see; every tile keeps its search
+    seqs = torch.randn(6, 3, 5, generator=g, dtype=torch.float64)
+    seqs[4] = seqs[1]
+    seqs[4, :, 3:] = 7.0
+    recurrent = inf.serial(inf.Recurrent(inf.Relu(), 16, return_sequence=False), inf.Dense(1))
+    seen.clear()
+    masked = recurrent.kernel(seqs, lengths=[5, 3, 4, 5, 3, 2], tile_size=2)
+    assert seen and not any(seen)
+    assert torch.allclose(masked.nngp[1, 4], masked.nngp[1, 1], rtol=1e-14)

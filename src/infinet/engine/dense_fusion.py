@@ -55,6 +55,8 @@ def stages(layers, start: int, k) -> list[tuple[object, object | None]]:
         return []
     if k.law is not None or k.trace is not None or k.sampling is not None or k.mask1 is not None:
         return []
+    if k.nngp_se is not None or k.ntk_se is not None or k.pattern1 is not None:
+        return []
     run, i = [], start
     while i + 1 < len(layers) and _dense(layers[i]) and _activation(layers[i + 1]):
         run.append((layers[i], layers[i + 1]))

@@ -354,8 +354,9 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
         tasks = replay.order(tasks)
     sink = MemorySink(plan, need_ntk, sampling.plan(layer, x1.shape[1:]) is not None, dtype, x1.device)
     # no input repeats (groups1 and groups2 are None here): a tile need not look for identical rows, unless a row
-    # of x1 is also one of x2
-    distinct = symmetric or not bool(torch.isin(row_keys(x1), row_keys(x2)).any())
+    # of x1 is also one of x2, or padding masks are applied (rows that differ only where they are padded become
+    # identical inputs after masking, which the tiles find)
+    distinct = masks is None and (symmetric or not bool(torch.isin(row_keys(x1), row_keys(x2)).any()))
 
     def work(task):
         if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)

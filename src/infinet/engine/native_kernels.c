@@ -212,10 +212,15 @@ static inline double atan2_unit(double y, double x)
  * r = 0; 'standard' p = fan-in, q = 0, r = 1 with a bias; frozen p = q = r = 0). theta NULL: the NNGP alone.
  * Without contraction, w2 cov + b2 rounds as the variances' w2 v + b2 do in torch: identical inputs keep
  * cov' = v' exactly. */
+#if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
+#endif
 static void affine_row(int64_t n, const double *restrict cov, const double *restrict theta, const double *aff,
                        double *restrict out_cov, double *restrict out_theta)
 {
+#ifdef __clang__
+#pragma clang fp contract(off)
+#endif
     const double w2 = aff[0], b2 = aff[1], p = aff[2], q = aff[3], r = aff[4];
     for (int64_t g = 0; g < n; g++) out_cov[g] = cov[g] * w2 + b2;
     if (theta != NULL)

@@ -348,15 +348,16 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     plan = TilePlan(len(x1), len(x2), size, symmetric)
     rows, cols = plan.rows, plan.cols
     tasks = plan.tasks()
+    # no input repeats within x1 or x2 (groups1 and groups2 are None here); without padding masks, whether a row of
+    # x1 is also one of x2 (with masks, rows that differ only where they are padded become identical inputs once
+    # masked, which only the tiles see)
+    shared = None if masks is not None or symmetric else bool(torch.isin(row_keys(x1), row_keys(x2)).any())
     replay = None
-    if _replay_pays(layer, x1, None if symmetric else x2, masks, patterns, len(tasks), size):
+    if _replay_pays(layer, x1, None if symmetric else x2, masks, patterns, len(tasks), size, bool(shared)):
         replay = _Replay(symmetric, len(rows), len(cols))
         tasks = replay.order(tasks)
     sink = MemorySink(plan, need_ntk, sampling.plan(layer, x1.shape[1:]) is not None, dtype, x1.device)
-    # no input repeats (groups1 and groups2 are None here): a tile need not look for identical rows, unless a row
-    # of x1 is also one of x2, or padding masks are applied (rows that differ only where they are padded become
-    # identical inputs after masking, which the tiles find)
-    distinct = masks is None and (symmetric or not bool(torch.isin(row_keys(x1), row_keys(x2)).any()))
+    distinct = masks is None and not shared  # a tile need not look for identical rows
 
     def work(task):
         if task[0] == "record":  # the self-covariances of one block of x1 (side 1) or x2 (side 2)
@@ -391,19 +392,21 @@ def _compute(layer, x1, x2, names, masks, patterns=None, *, dtype, tile_size, ma
     return sink.kernel(keep_nngp="nngp" in names)
 
 
-def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int) -> bool:
+def _replay_pays(layer, x1: Tensor, x2: Tensor | None, masks, patterns, n_tiles: int, size: int,
+                 shared: bool) -> bool:
     """Whether tiles should replay self-covariances recorded once per block (:class:`_Replay`): feature maps
     over several tiles, a network whose every layer supports it, no padding masks or graphs, and (for x1
     against x2) no input shared by the two batches (their rows get equal self-covariances in a tile, so that
-    rho = 1 exactly) and less work recording (about 2 (N1 + N2) kernels of one example) than it saves
-    (N1 N2 (1 / rows + 1 / columns) per tile, one self-covariance per example of each tile)."""
+    rho = 1 exactly; ``shared``: some row of x1 is one of x2) and less work recording (about 2 (N1 + N2) kernels of
+    one example) than it saves (N1 N2 (1 / rows + 1 / columns) per tile, one self-covariance per example of each
+    tile)."""
     if x1.ndim < 3 or n_tiles < 2 or masks is not None or patterns is not None or not replays_variances(layer):
         return False
     if sampling.plan(layer, x1.shape[1:]) is not None:  # replicates recompute self-covariances per replicate
         return False
     if x2 is None:
         return True
-    if bool(torch.isin(row_keys(x1), row_keys(x2)).any()):
+    if shared:
         return False
     return len(x1) * len(x2) * 2.0 / size > 2.0 * (len(x1) + len(x2))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import infinet as inf
-from infinet.engine import conv_blocks, conv_fusion, fused
+from infinet.engine import conv_blocks, conv_fusion, fused, native
 from infinet.engine.kernel import input_kernel
 
 
@@ -21,10 +21,15 @@ def _net(act=inf.Relu, b_std=None, size=3, tail=True, padding="SAME", head=inf.G
 def _both(net, *args, **kwargs):
     """(fused, layer by layer) kernels, counting the fused calls that took effect."""
     calls = []
-    original, alone = conv_fusion.conv_activation, conv_fusion.conv_alone
+    original, chain, alone = conv_fusion.conv_activation, conv_fusion.diagonal_chain, conv_fusion.conv_alone
 
     def counted(*a):
         out = original(*a)
+        calls.append(out is not None)
+        return out
+
+    def counted_chain(*a):
+        out = chain(*a)
         calls.append(out is not None)
         return out
 
@@ -33,13 +38,14 @@ def _both(net, *args, **kwargs):
         return alone(*a)
 
     try:
-        conv_fusion.conv_activation, conv_fusion.conv_alone = counted, counted_alone
+        conv_fusion.conv_activation, conv_fusion.diagonal_chain = counted, counted_chain
+        conv_fusion.conv_alone = counted_alone
         got = net.kernel(*args, **kwargs)
         conv_fusion.ENABLED = False
         want = net.kernel(*args, **kwargs)
     finally:
         conv_fusion.ENABLED = True
-        conv_fusion.conv_activation, conv_fusion.conv_alone = original, alone
+        conv_fusion.conv_activation, conv_fusion.diagonal_chain, conv_fusion.conv_alone = original, chain, alone
     return got, want, calls
 
 
@@ -140,7 +146,7 @@ def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_bord
         kout, tout = run.bordered((2, 3)), run.bordered((2, 3))
         for t in (kout, tout):  # the compiled loop writes its border; the TorchScript one needs it zeroed
             run._zero_border(t)
-        norm2, valid = run._gains(n2)
+        norm2, valid = run.gains(n2)
         norm2 = norm2 * (-1.0 / (run.alpha * (1.0 + 4.0 * torch.finfo(torch.float64).eps)))
         loop(kin, tin, kout, tout, n1, norm2, valid, 3, run.rows, run.inner, run.alpha, run.bias, run.a, run.b,
              torch.finfo(torch.float64).eps)
@@ -168,18 +174,34 @@ def test_auto_compile_mode_leaves_conv_relu_networks_to_the_blocked_step(monkeyp
     _close(got, want, 1e-13)
 
 
+def _diagonal_tables(run, n_1, n_2, steps, g, symmetric=False):
+    """Random tables of ``steps`` fused steps in the diagonal layout, for :meth:`_Run.diagonal_steps`."""
+    eps = torch.finfo(torch.float64).eps
+    params = [(2.0 / 9.0 * (1 + 0.1 * s), 0.1 * s, -0.3 + 0.1 * s, 1.0) for s in range(steps)]
+    n1 = torch.rand(steps * n_1, run.h, run.w, generator=g, dtype=torch.float64) + 1.0
+    n2 = n1 if symmetric else torch.rand(steps * n_2, run.h, run.w, generator=g, dtype=torch.float64) + 1.0
+    scale = torch.tensor([-1.0 / (p[0] * (1.0 + 4.0 * eps)) for p in params], dtype=torch.float64).view(-1, 1, 1)
+    norm1 = run.gains(n1)[0].view(steps, n_1, -1)
+    norm2 = run.gains(n2)[0].view(steps, n_2, -1) * scale
+    pins = run.gains(n1 * n1, spare=0.0)[0].view(steps, n_1, -1) if symmetric else None
+    return norm1, norm2, pins, params
+
+
 def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_borders(monkeypatch):
+    """Two fused steps in the diagonal layout: the TorchScript loop and the same function run by Python give the
+    same bits, the compiled loop agrees with them to rounding, and every output's border is exactly zero."""
     g = torch.Generator().manual_seed(4)
-    run = conv_fusion._Run(3, 2.0 / 9.0, 0.1, -0.3, 1.0, (7, 5), torch.float64)
+    run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
     pair = torch.rand(5, 3, 7, 5, generator=g, dtype=torch.float64) + 1.0
-    n1 = torch.rand(5, 7, 5, generator=g, dtype=torch.float64) + 1.0
-    n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    tables = _diagonal_tables(run, 5, 3, 2, g)
     monkeypatch.setattr(conv_fusion, "BLOCK_ENTRIES", 2 * 3 * run.inner)  # blocks of 2 rows: the last one short
     outs = []
-    for plain in (False, True):
-        if plain:
+    for how in ("compiled", "scripted", "plain"):
+        if how != "compiled":
+            monkeypatch.setattr(native, "library", lambda: None)
+        if how == "plain":
             monkeypatch.setitem(fused._scripts, conv_blocks.diagonal_blocks, conv_blocks.diagonal_blocks)
-        nngp, ntk = run.diagonal_pairs(pair, pair * 0.5, n1, n2)
+        nngp, ntk = run.diagonal_steps(pair, pair * 0.5, True, *tables)
         for t in (nngp, ntk):
             base = run._padded_positions(t)
             assert base is t._base  # the next step reads the buffer itself
@@ -187,7 +209,69 @@ def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_bor
             run._positions(border).zero_()
             assert float(border.abs().max()) == 0.0
         outs.append((nngp, ntk))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(outs[1][0], outs[2][0]) and torch.equal(outs[1][1], outs[2][1])
+    for a, b in zip(outs[0], outs[1]):
+        assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max())
+
+
+def _diagonal_network(steps, b_std=0.2):
+    layers = []
+    for s in range(steps):
+        layers += [inf.Conv(3, 3, w_std=1.2 + 0.1 * s, b_std=b_std), inf.LeakyRelu(0.1 * s)]
+    return layers
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("ntk", ["zero", "given", None])
+@pytest.mark.parametrize("bordered", [False, True])
+def test_diagonal_chain_gives_the_bits_of_its_steps_one_at_a_time(symmetric, ntk, bordered):
+    """Four Conv + LeakyReLU steps in one compiled call against one call per step (the planes that stay in cache
+    between steps, the pinned diagonal of a symmetric tile after every step, inputs with and without a zero
+    border, an NTK of zeros, a given one, none) and against the layers one by one."""
+    g = torch.Generator().manual_seed(6)
+    x1 = torch.randn(6, 2, 7, 5, generator=g, dtype=torch.float64)
+    x2 = None if symmetric else torch.randn(5, 2, 7, 5, generator=g, dtype=torch.float64)
+    k = input_kernel(x1, x2, ntk is not None, full=False)
+    if ntk == "given":
+        k = k.replace(ntk=k.nngp * 0.7)
+    if bordered:  # the output of a fused step before: the chain reads its zero-bordered buffer in place
+        run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
+        k = k.replace(nngp=run._positions(run._padded_positions(k.nngp)),
+                      ntk=None if ntk != "given" else run._positions(run._padded_positions(k.ntk)))
+    layers = _diagonal_network(4)
+    outs = [False] * len(layers)
+    run = conv_fusion.diagonal_run(layers, 0, k, outs)
+    assert len(run) == 4
+    chained, used = conv_fusion.diagonal_chain(run, k)
+    assert used == 8
+    one = k
+    for step in run:
+        one, used = conv_fusion.diagonal_chain([step], one)
+        assert used == 2
+    for name in ("nngp", "ntk", "var1", "var2"):
+        a, b = getattr(chained, name), getattr(one, name)
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+    conv_fusion.ENABLED = False
+    try:
+        want = inf.serial(*layers).kernel_fn(k, False)
+    finally:
+        conv_fusion.ENABLED = True
+    _close(chained, want, 1e-13)
+
+
+def test_diagonal_chain_stops_at_the_first_step_it_cannot_take():
+    """Variances beyond sqrt(max) / 4 after the second convolution: the chain takes the first step only, the
+    layers after it take their own transforms, and the kernel is that of the layers one by one."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 1, 6, 6, generator=g, dtype=torch.float64) * 1e74
+    net = inf.serial(inf.Conv(2, 3, w_std=1e2), inf.Relu(), inf.Conv(2, 3, w_std=1e2), inf.Relu(), inf.Flatten(),
+                     inf.Dense(1))
+    k = input_kernel(x, None, True, full=False)
+    run = conv_fusion.diagonal_run(net.layers, 0, k, [False] * 6)
+    assert len(run) == 2 and conv_fusion.diagonal_chain(run, k)[1] == 2
+    got, want, calls = _both(net, x, get=("nngp", "ntk"))
+    assert calls == [True, False]
+    _close(got, want, 1e-13)
 
 
 @pytest.mark.parametrize("head", ["gap", "flatten"])
@@ -198,12 +282,13 @@ def test_fused_kernels_are_the_limit_of_their_finite_networks(head):
                      inf.Relu(), inf.GlobalAvgPool() if head == "gap" else inf.Flatten(), inf.Dense(1, b_std=0.1))
     x = torch.randn(3, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     calls = []
-    original = conv_fusion.conv_activation
+    original, chain = conv_fusion.conv_activation, conv_fusion.diagonal_chain
     try:
         conv_fusion.conv_activation = lambda *a: calls.append(1) or original(*a)
+        conv_fusion.diagonal_chain = lambda *a: calls.extend([1, 1]) or chain(*a)  # two steps in one call
         exact = net.kernel(x)
     finally:
-        conv_fusion.conv_activation = original
+        conv_fusion.conv_activation, conv_fusion.diagonal_chain = original, chain
     assert len(calls) == 2
     mc = inf.monte_carlo_kernel(net, x, n_samples=24, seed=1)
     for got, se, want in ((mc.nngp, mc.nngp_stderr, exact.nngp), (mc.ntk, mc.ntk_stderr, exact.ntk)):

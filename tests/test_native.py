@@ -199,16 +199,20 @@ def test_the_compiled_conv_relu_loops_write_their_zero_borders_into_uninitialize
     n1 = torch.rand(2, 7, 5, generator=g, dtype=torch.float64) + 1.0
     n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
     eps = torch.finfo(torch.float64).eps
-    norm1, _ = run._gains(n1)
-    norm2, valid = run._gains(n2)
+    norm1, _ = run.gains(n1)
+    norm2, valid = run.gains(n2)
     norm2 = norm2 * (-1.0 / (run.alpha * (1.0 + 4.0 * eps)))
     full = [run.bordered((2, 3)).fill_(float("nan")) for _ in range(2)]
     assert run._compiled("conv_relu_full", run.padded(pair), run.padded(0.5 * pair), *full, n1.contiguous(), norm2,
                          valid, eps)
     positions = pair.diagonal(dim1=2, dim2=4).diagonal(dim1=2, dim2=3)  # (2, 3, 7, 5): each position with itself
-    diagonal = [run._bordered_positions((2, 3)).fill_(float("nan")) for _ in range(2)]
-    assert run._compiled("conv_relu_diagonal", run._padded_positions(positions.contiguous()),
-                         run._padded_positions(0.5 * positions), *diagonal, norm1, norm2, valid, eps)
+    diagonal = []
+    new_buffer = run._bordered_positions
+    run._bordered_positions = lambda lead: diagonal.append(new_buffer(lead).fill_(float("nan"))) or diagonal[-1]
+    params = [(run.alpha, run.bias, run.a, run.b)] * 2  # two steps: the plane between them stays bordered too
+    run.diagonal_steps(run._positions(run._padded_positions(positions.contiguous())), 0.5 * positions, True,
+                       torch.stack([norm1] * 2), torch.stack([norm2] * 2), None, params)
+    assert len(diagonal) == 2
     for outs, interior in ((full, run._interior), (diagonal, run._positions)):
         for t in outs:
             border = t.clone()

@@ -430,7 +430,7 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
         nngp = a[:, None, 0] * b[None, :, 0]
         for ch in range(1, c):
             nngp.addcmul_(a[:, None, ch], b[None, :, ch])
-        nngp = nngp.div_(c).reshape(len(a), len(b), *s)
+        nngp = (nngp.div_(c) if c > 1 else nngp).reshape(len(a), len(b), *s)  # x / 1 is x: no pass for it
     else:  # per position: (P, N1, C) @ (P, C, N2) -> (N1, N2, P)
         gram = a.permute(2, 0, 1) @ b.permute(2, 1, 0)
         nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c

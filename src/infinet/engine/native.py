@@ -183,9 +183,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.atan2_unit_values.argtypes = [i64, ptr, ptr, ptr]
     lib.conv_sums_full.restype = ctypes.c_int
     lib.conv_sums_full.argtypes = [i64] * 5 + [ptr] * 4 + [f64] * 2 + [i64]
-    for name in ("conv_relu_full", "conv_relu_diagonal"):
-        getattr(lib, name).restype = ctypes.c_int
-        getattr(lib, name).argtypes = [i64] * 5 + [ptr] * 7 + [f64] * 5
+    lib.conv_relu_full.restype = ctypes.c_int
+    lib.conv_relu_full.argtypes = [i64] * 5 + [ptr] * 7 + [f64] * 5
+    lib.conv_relu_diagonal.restype = ctypes.c_int
+    lib.conv_relu_diagonal.argtypes = [i64] * 6 + [ptr] * 2 + [i64] + [ptr] * 7 + [f64]
     return lib
 
 

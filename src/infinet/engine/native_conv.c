@@ -7,6 +7,7 @@
 #include "native_math.h"
 
 #define MAX_TAPS 64         /* the largest filter size of the convolution loops */
+#define PAIR_BLOCK 4        /* pairs of the diagonal layout go through their steps in blocks of 4 x 4 */
 
 /* ------------------------------------------------------------------------------------------------------------
  * A convolution (filter size x size, stride 1, zero SAME padding) and the ReLU family phi = a min(x, 0) +
@@ -23,23 +24,27 @@ typedef struct {
     double alpha, bias, slope, ab, eps;
 } relu_step;
 
-/* One row of n entries from cov and theta (S(K), S(Theta) or NULL); norm and inv hold each entry's norm and its
- * reciprocal (r = cov inv: a product instead of a division; the norm's 4-ulp push covers the reciprocals' 2 ulps,
- * so rho = +-1 stays exact). No two arrays overlap. */
-static void activation_row(int64_t n, const double *restrict cov, const double *restrict theta,
-                           const double *restrict norm, const double *restrict inv, const double *restrict valid,
-                           double *restrict out_k, double *restrict out_t, relu_step st)
+/* One row of n entries from cov and theta (S(K), S(Theta) or NULL); each entry's norm is n1 n2 and its
+ * reciprocal i1 i2 (r = cov inv: a product instead of a division; the norm's 4-ulp push covers the reciprocals'
+ * 2 ulps, so rho = +-1 stays exact), with n1[0] and i1[0] for every entry where one_first (a row of the full
+ * layout: one first-member position), else n1[g] and i1[g]. No two arrays overlap. Inlined into each caller, so
+ * that one_first is a constant there. */
+static inline __attribute__((always_inline)) void
+activation_row(int64_t n, const double *restrict cov, const double *restrict theta, const double *restrict n1,
+               const double *restrict n2, const double *restrict i1, const double *restrict i2, int one_first,
+               const double *restrict valid, double *restrict out_k, double *restrict out_t, relu_step st)
 {
     const double c = 1.0 / (2.0 * PI);
     const double shift_bias = st.bias / st.alpha, ab_term = -st.ab / (1.0 + 4.0 * st.eps);
     const double finish = -st.alpha * (1.0 + 4.0 * st.eps), gain = st.slope * c * st.alpha, shift = st.ab * st.alpha;
     for (int64_t g = 0; g < n; g++) {
+        const double norm = (one_first ? n1[0] : n1[g]) * n2[g], inv = (one_first ? i1[0] : i1[g]) * i2[g];
         double cv = cov[g] + shift_bias;  /* + 0 without a bias: exact */
-        double r = cv * inv[g];
+        double r = cv * inv;
         r = r < -1.0 ? -1.0 : (r > 1.0 ? 1.0 : r);
         double angle, sine;
         acos_and_sine(r, &angle, &sine);
-        double kk = (c * sine - c * angle * r) * norm[g];
+        double kk = (c * sine - c * angle * r) * norm;
         if (st.slope != 1.0) kk *= st.slope;
         if (st.ab != 0.0) kk += ab_term * cv;
         out_k[g] = kk * (finish * valid[g]);
@@ -138,14 +143,14 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
     relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
     double *buf_k = malloc((size_t)(wp * flat) * sizeof(double));
     double *buf_t = tin != NULL ? malloc((size_t)(wp * flat) * sizeof(double)) : NULL;
-    double *rows = malloc((size_t)(4 * inner) * sizeof(double));
+    double *rows = malloc((size_t)(2 * inner) * sizeof(double));
     double *inv1 = reciprocals(n_1 * h * w, n1), *inv2 = reciprocals(n_2 * inner, norm2);
     if (size > MAX_TAPS || buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL) || inv1 == NULL
         || inv2 == NULL) {
         free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
         return -1;
     }
-    double *cov = rows, *theta = rows + inner, *norm = rows + 2 * inner, *inv = rows + 3 * inner;
+    double *cov = rows, *theta = rows + inner;
     for (int64_t i = 0; i < n_1; i++)
         for (int64_t j = 0; j < n_2; j++) {
             const int64_t base = (i * n_2 + j) * pair;
@@ -163,14 +168,9 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
                 for (int64_t w1 = 0; w1 < w; w1++) {
                     taps_w(buf_k, w1, size, flat, inner, cov);
                     if (tin != NULL) taps_w(buf_t, w1, size, flat, inner, theta);
-                    const double n1w = n1[(i * h + h1) * w + w1], i1w = inv1[(i * h + h1) * w + w1];
-                    for (int64_t g = 0; g < inner; g++) {
-                        norm[g] = n1w * n2j[g];
-                        inv[g] = i1w * i2j[g];
-                    }
-                    const int64_t at = base + out_offset + h1 * s0 + w1 * s1;
-                    activation_row(inner, cov, tin != NULL ? theta : NULL, norm, inv, valid, kout + at,
-                                   tout != NULL ? tout + at : NULL, st);
+                    const int64_t first = (i * h + h1) * w + w1, at = base + out_offset + h1 * s0 + w1 * s1;
+                    activation_row(inner, cov, tin != NULL ? theta : NULL, n1 + first, n2j, inv1 + first, i2j, 1,
+                                   valid, kout + at, tout != NULL ? tout + at : NULL, st);
                 }
             }
         }
@@ -268,51 +268,97 @@ int conv_sums_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
     return 0;
 }
 
-/* Diagonal layout (same-position pairs): kin, tin, kout, tout (n_1, n_2, hp, wp) padded, contiguous; norm1:
- * (n_1, inner) = sqrt(var1) and norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)), both 1 at spare
- * columns. Returns -1 when its buffers cannot be allocated. */
-int conv_relu_diagonal(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
-                       const double *tin, double *kout, double *tout, const double *norm1, const double *norm2,
-                       const double *valid, double alpha, double bias, double a, double b, double eps)
+/* The tap sums of one padded (hp, wp) plane in the diagonal layout: along H into buf (flat = h wp entries), then
+ * along W into dst (inner entries), in tap order. */
+static void diagonal_taps(const double *src, int64_t size, int64_t wp, int64_t flat, int64_t inner, double *buf,
+                          double *dst)
+{
+    const double *rows[MAX_TAPS];
+    for (int64_t u = 0; u < size; u++) rows[u] = src + u * wp;
+    tap_sum(rows, size, flat, buf);
+    for (int64_t t = 0; t < size; t++) rows[t] = buf + t;
+    tap_sum(rows, size, inner, dst);
+}
+
+/* Diagonal layout (same-position pairs), a run of `stages` Conv + ReLU-family steps of one filter size, each pair
+ * of examples through every step while its plane stays in L1 (a pair's positions after a step depend only on its
+ * own positions before it and on the examples' variances). kout, tout (n_1, n_2, hp, wp) padded, contiguous; kin,
+ * tin the same when bordered is 1, else (n_1, n_2, h, w) (each pair then bordered in a scratch plane); tin NULL: an
+ * NTK of zeros; tout NULL: no NTK. Per step s: norm1 (stages, n_1, inner) = sqrt(var1), norm2 (stages, n_2, inner)
+ * = -sqrt(var2) / (alpha_s (1 + 4 eps)), both 1 at spare columns; params (stages, 4) = (alpha, bias, a, b); pins
+ * (stages, n_1, inner), the self-covariances after step s (0 at spare columns) that pair (i, i) of a symmetric
+ * tile takes, or NULL; given, the tile is symmetric (n_1 = n_2, the same examples), and pair (j, i), j > i, is a
+ * copy of pair (i, j) (the same value: same-position pairs). The steps in between are what the one-step calls
+ * would give, to the last bit. Returns -1 when its buffers cannot be allocated. */
+int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
+                       const double *kin, const double *tin, int64_t bordered, double *kout, double *tout,
+                       const double *norm1, const double *norm2, const double *pins, const double *valid,
+                       const double *params, double eps)
 {
     const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
     const int64_t pair = hp * wp, flat = h * wp, inner = h * wp - (size - 1), out_offset = p * wp + p;
-    relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
-    double *work = malloc((size_t)(2 * flat + 4 * inner) * sizeof(double));
-    double *inv1 = reciprocals(n_1 * inner, norm1), *inv2 = reciprocals(n_2 * inner, norm2);
-    if (size > MAX_TAPS || work == NULL || inv1 == NULL || inv2 == NULL) {
-        free(work); free(inv1); free(inv2);
+    double *work = malloc((size_t)(flat + 2 * inner) * sizeof(double));
+    double *planes = calloc((size_t)(4 * pair), sizeof(double));  /* two (k, t) planes, zero-bordered */
+    double *inv1 = reciprocals(stages * n_1 * inner, norm1), *inv2 = reciprocals(stages * n_2 * inner, norm2);
+    if (size > MAX_TAPS || work == NULL || planes == NULL || inv1 == NULL || inv2 == NULL) {
+        free(work); free(planes); free(inv1); free(inv2);
         return -1;
     }
-    double *buf_k = work, *buf_t = work + flat, *cov = work + 2 * flat, *theta = cov + inner, *norm = theta + inner;
-    double *inv = norm + inner;
-    (void)w;
-    for (int64_t i = 0; i < n_1; i++)
-        for (int64_t j = 0; j < n_2; j++) {
+    double *buf = work, *cov = work + flat, *theta = cov + inner;
+    double *plane_k[2] = {planes, planes + 2 * pair}, *plane_t[2] = {planes + pair, planes + 3 * pair};
+    /* blocks of PAIR_BLOCK x PAIR_BLOCK pairs, so that their examples' tables of every step stay in L2 */
+    for (int64_t ij = 0; ij < n_1 * n_2; ij++) {
+            const int64_t i0 = ij / n_2 / PAIR_BLOCK * PAIR_BLOCK;  /* the block of rows, then within it */
+            const int64_t rows = n_1 - i0 < PAIR_BLOCK ? n_1 - i0 : PAIR_BLOCK, within = ij - i0 * n_2;
+            const int64_t j0 = within / (rows * PAIR_BLOCK) * PAIR_BLOCK;
+            const int64_t cols = n_2 - j0 < PAIR_BLOCK ? n_2 - j0 : PAIR_BLOCK, at_block = within - j0 * rows;
+            const int64_t i = i0 + at_block / cols, j = j0 + at_block % cols;
+            if (pins != NULL && j < i) continue;  /* copied from pair (j, i) below */
             const int64_t base = (i * n_2 + j) * pair;
-            for (int pass = 0; pass < (tin != NULL ? 2 : 1); pass++) {
-                const double *src = (pass ? tin : kin) + base;
-                double *buf = pass ? buf_t : buf_k, *dst = pass ? theta : cov;
-                const double *rows[MAX_TAPS];
-                for (int64_t u = 0; u < size; u++) rows[u] = src + u * wp;
-                tap_sum(rows, size, flat, buf);
-                for (int64_t t = 0; t < size; t++) rows[t] = buf + t;
-                tap_sum(rows, size, inner, dst);
+            const double *src_k, *src_t = NULL;
+            if (bordered) {
+                src_k = kin + base;
+                if (tin != NULL) src_t = tin + base;
+            } else {  /* the pair's positions into the interior of scratch planes (their border stays zero) */
+                const int64_t at = (i * n_2 + j) * h * w;
+                for (int64_t r = 0; r < h; r++) {
+                    memcpy(plane_k[0] + (r + p) * wp + p, kin + at + r * w, (size_t)w * sizeof(double));
+                    if (tin != NULL)
+                        memcpy(plane_t[0] + (r + p) * wp + p, tin + at + r * w, (size_t)w * sizeof(double));
+                }
+                src_k = plane_k[0];
+                if (tin != NULL) src_t = plane_t[0];
             }
-            const double *n1i = norm1 + i * inner, *n2j = norm2 + j * inner;
-            const double *i1i = inv1 + i * inner, *i2j = inv2 + j * inner;
-            for (int64_t g = 0; g < inner; g++) {
-                norm[g] = n1i[g] * n2j[g];
-                inv[g] = i1i[g] * i2j[g];
+            for (int64_t s = 0; s < stages; s++) {
+                const double *par = params + 4 * s;
+                relu_step st = {par[0], par[1], (par[3] - par[2]) * (par[3] - par[2]), par[2] * par[3], eps};
+                diagonal_taps(src_k, size, wp, flat, inner, buf, cov);
+                if (src_t != NULL) diagonal_taps(src_t, size, wp, flat, inner, buf, theta);
+                const double *n1i = norm1 + (s * n_1 + i) * inner, *n2j = norm2 + (s * n_2 + j) * inner;
+                const double *i1i = inv1 + (s * n_1 + i) * inner, *i2j = inv2 + (s * n_2 + j) * inner;
+                const int last = s == stages - 1, slot = (int)((s + 1) % 2);  /* never the plane read now */
+                double *dst_k = last ? kout + base : plane_k[slot];
+                double *dst_t = tout == NULL ? NULL : (last ? tout + base : plane_t[slot]);
+                activation_row(inner, cov, src_t != NULL ? theta : NULL, n1i, n2j, i1i, i2j, 0, valid, dst_k + out_offset,
+                               dst_t != NULL ? dst_t + out_offset : NULL, st);
+                if (pins != NULL && i == j)
+                    memcpy(dst_k + out_offset, pins + (s * n_1 + i) * inner, (size_t)inner * sizeof(double));
+                src_k = dst_k;
+                src_t = dst_t;
             }
-            activation_row(inner, cov, tin != NULL ? theta : NULL, norm, inv, valid, kout + base + out_offset,
-                           tout != NULL ? tout + base + out_offset : NULL, st);
             for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {  /* the border before and after */
                 double *plane = (pass ? tout : kout) + base;
                 memset(plane, 0, (size_t)out_offset * sizeof(double));
                 memset(plane + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
             }
         }
-    free(work); free(inv1); free(inv2);
+    if (pins != NULL)
+        for (int64_t i = 1; i < n_1; i++)
+            for (int64_t j = 0; j < i; j++)
+                for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {
+                    double *out = pass ? tout : kout;
+                    memcpy(out + (i * n_2 + j) * pair, out + (j * n_2 + i) * pair, (size_t)pair * sizeof(double));
+                }
+    free(work); free(planes); free(inv1); free(inv2);
     return 0;
 }

@@ -107,6 +107,8 @@ class Serial(Layer):
             return None
         layer, nxt = self.layers[i], self.layers[i + 1]
         if conv_fusion.applies(layer, nxt, k, outs[i + 1]):
+            if not k.full:  # same-position pairs: every Conv + activation step after it in one pass
+                return conv_fusion.diagonal_chain(conv_fusion.diagonal_run(self.layers, i, k, outs), k)
             out = conv_fusion.conv_activation(layer, nxt, k)
             return None if out is None else (out, 2)
         run = dense_fusion.stages(self.layers, i, k)

@@ -178,13 +178,10 @@ def _diagonal_tables(run, n_1, n_2, steps, g, symmetric=False):
     """Random tables of ``steps`` fused steps in the diagonal layout, for :meth:`_Run.diagonal_steps`."""
     eps = torch.finfo(torch.float64).eps
     params = [(2.0 / 9.0 * (1 + 0.1 * s), 0.1 * s, -0.3 + 0.1 * s, 1.0) for s in range(steps)]
-    n1 = torch.rand(steps * n_1, run.h, run.w, generator=g, dtype=torch.float64) + 1.0
-    n2 = n1 if symmetric else torch.rand(steps * n_2, run.h, run.w, generator=g, dtype=torch.float64) + 1.0
-    scale = torch.tensor([-1.0 / (p[0] * (1.0 + 4.0 * eps)) for p in params], dtype=torch.float64).view(-1, 1, 1)
-    norm1 = run.gains(n1)[0].view(steps, n_1, -1)
-    norm2 = run.gains(n2)[0].view(steps, n_2, -1) * scale
-    pins = run.gains(n1 * n1, spare=0.0)[0].view(steps, n_1, -1) if symmetric else None
-    return norm1, norm2, pins, params
+    params = [p + (-1.0 / (p[0] * (1.0 + 4.0 * eps)),) for p in params]
+    sd1 = torch.rand(steps, n_1, run.h, run.w, generator=g, dtype=torch.float64) + 1.0
+    sd2 = sd1 if symmetric else torch.rand(steps, n_2, run.h, run.w, generator=g, dtype=torch.float64) + 1.0
+    return sd1, sd2, sd1 * sd1 if symmetric else None, params
 
 
 def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_borders(monkeypatch):

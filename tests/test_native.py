@@ -209,9 +209,9 @@ def test_the_compiled_conv_relu_loops_write_their_zero_borders_into_uninitialize
     diagonal = []
     new_buffer = run._bordered_positions
     run._bordered_positions = lambda lead: diagonal.append(new_buffer(lead).fill_(float("nan"))) or diagonal[-1]
-    params = [(run.alpha, run.bias, run.a, run.b)] * 2  # two steps: the plane between them stays bordered too
+    params = [(run.alpha, run.bias, run.a, run.b, -1.0 / (run.alpha * (1.0 + 4.0 * eps)))] * 2  # two steps
     run.diagonal_steps(run._positions(run._padded_positions(positions.contiguous())), 0.5 * positions, True,
-                       torch.stack([norm1] * 2), torch.stack([norm2] * 2), None, params)
+                       torch.stack([n1] * 2), torch.stack([n2] * 2), None, params)
     assert len(diagonal) == 2
     for outs, interior in ((full, run._interior), (diagonal, run._positions)):
         for t in outs:

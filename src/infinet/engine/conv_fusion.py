@@ -223,7 +223,7 @@ def diagonal_chain(run: list[tuple[object, object]], k: Kernel) -> tuple[Kernel,
     eps = torch.finfo(k.nngp.dtype).eps
     trace, shape = k.trace, k.shape
     var1, var2 = k.var1, k.var2
-    pv1s, pv2s, scales, params, pins = [], [], [], [], []
+    pv1s, pv2s, params, pins = [], [], [], []
     for conv, act in run:
         _, alpha, bias = _constants(conv, k)
         pv = _stage_variances(k, var1, var2, size, alpha, bias)
@@ -240,18 +240,16 @@ def diagonal_chain(run: list[tuple[object, object]], k: Kernel) -> tuple[Kernel,
             var1, var2 = stepped.var1, stepped.var2
         pv1s.append(pv[0])
         pv2s.append(pv[1])
-        scales.append(-1.0 / (alpha * (1.0 + 4.0 * eps)))
-        params.append((alpha, bias, *act.conv_fusion_slopes()))
+        params.append((alpha, bias, *act.conv_fusion_slopes(), -1.0 / (alpha * (1.0 + 4.0 * eps))))
         pins.append(var1)
     if not params:
         return None
     stages = len(params)
-    norm1 = geometry.gains(torch.cat(pv1s).sqrt_())[0].view(stages, len(pv1s[0]), -1)
-    norm2 = geometry.gains(torch.cat(pv2s).sqrt_())[0].view(stages, len(pv2s[0]), -1)
-    norm2.mul_(torch.tensor(scales, dtype=norm2.dtype).view(stages, 1, 1))
-    pinned = geometry.gains(torch.cat(pins), spare=0.0)[0].view(stages, len(pins[0]), -1) if k.symmetric else None
+    sd1 = torch.stack(pv1s).sqrt_()
+    sd2 = sd1 if all(b is a for a, b in zip(pv1s, pv2s)) else torch.stack(pv2s).sqrt_()
     nngp, ntk = geometry.diagonal_steps(k.nngp, None if k.ntk is None or known_zero(k.ntk) else k.ntk,
-                                        k.ntk is not None, norm1, norm2, pinned, params)
+                                        k.ntk is not None, sd1, sd2, torch.stack(pins) if k.symmetric else None,
+                                        params)
     return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape), 2 * stages
 
 
@@ -410,46 +408,45 @@ class _Run:
         tin = None if ntk is None or known_zero(ntk) else self.padded(ntk)
         return self.run(self.padded(nngp), tin, ntk is not None, n1, n2)
 
-    def diagonal_steps(self, nngp: Tensor, ntk: Tensor | None, need_ntk: bool, norm1: Tensor, norm2: Tensor,
-                       pins: Tensor | None, params: list[tuple[float, float, float, float]]):
+    def diagonal_steps(self, nngp: Tensor, ntk: Tensor | None, need_ntk: bool, sd1: Tensor, sd2: Tensor,
+                       pins: Tensor | None, params: list[tuple[float, ...]]) -> tuple[Tensor, Tensor | None]:
         """(nngp, ntk) in the diagonal layout (N1, N2, H, W) after the fused steps of ``params`` ((alpha, bias, a,
-        b) each), given per step in the inner layout: norm1 (steps, N1, inner) = sqrt(var1), norm2 (steps, N2,
-        inner) = -sqrt(var2) / (alpha (1 + 4 eps)), the self-covariances that pair (i, i) of a symmetric tile
-        takes (steps, N1, inner), or None. ``ntk`` None: an NTK of zeros, computed only when ``need_ntk``. Interior
-        views of new padded buffers (N1, N2, Hp, Wp), read without padding by the next such step. Compiled: one
-        call for every step; else the TorchScript loop step by step."""
+        b, scale = -1 / (alpha (1 + 4 eps))) each), given per step sd1 (steps, N1, H, W) = sqrt(var1) and sd2
+        (steps, N2, H, W) = sqrt(var2) after its convolution, and the self-covariances after it (steps, N1, H, W)
+        that pair (i, i) of a symmetric tile takes, or None. ``ntk`` None: an NTK of zeros, computed only when
+        ``need_ntk``. Interior views of new zero-bordered buffers (N1, N2, Hp, Wp), which the next such call reads
+        in place. Compiled: one call for every step; else the TorchScript loop step by step."""
         lead = nngp.shape[:2]
-        kout = self._bordered_positions(lead)
-        tout = self._bordered_positions(lead) if need_ntk else None
-        eps = torch.finfo(self.dtype).eps
         lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
         if lib is not None:
             given = [t for t in (nngp, ntk) if t is not None]
             bases = [self._own_positions(t) for t in given]
             bordered = all(base is not None for base in bases)  # else one layout for both: the unpadded one
             kin, tin = (bases if bordered else [t.contiguous() for t in given]) + [None] * (2 - len(given))
+            kout = self._bordered_positions(lead)
+            tout = self._bordered_positions(lead) if need_ntk else None
+            tables = [None if t is None else t.contiguous() for t in (sd1, sd2, pins)]
             constants = torch.tensor(params, dtype=torch.float64)
             a = native.address
             if lib.conv_relu_diagonal(len(params), lead[0], lead[1], self.h, self.w, self.size, a(kin), a(tin),
-                                      int(bordered), a(kout), a(tout), a(norm1), a(norm2), a(pins), a(self.valid),
-                                      a(constants), eps):
+                                      int(bordered), a(kout), a(tout), *map(a, tables), a(self.valid),
+                                      a(constants), torch.finfo(torch.float64).eps):
                 raise MemoryError("the compiled conv_relu_diagonal could not allocate its buffers")
             return self._positions(kout), None if tout is None else self._positions(tout)
         kin = self._padded_positions(nngp)
         tin = None if ntk is None else self._padded_positions(ntk)
         rows = max(1, BLOCK_ENTRIES // (lead[1] * self.inner))
-        for step, (alpha, bias, a, b) in enumerate(params):
-            if step:
-                kout = self._bordered_positions(lead)
-                tout = self._bordered_positions(lead) if need_ntk else None
+        for step, (alpha, bias, a, b, scale) in enumerate(params):
+            kout = self._bordered_positions(lead)
+            tout = self._bordered_positions(lead) if need_ntk else None
             for out in (kout, tout) if tout is not None else (kout,):
                 self._zero_position_border(out)
-            fused.scripted(conv_blocks.diagonal_blocks)(kin, tin, kout, tout, norm1[step], norm2[step], self.valid,
-                                                        self.size, rows, alpha, bias, a, b, eps)
+            norm1, norm2 = self.gains(sd1[step])[0], self.gains(sd2[step])[0] * scale
+            fused.scripted(conv_blocks.diagonal_blocks)(kin, tin, kout, tout, norm1, norm2, self.valid, self.size,
+                                                        rows, alpha, bias, a, b, torch.finfo(self.dtype).eps)
             if pins is not None:  # pair (i, i) of a symmetric tile: its self-covariances
                 index = torch.arange(lead[0])
-                head = self.p * self.wp + self.p
-                kout.view(*lead, -1)[index, index, head:head + self.inner] = pins[step]
+                self._positions(kout)[index, index] = pins[step]
             kin, tin = kout, tout
         return self._positions(kout), None if tout is None else self._positions(tout)
 

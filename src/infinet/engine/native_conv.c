@@ -7,6 +7,7 @@
 #include "native_math.h"
 
 #define MAX_TAPS 64         /* the largest filter size of the convolution loops */
+#define SLAB_BUDGET (1 << 17) /* doubles (1 MiB) of input slabs that the full layout keeps in L2 per row */
 #define PAIR_BLOCK 4        /* pairs of the diagonal layout go through their steps in blocks of 4 x 4 */
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -72,11 +73,12 @@ static void tap_sum(const double *const *rows, int64_t size, int64_t n, double *
 }
 
 /* The taps along H for one output row h1 of a padded pair (hp, wp, hp, wp): buf[w1 * flat + f] = sum over u of
- * slab[u][w1, f + u wp] (h1 and h2 move together), f < flat = h wp, in tap order; slab[u] the padded (wp, hp, wp)
- * slab of row h1 + u. */
-static void taps_h(const double *const *slab, int64_t size, int64_t s1, int64_t wp, int64_t flat, double *buf)
+ * slab[u][w1, f + u wp] (h1 and h2 move together), f < flat = h wp, in tap order, for w1 in [first, end); slab[u]
+ * the padded (wp, hp, wp) slab of row h1 + u. */
+static void taps_h(const double *const *slab, int64_t size, int64_t s1, int64_t wp, int64_t flat, int64_t first,
+                   int64_t end, double *buf)
 {
-    for (int64_t w1 = 0; w1 < wp; w1++) {
+    for (int64_t w1 = first; w1 < end; w1++) {
         const double *rows[MAX_TAPS];
         for (int64_t u = 0; u < size; u++) rows[u] = slab[u] + w1 * s1 + u * wp;
         tap_sum(rows, size, flat, buf + w1 * flat);
@@ -151,21 +153,28 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
         return -1;
     }
     double *cov = rows, *theta = rows + inner;
+    const int64_t per_column = size * s1 * (tin != NULL ? 2 : 1);  /* doubles of the slabs' parts per column */
+    int64_t columns = SLAB_BUDGET / per_column - (size - 1);
+    columns = columns < 4 ? 4 : columns;
     for (int64_t i = 0; i < n_1; i++)
         for (int64_t j = 0; j < n_2; j++) {
             const int64_t base = (i * n_2 + j) * pair;
             const double *n2j = norm2 + j * inner, *i2j = inv2 + j * inner;
             zero_full_border(kout + base, h, w, p, inner);
             if (tout != NULL) zero_full_border(tout + base, h, w, p, inner);
+            /* blocks of columns w1 (the slabs' parts that rows h1 .. h1 + size - 1 of a block read stay in L2
+             * from one row h1 to the next, instead of each slab read whole from L3 size times) */
+            for (int64_t w0 = 0; w0 < w; w0 += columns)
             for (int64_t h1 = 0; h1 < h; h1++) {
                 const double *slab[MAX_TAPS];
+                const int64_t w_end = w0 + columns < w ? w0 + columns : w;
                 pair_slabs(kin + base, h1, size, s0, slab);
-                taps_h(slab, size, s1, wp, flat, buf_k);
+                taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_k);
                 if (tin != NULL) {
                     pair_slabs(tin + base, h1, size, s0, slab);
-                    taps_h(slab, size, s1, wp, flat, buf_t);
+                    taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_t);
                 }
-                for (int64_t w1 = 0; w1 < w; w1++) {
+                for (int64_t w1 = w0; w1 < w_end; w1++) {
                     taps_w(buf_k, w1, size, flat, inner, cov);
                     if (tin != NULL) taps_w(buf_t, w1, size, flat, inner, theta);
                     const int64_t first = (i * h + h1) * w + w1, at = base + out_offset + h1 * s0 + w1 * s1;
@@ -242,7 +251,7 @@ int conv_sums_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
                         pair_slabs(in + (i * n_2 + j) * pair, h1, size, s0, slab);
                     else
                         ring_slabs(in + out_base, h1, h, w, size, pass ? ring_t : ring_k, zeros, slab);
-                    taps_h(slab, size, s1, wp, flat, pass ? buf_t : buf_k);
+                    taps_h(slab, size, s1, wp, flat, 0, wp, pass ? buf_t : buf_k);
                 }
                 for (int64_t w1 = 0; w1 < w; w1++) {
                     taps_w(buf_k, w1, size, flat, inner, cov);
@@ -280,85 +289,115 @@ static void diagonal_taps(const double *src, int64_t size, int64_t wp, int64_t f
     tap_sum(rows, size, inner, dst);
 }
 
+/* Per-position tables (stages, n, h, w) in the inner layout (stages, n, inner) of padded rows (g = r wp + c, the
+ * spare columns c >= w holding `spare`), each entry times scale[s] when scales is not NULL, or its reciprocal when
+ * reciprocal is 1; in new memory (NULL when it cannot be had). */
+static double *inner_table(int64_t stages, int64_t n, int64_t h, int64_t w, int64_t wp, int64_t inner,
+                           const double *src, const double *scales, double spare, int reciprocal)
+{
+    double *out = malloc((size_t)(stages * n * inner > 0 ? stages * n * inner : 1) * sizeof(double));
+    if (out == NULL) return NULL;
+    for (int64_t s = 0; s < stages; s++)
+        for (int64_t i = 0; i < n; i++) {
+            const double scale = scales != NULL ? scales[s] : 1.0, *row = src + (s * n + i) * h * w;
+            double *dst = out + (s * n + i) * inner;
+            const double pad = reciprocal ? 1.0 / (spare * scale) : spare * scale;
+            for (int64_t r = 0; r < h; r++) {
+                double *line = dst + r * wp;
+                const double *from = row + r * w;
+                if (reciprocal)
+                    for (int64_t c = 0; c < w; c++) line[c] = 1.0 / (from[c] * scale);
+                else
+                    for (int64_t c = 0; c < w; c++) line[c] = from[c] * scale;
+                for (int64_t c = w; c < wp && r * wp + c < inner; c++) line[c] = pad;
+            }
+        }
+    return out;
+}
+
 /* Diagonal layout (same-position pairs), a run of `stages` Conv + ReLU-family steps of one filter size, each pair
  * of examples through every step while its plane stays in L1 (a pair's positions after a step depend only on its
  * own positions before it and on the examples' variances). kout, tout (n_1, n_2, hp, wp) padded, contiguous; kin,
  * tin the same when bordered is 1, else (n_1, n_2, h, w) (each pair then bordered in a scratch plane); tin NULL: an
- * NTK of zeros; tout NULL: no NTK. Per step s: norm1 (stages, n_1, inner) = sqrt(var1), norm2 (stages, n_2, inner)
- * = -sqrt(var2) / (alpha_s (1 + 4 eps)), both 1 at spare columns; params (stages, 4) = (alpha, bias, a, b); pins
- * (stages, n_1, inner), the self-covariances after step s (0 at spare columns) that pair (i, i) of a symmetric
- * tile takes, or NULL; given, the tile is symmetric (n_1 = n_2, the same examples), and pair (j, i), j > i, is a
- * copy of pair (i, j) (the same value: same-position pairs). The steps in between are what the one-step calls
- * would give, to the last bit. Returns -1 when its buffers cannot be allocated. */
+ * NTK of zeros; tout NULL: no NTK. Per step s: sd1 (stages, n_1, h, w) = sqrt(var1) and sd2
+ * (stages, n_2, h, w) = sqrt(var2) of the convolution's output; params (stages, 5) = (alpha, bias, a, b, scale =
+ * -1 / (alpha (1 + 4 eps))), norm2 = sd2 scale (the spare columns: 1, and scale); pins (stages, n_1, h, w), the
+ * self-covariances after step s that pair (i, i) of a symmetric tile takes, or NULL; given, the tile is symmetric
+ * (n_1 = n_2, the same examples), and pair (j, i), j > i, is a copy of pair (i, j) (the same value: same-position
+ * pairs). The steps in between are what the one-step calls would give, to the last bit. Returns -1 when its
+ * buffers cannot be allocated. */
 int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
                        const double *kin, const double *tin, int64_t bordered, double *kout, double *tout,
-                       const double *norm1, const double *norm2, const double *pins, const double *valid,
+                       const double *sd1, const double *sd2, const double *pins, const double *valid,
                        const double *params, double eps)
 {
     const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
     const int64_t pair = hp * wp, flat = h * wp, inner = h * wp - (size - 1), out_offset = p * wp + p;
+    double scales[stages > 0 ? stages : 1];
+    for (int64_t s = 0; s < stages; s++) scales[s] = params[5 * s + 4];
     double *work = malloc((size_t)(flat + 2 * inner) * sizeof(double));
-    double *planes = calloc((size_t)(4 * pair), sizeof(double));  /* two (k, t) planes, zero-bordered */
-    double *inv1 = reciprocals(stages * n_1 * inner, norm1), *inv2 = reciprocals(stages * n_2 * inner, norm2);
-    if (size > MAX_TAPS || work == NULL || planes == NULL || inv1 == NULL || inv2 == NULL) {
-        free(work); free(planes); free(inv1); free(inv2);
+    double *planes = calloc((size_t)(6 * pair), sizeof(double));  /* three (k, t) planes, zero-bordered */
+    double *norm1 = inner_table(stages, n_1, h, w, wp, inner, sd1, NULL, 1.0, 0);
+    double *inv1 = inner_table(stages, n_1, h, w, wp, inner, sd1, NULL, 1.0, 1);
+    double *norm2 = inner_table(stages, n_2, h, w, wp, inner, sd2, scales, 1.0, 0);
+    double *inv2 = inner_table(stages, n_2, h, w, wp, inner, sd2, scales, 1.0, 1);
+    double *pin = pins != NULL ? inner_table(stages, n_1, h, w, wp, inner, pins, NULL, 0.0, 0) : NULL;
+    if (size > MAX_TAPS || work == NULL || planes == NULL || norm1 == NULL || inv1 == NULL || norm2 == NULL
+        || inv2 == NULL || (pins != NULL && pin == NULL)) {
+        free(work); free(planes); free(norm1); free(inv1); free(norm2); free(inv2); free(pin);
         return -1;
     }
     double *buf = work, *cov = work + flat, *theta = cov + inner;
-    double *plane_k[2] = {planes, planes + 2 * pair}, *plane_t[2] = {planes + pair, planes + 3 * pair};
+    double *plane_k[3] = {planes, planes + 2 * pair, planes + 4 * pair};
+    double *plane_t[3] = {planes + pair, planes + 3 * pair, planes + 5 * pair};
     /* blocks of PAIR_BLOCK x PAIR_BLOCK pairs, so that their examples' tables of every step stay in L2 */
     for (int64_t ij = 0; ij < n_1 * n_2; ij++) {
-            const int64_t i0 = ij / n_2 / PAIR_BLOCK * PAIR_BLOCK;  /* the block of rows, then within it */
-            const int64_t rows = n_1 - i0 < PAIR_BLOCK ? n_1 - i0 : PAIR_BLOCK, within = ij - i0 * n_2;
-            const int64_t j0 = within / (rows * PAIR_BLOCK) * PAIR_BLOCK;
-            const int64_t cols = n_2 - j0 < PAIR_BLOCK ? n_2 - j0 : PAIR_BLOCK, at_block = within - j0 * rows;
-            const int64_t i = i0 + at_block / cols, j = j0 + at_block % cols;
-            if (pins != NULL && j < i) continue;  /* copied from pair (j, i) below */
-            const int64_t base = (i * n_2 + j) * pair;
-            const double *src_k, *src_t = NULL;
-            if (bordered) {
-                src_k = kin + base;
-                if (tin != NULL) src_t = tin + base;
-            } else {  /* the pair's positions into the interior of scratch planes (their border stays zero) */
-                const int64_t at = (i * n_2 + j) * h * w;
-                for (int64_t r = 0; r < h; r++) {
-                    memcpy(plane_k[0] + (r + p) * wp + p, kin + at + r * w, (size_t)w * sizeof(double));
-                    if (tin != NULL)
-                        memcpy(plane_t[0] + (r + p) * wp + p, tin + at + r * w, (size_t)w * sizeof(double));
-                }
-                src_k = plane_k[0];
-                if (tin != NULL) src_t = plane_t[0];
+        const int64_t i0 = ij / n_2 / PAIR_BLOCK * PAIR_BLOCK;  /* the block of rows, then within it */
+        const int64_t rows = n_1 - i0 < PAIR_BLOCK ? n_1 - i0 : PAIR_BLOCK, within = ij - i0 * n_2;
+        const int64_t j0 = within / (rows * PAIR_BLOCK) * PAIR_BLOCK;
+        const int64_t cols = n_2 - j0 < PAIR_BLOCK ? n_2 - j0 : PAIR_BLOCK, at_block = within - j0 * rows;
+        const int64_t i = i0 + at_block / cols, j = j0 + at_block % cols;
+        if (pin != NULL && j < i) continue;  /* copied from pair (j, i) below */
+        const int64_t base = (i * n_2 + j) * pair;
+        const double *src_k = kin + base, *src_t = tin != NULL ? tin + base : NULL;
+        if (!bordered) {  /* the pair's positions into the interior of the scratch planes 2 (border: zero) */
+            const int64_t at = (i * n_2 + j) * h * w;
+            for (int64_t r = 0; r < h; r++) {
+                memcpy(plane_k[2] + (r + p) * wp + p, kin + at + r * w, (size_t)w * sizeof(double));
+                if (tin != NULL)
+                    memcpy(plane_t[2] + (r + p) * wp + p, tin + at + r * w, (size_t)w * sizeof(double));
             }
-            for (int64_t s = 0; s < stages; s++) {
-                const double *par = params + 4 * s;
-                relu_step st = {par[0], par[1], (par[3] - par[2]) * (par[3] - par[2]), par[2] * par[3], eps};
-                diagonal_taps(src_k, size, wp, flat, inner, buf, cov);
-                if (src_t != NULL) diagonal_taps(src_t, size, wp, flat, inner, buf, theta);
-                const double *n1i = norm1 + (s * n_1 + i) * inner, *n2j = norm2 + (s * n_2 + j) * inner;
-                const double *i1i = inv1 + (s * n_1 + i) * inner, *i2j = inv2 + (s * n_2 + j) * inner;
-                const int last = s == stages - 1, slot = (int)((s + 1) % 2);  /* never the plane read now */
-                double *dst_k = last ? kout + base : plane_k[slot];
-                double *dst_t = tout == NULL ? NULL : (last ? tout + base : plane_t[slot]);
-                activation_row(inner, cov, src_t != NULL ? theta : NULL, n1i, n2j, i1i, i2j, 0, valid, dst_k + out_offset,
-                               dst_t != NULL ? dst_t + out_offset : NULL, st);
-                if (pins != NULL && i == j)
-                    memcpy(dst_k + out_offset, pins + (s * n_1 + i) * inner, (size_t)inner * sizeof(double));
-                src_k = dst_k;
-                src_t = dst_t;
-            }
-            for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {  /* the border before and after */
-                double *plane = (pass ? tout : kout) + base;
-                memset(plane, 0, (size_t)out_offset * sizeof(double));
-                memset(plane + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
-            }
+            src_k = plane_k[2];
+            src_t = tin != NULL ? plane_t[2] : NULL;
         }
-    if (pins != NULL)
+        for (int64_t s = 0; s < stages; s++) {
+            const double *par = params + 5 * s;
+            relu_step st = {par[0], par[1], (par[3] - par[2]) * (par[3] - par[2]), par[2] * par[3], eps};
+            diagonal_taps(src_k, size, wp, flat, inner, buf, cov);
+            if (src_t != NULL) diagonal_taps(src_t, size, wp, flat, inner, buf, theta);
+            const int64_t at1 = (s * n_1 + i) * inner, at2 = (s * n_2 + j) * inner;
+            const int last = s == stages - 1;  /* the last step writes the output, the others a plane not read now */
+            double *dst_k = last ? kout + base : plane_k[s % 2];
+            double *dst_t = tout == NULL ? NULL : (last ? tout + base : plane_t[s % 2]);
+            activation_row(inner, cov, src_t != NULL ? theta : NULL, norm1 + at1, norm2 + at2, inv1 + at1,
+                           inv2 + at2, 0, valid, dst_k + out_offset, dst_t != NULL ? dst_t + out_offset : NULL, st);
+            if (pin != NULL && i == j) memcpy(dst_k + out_offset, pin + at1, (size_t)inner * sizeof(double));
+            src_k = dst_k;
+            src_t = dst_t;
+        }
+        for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {  /* the border before and after */
+            double *plane = (pass ? tout : kout) + base;
+            memset(plane, 0, (size_t)out_offset * sizeof(double));
+            memset(plane + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
+        }
+    }
+    if (pin != NULL)
         for (int64_t i = 1; i < n_1; i++)
             for (int64_t j = 0; j < i; j++)
                 for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {
                     double *out = pass ? tout : kout;
                     memcpy(out + (i * n_2 + j) * pair, out + (j * n_2 + i) * pair, (size_t)pair * sizeof(double));
                 }
-    free(work); free(planes); free(inv1); free(inv2);
+    free(work); free(planes); free(norm1); free(inv1); free(norm2); free(inv2); free(pin);
     return 0;
 }

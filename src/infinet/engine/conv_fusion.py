@@ -200,12 +200,13 @@ def diagonal_run(layers, start: int, k: Kernel, outs: list) -> list[tuple[object
     """The (Conv, activation) pairs of ``layers`` from ``start`` that :func:`diagonal_chain` computes on ``k`` in one
     pass: consecutive pairs that :func:`applies` takes in the diagonal layout, all with the first one's filter size
     (empty where the first is not taken)."""
-    run, i = [], start
+    run, i, size = [], start, None
     while i + 1 < len(layers) and not k.full and applies(layers[i], layers[i + 1], k, outs[i + 1]):
-        if run and _constants(layers[i], k)[0] != _constants(run[0][0], k)[0]:
+        size_i = _constants(layers[i], k)[0]
+        if size is not None and size_i != size:
             break
         run.append((layers[i], layers[i + 1]))
-        i += 2
+        i, size = i + 2, size_i
     return run
 
 

@@ -33,6 +33,21 @@ from .dense import AffineModule, check_parameterization, check_std, std_repr
 from ...core.checks import check_int
 
 
+
+class _Described:
+    """A layer's repr as an error message's subject, formed only when the message is (geometry runs per tile)."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __str__(self) -> str:
+        return repr(self.layer)
+
+    def __format__(self, spec: str) -> str:
+        return format(repr(self.layer), spec)
+
 class Conv(Layer):
     """Convolution with ``out_channels`` filters of ``kernel_size`` (an int or one per spatial dim).
 
@@ -92,16 +107,17 @@ class Conv(Layer):
         ks = sp.as_tuple(self.kernel_size, n, f"{name} kernel_size (one per spatial dimension of {shape})")
         ss = sp.as_tuple(self.stride, n, f"{name} stride")
         ds = sp.as_tuple(self.dilation, n, f"{name} dilation")
-        pads = sp.axis_paddings(self.padding, n, repr(self))
+        described = _Described(self)  # the layer's repr, formed only where an error message needs it
+        pads = sp.axis_paddings(self.padding, n, described)
         if self.transpose and not all(isinstance(p, str) for p in pads):
             raise ValueError(f"{self!r}: transposed convolutions take padding 'SAME' or 'VALID'")
         out = []
         for size, k, s, d, pad in zip(shape[1:], ks, ss, ds, pads):
             if self.transpose:
-                before, n_out = sp.transpose_amounts(size, k, s, d, pad, repr(self))
+                before, n_out = sp.transpose_amounts(size, k, s, d, pad, described)
                 out.append((k, s, d, before, n_out, n_out))
             else:
-                before, after, n_out = sp.padding_amounts(size, k, s, d, pad, repr(self))
+                before, after, n_out = sp.padding_amounts(size, k, s, d, pad, described)
                 out.append((k, s, d, before, after, n_out))
         return out
 

@@ -13,11 +13,12 @@ Workloads (float64, NNGP + NTK, biases everywhere so that variances differ):
 Tanh's expectations come from the certified interpolant in (rho, log var1, log var2)
 (:mod:`infinet.engine.variance_interpolation`), built on the first call for the variance range it meets and
 kept for the process: "first" includes building it, "warm" is a second network of new layer objects on the same
-inputs. ``--direct`` also times the direct bivariate quadrature the interpolant replaces, on ``--direct-n``
+inputs (baseline and warm: the best of ``--repeats`` calls). ``--direct`` also times the direct bivariate
+quadrature the interpolant replaces, on ``--direct-n``
 inputs (it costs about 4 ms per kernel entry), for the speed-up.
 
     python benchmarks/quadrature_activations.py [--fc-n 2000] [--cnn-n 8] [--cnn-size 32] [--flatten-n 100]
-        [--direct]
+        [--direct] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def seconds(make, x) -> float:
     return elapsed
 
 
-def compare(name: str, make, x, act, baseline) -> dict:
+def compare(name: str, make, x, act, baseline, repeats: int = 3) -> dict:
+    """Baseline and warm: the best of ``repeats`` calls each (this machine's timings vary by up to 1.5x between
+    single calls); first: one call, the tables built."""
     variance_interpolation._TABLES.clear()
-    base = min(seconds(lambda: make(baseline), x) for _ in range(2))
+    base = min(seconds(lambda: make(baseline), x) for _ in range(repeats))
     first = seconds(lambda: make(act), x)
-    warm = seconds(lambda: make(act), x)
+    warm = min(seconds(lambda: make(act), x) for _ in range(repeats))
     out = {"baseline": baseline.__name__, "baseline_s": round(base, 3), "first_s": round(first, 3),
            "warm_s": round(warm, 3), "first_ratio": round(first / base, 2), "warm_ratio": round(warm / base, 2)}
     print(f"{name}: {baseline.__name__} {base:.3f} s; Tanh first {first:.3f} s ({first / base:.1f}x), warm "
@@ -81,13 +84,16 @@ def main() -> None:
     ap.add_argument("--flatten-n", type=int, default=100)
     ap.add_argument("--direct", action="store_true", help="also time direct quadrature (slow) on --direct-n")
     ap.add_argument("--direct-n", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3, help="calls whose best time is the baseline's and warm time")
     args = ap.parse_args()
-    results = {"fc": compare(f"fc N={args.fc_n}", fc, fc_inputs(args.fc_n), inf.Tanh, inf.Erf)}
+    results = {"fc": compare(f"fc N={args.fc_n}", fc, fc_inputs(args.fc_n), inf.Tanh, inf.Erf, args.repeats)}
     images = torch.randn(args.cnn_n, 3, args.cnn_size, args.cnn_size, generator=torch.Generator().manual_seed(1),
                          dtype=torch.float64)
-    results["cnn"] = compare(f"cnn N={args.cnn_n} {args.cnn_size}x{args.cnn_size}", cnn, images, inf.Tanh, inf.Relu)
+    results["cnn"] = compare(f"cnn N={args.cnn_n} {args.cnn_size}x{args.cnn_size}", cnn, images, inf.Tanh, inf.Relu,
+                             args.repeats)
     small = torch.randn(args.flatten_n, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    results["flatten"] = compare(f"cnn-flatten N={args.flatten_n} 16x16", cnn_flatten, small, inf.Tanh, inf.Relu)
+    results["flatten"] = compare(f"cnn-flatten N={args.flatten_n} 16x16", cnn_flatten, small, inf.Tanh,
+                                 inf.Relu, args.repeats)
     if args.direct:
         x = fc_inputs(args.direct_n)
         variance_interpolation._TABLES.clear()

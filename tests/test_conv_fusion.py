@@ -256,6 +256,23 @@ def test_diagonal_chain_gives_the_bits_of_its_steps_one_at_a_time(symmetric, ntk
     _close(chained, want, 1e-13)
 
 
+def test_a_long_run_of_steps_takes_several_calls_of_at_most_max_chain(monkeypatch):
+    """Seven steps with calls of at most three: three calls (3, 3, 1 steps), the second reading the first's
+    zero-bordered output in place, and the kernel of the layers one by one."""
+    monkeypatch.setattr(conv_fusion, "MAX_CHAIN", 3)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 2, 6, 5, generator=g, dtype=torch.float64)
+    net = inf.serial(*_diagonal_network(7), inf.Flatten(), inf.Dense(1))
+    steps = []
+    chain = conv_fusion.diagonal_chain
+    monkeypatch.setattr(conv_fusion, "diagonal_chain", lambda run, k: steps.append(len(run)) or chain(run, k))
+    got = net.kernel(x, get=("nngp", "ntk"))
+    monkeypatch.setattr(conv_fusion, "ENABLED", False)
+    want = net.kernel(x, get=("nngp", "ntk"))
+    assert steps == [3, 3, 1]
+    _close(got, want, 1e-13)
+
+
 def test_diagonal_chain_stops_at_the_first_step_it_cannot_take():
     """Variances beyond sqrt(max) / 4 after the second convolution: the chain takes the first step only, the
     layers after it take their own transforms, and the kernel is that of the layers one by one."""

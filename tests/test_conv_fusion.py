@@ -307,3 +307,30 @@ def test_fused_kernels_are_the_limit_of_their_finite_networks(head):
     mc = inf.monte_carlo_kernel(net, x, n_samples=24, seed=1)
     for got, se, want in ((mc.nngp, mc.nngp_stderr, exact.nngp), (mc.ntk, mc.ntk_stderr, exact.ntk)):
         assert float(((got - want).abs() / se).max()) < 4.0
+
+
+@pytest.mark.parametrize("pool, shape", [(inf.AvgPool(2), (5, 2, 8, 6)), (inf.SumPool(2), (3, 1, 7, 5)),
+                                         (inf.AvgPool((2, 3)), (4, 2, 6, 9)), (inf.AvgPool(3), (3, 1, 7, 7))])
+def test_compiled_pooling_gives_the_bits_of_the_window_sums(pool, shape, monkeypatch):
+    """Non-overlapping AvgPool and SumPool in one compiled pass (square and not, sizes that leave rows and
+    columns out) on fused outputs (interior views of bordered buffers), the self-covariances and x1 against x2:
+    the bits of the axis-by-axis window sums; overlapping windows and windows reaching padding keep the torch
+    passes."""
+    from infinet.engine.layers import pooling
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(2, *shape[1:], generator=g, dtype=torch.float64)
+    net = inf.serial(inf.Conv(2, 3), inf.Relu(), pool, inf.Conv(2, 3), inf.Relu(), inf.GlobalAvgPool(), inf.Dense(1))
+    taken = []
+    compiled = pooling._compiled_pool
+    monkeypatch.setattr(pooling, "_compiled_pool", lambda *a: taken.append(compiled(*a)) or taken[-1])
+    got = [net.kernel(x, get=("nngp", "ntk")), net.kernel(x, x2, get=("nngp", "ntk"))]
+    assert taken and all(t is not None for t in taken)
+    monkeypatch.setattr(pooling, "_compiled_pool", lambda *a: None)
+    want = [net.kernel(x, get=("nngp", "ntk")), net.kernel(x, x2, get=("nngp", "ntk"))]
+    for a, b in zip(got, want):
+        assert torch.equal(a.nngp, b.nngp) and torch.equal(a.ntk, b.ntk)
+    k = input_kernel(torch.randn(2, 1, 7, 7, dtype=torch.float64), None, True, full=True)
+    for other in (inf.AvgPool(3, stride=2), inf.AvgPool(2, padding="SAME")):  # overlapping; reaching padding
+        assert pooling._compiled_pool(k.nngp, 2, other.geometry(k.shape), 1.0) is None

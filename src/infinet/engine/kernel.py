@@ -414,23 +414,26 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
     pairs = None if distinct else identical_pairs(x1, x2)
     full_var = full and (not positions_only or pairs is not None)
 
+    def mean(t):  # the sum over channels / c (x / 1 is x: no pass for it)
+        return t.div_(c) if c > 1 else t
+
     def self_cov(t):
         if full_var:  # (N, P, P) per example
-            return (t.transpose(1, 2) @ t).div_(c).reshape(len(t), *s, *s)
-        return (t * t).sum(1).div_(c).reshape(len(t), *s)
+            return mean(t.transpose(1, 2) @ t).reshape(len(t), *s, *s)
+        return mean((t * t).sum(1)).reshape(len(t), *s)
 
     if full and c <= 16:  # few channels: outer products (N1, N2, P, P) written in place, no permuted copy
         nngp = torch.mul(a[:, None, 0, :, None], b[None, :, 0, None, :])
         for ch in range(1, c):
             nngp.addcmul_(a[:, None, ch, :, None], b[None, :, ch, None, :])
-        nngp = nngp.div_(c).reshape(len(a), len(b), *s, *s)
+        nngp = mean(nngp).reshape(len(a), len(b), *s, *s)
     elif full:  # (N1, 1, P, C) @ (1, N2, C, P) -> (N1, N2, P, P)
         nngp = torch.matmul(a.transpose(1, 2)[:, None], b[None]).div_(c).reshape(len(a), len(b), *s, *s)
     elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension
         nngp = a[:, None, 0] * b[None, :, 0]
         for ch in range(1, c):
             nngp.addcmul_(a[:, None, ch], b[None, :, ch])
-        nngp = (nngp.div_(c) if c > 1 else nngp).reshape(len(a), len(b), *s)  # x / 1 is x: no pass for it
+        nngp = mean(nngp).reshape(len(a), len(b), *s)
     else:  # per position: (P, N1, C) @ (P, C, N2) -> (N1, N2, P)
         gram = a.permute(2, 0, 1) @ b.permute(2, 1, 0)
         nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c

@@ -183,6 +183,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.atan2_unit_values.argtypes = [i64, ptr, ptr, ptr]
     lib.conv_sums_full.restype = ctypes.c_int
     lib.conv_sums_full.argtypes = [i64] * 5 + [ptr] * 4 + [f64] * 2 + [i64]
+    lib.pool_full.restype = ctypes.c_int
+    lib.pool_full.argtypes = [i64] * 11 + [ptr] * 2 + [f64]
     lib.conv_relu_full.restype = ctypes.c_int
     lib.conv_relu_full.argtypes = [i64] * 5 + [ptr] * 7 + [f64] * 5
     lib.conv_relu_diagonal.restype = ctypes.c_int

@@ -401,3 +401,51 @@ int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int6
     free(work); free(planes); free(norm1); free(inv1); free(norm2); free(inv2); free(pin);
     return 0;
 }
+
+/* Non-overlapping pooling in the full layout (window kh x kw = stride, no padding; AvgPool and SumPool of
+ * infinet/engine/layers/pooling.py): out[a, b, o1, q1, o2, q2] = (sum over the window taps of both members) /
+ * divisor, out (na, nb, oh, ow, oh, ow) contiguous; in read through element strides (sa, sb, s_h1, s_w1, s_h2, 1)
+ * (an interior view of a bordered buffer, say). The sums are the layers' own, in their order: over the taps of h1
+ * first (left to right), then of h2, then of w1, then of w2, each adding whole partial sums (the torch loop sums
+ * one axis of the whole tensor at a time). Returns -1 when its row buffers cannot be allocated. */
+int pool_full(int64_t na, int64_t nb, int64_t sa, int64_t sb, int64_t s_h1, int64_t s_w1, int64_t s_h2, int64_t kh,
+              int64_t kw, int64_t oh, int64_t ow, const double *in, double *out, double divisor)
+{
+    const int64_t n = kw * ow;  /* the w2 positions a row of outputs reads */
+    double *rows = malloc((size_t)(3 * (n > 0 ? n : 1)) * sizeof(double));
+    if (rows == NULL) return -1;
+    double *sum_h1 = rows, *sum_h2 = rows + n, *sum_w1 = rows + 2 * n;
+    for (int64_t a = 0; a < na; a++)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t o1 = 0; o1 < oh; o1++)
+                for (int64_t q1 = 0; q1 < ow; q1++)
+                    for (int64_t o2 = 0; o2 < oh; o2++) {
+                        for (int64_t t3 = 0; t3 < kw; t3++) {      /* w1 taps */
+                            for (int64_t t2 = 0; t2 < kh; t2++) {  /* h2 taps */
+                                const double *x = in + a * sa + b * sb + (kh * o1) * s_h1 + (kw * q1 + t3) * s_w1
+                                                  + (kh * o2 + t2) * s_h2;
+                                for (int64_t f = 0; f < n; f++) sum_h1[f] = x[f];
+                                for (int64_t t1 = 1; t1 < kh; t1++) {  /* h1 taps */
+                                    const double *y = x + t1 * s_h1;
+                                    for (int64_t f = 0; f < n; f++) sum_h1[f] += y[f];
+                                }
+                                if (t2 == 0)
+                                    for (int64_t f = 0; f < n; f++) sum_h2[f] = sum_h1[f];
+                                else
+                                    for (int64_t f = 0; f < n; f++) sum_h2[f] += sum_h1[f];
+                            }
+                            if (t3 == 0)
+                                for (int64_t f = 0; f < n; f++) sum_w1[f] = sum_h2[f];
+                            else
+                                for (int64_t f = 0; f < n; f++) sum_w1[f] += sum_h2[f];
+                        }
+                        double *dst = out + ((((a * nb + b) * oh + o1) * ow + q1) * oh + o2) * ow;
+                        for (int64_t q2 = 0; q2 < ow; q2++) {  /* w2 taps */
+                            double total = sum_w1[kw * q2];
+                            for (int64_t t4 = 1; t4 < kw; t4++) total += sum_w1[kw * q2 + t4];
+                            dst[q2] = total / divisor;
+                        }
+                    }
+    free(rows);
+    return 0;
+}

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
+from .. import native
 from ..kernel import Kernel
 from ..masks import remask, valid_counts
 from . import spatial as sp
@@ -27,6 +29,32 @@ def _map_linear(k: Kernel, fn, **changes) -> Kernel:
     var1, var2 = k.map_variances(lambda v: fn(v, 1))
     return k.replace(nngp=None if k.nngp is None else fn(k.nngp, 2), ntk=None if k.ntk is None else fn(k.ntk, 2),
                      var1=var1, var2=var2, **changes)
+
+
+def _compiled_pool(t: Tensor, lead: int, geo, divisor: float) -> Tensor | None:
+    """:meth:`_Pool._pool` of a full-layout ``t`` (lead, H, W, H, W) in one compiled pass (``pool_full`` of
+    :mod:`infinet.engine.native`: every output reads its window taps once, the sums in the order of the axis by
+    axis passes of :func:`~infinet.engine.layers.spatial.window_sum`), for windows equal to their strides inside the
+    input (no padding reached), two spatial dimensions, float64 CPU tensors outside autograd; None elsewhere (the
+    caller takes the torch passes, the same formulas)."""
+    if len(geo) != 2 or t.device.type != "cpu" or t.dtype != torch.float64 or t.ndim != lead + 4 or lead > 2:
+        return None
+    if t.stride(-1) != 1 or (torch.is_grad_enabled() and t.requires_grad):
+        return None
+    sizes = t.shape[lead:lead + 2]
+    if any(w != s or before != 0 or w * n_out > n or n_out < 1 for (w, s, before, _, n_out), n in zip(geo, sizes)):
+        return None
+    lib = native.library()
+    if lib is None:
+        return None
+    (kh, _, _, _, oh), (kw, _, _, _, ow) = geo
+    na, nb = t.shape[0], t.shape[1] if lead == 2 else 1
+    sa, sb = t.stride(0), t.stride(1) if lead == 2 else 0
+    strides = t.stride()[lead:lead + 3]  # h1, w1, h2 (w2 is 1)
+    out = torch.empty(*t.shape[:lead], oh, ow, oh, ow, dtype=t.dtype)
+    if lib.pool_full(na, nb, sa, sb, *strides, kh, kw, oh, ow, native.address(t), native.address(out), divisor):
+        raise MemoryError("the compiled pool_full could not allocate its row buffers")
+    return out
 
 
 def _spatial_input(layer, shape, minimum=1):
@@ -85,6 +113,10 @@ class _Pool(Layer):
         return True
 
     def _pool(self, t: Tensor, lead: int, geo) -> Tensor:
+        divisor = float(math.prod(g[0] for g in geo) ** 2) if self.scale_by_window else 1.0
+        compiled = None if self.padding == "CIRCULAR" else _compiled_pool(t, lead, geo, divisor)
+        if compiled is not None:
+            return compiled
         circular = self.padding == "CIRCULAR"
         for axes, (w, s, before, after, _) in zip(sp.pair_axes(lead, len(geo), True), geo):
             for ax in axes:  # each member of a pair over its own window

@@ -49,12 +49,30 @@ def pair_norm(var1: Tensor, var2: Tensor) -> Tensor:
     return _pair_norm(var1, var2, product_safe(var1, var2))
 
 
+def _product_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """(low, high): positive variances in [low, high] form products without overflow or loss of precision."""
+    fi = torch.finfo(dtype)
+    return math.sqrt(fi.tiny) * 4.0, math.sqrt(fi.max) / 4.0
+
+
 def product_safe(var1: Tensor, var2: Tensor) -> bool:
     """Whether var1 var2 can be formed without overflow or loss of precision (see :func:`pair_norm`)."""
-    fi = torch.finfo(var1.dtype)
-    high, low = math.sqrt(fi.max) / 4.0, math.sqrt(fi.tiny) * 4.0
+    low, high = _product_bounds(var1.dtype)
     risky = lambda v: bool(((v > high) | ((v > 0) & (v < low))).any())  # noqa: E731
     return not (risky(var1) or risky(var2))
+
+
+def positive_and_product_safe(*variances: Tensor) -> bool:
+    """Whether every variance is positive, finite and safe to multiply (:func:`product_safe`): all within
+    [4 sqrt(tiny), sqrt(max) / 4] (NaN is not), by one min-max reduction per tensor. What the compiled closed-form
+    loops need of their variances."""
+    for v in variances:
+        if v.numel():
+            low, high = _product_bounds(v.dtype)
+            least, most = torch.aminmax(v)
+            if not (low <= float(least) and float(most) <= high):  # NaN fails both
+                return False
+    return True
 
 
 def _pair_norm(var1: Tensor, var2: Tensor, safe: bool) -> Tensor:
@@ -565,4 +583,4 @@ def price_kdot(nngp_fn: Callable[[Tensor, Tensor, Tensor], Tensor], cov: Tensor,
     return grad
 
 
-__all__ = ["Pair", "abrelu", "abrelu_step", "arccos_kernel", "arccos_order1", "arccos_polynomials", "bounded_covariance", "clamp_unit", "correlation", "elementwise_flags", "erf", "exp", "exp_normalized", "gabor", "gaussian", "gelu", "monomial", "pair_norm", "polynomial", "price_kdot", "product_safe", "rbf", "rectified_monomial", "sign", "sin"]
+__all__ = ["Pair", "abrelu", "abrelu_step", "arccos_kernel", "arccos_order1", "arccos_polynomials", "bounded_covariance", "clamp_unit", "correlation", "elementwise_flags", "erf", "exp", "exp_normalized", "gabor", "gaussian", "gelu", "monomial", "pair_norm", "polynomial", "positive_and_product_safe", "price_kdot", "product_safe", "rbf", "rectified_monomial", "sign", "sin"]

@@ -35,13 +35,13 @@ formulas. On GPUs the layers' own transforms run (each pass there is one kernel 
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
 from torch import Tensor
 
 from . import conv_blocks, fused, native
+from .closed_forms import positive_and_product_safe
 from .kernel import Kernel, known_zero
 
 #: entries per block (each of the block buffers): 2^16 doubles, 512 KiB (the fastest of 2^15 ... 2^17 here)
@@ -180,9 +180,9 @@ def conv_activation(conv, act, k: Kernel) -> Kernel | None:
 def _stage_variances(k: Kernel, var1: Tensor, var2: Tensor, size: int, alpha: float,
                      bias: float) -> tuple[Tensor, Tensor] | None:
     """The position variances (pv1, pv2) after a convolution on self-covariances ``var1``, ``var2`` of ``k``'s
-    layout (replayed from ``k``'s trace while it replays), or None where the fused step does not take them: a
-    variance <= 0 or not finite, or one whose products are unsafe (:func:`~infinet.engine.closed_forms.product_safe`),
-    that is, any outside [sqrt(tiny) 4, sqrt(max) / 4]."""
+    layout (replayed from ``k``'s trace while it replays), or None where the fused step does not take them (a
+    variance <= 0, not finite or unsafe for products:
+    :func:`~infinet.engine.closed_forms.positive_and_product_safe`)."""
     if k.replaying:
         e1, e2 = k.trace.entries[k.trace.cursor], k.trace.entries2[k.trace.cursor]
         if len(e1) != 1:
@@ -191,13 +191,7 @@ def _stage_variances(k: Kernel, var1: Tensor, var2: Tensor, size: int, alpha: fl
     else:
         pv1 = _position_conv(k._position_variances(var1), size, alpha, bias)
         pv2 = pv1 if var2 is var1 else _position_conv(k._position_variances(var2), size, alpha, bias)
-    fi = torch.finfo(pv1.dtype)
-    low, high = math.sqrt(fi.tiny) * 4.0, math.sqrt(fi.max) / 4.0
-    for pv in (pv1,) if pv2 is pv1 else (pv1, pv2):
-        least, most = torch.aminmax(pv)
-        if not (low <= float(least) and float(most) <= high):  # NaN fails both
-            return None
-    return pv1, pv2
+    return (pv1, pv2) if positive_and_product_safe(*((pv1,) if pv2 is pv1 else (pv1, pv2))) else None
 
 
 def diagonal_run(layers, start: int, k: Kernel, outs: list) -> list[tuple[object, object]]:

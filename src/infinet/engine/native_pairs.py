@@ -71,7 +71,7 @@ def eligible(*tensors: Tensor | None) -> bool:
 def takes(kind: int, params: tuple[float, float, float], var1: Tensor, var2: Tensor) -> bool:
     """Whether the loop's formulas hold for these variances: all positive, their products safe to form
     (:func:`infinet.engine.closed_forms.product_safe`), and for Erf 2 b^2 var finite."""
-    if not (bool((var1 > 0).all()) and bool((var2 > 0).all()) and closed_forms.product_safe(var1, var2)):
+    if not closed_forms.positive_and_product_safe(var1, var2):
         return False
     return kind != ERF or math.isfinite(2.0 * params[1] ** 2 * float(torch.maximum(var1.max(), var2.max())))
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.checks import all_finite
+
 GET_CHOICES = ("nngp", "ntk")
 
 
@@ -247,7 +249,7 @@ def as_input(x, name: str, dtype: torch.dtype | None) -> Tensor:
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if dtype is not None:
         x = x.to(dtype)
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0, 0])
         raise ValueError(f"{name} contains NaN or inf (first in row {bad})")
     return x

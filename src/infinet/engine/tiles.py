@@ -30,7 +30,8 @@ from torch import Tensor
 
 from . import fused
 from .kernel import Kernel
-from ..core.checks import check_int
+from ..core.allocator import large_empty
+from ..core.checks import all_finite, check_int
 
 
 class NonFiniteKernelError(FloatingPointError):
@@ -102,11 +103,6 @@ def tile_part(pair, plan: TilePlan, i: int, j: int):
     return pair[0][plan.rows[i]], cols
 
 
-def _all_finite(t: Tensor) -> bool:
-    """One reduction pass; the exact elementwise check only if the sum is not finite (or overflowed)."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
 def finish_tile(k: Kernel, plan: TilePlan, i: int, j: int, names: Iterable[str] = ("nngp", "ntk")) -> Kernel:
     """The finishing step of every computed tile: a diagonal tile made exactly symmetric, (K + K^T) / 2
     (its entries (a, b) and (b, a) may differ in the last bit, or by sampling), standard errors included;
@@ -114,7 +110,7 @@ def finish_tile(k: Kernel, plan: TilePlan, i: int, j: int, names: Iterable[str] 
     if plan.diagonal(i, j):
         sym = lambda t: None if t is None else 0.5 * (t + t.T)  # noqa: E731
         k = k.replace(nngp=sym(k.nngp), ntk=sym(k.ntk), nngp_se=sym(k.nngp_se), ntk_se=sym(k.ntk_se))
-    bad = [name for name in names if getattr(k, name) is not None and not _all_finite(getattr(k, name))]
+    bad = [name for name in names if getattr(k, name) is not None and not all_finite(getattr(k, name))]
     if bad:
         raise NonFiniteKernelError(f"{' and '.join(bad)} overflowed to NaN/inf in {plan.where(i, j)} (an activation "
                                    "such as Exp or a deep network with w_std too large)")
@@ -127,7 +123,7 @@ class MemorySink:
 
     def __init__(self, plan: TilePlan, need_ntk: bool, sampled: bool, dtype: torch.dtype, device):
         def blank(*shape):
-            return torch.empty(shape, dtype=dtype, device=device)
+            return large_empty(*shape, dtype=dtype, device=device)
 
         self.plan = plan
         self.nngp, self.var1, self.var2 = blank(plan.n1, plan.n2), blank(plan.n1), blank(plan.n2)

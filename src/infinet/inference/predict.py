@@ -32,7 +32,7 @@ from torch import Tensor
 from ..core.deprecation import deprecated_keyword
 from ..engine.kernel import Kernel
 from .solve import KernelMatrixError, require_psd, check_kernel_matrix, cholesky, eigh_psd, regularized
-from ..core.checks import check_int
+from ..core.checks import all_finite, check_int
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def target_matrix(y_train: Tensor, n: int) -> tuple[Tensor, bool]:
     y = y_train[:, None] if vector else y_train
     if y.ndim != 2 or y.shape[0] != n:
         raise ValueError(f"y_train must be ({n},) or ({n}, C), got {tuple(y_train.shape)}")
-    if not bool(torch.isfinite(y).all()):
+    if not all_finite(y):
         raise ValueError("y_train contains NaN or inf")
     return y.to(torch.promote_types(y.dtype, torch.float64)), vector
 
@@ -119,7 +119,7 @@ def _cross(k: Tensor, n: int, name: str) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(k).__name__}")
     if k.ndim != 2 or k.shape[1] != n:
         raise KernelMatrixError(f"{name} must be (N_test, {n}), got {tuple(k.shape)}")
-    if not bool(torch.isfinite(k).all()):
+    if not all_finite(k):
         raise KernelMatrixError(f"{name} contains NaN or inf")
     return k.to(torch.promote_types(k.dtype, torch.float64))
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..engine.tiles import TilePlan, tile_ranges
-from ..core.checks import check_int
+from ..core.checks import all_finite, check_int
 
 
 class KernelMatrixError(ValueError):
@@ -353,7 +353,7 @@ def conjugate_gradient(
     on NaN or divergence."""
     _check_cg_options(preconditioner, preconditioner_rank, diag_reg, tol, max_iter)
     matmul, diagonal, column, n = _operator(k)
-    if not bool(torch.isfinite(b).all()):
+    if not all_finite(b):
         raise ValueError("the right-hand side contains NaN or inf")
     vector = b.ndim == 1
     b = (b[:, None] if vector else b).to(torch.float64)

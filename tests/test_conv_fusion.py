@@ -334,3 +334,46 @@ def test_compiled_pooling_gives_the_bits_of_the_window_sums(pool, shape, monkeyp
     k = input_kernel(torch.randn(2, 1, 7, 7, dtype=torch.float64), None, True, full=True)
     for other in (inf.AvgPool(3, stride=2), inf.AvgPool(2, padding="SAME")):  # overlapping; reaching padding
         assert pooling._compiled_pool(k.nngp, 2, other.geometry(k.shape), 1.0) is None
+
+
+@pytest.mark.parametrize("h, w, border", [(28, 28, 1), (5, 6, 2), (1, 3, 1), (4, 4, 3)])
+def test_bordered_input_writes_every_border_entry_zero(h, w, border, monkeypatch):
+    """Only the border is written; buffers from torch.empty full of NaN show any entry it misses."""
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(math.nan))
+    inner = conv_fusion.bordered_input(2, 3, (h, w), border, torch.float64)
+    monkeypatch.undo()
+    base = inner._base
+    assert inner.shape == (2, 3, h, w, h, w)
+    assert base.shape == (2, 3, h + 2 * border, w + 2 * border, h + 2 * border, w + 2 * border)
+    inside = torch.zeros(base.shape, dtype=torch.bool)
+    inside[:, :, border:border + h, border:border + w, border:border + h, border:border + w] = True
+    assert bool((base[~inside] == 0).all())
+    assert bool(base[inside].isnan().all())  # the interior is the caller's
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_input_kernel_written_into_the_first_convolutions_padded_buffer(channels, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.randn(3, channels, 7, 7, generator=g, dtype=torch.float64)
+    x2 = torch.randn(2, channels, 7, 7, generator=g, dtype=torch.float64)
+    net = _net(b_std=0.2)
+    assert conv_fusion.input_border(net, tuple(x1.shape[1:])) == 1
+    assert conv_fusion.input_border(inf.serial(inf.Conv(4, 3, padding="VALID"), inf.Relu()), (1, 7, 7)) == 0
+    assert conv_fusion.input_border(inf.serial(inf.Dense(3), inf.Relu()), (1, 7, 7)) == 0
+    # the input NNGP is the same in the interior of the padded buffer, and the convolution reads it in place
+    out = conv_fusion.bordered_input(3, 2, (7, 7), 1, torch.float64)
+    k = input_kernel(x1, x2, True, full=True, out=out)
+    plain = input_kernel(x1, x2, True, full=True)
+    assert k.nngp is out and torch.equal(k.nngp, plain.nngp) and torch.equal(k.var1, plain.var1)
+    run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 7), torch.float64)
+    assert run.padded(k.nngp) is out._base
+    with pytest.raises(ValueError, match="out must be"):
+        input_kernel(x1, x2, True, full=True, out=conv_fusion.bordered_input(2, 2, (7, 7), 1, torch.float64))
+    # whole kernels: the same bits as with the input kernel padded by a copy, symmetric or not
+    for args in ((x1,), (x1, x2)):
+        fast = net.kernel(*args)
+        monkeypatch.setattr(conv_fusion, "input_border", lambda layer, shape: 0)
+        slow = net.kernel(*args)
+        monkeypatch.undo()
+        assert torch.equal(fast.nngp, slow.nngp) and torch.equal(fast.ntk, slow.ntk)

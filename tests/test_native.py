@@ -370,9 +370,10 @@ def test_networks_of_closed_form_layers_give_the_same_kernels_compiled_or_eager(
 
 @needs_compiler
 def test_compiled_convolution_alone_reads_bordered_and_plain_inputs(monkeypatch):
-    """A convolution after a fused Conv + ReLU step reads that step's zero-bordered buffer as it is; after any other
-    layer it borders each pair itself: both match the TorchScript loops (and the second's bordered copies) to
-    rounding, with biases, an input NTK of zeros at the first layer and a 5x5 filter."""
+    """A convolution after a fused Conv + ReLU step, or first in the network (the tile engine writes the input
+    kernel into a zero-bordered buffer), reads that buffer as it is; given an unbordered kernel it borders each pair
+    itself: both match the TorchScript loops (and the second's bordered copies) to rounding, with biases, an input
+    NTK of zeros at the first layer and a 5x5 filter."""
     from infinet.engine import conv_fusion
 
     seen = []
@@ -386,9 +387,14 @@ def test_compiled_convolution_alone_reads_bordered_and_plain_inputs(monkeypatch)
     x = torch.randn(4, 2, 6, 7, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     net = inf.serial(inf.Conv(3, 5, b_std=0.2, padding="SAME"), inf.Erf(), inf.Conv(3, 3, padding="SAME"), inf.Relu(),
                      inf.Conv(3, 3, b_std=0.1, padding="SAME"), inf.Gelu(), inf.GlobalAvgPool(), inf.Dense(1))
-    compiled = net.kernel(x, tile_size=2)
+    compiled = net.kernel(x, tile_size=2)  # the first convolution reads the input kernel's bordered buffer too
+    assert seen and all(seen)
+    seen.clear()
+    monkeypatch.setattr(conv_fusion, "input_border", lambda layer, shape: 0)  # an unbordered input kernel
+    plain = net.kernel(x, tile_size=2)
     assert True in seen and False in seen
     monkeypatch.setenv("INFINET_NATIVE", "off")
     scripted = net.kernel(x, tile_size=2)
-    for a, b in ((compiled.nngp, scripted.nngp), (compiled.ntk, scripted.ntk)):
-        assert float((a - b).abs().max()) <= 1e-13 * float(b.abs().max())
+    for ours in (compiled, plain):
+        for a, b in ((ours.nngp, scripted.nngp), (ours.ntk, scripted.ntk)):
+            assert float((a - b).abs().max()) <= 1e-13 * float(b.abs().max())

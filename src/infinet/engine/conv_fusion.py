@@ -105,12 +105,57 @@ def _plain_conv(conv, k: Kernel) -> bool:
     tensors = [t for t in (k.nngp, k.ntk, k.var1, k.var2) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
+    return _same_size_filter(conv, k.shape) is not None
+
+
+def _same_size_filter(conv, shape) -> int | None:
+    """The filter size of ``conv`` on inputs (C, H, W) when it is odd and square with stride 1, dilation 1 and the
+    zero padding that keeps the size (size // 2 on each side); else None."""
     try:
-        geo = conv.geometry(k.shape)
+        geo = conv.geometry(shape)
     except ValueError:
-        return False
-    return all(kk % 2 == 1 and s == 1 and d == 1 and before == after == kk // 2 and n_out == n
-               for (kk, s, d, before, after, n_out), n in zip(geo, k.spatial)) and geo[0][0] == geo[1][0]
+        return None
+    if len(geo) != 2 or geo[0][0] != geo[1][0]:
+        return None
+    same = all(kk % 2 == 1 and s == 1 and d == 1 and before == after == kk // 2 and n_out == n
+               for (kk, s, d, before, after, n_out), n in zip(geo, shape[1:]))
+    return geo[0][0] if same else None
+
+
+def input_border(layer, shape) -> int:
+    """The zero border that the first layer of ``layer`` pads the full-layout input kernel of feature maps
+    ``shape`` (C, H, W) with, when it is a convolution that :func:`conv_applies` may take (0 otherwise). The tile
+    engine writes the input kernel into the interior of such a buffer (:func:`bordered_input`), which the
+    convolution then reads in place instead of copying the kernel into a padded one."""
+    first = layer
+    while getattr(first, "in_sequence", False) and getattr(first, "layers", ()):
+        first = first.layers[0]
+    if not ENABLED or not _fusable_conv(first) or first.parameterization != "ntk" or first.padding == "CIRCULAR":
+        return 0
+    if isinstance(first.w_std, Tensor) or isinstance(first.b_std, Tensor) or len(shape) != 3:
+        return 0
+    size = _same_size_filter(first, tuple(shape))
+    return 0 if size is None else size // 2
+
+
+def bordered_input(n1: int, n2: int, spatial: tuple[int, int], border: int, dtype: torch.dtype) -> Tensor:
+    """The (n1, n2, H, W, H, W) interior of a new (n1, n2, H + 2b, W + 2b, H + 2b, W + 2b) CPU buffer whose border
+    of width b = ``border`` is zero: a convolution of filter size 2b + 1 reads it in place (:meth:`_Run.padded`).
+    Only the border is written here (a quarter of a 28 x 28 buffer with b = 1): its interior is left for the
+    caller to fill."""
+    (h, w), b = spatial, border
+    hp, wp = h + 2 * b, w + 2 * b
+    out = torch.empty(n1, n2, hp, wp, hp, wp, dtype=dtype)
+    for axis in (2, 3):  # whole (h2, w2) planes of the border rows and columns of (h1, w1)
+        out.narrow(axis, 0, b).zero_()
+        out.narrow(axis, out.shape[axis] - b, b).zero_()
+    planes = out[:, :, b:b + h, b:b + w].flatten(-2)  # each inner plane's (Hp x Wp) entries in a row
+    head, tail = b * wp + b, (b + h - 1) * wp + b + w  # before its first, after its last inner entry
+    planes[..., :head].zero_()
+    planes[..., tail:].zero_()
+    planes[..., head + w:tail].unflatten(-1, (h - 1, wp))[..., :2 * b].zero_()  # from a row's end to the next's start
+    _bordered[id(out)] = out
+    return out[:, :, b:b + h, b:b + w, b:b + h, b:b + w]
 
 
 def _constants(conv, k: Kernel) -> tuple[int, float, float]:

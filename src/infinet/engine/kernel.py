@@ -353,13 +353,16 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                  masks: tuple[Tensor, Tensor] | None = None,
                  patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False,
-                 distinct: bool = False) -> Kernel:
+                 distinct: bool = False, out: Tensor | None = None) -> Kernel:
     """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1).
     ``positions_only``: the caller replaces var1 and var2 (a replaying :class:`VarianceTrace`), so that feature
     maps' self-covariances are returned as same-position variances (N, *S) even in the full layout, unless
     identical inputs need the full ones. ``distinct``: the caller knows no row of x1 equals one of x2 (nor two
-    of x1 when x2 is None): :func:`identical_pairs` is not searched."""
-    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct)
+    of x1 when x2 is None): :func:`identical_pairs` is not searched. ``out``: where a full-layout NNGP of feature
+    maps with at most 16 channels and no masks is written, a (N1, N2, *S, *S) tensor of any strides (such as the
+    interior of a zero-bordered buffer that the first convolution reads in place); ignored elsewhere."""
+    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct,
+                      out if full and masks is None and x1.ndim > 2 and x1.shape[1] <= 16 else None)
     if patterns is None:
         return k
     return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
@@ -367,7 +370,7 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
 
 def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                   masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False,
-                  distinct: bool = False) -> Kernel:
+                  distinct: bool = False, out: Tensor | None = None) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
@@ -383,7 +386,7 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
         k = _spatial_input_kernel(x1, x2, need_ntk, full, distinct=distinct)
         return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
-        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct)
+        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = _mean_squares(f1)
@@ -408,7 +411,7 @@ def _mean_squares(f: Tensor) -> Tensor:
 
 
 def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool,
-                          positions_only: bool = False, distinct: bool = False) -> Kernel:
+                          positions_only: bool = False, distinct: bool = False, out: Tensor | None = None) -> Kernel:
     c, s = x1.shape[1], tuple(x1.shape[2:])
     p = math.prod(s)
     a = x1.reshape(len(x1), c, p)
@@ -424,11 +427,16 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
             return mean(t.transpose(1, 2) @ t).reshape(len(t), *s, *s)
         return mean((t * t).sum(1)).reshape(len(t), *s)
 
-    if full and c <= 16:  # few channels: outer products (N1, N2, P, P) written in place, no permuted copy
-        nngp = torch.mul(a[:, None, 0, :, None], b[None, :, 0, None, :])
+    if full and c <= 16:  # few channels: outer products (N1, N2, *S, *S) written in place, no permuted copy
+        ones = (1,) * len(s)
+        rows = lambda ch: a[:, ch].reshape(len(a), 1, *s, *ones)  # noqa: E731
+        cols = lambda ch: b[:, ch].reshape(1, len(b), *ones, *s)  # noqa: E731
+        if out is not None and tuple(out.shape) != (len(a), len(b), *s, *s):
+            raise ValueError(f"out must be {(len(a), len(b), *s, *s)}, got {tuple(out.shape)}")
+        nngp = torch.mul(rows(0), cols(0)) if out is None else torch.mul(rows(0), cols(0), out=out)
         for ch in range(1, c):
-            nngp.addcmul_(a[:, None, ch, :, None], b[None, :, ch, None, :])
-        nngp = mean(nngp).reshape(len(a), len(b), *s, *s)
+            nngp.addcmul_(rows(ch), cols(ch))
+        nngp = mean(nngp)
     elif full:  # (N1, 1, P, C) @ (1, N2, C, P) -> (N1, N2, P, P)
         nngp = torch.matmul(a.transpose(1, 2)[:, None], b[None]).div_(c).reshape(len(a), len(b), *s, *s)
     elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension
@@ -441,7 +449,7 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
         nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c
     var1 = self_cov(a)
     var2 = var1 if x2 is None else self_cov(b)
-    nngp = nngp.contiguous()
+    nngp = nngp if nngp is out else nngp.contiguous()
     if pairs is not None:
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     k = Kernel(nngp, None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)

@@ -377,3 +377,30 @@ def test_input_kernel_written_into_the_first_convolutions_padded_buffer(channels
         slow = net.kernel(*args)
         monkeypatch.undo()
         assert torch.equal(fast.nngp, slow.nngp) and torch.equal(fast.ntk, slow.ntk)
+
+
+def test_input_ntk_of_a_bordered_input_kernel_is_an_unwritten_zero(monkeypatch):
+    """With the input kernel in a convolution's bordered buffer, the input NTK is one zero expanded (no memory
+    written): known to be zero, never written into, and right where the convolution's own transform reads it."""
+    from infinet.engine.kernel import known_zero
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
+    k = input_kernel(x, None, True, full=True, out=conv_fusion.bordered_input(3, 3, (6, 6), 1, torch.float64))
+    assert known_zero(k.ntk) and k.ntk.shape == k.nngp.shape and set(k.ntk.stride()) == {0}
+    assert float(k.ntk.abs().max()) == 0.0
+    with pytest.raises(RuntimeError):
+        k.ntk.add_(1.0)
+    assert known_zero(input_kernel(x, None, True, full=True).ntk)  # stored zeros elsewhere
+    net = _net(b_std=0.3)
+    conv_fusion.ENABLED = False
+    try:
+        want = net.kernel(x)
+    finally:
+        conv_fusion.ENABLED = True
+    # every Conv by its own torch transform, the first one reading the bordered input kernel and the expanded zero
+    monkeypatch.setattr(conv_fusion, "applies", lambda *a: False)
+    monkeypatch.setattr(conv_fusion, "conv_applies", lambda *a: False)
+    got = net.kernel(x)
+    assert conv_fusion.input_border(net, (2, 6, 6)) == 1
+    _close(got, want, 1e-13)

@@ -454,16 +454,19 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     k = Kernel(nngp, None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
     k = k.pin_diagonal(inplace=True)
-    return k.replace(ntk=zero_ntk(k.nngp) if need_ntk else None)
+    # into a convolution's bordered buffer (``out``): the convolution never reads an NTK known to be zero
+    return k.replace(ntk=zero_ntk(k.nngp, stored=out is None) if need_ntk else None)
 
 
 _ZEROS: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDictionary()
 
 
-def zero_ntk(like: Tensor) -> Tensor:
+def zero_ntk(like: Tensor, stored: bool = True) -> Tensor:
     """The NTK of the inputs, zeros shaped like ``like``, remembered as zero (:func:`known_zero`): the first
-    layer's transform may skip arithmetic on it (transforms never write into a kernel they receive)."""
-    out = torch.zeros_like(like)
+    layer's transform may skip arithmetic on it (transforms never write into a kernel they receive).
+    ``stored=False``: one zero expanded to that shape (no memory written; a write into it raises), for a first
+    layer that does not read it."""
+    out = torch.zeros_like(like) if stored else like.new_zeros(()).expand(like.shape)
     _ZEROS[id(out)] = out
     return out
 

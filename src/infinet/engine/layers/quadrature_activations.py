@@ -37,6 +37,17 @@ class _Quadrature(Activation):
         except ValueError as e:
             raise ValueError(f"{self!r}: {e}") from None
 
+    def step(self, cov: Tensor, ntk: Tensor | None, var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`Activation.step` (no compiled or fused step here): E[phi'(u) phi'(v)] x ntk multiplied into the
+        new expectation tensor itself where it has the product's shape (outside autograd), not into a third one."""
+        nngp, kdot = self.expectations(cov, var1, var2, need_kdot=ntk is not None)
+        if ntk is None:
+            return nngp, None
+        if kdot.shape == ntk.shape and kdot.is_contiguous() and not (
+                torch.is_grad_enabled() and (kdot.requires_grad or ntk.requires_grad)):
+            return nngp, kdot.mul_(ntk)
+        return nngp, kdot * ntk
+
     def expectations(self, cov, var1, var2, need_kdot=True):
         self._check_range(var1, var2)
         nngp, kdot = super().expectations(cov, var1, var2, need_kdot)
@@ -44,17 +55,32 @@ class _Quadrature(Activation):
         if not bool(torch.isin(own1, own2).any()):  # no equal variances: no identical inputs
             return nngp, kdot
         cov, var1, var2 = torch.broadcast_tensors(cov, var1, var2)
-        same = (cov == var1) & (var1 == var2) & (var1 > 0)
-        if not bool(same.any()):
+        # the candidates first, from the variances alone (no pass over cov), then cov = var at those entries only
+        at = (var1 == var2).nonzero(as_tuple=True)
+        keep = (cov[at] == var1[at]) & (var1[at] > 0)
+        at = tuple(i[keep] for i in at)
+        if len(at[0]) == 0:
             return nngp, kdot
-        values = var1[same]
-        nngp = nngp.masked_scatter(same, self.diagonal(values))  # what the self-covariances use
+        values = var1[at]
+        nngp = _put(nngp, at, self.diagonal(values), cov.shape)  # what the self-covariances use
         if kdot is not None:  # E[phi'(u)^2]: a one-dimensional rule, refined (it costs one line per entry)
             dfn = self.derivative() or gaussian.autograd_derivative(self.fn)
             identity = self.expectation_identity()
-            kdot = kdot.masked_scatter(same, gaussian.quadrature_diagonal(
-                dfn, values, nodes=16, extra_panels=2, identity=None if identity is None else (identity, "dphi")))
+            own = gaussian.quadrature_diagonal(dfn, values, nodes=16, extra_panels=2,
+                                               identity=None if identity is None else (identity, "dphi"))
+            kdot = _put(kdot, at, own, cov.shape)
         return nngp, kdot
+
+
+def _put(t: Tensor, at: tuple, values: Tensor, shape) -> Tensor:
+    """``t`` broadcast to ``shape`` with ``values`` at the indices ``at``: in place on a contiguous result of that
+    shape outside autograd (the caller's own new tensor), else a copy."""
+    values = values.to(t.dtype)
+    if t.shape != shape:
+        t = t.expand(shape).contiguous()
+    if t.is_contiguous() and not (torch.is_grad_enabled() and (t.requires_grad or values.requires_grad)):
+        return t.index_put_(at, values)
+    return t.index_put(at, values)
 
 
 # ---------------------------------------------------------------- quadrature

@@ -386,7 +386,8 @@ def test_input_ntk_of_a_bordered_input_kernel_is_an_unwritten_zero(monkeypatch):
 
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
-    k = input_kernel(x, None, True, full=True, out=conv_fusion.bordered_input(3, 3, (6, 6), 1, torch.float64))
+    k = input_kernel(x, None, True, full=True, out=conv_fusion.bordered_input(3, 3, (6, 6), 1, torch.float64),
+                     ntk_unread=True)
     assert known_zero(k.ntk) and k.ntk.shape == k.nngp.shape and set(k.ntk.stride()) == {0}
     assert float(k.ntk.abs().max()) == 0.0
     with pytest.raises(RuntimeError):
@@ -403,4 +404,23 @@ def test_input_ntk_of_a_bordered_input_kernel_is_an_unwritten_zero(monkeypatch):
     monkeypatch.setattr(conv_fusion, "conv_applies", lambda *a: False)
     got = net.kernel(x)
     assert conv_fusion.input_border(net, (2, 6, 6)) == 1
+    _close(got, want, 1e-13)
+
+
+def test_diagonal_layout_input_ntk_unread_is_an_unwritten_zero():
+    """Networks that flatten: the input NTK before a fused first convolution is one zero expanded, and the kernel
+    is right where the chain stops at once (an all-zero image) and the layers take their own transforms."""
+    from infinet.engine.kernel import known_zero
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64)
+    k = input_kernel(x, None, True, full=False, ntk_unread=True)
+    assert known_zero(k.ntk) and set(k.ntk.stride()) == {0} and float(k.ntk.abs().max()) == 0.0
+    assert k.ntk.shape == k.nngp.shape and k.ntk.is_contiguous() is False
+    x[1] = 0.0
+    net = inf.serial(inf.Conv(4, 3, w_std=1.3, b_std=None, padding="SAME"), inf.Relu(),
+                     inf.Conv(4, 3, w_std=1.2, b_std=0.1, padding="SAME"), inf.Erf(), inf.Flatten(), inf.Dense(1))
+    assert conv_fusion.input_border(net, (2, 6, 6)) == 1
+    got, want, calls = _both(net, x)
+    assert False in calls  # the zero image's variances stop the chain: the layers one by one
     _close(got, want, 1e-13)

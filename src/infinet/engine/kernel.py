@@ -353,16 +353,19 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                  masks: tuple[Tensor, Tensor] | None = None,
                  patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False,
-                 distinct: bool = False, out: Tensor | None = None) -> Kernel:
+                 distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False) -> Kernel:
     """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1).
     ``positions_only``: the caller replaces var1 and var2 (a replaying :class:`VarianceTrace`), so that feature
     maps' self-covariances are returned as same-position variances (N, *S) even in the full layout, unless
     identical inputs need the full ones. ``distinct``: the caller knows no row of x1 equals one of x2 (nor two
     of x1 when x2 is None): :func:`identical_pairs` is not searched. ``out``: where a full-layout NNGP of feature
     maps with at most 16 channels and no masks is written, a (N1, N2, *S, *S) tensor of any strides (such as the
-    interior of a zero-bordered buffer that the first convolution reads in place); ignored elsewhere."""
+    interior of a zero-bordered buffer that the first convolution reads in place); ignored elsewhere.
+    ``ntk_unread``: the first layer never reads the input NTK of feature maps without masks (a convolution that
+    :mod:`~infinet.engine.conv_fusion` computes), which is then one zero expanded (:func:`zero_ntk`)."""
+    spatial = masks is None and x1.ndim > 2
     k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct,
-                      out if full and masks is None and x1.ndim > 2 and x1.shape[1] <= 16 else None)
+                      out if spatial and full and x1.shape[1] <= 16 else None, spatial and ntk_unread)
     if patterns is None:
         return k
     return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
@@ -370,7 +373,7 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
 
 def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                   masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False,
-                  distinct: bool = False, out: Tensor | None = None) -> Kernel:
+                  distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
@@ -386,7 +389,7 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
         k = _spatial_input_kernel(x1, x2, need_ntk, full, distinct=distinct)
         return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
-        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out)
+        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out, ntk_unread)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = _mean_squares(f1)
@@ -411,7 +414,8 @@ def _mean_squares(f: Tensor) -> Tensor:
 
 
 def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool,
-                          positions_only: bool = False, distinct: bool = False, out: Tensor | None = None) -> Kernel:
+                          positions_only: bool = False, distinct: bool = False, out: Tensor | None = None,
+                          ntk_unread: bool = False) -> Kernel:
     c, s = x1.shape[1], tuple(x1.shape[2:])
     p = math.prod(s)
     a = x1.reshape(len(x1), c, p)
@@ -454,8 +458,7 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     k = Kernel(nngp, None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
     k = k.pin_diagonal(inplace=True)
-    # into a convolution's bordered buffer (``out``): the convolution never reads an NTK known to be zero
-    return k.replace(ntk=zero_ntk(k.nngp, stored=out is None) if need_ntk else None)
+    return k.replace(ntk=zero_ntk(k.nngp, stored=not ntk_unread) if need_ntk else None)
 
 
 _ZEROS: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDictionary()

@@ -98,16 +98,16 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         k = embedding.input_kernel(x1, x2, need_ntk, bool(layer.needs_full(False)))
     else:
         full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
-        out = None
-        if full and masks is None and x1.ndim == 4 and x1.shape[1] <= 16 and x1.device.type == "cpu" \
-                and replicates is None and not (torch.is_grad_enabled() and x1.requires_grad):
+        out, border = None, 0
+        if masks is None and x1.ndim == 4 and x1.device.type == "cpu" and replicates is None \
+                and not (torch.is_grad_enabled() and x1.requires_grad):
             border = conv_fusion.input_border(layer, tuple(x1.shape[1:]))
-            if border:  # written into the interior of the zero-bordered buffer the first convolution reads
+            if border and full and x1.shape[1] <= 16:  # into the zero-bordered buffer the first convolution reads
                 out = conv_fusion.bordered_input(len(x1), len(x1 if x2 is None else x2), tuple(x1.shape[2:]),
                                                  border, x1.dtype)
         k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
                          positions_only=trace is not None and trace.replaying and replicates is None,
-                         distinct=distinct, out=out)
+                         distinct=distinct, out=out, ntk_unread=border > 0)
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
     if trace is not None:

@@ -198,3 +198,26 @@ def test_relu_family_derivative_is_exact_in_the_input_precision():
         expected = torch.tensor([act.a, act.a, act.b], dtype=torch.float64)
         assert torch.equal(act.derivative()(x), expected)
         assert torch.equal(act.derivative()(x), g.autograd_derivative(act.fn)(x))
+
+
+def test_quadrature_expectations_of_one_entry_and_of_identical_inputs():
+    """A scalar entry (mean-field maps call the kernel on one) gives the value of a vector of one; an entry whose
+    two inputs are the same (cov = var1 = var2) takes the one-dimensional diagonal rule, in any shape."""
+    act = inf.Tanh()
+    var = torch.tensor(0.7, dtype=torch.float64)
+    for cov in (torch.tensor(0.3, dtype=torch.float64), var):
+        nngp, kdot = act.expectations(cov, var, var)
+        vec = act.expectations(cov[None], var[None], var[None])
+        assert nngp.ndim == 0 and kdot.ndim == 0
+        assert torch.equal(nngp, vec[0][0]) and torch.equal(kdot, vec[1][0])
+    nngp, _ = act.expectations(var, var, var)
+    assert torch.equal(nngp, act.diagonal(var[None])[0])
+    v = torch.tensor([0.5, 0.9, 0.5], dtype=torch.float64)
+    cov = torch.outer(v.sqrt(), v.sqrt()) * 0.4
+    cov.diagonal().copy_(v)
+    cov[0, 2] = cov[2, 0] = 0.5  # examples 0 and 2 identical (variance 0.5, covariance 0.5); 0 and 1 not
+    nngp, kdot = act.expectations(cov, v[:, None], v[None, :])
+    diag = act.diagonal(v)
+    for i, j in ((0, 0), (1, 1), (2, 2), (0, 2), (2, 0)):
+        assert float(nngp[i, j]) == float(diag[i if i == j else 0])
+    assert float(nngp[0, 1]) != float(diag[0])

@@ -140,7 +140,7 @@ def input_border(layer, shape) -> int:
 
 def bordered_input(n1: int, n2: int, spatial: tuple[int, int], border: int, dtype: torch.dtype) -> Tensor:
     """The (n1, n2, H, W, H, W) interior of a new (n1, n2, H + 2b, W + 2b, H + 2b, W + 2b) CPU buffer whose border
-    of width b = ``border`` is zero: a convolution of filter size 2b + 1 reads it in place (:meth:`_Run.padded`).
+    of width b = ``border`` is zero: a convolution of filter size 2b + 1 reads it in place (``_Run.padded``).
     Only the border is written here (a quarter of a 28 x 28 buffer with b = 1): its interior is left for the
     caller to fill."""
     (h, w), b = spatial, border

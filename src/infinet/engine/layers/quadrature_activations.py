@@ -49,6 +49,9 @@ class _Quadrature(Activation):
         return nngp, kdot * ntk
 
     def expectations(self, cov, var1, var2, need_kdot=True):
+        if max(torch.as_tensor(t).ndim for t in (cov, var1, var2)) == 0:  # one entry: as a vector of one
+            nngp, kdot = self.expectations(*(torch.as_tensor(t)[None] for t in (cov, var1, var2)), need_kdot)
+            return nngp[0], None if kdot is None else kdot[0]
         self._check_range(var1, var2)
         nngp, kdot = super().expectations(cov, var1, var2, need_kdot)
         own1, own2 = (gaussian.compact(v.detach()).reshape(-1) for v in (var1, var2))

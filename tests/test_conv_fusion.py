@@ -424,3 +424,25 @@ def test_diagonal_layout_input_ntk_unread_is_an_unwritten_zero():
     got, want, calls = _both(net, x)
     assert False in calls  # the zero image's variances stop the chain: the layers one by one
     _close(got, want, 1e-13)
+
+
+def test_pin_skips_a_diagonal_taken_from_the_kernel_itself(monkeypatch):
+    """var1 taken from nngp's own diagonal (kernel.diagonal_pairs) is not written back by pin_diagonal; any other
+    var1 is, and a var1 taken from another nngp is too."""
+    from infinet.engine.kernel import Kernel, diagonal_pairs
+
+    g = torch.Generator().manual_seed(7)
+    nngp = torch.randn(3, 3, 4, 4, 4, 4, generator=g, dtype=torch.float64)
+    own = diagonal_pairs(nngp)
+    k = Kernel(nngp, None, own, own, (1, 4, 4), symmetric=True, full=True)
+    writes = []
+    original = torch.Tensor.__setitem__
+    monkeypatch.setattr(torch.Tensor, "__setitem__", lambda t, i, v: (writes.append(1), original(t, i, v))[1])
+    assert k.pin_diagonal(inplace=True) is k and not writes
+    other = own + 1.0
+    pinned = k.replace(var1=other, var2=other).pin_diagonal(inplace=True)
+    assert writes and torch.equal(pinned.nngp[1, 1], other[1])
+    copy = nngp.clone()
+    stale = Kernel(copy, None, own, own, (1, 4, 4), symmetric=True, full=True)  # own is nngp's, not copy's
+    copy[2, 2] = 0.0
+    assert torch.equal(stale.pin_diagonal(inplace=True).nngp[2, 2], own[2])

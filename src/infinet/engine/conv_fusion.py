@@ -42,7 +42,7 @@ from torch import Tensor
 
 from . import conv_blocks, fused, native
 from .closed_forms import positive_and_product_safe
-from .kernel import Kernel, known_zero
+from .kernel import Kernel, diagonal_pairs, known_zero
 
 #: entries per block (each of the block buffers): 2^16 doubles, 512 KiB (the fastest of 2^15 ... 2^17 here)
 BLOCK_ENTRIES = 1 << 16
@@ -181,8 +181,7 @@ def conv_alone(conv, k: Kernel) -> Kernel:
         return run.sums(run.padded(var.unsqueeze(1)), None, False)[0].squeeze(1)
 
     if k.symmetric and k.var2 is k.var1 and not k.replaying:  # nngp[i, i] is var1[i]: its sums are the new one
-        index = torch.arange(len(nngp), device=nngp.device)
-        var1 = var2 = nngp[index, index]
+        var1 = var2 = diagonal_pairs(nngp)
     else:
         var1, var2 = k.map_variances(full_variances)
     shape = (conv.out_channels,) + tuple(k.spatial)
@@ -207,19 +206,16 @@ def conv_activation(conv, act, k: Kernel) -> Kernel | None:
     run = _Run(size, alpha, bias, *act.conv_fusion_slopes(), k.spatial, k.nngp.dtype)
     nngp, ntk = run.pairs(k.nngp, k.ntk, n1, n2)
     var1 = var2 = None
-    pin = True
     if k.symmetric and k.var2 is k.var1 and not k.replaying:
         # nngp[i, i] is var1[i] (pinned after the layer before): the same arithmetic on the same numbers
-        index = torch.arange(len(nngp), device=nngp.device)
-        var1 = var2 = nngp[index, index]
-        pin = False
+        var1 = var2 = diagonal_pairs(nngp)
     elif not k.replaying:
         var1 = run.self_covariances(k.var1, n1)
         var2 = var1 if k.var2 is k.var1 else run.self_covariances(k.var2, n2)
     out = k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape)
     if trace is not None:
         out = trace.step(out)
-    return out.pin_diagonal(inplace=True) if pin else out
+    return out.pin_diagonal(inplace=True)  # nothing to write where var1 is nngp's own diagonal
 
 
 def _stage_variances(k: Kernel, var1: Tensor, var2: Tensor, size: int, alpha: float,

@@ -91,8 +91,12 @@ class Kernel:
 
     def pin_diagonal(self, inplace: bool = False) -> "Kernel":
         """For a symmetric kernel, make nngp[i, i] exactly var1[i] (guards arccos(rho ~ 1) against
-        round-off). ``inplace`` writes into nngp itself, for a tensor just made by the caller."""
+        round-off). ``inplace`` writes into nngp itself, for a tensor just made by the caller. Nothing to do where
+        var1 was taken from this nngp's own diagonal (:func:`diagonal_pairs`)."""
         if not self.symmetric or self.nngp is None:
+            return self
+        taken = getattr(self.var1, "_infinet_diagonal_of", None)
+        if taken is not None and taken() is self.nngp:
             return self
         if not self.spatial and not inplace:
             return self.replace(nngp=torch.diagonal_scatter(self.nngp, self.var1))
@@ -406,6 +410,17 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     ntk = torch.zeros_like(nngp) if need_ntk else None
     return Kernel(nngp, ntk, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None)
+
+
+def diagonal_pairs(nngp: Tensor) -> Tensor:
+    """``nngp[i, i]`` for every i: each example's kernel with itself, its self-covariance (a copy), marked as taken
+    from ``nngp``, so that :meth:`Kernel.pin_diagonal` does not write the same values back (on a full-layout tile
+    that is an (S, S) plane per example). Transforms never write into a kernel they receive, so the two stay equal
+    while both are this kernel's."""
+    index = torch.arange(len(nngp), device=nngp.device)
+    own = nngp[index, index]
+    own._infinet_diagonal_of = weakref.ref(nngp)
+    return own
 
 
 def _mean_squares(f: Tensor) -> Tensor:

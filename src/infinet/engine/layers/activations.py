@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import fused, gaussian, laws, native_pairs
-from ..kernel import Kernel
+from ..kernel import Kernel, diagonal_pairs
 from .base import Context, Function, Layer, Spec, with_shape
 from ...core.checks import check_int
 
@@ -89,8 +89,7 @@ class Activation(Layer):
         if k.full and k.symmetric and k.var2 is k.var1 and not k.replaying:
             # every example's (S, S) self-covariance is its nngp[i, i] (pinned after the layer before): the new
             # one is the new nngp[i, i], not the same expectations computed a second time
-            index = torch.arange(len(nngp), device=nngp.device)
-            new_var1 = new_var2 = nngp[index, index]
+            new_var1 = new_var2 = diagonal_pairs(nngp)
         else:
             new_var1, new_var2 = k.map_self(lambda c, a, b: self.step(c, None, a, b)[0], self.diagonal)
         out = k.replace(nngp=nngp, ntk=ntk, var1=new_var1, var2=new_var2)

@@ -446,3 +446,25 @@ def test_pin_skips_a_diagonal_taken_from_the_kernel_itself(monkeypatch):
     stale = Kernel(copy, None, own, own, (1, 4, 4), symmetric=True, full=True)  # own is nngp's, not copy's
     copy[2, 2] = 0.0
     assert torch.equal(stale.pin_diagonal(inplace=True).nngp[2, 2], own[2])
+
+
+@pytest.mark.parametrize("which", ["x1", "x2"])
+def test_inputs_that_require_grad_keep_the_plain_input_kernel(which):
+    """With inputs that require gradients (either batch) the input kernel is not written into a padded buffer (an
+    out= product has no gradient), and the gradient matches finite differences."""
+    g = torch.Generator().manual_seed(8)
+    x1 = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    x2 = torch.randn(2, 1, 6, 6, generator=g, dtype=torch.float64)
+    net = inf.cntk(2, pooling="gap")
+    assert conv_fusion.input_border(net, (1, 6, 6)) == 1
+    leaf = (x1 if which == "x1" else x2).requires_grad_(True)
+    k = net.kernel(x1, x2)
+    assert k.ntk.requires_grad
+    (grad,) = torch.autograd.grad(k.ntk.sum(), leaf)
+    step = torch.zeros_like(leaf).index_put_((torch.tensor([1]), torch.tensor([0]), torch.tensor([2]),
+                                              torch.tensor([3])), torch.tensor(1e-6, dtype=torch.float64))
+    with torch.no_grad():
+        shifted = (x1 + step, x2) if which == "x1" else (x1, x2 + step)
+        back = (x1 - step, x2) if which == "x1" else (x1, x2 - step)
+        fd = (net.kernel(*shifted).ntk.sum() - net.kernel(*back).ntk.sum()) / 2e-6
+    assert abs(float(grad[1, 0, 2, 3]) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd)))

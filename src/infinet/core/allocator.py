@@ -53,7 +53,6 @@ def tune_allocator() -> bool:
             and padded)
 
 
-
 # madvise(2) advice asking the kernel to back a range with transparent huge pages (Linux)
 _MADV_HUGEPAGE = 14
 _HUGE_PAGE = 2 << 20

@@ -18,7 +18,7 @@ def check_int(value, what: str, minimum: int = 1, *, error: type[Exception] = Va
     return int(value)
 
 
-__all__ = ["check_int"]
+__all__ = ["all_finite", "check_int"]
 
 
 def all_finite(t: torch.Tensor) -> bool:

@@ -99,8 +99,8 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
     else:
         full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
         out, border = None, 0
-        if masks is None and x1.ndim == 4 and x1.device.type == "cpu" and replicates is None \
-                and not (torch.is_grad_enabled() and x1.requires_grad):
+        grads = torch.is_grad_enabled() and (x1.requires_grad or (x2 is not None and x2.requires_grad))
+        if masks is None and x1.ndim == 4 and x1.device.type == "cpu" and replicates is None and not grads:
             border = conv_fusion.input_border(layer, tuple(x1.shape[1:]))
             if border and full and x1.shape[1] <= 16:  # into the zero-bordered buffer the first convolution reads
                 out = conv_fusion.bordered_input(len(x1), len(x1 if x2 is None else x2), tuple(x1.shape[2:]),

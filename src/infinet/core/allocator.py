@@ -34,6 +34,17 @@ TOP_PAD = 64 << 20  # glibc's per-thread heaps are 64 MiB (HEAP_MAX_SIZE on 64-b
 _done = False
 
 
+def _libc_function(name: str, argtypes: list):
+    """The C library's function ``name`` with its argument types declared (returning int), or None where the C
+    library or the function is not to be had."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
 def tune_allocator() -> bool:
     """Apply the thresholds once; returns whether they are in effect."""
     global _done
@@ -42,12 +53,9 @@ def tune_allocator() -> bool:
     _done = True
     if os.environ.get("INFINET_KEEP_MALLOC") == "1" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:  # not glibc (macOS, Windows, musl): nothing to do
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     padded = "MALLOC_TOP_PAD_" in os.environ or bool(mallopt(_M_TOP_PAD, TOP_PAD))
     return (bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
             and padded)
@@ -56,20 +64,6 @@ def tune_allocator() -> bool:
 # madvise(2) advice asking the kernel to back a range with transparent huge pages (Linux)
 _MADV_HUGEPAGE = 14
 _HUGE_PAGE = 2 << 20
-_madvise = None
-
-
-def _libc_madvise():
-    global _madvise
-    if _madvise is None:
-        try:
-            fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            fn.restype = ctypes.c_int
-            _madvise = fn
-        except (OSError, AttributeError):  # not glibc / Linux
-            _madvise = False
-    return _madvise
 
 
 def large_empty(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -83,8 +77,8 @@ def large_empty(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
     nbytes = out.numel() * out.element_size()
     if out.device.type != "cpu" or nbytes < MMAP_THRESHOLD:
         return out
-    madvise = _libc_madvise()
-    if madvise:
+    madvise = _libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+    if madvise is not None:
         start = (out.data_ptr() + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
         end = (out.data_ptr() + nbytes) & ~(_HUGE_PAGE - 1)
         if end > start:

@@ -90,17 +90,22 @@ def conv_applies(conv, k: Kernel) -> bool:
     return k.full and _plain_conv(conv, k)
 
 
+def _plain_layer(conv) -> bool:
+    """The conditions of :func:`conv_applies` on the layer itself: a :class:`~infinet.Conv` with float
+    hyperparameters, 'ntk' parameterization and zero padding, the fused steps switched on."""
+    return (ENABLED and _fusable_conv(conv) and conv.parameterization == "ntk" and conv.padding != "CIRCULAR"
+            and not isinstance(conv.w_std, Tensor) and not isinstance(conv.b_std, Tensor))
+
+
 def _plain_conv(conv, k: Kernel) -> bool:
     """:func:`conv_applies` in either layout."""
-    if not ENABLED or not _fusable_conv(conv):
+    if not _plain_layer(conv):
         return False
     if k.nngp is None or k.mask1 is not None or k.law is not None or k.sampling is not None:
         return False
     if k.sampled or k.tokens or k.nngp.device.type != "cpu" or k.nngp.dtype not in (torch.float32, torch.float64):
         return False
-    if fused.compiling() or len(k.spatial) != 2 or conv.parameterization != "ntk" or conv.padding == "CIRCULAR":
-        return False
-    if isinstance(conv.w_std, Tensor) or isinstance(conv.b_std, Tensor):
+    if fused.compiling() or len(k.spatial) != 2:
         return False
     tensors = [t for t in (k.nngp, k.ntk, k.var1, k.var2) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -130,9 +135,7 @@ def input_border(layer, shape) -> int:
     first = layer
     while getattr(first, "in_sequence", False) and getattr(first, "layers", ()):
         first = first.layers[0]
-    if not ENABLED or not _fusable_conv(first) or first.parameterization != "ntk" or first.padding == "CIRCULAR":
-        return 0
-    if isinstance(first.w_std, Tensor) or isinstance(first.b_std, Tensor) or len(shape) != 3:
+    if not _plain_layer(first) or len(shape) != 3:
         return 0
     size = _same_size_filter(first, tuple(shape))
     return 0 if size is None else size // 2

@@ -3,6 +3,7 @@
 direct quadrature on the kernel layouts the layers use, and its fallbacks."""
 
 import json
+import math
 import pathlib
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import infinet as inf
-from infinet.engine import fused, gaussian, variance_interpolation
+from infinet.engine import chebyshev, fused, gaussian, variance_interpolation
 
 REFERENCE = json.loads((pathlib.Path(__file__).parent / "data" / "quadrature_mpmath.json").read_text())
 FUNCTIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": F.softplus, "silu": F.silu}
@@ -261,3 +262,60 @@ def test_the_polar_rule_halves_mirror_each_other(scale):
     assert float((y[:, :half] - x[:, half:]).abs().max()) <= 64 * 2.0**-53 * reach
     assert float((y[:, half:] - x[:, :half]).abs().max()) <= 64 * 2.0**-53 * reach
     assert torch.equal(w[:, :half], w[:, half:])
+
+
+@pytest.mark.parametrize("lo,hi", [(-1.32, -0.15), (-1.16, 0.03), (0.1, 0.2), (-1.9, 1.9), (-2.0, 2.0), (1.7, 1.99),
+                                   (-1.99, -1.7), (3.0, 3.0)])
+def test_a_call_takes_the_narrowest_window_of_the_ladder_that_holds_its_range(lo, hi):
+    """The window holds the range and lies inside the outer one, its width on the ladder outer / sqrt(2)^k (no
+    narrower than MIN_WINDOW, where not the outer one), its start on the grid of width / 8; the next narrower
+    width of the ladder holds the range at no start of its grid (inside the outer window)."""
+    outer = chebyshev.even_units(lo, hi)
+    a, b = variance_interpolation.sub_window(lo, hi, *outer)
+    assert outer[0] <= a <= lo and hi <= b <= outer[1]
+    width = b - a
+    k = round(2 * math.log2((outer[1] - outer[0]) / width))
+    assert math.isclose(width, (outer[1] - outer[0]) / math.sqrt(2) ** k, rel_tol=1e-12)
+    if (a, b) != outer:
+        assert width >= variance_interpolation.MIN_WINDOW
+        assert math.isclose((a - outer[0]) / (width / 8), round((a - outer[0]) / (width / 8)), abs_tol=1e-9) \
+            or math.isclose(b, outer[1])
+    narrower = width / math.sqrt(2)
+    if narrower >= variance_interpolation.MIN_WINDOW:
+        step = narrower / 8
+        starts = [outer[0] + i * step for i in range(int((outer[1] - outer[0]) / step) + 1)] + [outer[1] - narrower]
+        assert not any(s <= lo and s + narrower >= hi and s >= outer[0] and s + narrower <= outer[1] for s in starts)
+    assert variance_interpolation.sub_window(lo, hi, *outer) == (a, b)  # a function of its arguments
+
+
+def test_a_restricted_table_is_the_same_polynomial_in_fewer_rank_terms(monkeypatch):
+    """Table.restricted re-expands the interpolant on a narrower window: its coefficients give the parent's
+    polynomial there (to rounding), its low-rank series stays within the parent's budget of it, and it needs far
+    fewer rank terms than the parent; the kernel of a call in that window takes it."""
+    _no_direct_quadrature(monkeypatch)
+    variance_interpolation._TABLES.clear()
+    g = torch.Generator().manual_seed(6)
+    var1 = torch.exp(torch.rand(30, 1, generator=g, dtype=torch.float64) * 1.1 - 0.8)  # log v in [-0.8, 0.3]
+    var2 = torch.exp(torch.rand(1, 40, generator=g, dtype=torch.float64) * 1.1 - 0.8)
+    cov = (torch.rand(30, 40, generator=g, dtype=torch.float64) * 2 - 1) * torch.sqrt(var1 * var2)
+    got = gaussian.quadrature(torch.tanh, cov, var1, var2)
+    domains = [domain for _, domain, _ in variance_interpolation._TABLES]
+    assert (-2.0, 2.0) in domains and len(domains) == 2  # the outer table and the one restricted from it
+    parent = next(t for _, d, t in variance_interpolation._TABLES if d == (-2.0, 2.0))
+    sub = next(t for _, d, t in variance_interpolation._TABLES if d != (-2.0, 2.0))
+    logs = torch.log(torch.cat([var1.flatten(), var2.flatten()]))
+    assert sub.hi - sub.lo < 2.0 and sub.lo <= float(logs.min()) and float(logs.max()) <= sub.hi
+    t = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    x = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    parent_t = ((sub.lo + sub.hi) + (sub.hi - sub.lo) * t - (parent.lo + parent.hi)) / (parent.hi - parent.lo)
+    for f in range(2):
+        want = _naive(parent.c[f], x[:, None, None], parent_t[None, :, None], parent_t[None, None, :])
+        have = _naive(sub.c[f], x[:, None, None], t[None, :, None], t[None, None, :])
+        assert float((want - have).abs().max()) <= 1e-13 * float(want.abs().max())
+        series = _series_value(sub.series[f], *torch.broadcast_tensors(x[:, None, None], t[None, :, None],
+                                                                         t[None, None, :]))
+        assert float((series - have).abs().max()) <= float(sub.budget[f]) + 1e-13
+        assert sub.series[f].flops() < 0.6 * parent.series[f].flops(), (sub.series[f].flops(), parent.series[f].flops())
+    whole = variance_interpolation.evaluate(parent, cov, var1, var2)
+    for a, b, budget in zip(got, whole, parent.budget):
+        assert float((a - b).abs().max()) <= 2 * float(budget) + 1e-13

@@ -319,3 +319,25 @@ def test_a_restricted_table_is_the_same_polynomial_in_fewer_rank_terms(monkeypat
     whole = variance_interpolation.evaluate(parent, cov, var1, var2)
     for a, b, budget in zip(got, whole, parent.budget):
         assert float((a - b).abs().max()) <= 2 * float(budget) + 1e-13
+
+
+@pytest.mark.parametrize("name", ["Tanh", "Sigmoid"])
+def test_tables_built_from_one_evaluation_of_phi_and_phi_prime_keep_their_bits(monkeypatch, name):
+    """Tanh and Sigmoid give phi and phi' from one evaluation (value_and_derivative: the derivative from tanh's
+    own value, sigma(x) once): the same bits as the two functions apart, and so the same tables and kernels."""
+    monkeypatch.setenv("INFINET_CACHE", "off")
+    act = getattr(inf, name)()
+    z = torch.linspace(-30, 30, 2001, dtype=torch.float64)
+    value, slope = act.value_and_derivative(z)
+    assert torch.equal(value, act.fn(z)) and torch.equal(slope, act.derivative()(z))
+    assert act.value_and_derivative(z, need_derivative=False)[1] is None
+    g = torch.Generator().manual_seed(7)
+    var1 = torch.exp(torch.rand(20, 1, generator=g, dtype=torch.float64) * 2 - 1)
+    var2 = torch.exp(torch.rand(1, 30, generator=g, dtype=torch.float64) * 2 - 1)
+    cov = (torch.rand(20, 30, generator=g, dtype=torch.float64) * 2 - 1) * torch.sqrt(var1 * var2)
+    _no_direct_quadrature(monkeypatch)
+    got = []
+    for joint in (act.value_and_derivative, None):
+        variance_interpolation._TABLES.clear()
+        got.append(gaussian.quadrature(act.fn, cov, var1, var2, dfn=act.derivative(), joint=joint))
+    assert all(torch.equal(a, b) for a, b in zip(*got))

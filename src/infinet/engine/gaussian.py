@@ -130,6 +130,7 @@ def quadrature(
     extra_panels: int = 0,
     max_elements: int = 2**22,
     identity=None,
+    joint: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Pair:
     """E[phi(u) phi(v)] and E[phi'(u) phi'(v)] for any elementwise ``fn`` by graded polar quadrature.
 
@@ -157,7 +158,8 @@ def quadrature(
     trailing Chebyshev coefficients or not used (kinks away from 0, variance ratios beyond 1e8, zero
     variances). The environment variable ``INFINET_QUADRATURE=direct`` turns the second off. ``identity``: a
     hashable that determines ``fn`` and ``dfn`` (infinet's activations pass their class and arguments), so that
-    every layer of that kind shares the interpolants; by default the two functions themselves.
+    every layer of that kind shares the interpolants; by default the two functions themselves. ``joint``: (phi(x),
+    phi'(x)) in one evaluation where the two share work (tanh: 1 - tanh^2), for building the interpolants.
     """
     cov, var1, var2 = broadcast_pair(cov, var1, var2)
     own1, own2 = compact(var1), compact(var2)  # checks read each variance once, not once per entry
@@ -166,7 +168,7 @@ def quadrature(
     if cov.numel() >= UNIFORM_MIN_ENTRIES and not differentiate:
         out = _uniform_variance(fn, cov, own1, own2, need_kdot, dfn, nodes, extra_panels)
         if out is None and os.environ.get("INFINET_QUADRATURE", "interpolate") != "direct":
-            out = _interpolated(fn, cov, own1, own2, need_kdot, dfn, nodes, extra_panels, identity)
+            out = _interpolated(fn, cov, own1, own2, need_kdot, dfn, nodes, extra_panels, identity, joint)
         if out is not None:
             return out
     return _direct_quadrature(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, max_elements, differentiate)
@@ -320,14 +322,17 @@ def compact(t: Tensor) -> Tensor:
     return t
 
 
-def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, identity=None) -> Pair | None:
+def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, identity=None,
+                  joint=None) -> Pair | None:
     """Unequal variances: the certified interpolant in (rho, log var1, log var2) of
     :mod:`infinet.engine.variance_interpolation`, built from this module's polar rule (None: not resolved).
-    ``identity``: a hashable that determines ``fn`` and ``dfn`` (see :func:`quadrature`), else the two functions."""
+    ``identity``: a hashable that determines ``fn`` and ``dfn`` (see :func:`quadrature`), else the two functions;
+    ``joint``: both at once (see :func:`quadrature`)."""
     from . import variance_interpolation
     from .tiles import idle_threads_map
 
     derivative = dfn if dfn is not None else autograd_derivative(fn)
+    both = joint if joint is not None else (lambda z: (fn(z), derivative(z)))
     device = cov.device
 
     def values_at(rho: Tensor, s: Tensor, scale: float) -> Tensor:
@@ -346,18 +351,17 @@ def _interpolated(fn, cov, var1, var2, need_kdot, dfn, nodes, extra_panels, iden
         parts = range(len(rho))
         step = max(1, 2**18 // (len(s) * x.shape[1]))
 
-        def block(f, i):
-            total = None
+        def block(i):  # phi and phi' (both, always: one table serves all calls) at the same points
+            totals = [None, None]
             for p in range(0, x.shape[2], step):
-                values = f(s[:, None, None] * x[i, None, :, p: p + step])  # (M, arcs x t, radii)
-                first = (values[:, :half] * w[i, None, :, p: p + step]).flatten(1)
-                second = values[:, half:].flatten(1)
-                total = first @ second.T if total is None else total.addmm_(first, second.T)
-            return (total + total.T)[None]
+                for f, values in enumerate(both(s[:, None, None] * x[i, None, :, p: p + step])):  # (M, arcs x t, radii)
+                    first = (values[:, :half] * w[i, None, :, p: p + step]).flatten(1)
+                    second = values[:, half:].flatten(1)
+                    totals[f] = first @ second.T if totals[f] is None else totals[f].addmm_(first, second.T)
+            return [(t + t.T)[None] for t in totals]
 
-        jobs = [(f, part) for f in (fn, derivative) for part in parts]  # both, always: one table serves all calls
-        blocks = idle_threads_map(lambda job: block(*job), jobs) if device.type == "cpu" else [block(*j) for j in jobs]
-        return torch.stack([torch.cat(blocks[:len(parts)]), torch.cat(blocks[len(parts):])])
+        blocks = idle_threads_map(block, parts) if device.type == "cpu" else [block(i) for i in parts]
+        return torch.stack([torch.cat([b[f] for b in blocks]) for f in range(2)])
 
     key = (identity if identity is not None else (fn, dfn), nodes, extra_panels, str(device))
     values = variance_interpolation.expectations(values_at, cov, var1.to(torch.float64), var2.to(torch.float64), key)

@@ -34,7 +34,7 @@ class Activation(Layer):
     def expectations(self, cov: Tensor, var1: Tensor, var2: Tensor, need_kdot: bool = True) -> gaussian.Pair:
         """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]); default: :func:`infinet.gaussian.quadrature`."""
         return gaussian.quadrature(self.fn, cov, var1, var2, need_kdot, dfn=self.derivative(),
-                                   identity=self.expectation_identity())
+                                   identity=self.expectation_identity(), joint=self.value_and_derivative)
 
     def expectation_identity(self):
         """What fixes ``fn`` and its derivative: the class and arguments (quadrature's interpolants are shared by

@@ -96,6 +96,11 @@ class Tanh(_Quadrature):
     def derivative(self):
         return lambda x: 1.0 - torch.tanh(x) ** 2
 
+    def value_and_derivative(self, x, need_derivative=True):
+        """(tanh x, 1 - tanh^2 x) from one tanh (the derivative's own bits)."""
+        t = torch.tanh(x)
+        return t, ((t * t).neg_().add_(1.0) if need_derivative else None)
+
 
 class Sigmoid(_Quadrature):
     """phi = logistic sigmoid 1 / (1 + exp(-x)) (the true logistic, not an erf stand-in); by quadrature."""
@@ -105,6 +110,11 @@ class Sigmoid(_Quadrature):
 
     def derivative(self):
         return lambda x: torch.sigmoid(x) * torch.sigmoid(-x)
+
+    def value_and_derivative(self, x, need_derivative=True):
+        """(sigma(x), sigma(x) sigma(-x)) with sigma(x) evaluated once (the derivative's own bits)."""
+        s = torch.sigmoid(x)
+        return s, (s * torch.sigmoid(-x) if need_derivative else None)
 
 
 class Softplus(_Quadrature):

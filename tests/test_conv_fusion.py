@@ -211,6 +211,52 @@ def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_bor
         assert float((a - b).abs().max()) <= 1e-14 * float(b.abs().max())
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("ntk", [True, False])
+def test_diagonal_steps_before_a_flatten_keep_only_the_means_over_positions(monkeypatch, symmetric, ntk):
+    """mean=True: the compiled loop stores each pair's mean over its positions (N1, N2), the mean of the planes it
+    gives otherwise to rounding (pinned diagonal and mirrored pairs of a symmetric tile included), and so does
+    the TorchScript loop (its planes' torch mean)."""
+    g = torch.Generator().manual_seed(9)
+    run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
+    n_2 = 4 if symmetric else 3
+    pair = torch.rand(4, n_2, 7, 5, generator=g, dtype=torch.float64) + 1.0
+    if symmetric:
+        pair = 0.5 * (pair + pair.transpose(0, 1))
+    tables = _diagonal_tables(run, 4, n_2, 3, g, symmetric=symmetric)
+    theta = pair * 0.5 if ntk else None
+    planes = run.diagonal_steps(pair, theta, ntk, *tables)
+    want = [None if t is None else t.mean(dim=(-2, -1)) for t in planes]
+    means = run.diagonal_steps(pair, theta, ntk, *tables, mean=True)
+    monkeypatch.setattr(native, "library", lambda: None)
+    scripted = run.diagonal_steps(pair, theta, ntk, *tables, mean=True)
+    for got in (means, scripted):
+        assert (got[1] is None) == (not ntk)
+        for a, b in zip(got, want):
+            if b is not None:
+                assert a.shape == (4, n_2) and float((a - b).abs().max()) <= 1e-14 * float(b.abs().max())
+    if symmetric:
+        assert torch.equal(means[0], means[0].T)
+
+
+def test_a_flatten_after_fused_steps_takes_their_means(monkeypatch):
+    """serial(Conv, ReLU, ..., Flatten, Dense): the Flatten is done by the fused call (its laws and variance trace
+    as for the layer itself: tiles of 2 record and replay), and the kernel is that of the layers one by one."""
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(5, 2, 6, 5, generator=g, dtype=torch.float64)
+    net = inf.serial(*_diagonal_network(3), inf.Flatten(), inf.Dense(1, b_std=0.1))
+    flattened = []
+    of_means = inf.Flatten.of_means
+    monkeypatch.setattr(inf.Flatten, "of_means", lambda *a: flattened.append(1) or of_means(*a))
+    monkeypatch.setattr(inf.Flatten, "kernel_fn", lambda *a: pytest.fail("Flatten.kernel_fn was called"))
+    got = net.kernel(x, get=("nngp", "ntk"), tile_size=2)
+    assert len(flattened) == 6  # one per tile
+    monkeypatch.undo()
+    monkeypatch.setattr(conv_fusion, "ENABLED", False)
+    want = net.kernel(x, get=("nngp", "ntk"), tile_size=2)
+    _close(got, want, 1e-13)
+
+
 def _diagonal_network(steps, b_std=0.2):
     layers = []
     for s in range(steps):
@@ -265,7 +311,7 @@ def test_a_long_run_of_steps_takes_several_calls_of_at_most_max_chain(monkeypatc
     net = inf.serial(*_diagonal_network(7), inf.Flatten(), inf.Dense(1))
     steps = []
     chain = conv_fusion.diagonal_chain
-    monkeypatch.setattr(conv_fusion, "diagonal_chain", lambda run, k: steps.append(len(run)) or chain(run, k))
+    monkeypatch.setattr(conv_fusion, "diagonal_chain", lambda run, *a: steps.append(len(run)) or chain(run, *a))
     got = net.kernel(x, get=("nngp", "ntk"))
     monkeypatch.setattr(conv_fusion, "ENABLED", False)
     want = net.kernel(x, get=("nngp", "ntk"))

@@ -25,13 +25,16 @@ def _masked(k) -> bool:
     return any(_masked(x) for x in k) if isinstance(k, tuple) else k.mask1 is not None
 
 
-def apply_kernel(layer, k, full_out):
+def apply_kernel(layer, k, full_out, computed=None):
     """``layer.kernel_fn`` told the layout its output must have, for combinators that plan layouts;
-    with padded inputs, applies the layer's ``masking`` policy (:mod:`infinet.masks`)."""
+    with padded inputs, applies the layer's ``masking`` policy (:mod:`infinet.masks`). ``computed``: that output
+    already computed by a fused step (the rest, laws and the variance trace, is done here all the same)."""
     masked = _masked(k)
     if masked and layer.masking == "refuse":
         raise refuse(layer, "its output at a position depends on the positions around it")
-    if getattr(layer, "plans_layout", False):
+    if computed is not None:
+        out = computed
+    elif getattr(layer, "plans_layout", False):
         out = layer.kernel_fn(k, full_out=full_out)
     else:
         out = layer.kernel_fn(k)

@@ -253,7 +253,8 @@ def diagonal_run(layers, start: int, k: Kernel, outs: list) -> list[tuple[object
     return run
 
 
-def diagonal_chain(run: list[tuple[object, object]], k: Kernel) -> tuple[Kernel, int] | None:
+def diagonal_chain(run: list[tuple[object, object]], k: Kernel,
+                   flatten=None) -> tuple[Kernel, int] | tuple[Kernel, int, Kernel] | None:
     """(the kernel after the longest head of ``run`` (from :func:`diagonal_run`) that the fused steps take, how many
     layers that is), or None where they take none (see :func:`conv_activation`). In the diagonal layout a pair's
     positions after a step depend only on its own positions before it and on the two examples' variances, so with
@@ -261,7 +262,11 @@ def diagonal_chain(run: list[tuple[object, object]], k: Kernel) -> tuple[Kernel,
     native_conv.c), and the tile is read once and written once, whatever the depth. The result is what the layers'
     ``kernel_fn`` give one by one: the same formulas, the variance trace stepped once per layer and the diagonal
     of a symmetric tile pinned after every step (where it is compiled, a symmetric tile computes each unordered
-    pair once: its planes are exactly symmetric)."""
+    pair once: its planes are exactly symmetric).
+
+    ``flatten``: the :class:`~infinet.engine.layers.pooling.Flatten` that follows ``run``; where the whole run is
+    taken, also its output (a third item): the steps' last planes are never written, only each pair's mean over
+    the positions (the same mean to rounding: summed in another order)."""
     size = _constants(run[0][0], k)[0]
     geometry = _Run(size, 1.0, 0.0, 0.0, 1.0, k.spatial, k.nngp.dtype)
     eps = torch.finfo(k.nngp.dtype).eps
@@ -291,9 +296,13 @@ def diagonal_chain(run: list[tuple[object, object]], k: Kernel) -> tuple[Kernel,
     stages = len(params)
     sd1 = torch.stack(pv1s).sqrt_()
     sd2 = sd1 if all(b is a for a, b in zip(pv1s, pv2s)) else torch.stack(pv2s).sqrt_()
+    mean = flatten is not None and stages == len(run)
     nngp, ntk = geometry.diagonal_steps(k.nngp, None if k.ntk is None or known_zero(k.ntk) else k.ntk,
                                         k.ntk is not None, sd1, sd2, torch.stack(pins) if k.symmetric else None,
-                                        params)
+                                        params, mean=mean)
+    if mean:
+        after = k.replace(nngp=None, ntk=None, var1=var1, var2=var2, shape=shape)
+        return after, 2 * stages, flatten.of_means(after, nngp, ntk)
     return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=shape), 2 * stages
 
 
@@ -453,13 +462,16 @@ class _Run:
         return self.run(self.padded(nngp), tin, ntk is not None, n1, n2)
 
     def diagonal_steps(self, nngp: Tensor, ntk: Tensor | None, need_ntk: bool, sd1: Tensor, sd2: Tensor,
-                       pins: Tensor | None, params: list[tuple[float, ...]]) -> tuple[Tensor, Tensor | None]:
+                       pins: Tensor | None, params: list[tuple[float, ...]],
+                       mean: bool = False) -> tuple[Tensor, Tensor | None]:
         """(nngp, ntk) in the diagonal layout (N1, N2, H, W) after the fused steps of ``params`` ((alpha, bias, a,
         b, scale = -1 / (alpha (1 + 4 eps))) each), given per step sd1 (steps, N1, H, W) = sqrt(var1) and sd2
         (steps, N2, H, W) = sqrt(var2) after its convolution, and the self-covariances after it (steps, N1, H, W)
         that pair (i, i) of a symmetric tile takes, or None. ``ntk`` None: an NTK of zeros, computed only when
         ``need_ntk``. Interior views of new zero-bordered buffers (N1, N2, Hp, Wp), which the next such call reads
-        in place. Compiled: one call for every step; else the TorchScript loop step by step."""
+        in place. ``mean``: (N1, N2) means over the positions instead (the kernel a Flatten next gives; compiled, no
+        (N1, N2, H, W) output is written). Compiled: one call for every step; else the TorchScript loop step by
+        step."""
         lead = nngp.shape[:2]
         lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
         if lib is not None:
@@ -467,15 +479,18 @@ class _Run:
             bases = [self._own_positions(t) for t in given]
             bordered = all(base is not None for base in bases)  # else one layout for both: the unpadded one
             kin, tin = (bases if bordered else [t.contiguous() for t in given]) + [None] * (2 - len(given))
-            kout = self._bordered_positions(lead)
-            tout = self._bordered_positions(lead) if need_ntk else None
+            new = (lambda: torch.empty(lead, dtype=self.dtype)) if mean else (lambda: self._bordered_positions(lead))
+            kout = new()
+            tout = new() if need_ntk else None
             tables = [None if t is None else t.contiguous() for t in (sd1, sd2, pins)]
             constants = torch.tensor(params, dtype=torch.float64)
             a = native.address
             if lib.conv_relu_diagonal(len(params), lead[0], lead[1], self.h, self.w, self.size, a(kin), a(tin),
                                       int(bordered), a(kout), a(tout), *map(a, tables), a(self.valid),
-                                      a(constants), torch.finfo(torch.float64).eps):
+                                      a(constants), torch.finfo(torch.float64).eps, int(mean)):
                 raise MemoryError("the compiled conv_relu_diagonal could not allocate its buffers")
+            if mean:
+                return kout, tout
             return self._positions(kout), None if tout is None else self._positions(tout)
         kin = self._padded_positions(nngp)
         tin = None if ntk is None else self._padded_positions(ntk)
@@ -492,7 +507,8 @@ class _Run:
                 index = torch.arange(lead[0])
                 self._positions(kout)[index, index] = pins[step]
             kin, tin = kout, tout
-        return self._positions(kout), None if tout is None else self._positions(tout)
+        out = [None if t is None else self._positions(t) for t in (kout, tout)]
+        return tuple(None if t is None else t.mean(dim=(-2, -1)) for t in out) if mean else tuple(out)
 
     def _positions(self, base: Tensor) -> Tensor:
         return base[..., self.p:self.p + self.h, self.p:self.p + self.w]

@@ -324,12 +324,14 @@ static double *inner_table(int64_t stages, int64_t n, int64_t h, int64_t w, int6
  * -1 / (alpha (1 + 4 eps))), norm2 = sd2 scale (the spare columns: 1, and scale); pins (stages, n_1, h, w), the
  * self-covariances after step s that pair (i, i) of a symmetric tile takes, or NULL; given, the tile is symmetric
  * (n_1 = n_2, the same examples), and pair (j, i), j > i, is a copy of pair (i, j) (the same value: same-position
- * pairs). The steps in between are what the one-step calls would give, to the last bit. Returns -1 when its
+ * pairs). The steps in between are what the one-step calls would give, to the last bit. With mean = 1 (a
+ * Flatten next), kout and tout are (n_1, n_2) instead: each pair's last step is written into a scratch plane and
+ * only the mean over its h x w positions (their sum in row-major order, / (h w)) is stored. Returns -1 when its
  * buffers cannot be allocated. */
 int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
                        const double *kin, const double *tin, int64_t bordered, double *kout, double *tout,
                        const double *sd1, const double *sd2, const double *pins, const double *valid,
-                       const double *params, double eps)
+                       const double *params, double eps, int64_t mean)
 {
     const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
     const int64_t pair = hp * wp, flat = h * wp, inner = h * wp - (size - 1), out_offset = p * wp + p;
@@ -376,7 +378,8 @@ int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int6
             diagonal_taps(src_k, size, wp, flat, inner, buf, cov);
             if (src_t != NULL) diagonal_taps(src_t, size, wp, flat, inner, buf, theta);
             const int64_t at1 = (s * n_1 + i) * inner, at2 = (s * n_2 + j) * inner;
-            const int last = s == stages - 1;  /* the last step writes the output, the others a plane not read now */
+            /* the last step writes the output (unless only its mean is kept), the others a plane not read now */
+            const int last = s == stages - 1 && !mean;
             double *dst_k = last ? kout + base : plane_k[s % 2];
             double *dst_t = tout == NULL ? NULL : (last ? tout + base : plane_t[s % 2]);
             activation_row(inner, cov, src_t != NULL ? theta : NULL, norm1 + at1, norm2 + at2, inv1 + at1,
@@ -385,18 +388,27 @@ int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int6
             src_k = dst_k;
             src_t = dst_t;
         }
-        for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {  /* the border before and after */
-            double *plane = (pass ? tout : kout) + base;
-            memset(plane, 0, (size_t)out_offset * sizeof(double));
-            memset(plane + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
+        for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {
+            const double *plane = pass ? src_t : src_k;  /* the last step's output */
+            double *out = pass ? tout : kout;
+            if (mean) {
+                double total = 0.0;
+                for (int64_t r = 0; r < h; r++)
+                    for (int64_t c = 0; c < w; c++) total += plane[out_offset + r * wp + c];
+                out[i * n_2 + j] = total / (double)(h * w);
+            } else {  /* the border before and after */
+                memset(out + base, 0, (size_t)out_offset * sizeof(double));
+                memset(out + base + out_offset + inner, 0, (size_t)(pair - out_offset - inner) * sizeof(double));
+            }
         }
     }
+    const int64_t copied = mean ? 1 : pair;  /* doubles per pair of the output */
     if (pin != NULL)
         for (int64_t i = 1; i < n_1; i++)
             for (int64_t j = 0; j < i; j++)
                 for (int pass = 0; pass < (tout != NULL ? 2 : 1); pass++) {
                     double *out = pass ? tout : kout;
-                    memcpy(out + (i * n_2 + j) * pair, out + (j * n_2 + i) * pair, (size_t)pair * sizeof(double));
+                    memcpy(out + (i * n_2 + j) * copied, out + (j * n_2 + i) * copied, (size_t)copied * sizeof(double));
                 }
     free(work); free(planes); free(norm1); free(inv1); free(norm2); free(inv2); free(pin);
     return 0;

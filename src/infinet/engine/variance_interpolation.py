@@ -78,8 +78,8 @@ class Table:
         """The same interpolant on the narrower window [lo, hi] of log variances (inside [self.lo, self.hi]), with
         no new quadrature: the polynomial re-expanded in the window's own Chebyshev basis along both variance
         axes, c'[f, k] = R^T c[f, k] R with T_m(a t' + b) = sum_n R[m, n] T_n(t') (exact: a polynomial of degree
-        M - 1 through M Lobatto points, :func:`chebyshev.coefficients`), then cut to low rank again with the same
-        budget. The values it changes are within that budget of the parent's (the interpolation error is the
+        M - 1 through M Lobatto points, :func:`infinet.engine.chebyshev.coefficients`), then cut to low rank
+        again with the same budget. The values it changes are within that budget of the parent's (the interpolation error is the
         parent's, certified on the wider window), and the variances of a narrow window need far fewer rank
         terms, often fewer steps in rho (Tanh on [-1.5, 0.5] inside [-2, 2]: 143 instead of 255 rank terms, 34
         instead of 45 terms)."""

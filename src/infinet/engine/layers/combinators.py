@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..apply import apply_kernel, fit_layout
 from .. import conv_fusion, dense_fusion, laws
 from .base import Context, Layer, Spec, as_layer
+from .pooling import Flatten
 from ...core.checks import check_int
 
 
@@ -108,12 +109,25 @@ class Serial(Layer):
         layer, nxt = self.layers[i], self.layers[i + 1]
         if conv_fusion.applies(layer, nxt, k, outs[i + 1]):
             if not k.full:  # same-position pairs: every Conv + activation step after it in one pass
-                return conv_fusion.diagonal_chain(conv_fusion.diagonal_run(self.layers, i, k, outs), k)
+                return self._diagonal_chain(i, k, outs)
             out = conv_fusion.conv_activation(layer, nxt, k)
             return None if out is None else (out, 2)
         run = dense_fusion.stages(self.layers, i, k)
         out = dense_fusion.dense_chain(run, k) if run else None
         return None if out is None else (out, 2 * len(run) - (run[-1][1] is None))
+
+    def _diagonal_chain(self, i: int, k, outs: list):
+        """:func:`conv_fusion.diagonal_chain` from layer i, and a Flatten right after its steps with them (its
+        means over the positions from the compiled loop; the laws and the variance trace by :func:`apply_kernel`)."""
+        run = conv_fusion.diagonal_run(self.layers, i, k, outs)
+        after = i + 2 * len(run)
+        flatten = self.layers[after] if after < len(self.layers) and type(self.layers[after]) is Flatten \
+            and k.mask1 is None else None
+        out = conv_fusion.diagonal_chain(run, k, flatten)
+        if out is None or len(out) == 2:
+            return out
+        k, used, flat = out
+        return apply_kernel(flatten, k, outs[after], computed=flat), used + 1
 
     def module(self, spec, ctx: Context) -> nn.Module:
         modules = []

@@ -256,7 +256,15 @@ class Flatten(Layer):
             k = remask(k).replace(mask1=None, mask2=None)
         k = k.to_diagonal()
         n = len(k.spatial)
-        return _map_linear(k, lambda t, lead: sp.global_mean(t, lead, n, False), shape=(math.prod(k.shape),))
+        return self.of_means(k, *(None if t is None else sp.global_mean(t, 2, n, False) for t in (k.nngp, k.ntk)))
+
+    def of_means(self, k: Kernel, nngp: Tensor, ntk: Tensor | None) -> Kernel:
+        """The output of :meth:`kernel_fn` on ``k`` (diagonal layout, no masks) given the means of its nngp and
+        ntk over the positions, computed elsewhere (the fused steps before it: ``k`` then carries no nngp or
+        ntk, only its self-covariances and shape)."""
+        n = len(k.spatial)
+        var1, var2 = k.map_variances(lambda v: sp.global_mean(v, 1, n, False))
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=(math.prod(k.shape),))
 
     def module(self, spec: Spec, ctx: Context) -> nn.Module:
         return nn.Flatten(1)

@@ -383,19 +383,30 @@ def test_compiled_pooling_gives_the_bits_of_the_window_sums(pool, shape, monkeyp
 
 
 @pytest.mark.parametrize("h, w, border", [(28, 28, 1), (5, 6, 2), (1, 3, 1), (4, 4, 3)])
-def test_bordered_input_writes_every_border_entry_zero(h, w, border, monkeypatch):
-    """Only the border is written; buffers from torch.empty full of NaN show any entry it misses."""
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(math.nan))
-    inner = conv_fusion.bordered_input(2, 3, (h, w), border, torch.float64)
-    monkeypatch.undo()
-    base = inner._base
-    assert inner.shape == (2, 3, h, w, h, w)
-    assert base.shape == (2, 3, h + 2 * border, w + 2 * border, h + 2 * border, w + 2 * border)
-    inside = torch.zeros(base.shape, dtype=torch.bool)
-    inside[:, :, border:border + h, border:border + w, border:border + h, border:border + w] = True
-    assert bool((base[~inside] == 0).all())
-    assert bool(base[inside].isnan().all())  # the interior is the caller's
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_bordered_input_kernel_writes_every_entry_its_border_zero(h, w, border, channels, monkeypatch):
+    """bordered_input writes nothing; input_kernel(out=, border=) writes the whole buffer (products of the
+    zero-padded images): buffers from torch.empty full of NaN show any entry it misses. The border is zero, the
+    interior the plain input kernel's bits, x2 = x1 or another batch."""
+    g = torch.Generator().manual_seed(11)
+    x1 = torch.randn(2, channels, h, w, generator=g, dtype=torch.float64)
+    for x2 in (None, torch.randn(3, channels, h, w, generator=g, dtype=torch.float64)):
+        n2 = 2 if x2 is None else 3
+        empty = torch.empty
+        monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(math.nan))
+        inner = conv_fusion.bordered_input(2, n2, (h, w), border, torch.float64)
+        monkeypatch.undo()
+        base = inner._base
+        assert inner.shape == (2, n2, h, w, h, w)
+        assert base.shape == (2, n2, h + 2 * border, w + 2 * border, h + 2 * border, w + 2 * border)
+        assert bool(base.isnan().all())  # nothing written yet
+        k = input_kernel(x1, x2, True, full=True, out=inner, border=border)
+        inside = torch.zeros(base.shape, dtype=torch.bool)
+        inside[:, :, border:border + h, border:border + w, border:border + h, border:border + w] = True
+        assert bool((base[~inside] == 0).all())
+        assert k.nngp is inner and torch.equal(inner, input_kernel(x1, x2, True, full=True).nngp)
+        with pytest.raises(ValueError, match="interior"):
+            input_kernel(x1, x2, True, full=True, out=inner.clone(), border=border)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -409,7 +420,7 @@ def test_input_kernel_written_into_the_first_convolutions_padded_buffer(channels
     assert conv_fusion.input_border(inf.serial(inf.Dense(3), inf.Relu()), (1, 7, 7)) == 0
     # the input NNGP is the same in the interior of the padded buffer, and the convolution reads it in place
     out = conv_fusion.bordered_input(3, 2, (7, 7), 1, torch.float64)
-    k = input_kernel(x1, x2, True, full=True, out=out)
+    k = input_kernel(x1, x2, True, full=True, out=out, border=1)
     plain = input_kernel(x1, x2, True, full=True)
     assert k.nngp is out and torch.equal(k.nngp, plain.nngp) and torch.equal(k.var1, plain.var1)
     run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 7), torch.float64)
@@ -433,7 +444,7 @@ def test_input_ntk_of_a_bordered_input_kernel_is_an_unwritten_zero(monkeypatch):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
     k = input_kernel(x, None, True, full=True, out=conv_fusion.bordered_input(3, 3, (6, 6), 1, torch.float64),
-                     ntk_unread=True)
+                     ntk_unread=True, border=1)
     assert known_zero(k.ntk) and k.ntk.shape == k.nngp.shape and set(k.ntk.stride()) == {0}
     assert float(k.ntk.abs().max()) == 0.0
     with pytest.raises(RuntimeError):

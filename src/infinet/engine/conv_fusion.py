@@ -35,6 +35,7 @@ formulas. On GPUs the layers' own transforms run (each pass there is one kernel 
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -142,21 +143,12 @@ def input_border(layer, shape) -> int:
 
 
 def bordered_input(n1: int, n2: int, spatial: tuple[int, int], border: int, dtype: torch.dtype) -> Tensor:
-    """The (n1, n2, H, W, H, W) interior of a new (n1, n2, H + 2b, W + 2b, H + 2b, W + 2b) CPU buffer whose border
-    of width b = ``border`` is zero: a convolution of filter size 2b + 1 reads it in place (``_Run.padded``).
-    Only the border is written here (a quarter of a 28 x 28 buffer with b = 1): its interior is left for the
-    caller to fill."""
+    """The (n1, n2, H, W, H, W) interior of a new (n1, n2, H + 2b, W + 2b, H + 2b, W + 2b) CPU buffer, b =
+    ``border``, which a convolution of filter size 2b + 1 reads in place (``_Run.padded``). Nothing is written
+    here: the input kernel writes it whole, border included (``input_kernel(out=, border=)``: the products of the
+    zero-padded images, whose border comes out zero)."""
     (h, w), b = spatial, border
-    hp, wp = h + 2 * b, w + 2 * b
-    out = torch.empty(n1, n2, hp, wp, hp, wp, dtype=dtype)
-    for axis in (2, 3):  # whole (h2, w2) planes of the border rows and columns of (h1, w1)
-        out.narrow(axis, 0, b).zero_()
-        out.narrow(axis, out.shape[axis] - b, b).zero_()
-    planes = out[:, :, b:b + h, b:b + w].flatten(-2)  # each inner plane's (Hp x Wp) entries in a row
-    head, tail = b * wp + b, (b + h - 1) * wp + b + w  # before its first, after its last inner entry
-    planes[..., :head].zero_()
-    planes[..., tail:].zero_()
-    planes[..., head + w:tail].unflatten(-1, (h - 1, wp))[..., :2 * b].zero_()  # from a row's end to the next's start
+    out = torch.empty(n1, n2, h + 2 * b, w + 2 * b, h + 2 * b, w + 2 * b, dtype=dtype)
     _bordered[id(out)] = out
     return out[:, :, b:b + h, b:b + w, b:b + h, b:b + w]
 
@@ -172,7 +164,7 @@ def conv_alone(conv, k: Kernel) -> Kernel:
     + b_std^2, Theta' = alpha S(Theta) + K', S the sum over filter taps): contiguous outputs, for any activation
     after it. Requires :func:`conv_applies`."""
     size, alpha, bias = _constants(conv, k)
-    run = _Run(size, alpha, bias, 0.0, 1.0, k.spatial, k.nngp.dtype)
+    run = _run(size, alpha, bias, 0.0, 1.0, tuple(k.spatial), k.nngp.dtype)
     ntk_in = None if k.ntk is None or known_zero(k.ntk) else k.ntk
     compiled = run.compiled_sums(k.nngp, ntk_in, k.ntk is not None)
     if compiled is not None:
@@ -206,7 +198,7 @@ def conv_activation(conv, act, k: Kernel) -> Kernel | None:
     if trace is not None:  # the convolution's output: its position variances recorded (or replayed)
         trace.step(k.replace(nngp=None, ntk=None, var1=pv1, var2=pv2, full=False, shape=shape))
     n1, n2 = pv1.sqrt(), pv2.sqrt()
-    run = _Run(size, alpha, bias, *act.conv_fusion_slopes(), k.spatial, k.nngp.dtype)
+    run = _run(size, alpha, bias, *act.conv_fusion_slopes(), tuple(k.spatial), k.nngp.dtype)
     nngp, ntk = run.pairs(k.nngp, k.ntk, n1, n2)
     var1 = var2 = None
     if k.symmetric and k.var2 is k.var1 and not k.replaying:
@@ -268,7 +260,7 @@ def diagonal_chain(run: list[tuple[object, object]], k: Kernel,
     taken, also its output (a third item): the steps' last planes are never written, only each pair's mean over
     the positions (the same mean to rounding: summed in another order)."""
     size = _constants(run[0][0], k)[0]
-    geometry = _Run(size, 1.0, 0.0, 0.0, 1.0, k.spatial, k.nngp.dtype)
+    geometry = _run(size, 1.0, 0.0, 0.0, 1.0, tuple(k.spatial), k.nngp.dtype)
     eps = torch.finfo(k.nngp.dtype).eps
     trace, shape = k.trace, k.shape
     var1, var2 = k.var1, k.var2
@@ -323,6 +315,16 @@ def _position_conv(pv: Tensor, size: int, alpha: float, bias: float) -> Tensor:
     return out + bias if bias else out
 
 
+def _run(size, alpha, bias, a, b, spatial, dtype) -> "_Run":
+    """The :class:`_Run` of these constants, made once (it is read-only; every tile's layers ask for it)."""
+    return _kept_run(size, alpha, bias, a, b, spatial, dtype, BLOCK_ENTRIES)
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_run(size, alpha, bias, a, b, spatial, dtype, block_entries) -> "_Run":
+    return _Run(size, alpha, bias, a, b, spatial, dtype)  # reads BLOCK_ENTRIES, part of the key
+
+
 class _Run:
     """One fused layer's constants, and its calls of the scripted block loop on padded buffers."""
 
@@ -341,11 +343,18 @@ class _Run:
     def _own_border(self, t: Tensor) -> Tensor | None:
         """The zero-bordered buffer of this module whose interior ``t`` is (same border), or None."""
         base = t._base
-        if base is not None and _bordered.get(id(base)) is base and self._interior(base).stride() == t.stride() \
-                and self._interior(base).storage_offset() == t.storage_offset() \
-                and tuple(base.shape[:-4]) == tuple(t.shape[:-4]):
+        if base is not None and _bordered.get(id(base)) is base and self._inside(base, t, 4):
             return base
         return None
+
+    def _inside(self, base: Tensor, t: Tensor, axes: int) -> bool:
+        """Whether ``t`` is the interior of ``base`` along its last ``axes`` spatial axes (the border ``p`` on
+        each side; the axes before them the same), from shapes, strides and offsets alone (no views made)."""
+        spatial = (self.h, self.w) * (axes // 2)
+        padded = (self.hp, self.wp) * (axes // 2)
+        return (t.ndim == base.ndim and tuple(t.shape[-axes:]) == spatial and tuple(base.shape[-axes:]) == padded
+                and tuple(t.shape[:-axes]) == tuple(base.shape[:-axes]) and t.stride() == base.stride()
+                and t.storage_offset() == base.storage_offset() + self.p * sum(base.stride()[-axes:]))
 
     def padded(self, t: Tensor) -> Tensor:
         """The zero-bordered buffer whose interior is ``t`` (..., H, W, H, W): ``t``'s own when it is an
@@ -516,9 +525,7 @@ class _Run:
     def _own_positions(self, t: Tensor) -> Tensor | None:
         """The zero-bordered (N1, N2, Hp, Wp) buffer of this module whose interior ``t`` is, or None."""
         base = t._base
-        if base is not None and _bordered.get(id(base)) is base and base.ndim == 4 \
-                and self._positions(base).stride() == t.stride() \
-                and self._positions(base).storage_offset() == t.storage_offset() and base.shape[:2] == t.shape[:2]:
+        if base is not None and _bordered.get(id(base)) is base and base.ndim == 4 and self._inside(base, t, 2):
             return base
         return None
 

@@ -357,7 +357,8 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                  masks: tuple[Tensor, Tensor] | None = None,
                  patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False,
-                 distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False) -> Kernel:
+                 distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False,
+                 border: int = 0) -> Kernel:
     """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1).
     ``positions_only``: the caller replaces var1 and var2 (a replaying :class:`VarianceTrace`), so that feature
     maps' self-covariances are returned as same-position variances (N, *S) even in the full layout, unless
@@ -365,11 +366,15 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
     of x1 when x2 is None): :func:`identical_pairs` is not searched. ``out``: where a full-layout NNGP of feature
     maps with at most 16 channels and no masks is written, a (N1, N2, *S, *S) tensor of any strides (such as the
     interior of a zero-bordered buffer that the first convolution reads in place); ignored elsewhere.
-    ``ntk_unread``: the first layer never reads the input NTK of feature maps without masks (a convolution that
-    :mod:`~infinet.engine.conv_fusion` computes), which is then one zero expanded (:func:`zero_ntk`)."""
+    ``border``: ``out`` is the interior of such a buffer (its ``_base``, (N1, N2, *(S + 2 border), *(S + 2
+    border))), which is then written whole in the same passes, as the products of the images zero-padded by
+    ``border`` (the border comes out zero: no separate fills). ``ntk_unread``: the first layer never reads the
+    input NTK of feature maps without masks (a convolution that :mod:`~infinet.engine.conv_fusion` computes), which
+    is then one zero expanded (:func:`zero_ntk`)."""
     spatial = masks is None and x1.ndim > 2
-    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct,
-                      out if spatial and full and x1.shape[1] <= 16 else None, spatial and ntk_unread)
+    direct = spatial and full and x1.shape[1] <= 16
+    k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct, out if direct else None,
+                      spatial and ntk_unread, border if direct and out is not None else 0)
     if patterns is None:
         return k
     return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
@@ -377,7 +382,8 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
 
 def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                   masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False,
-                  distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False) -> Kernel:
+                  distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False,
+                  border: int = 0) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
@@ -393,7 +399,7 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
         k = _spatial_input_kernel(x1, x2, need_ntk, full, distinct=distinct)
         return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
-        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out, ntk_unread)
+        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out, ntk_unread, border)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = _mean_squares(f1)
@@ -430,7 +436,7 @@ def _mean_squares(f: Tensor) -> Tensor:
 
 def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool,
                           positions_only: bool = False, distinct: bool = False, out: Tensor | None = None,
-                          ntk_unread: bool = False) -> Kernel:
+                          ntk_unread: bool = False, border: int = 0) -> Kernel:
     c, s = x1.shape[1], tuple(x1.shape[2:])
     p = math.prod(s)
     a = x1.reshape(len(x1), c, p)
@@ -447,15 +453,25 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
         return mean((t * t).sum(1)).reshape(len(t), *s)
 
     if full and c <= 16:  # few channels: outer products (N1, N2, *S, *S) written in place, no permuted copy
-        ones = (1,) * len(s)
-        rows = lambda ch: a[:, ch].reshape(len(a), 1, *s, *ones)  # noqa: E731
-        cols = lambda ch: b[:, ch].reshape(1, len(b), *ones, *s)  # noqa: E731
         if out is not None and tuple(out.shape) != (len(a), len(b), *s, *s):
             raise ValueError(f"out must be {(len(a), len(b), *s, *s)}, got {tuple(out.shape)}")
-        nngp = torch.mul(rows(0), cols(0)) if out is None else torch.mul(rows(0), cols(0), out=out)
+        target, ra, rb, shape = out, a, b, s
+        if border:  # the whole bordered buffer, from the zero-padded images
+            shape = tuple(n + 2 * border for n in s)
+            target = out._base
+            if target is None or tuple(target.shape) != (len(a), len(b), *shape, *shape):
+                raise ValueError(f"out must be the interior of a {(len(a), len(b), *shape, *shape)} buffer")
+            pad = lambda x: torch.nn.functional.pad(x, (border,) * (2 * len(s))).reshape(len(x), c, -1)  # noqa: E731
+            ra = pad(x1)
+            rb = ra if x2 is None else pad(x2)
+        ones = (1,) * len(s)
+        rows = lambda ch: ra[:, ch].reshape(len(ra), 1, *shape, *ones)  # noqa: E731
+        cols = lambda ch: rb[:, ch].reshape(1, len(rb), *ones, *shape)  # noqa: E731
+        nngp = torch.mul(rows(0), cols(0)) if target is None else torch.mul(rows(0), cols(0), out=target)
         for ch in range(1, c):
             nngp.addcmul_(rows(ch), cols(ch))
         nngp = mean(nngp)
+        nngp = out if border else nngp
     elif full:  # (N1, 1, P, C) @ (1, N2, C, P) -> (N1, N2, P, P)
         nngp = torch.matmul(a.transpose(1, 2)[:, None], b[None]).div_(c).reshape(len(a), len(b), *s, *s)
     elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension

@@ -107,7 +107,7 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
                                                  border, x1.dtype)
         k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
                          positions_only=trace is not None and trace.replaying and replicates is None,
-                         distinct=distinct, out=out, ntk_unread=border > 0, border=border if out is not None else 0)
+                         distinct=distinct, out=out, ntk_unread=border > 0, border=border)
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
     if trace is not None:

@@ -79,23 +79,24 @@ class Table:
         no new quadrature: the polynomial re-expanded in the window's own Chebyshev basis along both variance
         axes, c'[f, k] = R^T c[f, k] R with T_m(a t' + b) = sum_n R[m, n] T_n(t') (exact: a polynomial of degree
         M - 1 through M Lobatto points, :func:`infinet.engine.chebyshev.coefficients`), then cut to low rank
-        again with the same budget. The values it changes are within that budget of the parent's (the interpolation error is the
-        parent's, certified on the wider window), and the variances of a narrow window need far fewer rank
-        terms, often fewer steps in rho (Tanh on [-1.5, 0.5] inside [-2, 2]: 143 instead of 255 rank terms, 34
-        instead of 45 terms)."""
+        again with the same budget. The values it changes are within that budget of the parent's (the
+        interpolation error is the parent's, certified on the wider window), and the variances of a narrow window
+        need far fewer rank terms, often fewer steps in rho (Tanh on [-1.5, 0.5] inside [-2, 2]: 143 instead of 255
+        rank terms, 34 instead of 45 terms)."""
         m = self.c.shape[-1]
         t = chebyshev.lobatto_points(max(m - 1, 1), dtype=self.c.dtype)[: m]
         parent_t = ((lo + hi) + (hi - lo) * t - (self.lo + self.hi)) / (self.hi - self.lo)
-        powers = [torch.ones_like(parent_t), parent_t]  # T_m at the window's points, in the parent's variable
-        for _ in range(2, m):
-            powers.append(2.0 * parent_t * powers[-1] - powers[-2])
-        r = chebyshev.coefficients(torch.stack(powers[:m])) if m > 1 else torch.ones(1, 1, dtype=self.c.dtype)
+        values = self._chebyshev(parent_t).T  # T_m at the window's points, in the parent's variable
+        r = chebyshev.coefficients(values) if m > 1 else torch.ones(1, 1, dtype=self.c.dtype)
         c = torch.einsum("am,fkab,bn->fkmn", r, self.c, r).contiguous()
         return Table(c, lo, hi, self.budget)
 
     def basis(self, var: Tensor) -> Tensor:
         """T_m(t(var)) for m < M, shape var.shape + (M,)."""
-        t = ((2.0 * torch.log(var) - (self.lo + self.hi)) / (self.hi - self.lo)).clamp(-1.0, 1.0)
+        return self._chebyshev(((2.0 * torch.log(var) - (self.lo + self.hi)) / (self.hi - self.lo)).clamp(-1.0, 1.0))
+
+    def _chebyshev(self, t: Tensor) -> Tensor:
+        """T_m(t) for m < M by the three-term recurrence, shape t.shape + (M,)."""
         out = [torch.ones_like(t), t]
         for _ in range(2, self.c.shape[2]):
             out.append(2.0 * t * out[-1] - out[-2])

@@ -525,3 +525,80 @@ def test_inputs_that_require_grad_keep_the_plain_input_kernel(which):
         back = (x1 - step, x2) if which == "x1" else (x1, x2 - step)
         fd = (net.kernel(*shifted).ntk.sum() - net.kernel(*back).ntk.sum()) / 2e-6
     assert abs(float(grad[1, 0, 2, 3]) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd)))
+
+
+def _deferred_and_written(net, monkeypatch, *args, **kwargs):
+    """(kernel with the first step reading the images, kernel with the input kernel written first, the number of
+    tiles whose first step read the images, how many input kernels were written)."""
+    from infinet.engine.kernel import ChannelProducts
+
+    reads, writes = [], []
+    image_pairs, write = conv_fusion._Run.image_pairs, ChannelProducts.write
+    monkeypatch.setattr(conv_fusion._Run, "image_pairs", lambda self, *a: reads.append(1) or image_pairs(self, *a))
+    monkeypatch.setattr(ChannelProducts, "write", lambda self: writes.append(1) or write(self))
+    got = net.kernel(*args, **kwargs)
+    counts = (len(reads), len(writes))
+    monkeypatch.setattr(conv_fusion, "reads_images", lambda layer, dtype: False)
+    want = net.kernel(*args, **kwargs)
+    monkeypatch.undo()
+    return got, want, *counts
+
+
+@pytest.mark.skipif(native.library() is None, reason="needs the compiled library (a C compiler)")
+@pytest.mark.parametrize("channels, size, b_std", [(1, 3, None), (3, 3, 0.2), (2, 5, None), (16, 3, 0.1)])
+@pytest.mark.parametrize("second", [False, True])
+def test_first_step_from_the_images_never_writes_the_input_kernel(channels, size, b_std, second, monkeypatch):
+    """The first Conv + ReLU takes its tap sums from the two images of each pair (conv_relu_images): the input
+    kernel is never written, and the whole kernel agrees with the one whose first step reads the written input
+    kernel (the same products and tap order: 1e-14 relative; on the development machine the same bits), symmetric
+    tiles (pairs (i, i) pinned at (p, p)) and others, tiles of 2 and one tile, nested serial compositions."""
+    g = torch.Generator().manual_seed(channels + size)
+    x1 = torch.randn(5, channels, 8, 7, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, channels, 8, 7, generator=g, dtype=torch.float64) if second else None
+    net = _net(b_std=b_std, size=size)
+    assert conv_fusion.reads_images(net, torch.float64) and not conv_fusion.reads_images(net, torch.float32)
+    nested = inf.serial(inf.serial(net.layers[0], net.layers[1]), *net.layers[2:])
+    for model in (net, nested):
+        for tile_size in (None, 2):
+            args = (x1,) if x2 is None else (x1, x2)
+            got, want, reads, writes = _deferred_and_written(model, monkeypatch, *args, tile_size=tile_size)
+            assert reads >= 1 and writes == 0
+            _close(got, want, 1e-14)
+            if x2 is None:
+                assert torch.equal(got.nngp, got.nngp.T) and torch.equal(got.ntk, got.ntk.T)
+
+
+@pytest.mark.skipif(native.library() is None, reason="needs the compiled library (a C compiler)")
+def test_a_deferred_input_kernel_is_written_wherever_anything_else_reads_it(monkeypatch):
+    """Where the first step does not take the images (an all-zero image: a zero position variance, so the layers
+    apply one by one; a first layer that is not a serial composition's; identical inputs), the input kernel is
+    written (pinned as input_kernel gives it) before anything reads it, and the kernel is the written path's."""
+    from infinet.engine.kernel import channel_products, realized
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 2, 6, 6, generator=g, dtype=torch.float64)
+    # the deferred kernel itself, then written: input_kernel's bits, its diagonal pinned
+    out = conv_fusion.bordered_input(4, 4, (6, 6), 1, torch.float64)
+    k = input_kernel(x, None, True, full=True, out=out, ntk_unread=True, border=1, deferred=True)
+    assert channel_products(k.nngp) is not None and set(k.nngp.stride()) == {0}
+    plain = input_kernel(x, None, True, full=True)
+    written = realized(k)
+    assert channel_products(written.nngp) is None and written.nngp is out
+    assert torch.equal(written.nngp, plain.nngp) and torch.equal(written.var1, plain.var1)
+    assert realized(written) is written
+    # a zero image: no fused first step; the convolution's own transform reads the written kernel
+    zero = x.clone()
+    zero[1] = 0.0
+    got, want, reads, writes = _deferred_and_written(_net(), monkeypatch, zero, tile_size=2)
+    assert writes >= 1
+    _close(got, want, 1e-14)
+    # identical inputs in a tile: never deferred (they take the pinning of identical pairs; compute_kernel computes
+    # repeated rows once, so only a tile computed on its own meets them)
+    twins = torch.cat([x, x[:1]])
+    out = conv_fusion.bordered_input(5, 5, (6, 6), 1, torch.float64)
+    k = input_kernel(twins, None, True, full=True, out=out, ntk_unread=True, border=1, deferred=True)
+    assert channel_products(k.nngp) is None and k.nngp is out
+    assert torch.equal(k.nngp, input_kernel(twins, None, True, full=True).nngp)
+    # a first layer outside a serial composition, or a subclass of one with its own transform: not deferred
+    assert not conv_fusion.reads_images(inf.Conv(3, 3, padding="SAME"), torch.float64)
+    assert not conv_fusion.reads_images(inf.serial(inf.Conv(3, 3, padding="SAME"), inf.Erf()), torch.float64)

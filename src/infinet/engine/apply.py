@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import laws
+from .kernel import realized
 from .masks import refuse, remask
 
 
@@ -18,7 +19,7 @@ def fit_layout(k, need_full):
         needs = need_full if isinstance(need_full, tuple) else (need_full,) * len(k)
         return tuple(fit_layout(x, n) for x, n in zip(k, needs))
     need = any(need_full) if isinstance(need_full, tuple) else need_full
-    return k.to_diagonal() if k.full and not need and k.mask1 is None else k
+    return realized(k).to_diagonal() if k.full and not need and k.mask1 is None else k
 
 
 def _masked(k) -> bool:
@@ -32,6 +33,8 @@ def apply_kernel(layer, k, full_out, computed=None):
     masked = _masked(k)
     if masked and layer.masking == "refuse":
         raise refuse(layer, "its output at a position depends on the positions around it")
+    if computed is None and not takes_deferred(layer):  # a deferred input kernel is written before it is read
+        k = realized(k)
     if computed is not None:
         out = computed
     elif getattr(layer, "plans_layout", False):
@@ -44,6 +47,16 @@ def apply_kernel(layer, k, full_out, computed=None):
         out = laws.untracked(layer, k, out)
     trace = (k[0] if isinstance(k, tuple) else k).trace
     return out if trace is None else trace.step(out)
+
+
+def takes_deferred(layer) -> bool:
+    """Whether ``layer`` hands a deferred input kernel (:class:`~infinet.engine.kernel.ChannelProducts`) on to its
+    first layer unread: declared by the class that defines ``kernel_fn`` (``takes_deferred_input = True``: the
+    serial composition), so a subclass with a kernel transform of its own never inherits the claim."""
+    for cls in type(layer).__mro__:
+        if "kernel_fn" in cls.__dict__:
+            return bool(cls.__dict__.get("takes_deferred_input", False))
+    return False
 
 
 def replays_variances(layer) -> bool:

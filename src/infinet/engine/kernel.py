@@ -6,7 +6,7 @@ import dataclasses
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -357,24 +357,28 @@ def _equalize_identical(nngp: Tensor, var1: Tensor, var2: Tensor, pairs, symmetr
 def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                  masks: tuple[Tensor, Tensor] | None = None,
                  patterns: tuple[Tensor, Tensor | None] | None = None, positions_only: bool = False,
-                 distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False,
-                 border: int = 0) -> Kernel:
+                 distinct: bool = False, out: Tensor | Callable[[], Tensor] | None = None,
+                 ntk_unread: bool = False, border: int = 0, deferred: bool = False) -> Kernel:
     """:func:`_input_kernel`, carrying the graphs ``patterns`` of x1 and x2 (x2's None: x2 is x1).
     ``positions_only``: the caller replaces var1 and var2 (a replaying :class:`VarianceTrace`), so that feature
     maps' self-covariances are returned as same-position variances (N, *S) even in the full layout, unless
     identical inputs need the full ones. ``distinct``: the caller knows no row of x1 equals one of x2 (nor two
     of x1 when x2 is None): :func:`identical_pairs` is not searched. ``out``: where a full-layout NNGP of feature
     maps with at most 16 channels and no masks is written, a (N1, N2, *S, *S) tensor of any strides (such as the
-    interior of a zero-bordered buffer that the first convolution reads in place); ignored elsewhere.
+    interior of a zero-bordered buffer that the first convolution reads in place), or a function that makes it
+    (called only where it is written); ignored elsewhere.
     ``border``: ``out`` is the interior of such a buffer (its ``_base``, (N1, N2, *(S + 2 border), *(S + 2
     border))), which is then written whole in the same passes, as the products of the images zero-padded by
     ``border`` (the border comes out zero: no separate fills). ``ntk_unread``: the first layer never reads the
     input NTK of feature maps without masks (a convolution that :mod:`~infinet.engine.conv_fusion` computes), which
-    is then one zero expanded (:func:`zero_ntk`)."""
+    is then one zero expanded (:func:`zero_ntk`). ``deferred`` (with ``border``, where no two inputs are identical):
+    ``out`` is not written; the NNGP is a placeholder carrying the padded images (:class:`ChannelProducts`), which
+    the first convolution's compiled step reads instead, and which :func:`realized` writes wherever anything else
+    would read it."""
     spatial = masks is None and x1.ndim > 2
     direct = spatial and full and x1.shape[1] <= 16
     k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct, out if direct else None,
-                      spatial and ntk_unread, border if direct and out is not None else 0)
+                      spatial and ntk_unread, border if direct and out is not None else 0, deferred)
     if patterns is None:
         return k
     return k.replace(pattern1=patterns[0], pattern2=patterns[0] if x2 is None else patterns[1])
@@ -383,7 +387,7 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
 def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = False,
                   masks: tuple[Tensor, Tensor] | None = None, positions_only: bool = False,
                   distinct: bool = False, out: Tensor | None = None, ntk_unread: bool = False,
-                  border: int = 0) -> Kernel:
+                  border: int = 0, deferred: bool = False) -> Kernel:
     """Kernel of the inputs themselves (design notes): nngp = x1 . x2 / d for vectors, d = number of
     features; for feature maps (N, C, *S), the channel average sum_c x1[c, p] x2[c, q] / C per position
     pair (p, q), all pairs when ``full`` and same-position pairs otherwise (a convolution's fan-in is
@@ -399,7 +403,8 @@ def _input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fa
         k = _spatial_input_kernel(x1, x2, need_ntk, full, distinct=distinct)
         return k.replace(mask1=masks[0], mask2=masks[1])
     if x1.ndim > 2:
-        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out, ntk_unread, border)
+        return _spatial_input_kernel(x1, x2, need_ntk, full, positions_only, distinct, out, ntk_unread, border,
+                                     deferred)
     n_features = x1[0].numel()
     f1 = x1.reshape(len(x1), -1)
     var1 = _mean_squares(f1)
@@ -436,7 +441,7 @@ def _mean_squares(f: Tensor) -> Tensor:
 
 def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool,
                           positions_only: bool = False, distinct: bool = False, out: Tensor | None = None,
-                          ntk_unread: bool = False, border: int = 0) -> Kernel:
+                          ntk_unread: bool = False, border: int = 0, deferred: bool = False) -> Kernel:
     c, s = x1.shape[1], tuple(x1.shape[2:])
     p = math.prod(s)
     a = x1.reshape(len(x1), c, p)
@@ -444,52 +449,114 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
     pairs = None if distinct else identical_pairs(x1, x2)
     full_var = full and (not positions_only or pairs is not None)
 
-    def mean(t):  # the sum over channels / c (x / 1 is x: no pass for it)
-        return t.div_(c) if c > 1 else t
-
     def self_cov(t):
         if full_var:  # (N, P, P) per example
-            return mean(t.transpose(1, 2) @ t).reshape(len(t), *s, *s)
-        return mean((t * t).sum(1)).reshape(len(t), *s)
+            return _channel_mean(t.transpose(1, 2) @ t, c).reshape(len(t), *s, *s)
+        return _channel_mean((t * t).sum(1), c).reshape(len(t), *s)
 
+    products = None
     if full and c <= 16:  # few channels: outer products (N1, N2, *S, *S) written in place, no permuted copy
-        if out is not None and tuple(out.shape) != (len(a), len(b), *s, *s):
+        defer = deferred and border and pairs is None
+        if callable(out):  # the buffer made only where it is written
+            out = ChannelProducts.later(out) if defer else out()
+        if isinstance(out, Tensor) and tuple(out.shape) != (len(a), len(b), *s, *s):
             raise ValueError(f"out must be {(len(a), len(b), *s, *s)}, got {tuple(out.shape)}")
         target, ra, rb, shape = out, a, b, s
         if border:  # the whole bordered buffer, from the zero-padded images
             shape = tuple(n + 2 * border for n in s)
-            target = out._base
-            if target is None or tuple(target.shape) != (len(a), len(b), *shape, *shape):
+            target = out._base if isinstance(out, Tensor) else out
+            if target is None or (isinstance(out, Tensor)
+                                  and tuple(target.shape) != (len(a), len(b), *shape, *shape)):
                 raise ValueError(f"out must be the interior of a {(len(a), len(b), *shape, *shape)} buffer")
             pad = lambda x: torch.nn.functional.pad(x, (border,) * (2 * len(s))).reshape(len(x), c, -1)  # noqa: E731
             ra = pad(x1)
             rb = ra if x2 is None else pad(x2)
-        ones = (1,) * len(s)
-        rows = lambda ch: ra[:, ch].reshape(len(ra), 1, *shape, *ones)  # noqa: E731
-        cols = lambda ch: rb[:, ch].reshape(1, len(rb), *ones, *shape)  # noqa: E731
-        nngp = torch.mul(rows(0), cols(0)) if target is None else torch.mul(rows(0), cols(0), out=target)
-        for ch in range(1, c):
-            nngp.addcmul_(rows(ch), cols(ch))
-        nngp = mean(nngp)
-        nngp = out if border else nngp
+        products = ChannelProducts(ra, rb, shape, target, out if border else None)
+        if defer:
+            nngp = a.new_zeros(()).expand(len(a), len(b), *s, *s)
+            nngp._infinet_products = products
+        else:
+            nngp = products.write()
     elif full:  # (N1, 1, P, C) @ (1, N2, C, P) -> (N1, N2, P, P)
         nngp = torch.matmul(a.transpose(1, 2)[:, None], b[None]).div_(c).reshape(len(a), len(b), *s, *s)
     elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension
         nngp = a[:, None, 0] * b[None, :, 0]
         for ch in range(1, c):
             nngp.addcmul_(a[:, None, ch], b[None, :, ch])
-        nngp = mean(nngp).reshape(len(a), len(b), *s)
+        nngp = _channel_mean(nngp, c).reshape(len(a), len(b), *s)
     else:  # per position: (P, N1, C) @ (P, C, N2) -> (N1, N2, P)
         gram = a.permute(2, 0, 1) @ b.permute(2, 1, 0)
         nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c
     var1 = self_cov(a)
     var2 = var1 if x2 is None else self_cov(b)
-    nngp = nngp if nngp is out else nngp.contiguous()
+    nngp = nngp if nngp is out or products is not None else nngp.contiguous()
     if pairs is not None:
         var1, var2 = _equalize_identical(nngp, var1, var2, pairs, x2 is None)
     k = Kernel(nngp, None, var1, var2, tuple(x1.shape[1:]), symmetric=x2 is None, full=full)
-    k = k.pin_diagonal(inplace=True)
+    if channel_products(nngp) is None:
+        k = k.pin_diagonal(inplace=True)
     return k.replace(ntk=zero_ntk(k.nngp, stored=not ntk_unread) if need_ntk else None)
+
+
+def _channel_mean(t: Tensor, c: int) -> Tensor:
+    """The sum over channels / c, in place (x / 1 is x: no pass for it)."""
+    return t.div_(c) if c > 1 else t
+
+
+class ChannelProducts:
+    """A full-layout input kernel of feature maps with few channels as the images it is made of: nngp[i, j, p, q] =
+    sum over c of x1[i, c, p] x2[j, c, q] / C, from ``x1`` (N1, C, P) and ``x2`` (N2, C, P) (zero-padded to
+    ``shape`` where the kernel is written into a zero-bordered buffer). :meth:`write` writes it into ``target``
+    ((N1, N2, *shape, *shape); None: a new tensor) and returns ``interior`` (``target`` itself when None); both
+    may be a :meth:`later` (a buffer made when first written)."""
+
+    def __init__(self, x1: Tensor, x2: Tensor, shape: tuple[int, ...], target, interior=None):
+        self.x1, self.x2, self.shape, self.target, self.interior = x1, x2, shape, target, interior
+
+    class later:
+        """The interior view that ``make()`` returns, and its base, made on first use."""
+
+        def __init__(self, make):
+            self.make, self.made = make, None
+
+        def __call__(self) -> Tensor:
+            if self.made is None:
+                self.made = self.make()
+            return self.made
+
+    @property
+    def channels(self) -> int:
+        return self.x1.shape[1]
+
+    def write(self) -> Tensor:
+        if isinstance(self.interior, ChannelProducts.later):
+            self.interior = self.interior()
+            self.target = self.interior._base
+        ones = (1,) * len(self.shape)
+        rows = lambda ch: self.x1[:, ch].reshape(len(self.x1), 1, *self.shape, *ones)  # noqa: E731
+        cols = lambda ch: self.x2[:, ch].reshape(1, len(self.x2), *ones, *self.shape)  # noqa: E731
+        nngp = torch.mul(rows(0), cols(0)) if self.target is None else torch.mul(rows(0), cols(0), out=self.target)
+        for ch in range(1, self.channels):
+            nngp.addcmul_(rows(ch), cols(ch))
+        nngp = _channel_mean(nngp, self.channels)
+        return nngp if self.interior is None else self.interior
+
+
+def channel_products(t: Tensor | None) -> ChannelProducts | None:
+    """The :class:`ChannelProducts` that ``t`` stands for when it is a deferred input kernel (``input_kernel(...,
+    deferred=True)``: its entries are not there), else None."""
+    return getattr(t, "_infinet_products", None) if t is not None else None
+
+
+def realized(k):
+    """``k`` (a Kernel or a tuple of branches) with a deferred input kernel written (:class:`ChannelProducts`) and
+    its diagonal pinned, as :func:`input_kernel` gives it without deferring; any other ``k`` as it is."""
+    if isinstance(k, tuple):
+        return tuple(realized(x) for x in k)
+    products = channel_products(getattr(k, "nngp", None))
+    if products is None:
+        return k
+    return k.replace(nngp=products.write()).pin_diagonal(inplace=True)
 
 
 _ZEROS: "weakref.WeakValueDictionary[int, Tensor]" = weakref.WeakValueDictionary()

@@ -187,6 +187,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pool_full.argtypes = [i64] * 11 + [ptr] * 2 + [f64]
     lib.conv_relu_full.restype = ctypes.c_int
     lib.conv_relu_full.argtypes = [i64] * 5 + [ptr] * 7 + [f64] * 5
+    lib.conv_relu_images.restype = ctypes.c_int
+    lib.conv_relu_images.argtypes = [i64] * 5 + [ptr] * 2 + [i64] + [ptr] * 6 + [f64] * 5
     lib.conv_relu_diagonal.restype = ctypes.c_int
     lib.conv_relu_diagonal.argtypes = [i64] * 6 + [ptr] * 2 + [i64] + [ptr] * 7 + [f64] + [i64]
     return lib

@@ -132,12 +132,51 @@ static void zero_full_border(double *out, int64_t h, int64_t w, int64_t p, int64
     }
 }
 
+/* The first layer's input kernel, never written: K[(p1), (p2)] = sum over c of x1[c, p1] x2[c, p2] / channels (the
+ * channel mean of the products of two zero-padded images (channels, hp, wp), p1, p2 padded positions; no division
+ * for one channel), read by conv_relu_full in place of a bordered pair. pins (n_1, h, w) or NULL: the tap sums S(K)
+ * at the positions (p, p) of the pairs (i, i) of a symmetric tile, which the step takes as they are (the sums of the
+ * self-covariances that the position variances were computed from, so that rho = 1 there to the last bit). */
+typedef struct {
+    const double *x1, *x2, *pins;
+    int64_t channels;
+} image_pairs;
+
+/* taps_h for the pair of images x1 (first member), x2 (second member) of `img` (each (channels, hp, wp)): buf[w1
+ * flat + f] = sum over u of K[(h1 + u, w1), f + u wp], the products summed over the channels first, then over the
+ * taps in tap order; scratch: flat doubles. */
+static void taps_h_images(const double *x1, const double *x2, int64_t channels, int64_t plane, int64_t size,
+                          int64_t wp, int64_t h1, int64_t flat, int64_t first, int64_t end, double *scratch,
+                          double *buf)
+{
+    const double c = (double)channels;
+    for (int64_t w1 = first; w1 < end; w1++) {
+        double *dst = buf + w1 * flat;
+        for (int64_t u = 0; u < size; u++) {
+            double *row = u == 0 ? dst : scratch;
+            const double *col = x2 + u * wp;
+            const double a0 = x1[(h1 + u) * wp + w1];
+            for (int64_t f = 0; f < flat; f++) row[f] = a0 * col[f];
+            for (int64_t ch = 1; ch < channels; ch++) {
+                const double ac = x1[ch * plane + (h1 + u) * wp + w1], *cc = col + ch * plane;
+                for (int64_t f = 0; f < flat; f++) row[f] += ac * cc[f];
+            }
+            if (channels > 1)
+                for (int64_t f = 0; f < flat; f++) row[f] /= c;
+            if (u > 0)
+                for (int64_t f = 0; f < flat; f++) dst[f] += row[f];
+        }
+    }
+}
+
 /* Full layout. kin, tin (NULL: an NTK of zeros), kout, tout (NULL: no NTK): (n_1, n_2, hp, wp, hp, wp) padded,
  * contiguous; n1: (n_1, h, w) = sqrt(var1); norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) (1 at spare
- * columns); valid: (inner,). inner = h wp - (size - 1). Returns -1 when its buffers cannot be allocated. */
-int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
-                   const double *tin, double *kout, double *tout, const double *n1, const double *norm2,
-                   const double *valid, double alpha, double bias, double a, double b, double eps)
+ * columns); valid: (inner,). inner = h wp - (size - 1). img not NULL: kin is the product of its images (tin NULL),
+ * never read. Returns -1 when its buffers cannot be allocated. */
+static int conv_relu_pairs(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
+                           const double *tin, double *kout, double *tout, const double *n1, const double *norm2,
+                           const double *valid, double alpha, double bias, double a, double b, double eps,
+                           const image_pairs *img)
 {
     const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
     const int64_t s1 = hp * wp, s0 = wp * s1, pair = hp * s0, flat = h * wp, inner = h * wp - (size - 1);
@@ -145,17 +184,17 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
     relu_step st = {alpha, bias, (b - a) * (b - a), a * b, eps};
     double *buf_k = malloc((size_t)(wp * flat) * sizeof(double));
     double *buf_t = tin != NULL ? malloc((size_t)(wp * flat) * sizeof(double)) : NULL;
-    double *rows = malloc((size_t)(2 * inner) * sizeof(double));
+    double *rows = malloc((size_t)(2 * inner + flat) * sizeof(double));
     double *inv1 = reciprocals(n_1 * h * w, n1), *inv2 = reciprocals(n_2 * inner, norm2);
     if (size > MAX_TAPS || buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL) || inv1 == NULL
-        || inv2 == NULL) {
+        || inv2 == NULL || (img != NULL && tin != NULL)) {
         free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
         return -1;
     }
     double *cov = rows, *theta = rows + inner;
     const int64_t per_column = size * s1 * (tin != NULL ? 2 : 1);  /* doubles of the slabs' parts per column */
     int64_t columns = SLAB_BUDGET / per_column - (size - 1);
-    columns = columns < 4 ? 4 : columns;
+    columns = img != NULL ? w : (columns < 4 ? 4 : columns);  /* images: nothing read from memory to keep */
     for (int64_t i = 0; i < n_1; i++)
         for (int64_t j = 0; j < n_2; j++) {
             const int64_t base = (i * n_2 + j) * pair;
@@ -168,8 +207,13 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
             for (int64_t h1 = 0; h1 < h; h1++) {
                 const double *slab[MAX_TAPS];
                 const int64_t w_end = w0 + columns < w ? w0 + columns : w;
-                pair_slabs(kin + base, h1, size, s0, slab);
-                taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_k);
+                if (img != NULL) {
+                    taps_h_images(img->x1 + i * img->channels * s1, img->x2 + j * img->channels * s1, img->channels,
+                                  s1, size, wp, h1, flat, w0, w_end + size - 1, rows + 2 * inner, buf_k);
+                } else {
+                    pair_slabs(kin + base, h1, size, s0, slab);
+                    taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_k);
+                }
                 if (tin != NULL) {
                     pair_slabs(tin + base, h1, size, s0, slab);
                     taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_t);
@@ -178,6 +222,7 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
                     taps_w(buf_k, w1, size, flat, inner, cov);
                     if (tin != NULL) taps_w(buf_t, w1, size, flat, inner, theta);
                     const int64_t first = (i * h + h1) * w + w1, at = base + out_offset + h1 * s0 + w1 * s1;
+                    if (img != NULL && img->pins != NULL && i == j) cov[h1 * wp + w1] = img->pins[first];
                     activation_row(inner, cov, tin != NULL ? theta : NULL, n1 + first, n2j, inv1 + first, i2j, 1,
                                    valid, kout + at, tout != NULL ? tout + at : NULL, st);
                 }
@@ -185,6 +230,26 @@ int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
         }
     free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
     return 0;
+}
+
+int conv_relu_full(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
+                   const double *tin, double *kout, double *tout, const double *n1, const double *norm2,
+                   const double *valid, double alpha, double bias, double a, double b, double eps)
+{
+    return conv_relu_pairs(n_1, n_2, h, w, size, kin, tin, kout, tout, n1, norm2, valid, alpha, bias, a, b, eps,
+                           NULL);
+}
+
+/* conv_relu_full on the input kernel of images x1 (n_1, channels, hp, wp) and x2 (n_2, channels, hp, wp),
+ * zero-padded and contiguous, without an input NTK: see image_pairs (pins NULL unless the tile is symmetric). */
+int conv_relu_images(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *x1,
+                     const double *x2, int64_t channels, const double *pins, double *kout, double *tout,
+                     const double *n1, const double *norm2, const double *valid, double alpha, double bias, double a,
+                     double b, double eps)
+{
+    const image_pairs img = {x1, x2, pins, channels};
+    return conv_relu_pairs(n_1, n_2, h, w, size, NULL, NULL, kout, tout, n1, norm2, valid, alpha, bias, a, b, eps,
+                           &img);
 }
 
 /* Row hs (padded coordinates, p <= hs < h + p) of an unpadded pair (h, w, h, w) copied into the interior of a

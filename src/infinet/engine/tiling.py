@@ -8,6 +8,7 @@ on the tile engine (:mod:`infinet.engine.tiles`: plan, finishing step, in-memory
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -98,16 +99,19 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
         k = embedding.input_kernel(x1, x2, need_ntk, bool(layer.needs_full(False)))
     else:
         full = (bool(layer.needs_full(False)) or masks is not None) if x1.ndim > 2 else False
-        out, border = None, 0
+        out, border, deferred = None, 0, False
         grads = torch.is_grad_enabled() and (x1.requires_grad or (x2 is not None and x2.requires_grad))
         if masks is None and x1.ndim == 4 and x1.device.type == "cpu" and replicates is None and not grads:
             border = conv_fusion.input_border(layer, tuple(x1.shape[1:]))
             if border and full and x1.shape[1] <= 16:  # into the zero-bordered buffer the first convolution reads
-                out = conv_fusion.bordered_input(len(x1), len(x1 if x2 is None else x2), tuple(x1.shape[2:]),
-                                                 border, x1.dtype)
+                shape = (len(x1), len(x1 if x2 is None else x2), tuple(x1.shape[2:]), border, x1.dtype)
+                # the first convolution's step reads the images: the buffer is made only if anything else reads it
+                deferred = conv_fusion.reads_images(layer, x1.dtype)
+                out = functools.partial(conv_fusion.bordered_input, *shape) if deferred else \
+                    conv_fusion.bordered_input(*shape)
         k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
                          positions_only=trace is not None and trace.replaying and replicates is None,
-                         distinct=distinct, out=out, ntk_unread=border > 0, border=border)
+                         distinct=distinct, out=out, ntk_unread=border > 0, border=border, deferred=deferred)
     if replicates is not None:  # sampled layers: R independent replicates, their mean and standard error
         return _replicated(layer, k, *replicates)
     if trace is not None:

@@ -62,6 +62,8 @@ class Serial(Layer):
 
     in_sequence = True  # its layers apply one after another (infinet.engine.conv_fusion.has_pairs)
 
+    takes_deferred_input = True  # a deferred input kernel goes to its first layer unread (engine.apply.takes_deferred)
+
     def __init__(self, layers: Sequence[Layer]):
         self.layers = tuple(as_layer(layer) for layer in layers)
         self.n_layers = _total((layer.n_layers for layer in self.layers), "this serial composition")

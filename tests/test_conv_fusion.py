@@ -602,3 +602,54 @@ def test_a_deferred_input_kernel_is_written_wherever_anything_else_reads_it(monk
     # a first layer outside a serial composition, or a subclass of one with its own transform: not deferred
     assert not conv_fusion.reads_images(inf.Conv(3, 3, padding="SAME"), torch.float64)
     assert not conv_fusion.reads_images(inf.serial(inf.Conv(3, 3, padding="SAME"), inf.Erf()), torch.float64)
+
+
+@pytest.mark.skipif(native.library() is None, reason="needs the compiled library (a C compiler)")
+@pytest.mark.parametrize("size, b_std", [(3, None), (5, 0.2), (1, 0.1)])
+@pytest.mark.parametrize("get", [("nngp", "ntk"), ("nngp",)])
+def test_steps_written_over_their_own_input_give_the_same_bits(size, b_std, get, monkeypatch):
+    """A step after another in the same serial composition writes over that step's output (its input, which nothing
+    else holds; the rows it still needs kept in a ring): the same bits as with new buffers, symmetric or not, and
+    the in-place calls happen."""
+    g = torch.Generator().manual_seed(size)
+    x1 = torch.randn(4, 2, 9, 8, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64)
+    net = _net(b_std=b_std, size=size)
+    run = conv_fusion._Run.run
+    for args in ((x1,), (x1, x2)):
+        calls = []
+
+        def counted(self, kin, tin, ntk, n1, n2, inplace=False):
+            calls.append(inplace)
+            return run(self, kin, tin, ntk, n1, n2, inplace)
+
+        monkeypatch.setattr(conv_fusion._Run, "run", counted)
+        got = net.kernel(*args, get=get, tile_size=2)
+        monkeypatch.setattr(conv_fusion._Run, "run", lambda self, kin, tin, ntk, n1, n2, inplace=False: run(
+            self, kin, tin, ntk, n1, n2, False))
+        want = net.kernel(*args, get=get, tile_size=2)
+        monkeypatch.undo()
+        assert any(calls)
+        for name in get:
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
+@pytest.mark.skipif(native.library() is None, reason="needs the compiled library (a C compiler)")
+def test_a_step_never_writes_over_a_kernel_it_was_given():
+    """A kernel handed to a serial composition (or shared by branches) is never written over: the first step of a
+    composition writes new buffers; branches after a FanOut give the layers' own kernels."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 1, 7, 7, generator=g, dtype=torch.float64)
+    conv, act = inf.Conv(2, 3, w_std=1.3, padding="SAME"), inf.Relu()
+    k0 = input_kernel(x, None, True, full=True)
+    k1 = conv_fusion.conv_activation(conv, act, k0)
+    before = (k1.nngp.clone(), k1.ntk.clone())
+    inf.serial(inf.Conv(2, 3, w_std=1.2, padding="SAME"), inf.Relu()).kernel_fn(k1)
+    assert torch.equal(k1.nngp, before[0]) and torch.equal(k1.ntk, before[1])
+    branch = lambda: inf.serial(inf.Conv(2, 3, w_std=1.1, padding="SAME"), inf.Relu(),  # noqa: E731
+                                inf.Conv(2, 3, w_std=1.4, padding="SAME"), inf.Relu())
+    net = inf.serial(inf.Conv(2, 3, w_std=1.3, padding="SAME"), inf.Relu(), inf.FanOut(2),
+                     inf.parallel(branch(), branch()), inf.FanInConcat(), inf.GlobalAvgPool(), inf.Dense(1))
+    got, want, calls = _both(net, x)
+    assert any(calls)
+    _close(got, want, 1e-13)

@@ -132,6 +132,19 @@ static void zero_full_border(double *out, int64_t h, int64_t w, int64_t p, int64
     }
 }
 
+/* In place (the output written over its own input, which then needs no border zeroed: the step writes only the
+ * interior and zeros at the border's spare columns): the slabs of rows h1 .. h1 + size - 1 of a padded pair, the
+ * rows already overwritten (p .. h1 + p - 1) read from the ring of their saved inputs (row r in slot r % p). */
+static void inplace_slabs(const double *pair, int64_t h1, int64_t size, int64_t s0, const double *ring,
+                          const double **slab)
+{
+    const int64_t p = size / 2;
+    for (int64_t u = 0; u < size; u++) {
+        const int64_t r = h1 + u;
+        slab[u] = r >= p && r < h1 + p ? ring + (r % p) * s0 : pair + r * s0;
+    }
+}
+
 /* The first layer's input kernel, never written: K[(p1), (p2)] = sum over c of x1[c, p1] x2[c, p2] / channels (the
  * channel mean of the products of two zero-padded images (channels, hp, wp), p1, p2 padded positions; no division
  * for one channel), read by conv_relu_full in place of a bordered pair. pins (n_1, h, w) or NULL: the tap sums S(K)
@@ -172,7 +185,8 @@ static void taps_h_images(const double *x1, const double *x2, int64_t channels, 
 /* Full layout. kin, tin (NULL: an NTK of zeros), kout, tout (NULL: no NTK): (n_1, n_2, hp, wp, hp, wp) padded,
  * contiguous; n1: (n_1, h, w) = sqrt(var1); norm2: (n_2, inner) = -sqrt(var2) / (alpha (1 + 4 eps)) (1 at spare
  * columns); valid: (inner,). inner = h wp - (size - 1). img not NULL: kin is the product of its images (tin NULL),
- * never read. Returns -1 when its buffers cannot be allocated. */
+ * never read. kout == kin (and then tout == tin): in place (inplace_slabs). Returns -1 when its buffers cannot be
+ * allocated. */
 static int conv_relu_pairs(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size, const double *kin,
                            const double *tin, double *kout, double *tout, const double *n1, const double *norm2,
                            const double *valid, double alpha, double bias, double a, double b, double eps,
@@ -186,21 +200,26 @@ static int conv_relu_pairs(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64
     double *buf_t = tin != NULL ? malloc((size_t)(wp * flat) * sizeof(double)) : NULL;
     double *rows = malloc((size_t)(2 * inner + flat) * sizeof(double));
     double *inv1 = reciprocals(n_1 * h * w, n1), *inv2 = reciprocals(n_2 * inner, norm2);
+    const int inplace = img == NULL && kout == kin, kernels = tin != NULL ? 2 : 1;
+    double *ring = inplace && p > 0 ? malloc((size_t)(kernels * p * s0) * sizeof(double)) : NULL;
     if (size > MAX_TAPS || buf_k == NULL || rows == NULL || (tin != NULL && buf_t == NULL) || inv1 == NULL
-        || inv2 == NULL || (img != NULL && tin != NULL)) {
-        free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
+        || inv2 == NULL || (img != NULL && tin != NULL) || (inplace && tout != tin) || (inplace && p > 0 && !ring)) {
+        free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2); free(ring);
         return -1;
     }
     double *cov = rows, *theta = rows + inner;
     const int64_t per_column = size * s1 * (tin != NULL ? 2 : 1);  /* doubles of the slabs' parts per column */
     int64_t columns = SLAB_BUDGET / per_column - (size - 1);
-    columns = img != NULL ? w : (columns < 4 ? 4 : columns);  /* images: nothing read from memory to keep */
+    /* images: nothing read from memory to keep; in place: whole rows (the ring holds rows, not blocks) */
+    columns = img != NULL || inplace ? w : (columns < 4 ? 4 : columns);
     for (int64_t i = 0; i < n_1; i++)
         for (int64_t j = 0; j < n_2; j++) {
             const int64_t base = (i * n_2 + j) * pair;
             const double *n2j = norm2 + j * inner, *i2j = inv2 + j * inner;
-            zero_full_border(kout + base, h, w, p, inner);
-            if (tout != NULL) zero_full_border(tout + base, h, w, p, inner);
+            if (!inplace) {
+                zero_full_border(kout + base, h, w, p, inner);
+                if (tout != NULL) zero_full_border(tout + base, h, w, p, inner);
+            }
             /* blocks of columns w1 (the slabs' parts that rows h1 .. h1 + size - 1 of a block read stay in L2
              * from one row h1 to the next, instead of each slab read whole from L3 size times) */
             for (int64_t w0 = 0; w0 < w; w0 += columns)
@@ -211,12 +230,19 @@ static int conv_relu_pairs(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64
                     taps_h_images(img->x1 + i * img->channels * s1, img->x2 + j * img->channels * s1, img->channels,
                                   s1, size, wp, h1, flat, w0, w_end + size - 1, rows + 2 * inner, buf_k);
                 } else {
-                    pair_slabs(kin + base, h1, size, s0, slab);
+                    if (inplace) inplace_slabs(kin + base, h1, size, s0, ring, slab);
+                    else pair_slabs(kin + base, h1, size, s0, slab);
                     taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_k);
                 }
                 if (tin != NULL) {
-                    pair_slabs(tin + base, h1, size, s0, slab);
+                    if (inplace) inplace_slabs(tin + base, h1, size, s0, ring + p * s0, slab);
+                    else pair_slabs(tin + base, h1, size, s0, slab);
                     taps_h(slab, size, s1, wp, flat, w0, w_end + size - 1, buf_t);
+                }
+                if (inplace && p > 0) {  /* row h1 + p is written next: its input kept for rows h1 + 1 .. h1 + p */
+                    const int64_t slot = ((h1 + p) % p) * s0, row = base + (h1 + p) * s0;
+                    memcpy(ring + slot, kin + row, (size_t)s0 * sizeof(double));
+                    if (tin != NULL) memcpy(ring + p * s0 + slot, tin + row, (size_t)s0 * sizeof(double));
                 }
                 for (int64_t w1 = w0; w1 < w_end; w1++) {
                     taps_w(buf_k, w1, size, flat, inner, cov);
@@ -228,7 +254,7 @@ static int conv_relu_pairs(int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64
                 }
             }
         }
-    free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2);
+    free(buf_k); free(buf_t); free(rows); free(inv1); free(inv2); free(ring);
     return 0;
 }
 

@@ -90,29 +90,31 @@ class Serial(Layer):
             outs.append(full_out)
             full_out = layer.needs_full(full_out)
         outs.reverse()
-        i = 0
+        i, fresh = 0, None
         while i < len(self.layers):
             layer, out = self.layers[i], outs[i]
             k = fit_layout(k, layer.needs_full(out))
-            fused_out = self._fused_run(i, k, outs)
-            if fused_out is not None:
+            fused_out = self._fused_run(i, k, outs, owned=k is fresh)
+            if fused_out is not None:  # a kernel made here and held by nothing else: the next step may overwrite it
                 k, i = fused_out[0], i + fused_out[1]
+                fresh = k
                 continue
             k = _pin(apply_kernel(layer, k, out), k)
             i += 1
         return k
 
-    def _fused_run(self, i: int, k, outs: list):
+    def _fused_run(self, i: int, k, outs: list, owned: bool = False):
         """(the kernel after layers i, i + 1, ..., how many layers) computed in one pass (a Conv and its activation,
         :mod:`infinet.engine.conv_fusion`; Dense layers and their activations, :mod:`infinet.engine.dense_fusion`),
-        or None: layer i alone."""
+        or None: layer i alone. ``owned``: ``k`` is the previous such pass's output (its tensors may be
+        overwritten)."""
         if i + 1 >= len(self.layers):
             return None
         layer, nxt = self.layers[i], self.layers[i + 1]
         if conv_fusion.applies(layer, nxt, k, outs[i + 1]):
             if not k.full:  # same-position pairs: every Conv + activation step after it in one pass
                 return self._diagonal_chain(i, k, outs)
-            out = conv_fusion.conv_activation(layer, nxt, k)
+            out = conv_fusion.conv_activation(layer, nxt, k, owned)
             return None if out is None else (out, 2)
         run = dense_fusion.stages(self.layers, i, k)
         out = dense_fusion.dense_chain(run, k) if run else None

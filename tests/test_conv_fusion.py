@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import infinet as inf
-from infinet.engine import conv_blocks, conv_fusion, fused, native
+from infinet.engine import conv_blocks, conv_fusion, conv_steps, fused, native
 from infinet.engine.kernel import input_kernel
 
 
@@ -129,7 +129,7 @@ def test_other_convolutions_take_the_layers_own_transforms(conv):
 
 def test_scripted_block_loop_gives_the_same_bits_as_the_plain_one_and_keeps_borders_zero():
     g = torch.Generator().manual_seed(3)
-    run = conv_fusion._Run(3, 2.0 / 9.0, 0.1, 0.2, 1.0, (7, 5), torch.float64)
+    run = conv_steps.Run(3, 2.0 / 9.0, 0.1, 0.2, 1.0, (7, 5), torch.float64)
     run.rows = 2  # blocks that end short of the last row
     pair = torch.rand(2, 3, 7, 5, 7, 5, generator=g, dtype=torch.float64) + 1.0
     n1 = torch.rand(2, 7, 5, generator=g, dtype=torch.float64) + 1.0
@@ -188,10 +188,10 @@ def test_diagonal_layout_loop_scripted_and_plain_agree_bit_for_bit_with_zero_bor
     """Two fused steps in the diagonal layout: the TorchScript loop and the same function run by Python give the
     same bits, the compiled loop agrees with them to rounding, and every output's border is exactly zero."""
     g = torch.Generator().manual_seed(4)
-    run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
+    run = conv_steps.Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
     pair = torch.rand(5, 3, 7, 5, generator=g, dtype=torch.float64) + 1.0
     tables = _diagonal_tables(run, 5, 3, 2, g)
-    monkeypatch.setattr(conv_fusion, "BLOCK_ENTRIES", 2 * 3 * run.inner)  # blocks of 2 rows: the last one short
+    monkeypatch.setattr(conv_steps, "BLOCK_ENTRIES", 2 * 3 * run.inner)  # blocks of 2 rows: the last one short
     outs = []
     for how in ("compiled", "scripted", "plain"):
         if how != "compiled":
@@ -218,7 +218,7 @@ def test_diagonal_steps_before_a_flatten_keep_only_the_means_over_positions(monk
     gives otherwise to rounding (pinned diagonal and mirrored pairs of a symmetric tile included), and so does
     the TorchScript loop (its planes' torch mean)."""
     g = torch.Generator().manual_seed(9)
-    run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
+    run = conv_steps.Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
     n_2 = 4 if symmetric else 3
     pair = torch.rand(4, n_2, 7, 5, generator=g, dtype=torch.float64) + 1.0
     if symmetric:
@@ -278,7 +278,7 @@ def test_diagonal_chain_gives_the_bits_of_its_steps_one_at_a_time(symmetric, ntk
     if ntk == "given":
         k = k.replace(ntk=k.nngp * 0.7)
     if bordered:  # the output of a fused step before: the chain reads its zero-bordered buffer in place
-        run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
+        run = conv_steps.Run(3, 1.0, 0.0, 0.0, 1.0, (7, 5), torch.float64)
         k = k.replace(nngp=run._positions(run._padded_positions(k.nngp)),
                       ntk=None if ntk != "given" else run._positions(run._padded_positions(k.ntk)))
     layers = _diagonal_network(4)
@@ -394,7 +394,7 @@ def test_the_bordered_input_kernel_writes_every_entry_its_border_zero(h, w, bord
         n2 = 2 if x2 is None else 3
         empty = torch.empty
         monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(math.nan))
-        inner = conv_fusion.bordered_input(2, n2, (h, w), border, torch.float64)
+        inner = conv_steps.bordered_input(2, n2, (h, w), border, torch.float64)
         monkeypatch.undo()
         base = inner._base
         assert inner.shape == (2, n2, h, w, h, w)
@@ -419,14 +419,14 @@ def test_input_kernel_written_into_the_first_convolutions_padded_buffer(channels
     assert conv_fusion.input_border(inf.serial(inf.Conv(4, 3, padding="VALID"), inf.Relu()), (1, 7, 7)) == 0
     assert conv_fusion.input_border(inf.serial(inf.Dense(3), inf.Relu()), (1, 7, 7)) == 0
     # the input NNGP is the same in the interior of the padded buffer, and the convolution reads it in place
-    out = conv_fusion.bordered_input(3, 2, (7, 7), 1, torch.float64)
+    out = conv_steps.bordered_input(3, 2, (7, 7), 1, torch.float64)
     k = input_kernel(x1, x2, True, full=True, out=out, border=1)
     plain = input_kernel(x1, x2, True, full=True)
     assert k.nngp is out and torch.equal(k.nngp, plain.nngp) and torch.equal(k.var1, plain.var1)
-    run = conv_fusion._Run(3, 1.0, 0.0, 0.0, 1.0, (7, 7), torch.float64)
+    run = conv_steps.Run(3, 1.0, 0.0, 0.0, 1.0, (7, 7), torch.float64)
     assert run.padded(k.nngp) is out._base
     with pytest.raises(ValueError, match="out must be"):
-        input_kernel(x1, x2, True, full=True, out=conv_fusion.bordered_input(2, 2, (7, 7), 1, torch.float64))
+        input_kernel(x1, x2, True, full=True, out=conv_steps.bordered_input(2, 2, (7, 7), 1, torch.float64))
     # whole kernels: the same bits as with the input kernel padded by a copy, symmetric or not
     for args in ((x1,), (x1, x2)):
         fast = net.kernel(*args)
@@ -443,7 +443,7 @@ def test_input_ntk_of_a_bordered_input_kernel_is_an_unwritten_zero(monkeypatch):
 
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
-    k = input_kernel(x, None, True, full=True, out=conv_fusion.bordered_input(3, 3, (6, 6), 1, torch.float64),
+    k = input_kernel(x, None, True, full=True, out=conv_steps.bordered_input(3, 3, (6, 6), 1, torch.float64),
                      ntk_unread=True, border=1)
     assert known_zero(k.ntk) and k.ntk.shape == k.nngp.shape and set(k.ntk.stride()) == {0}
     assert float(k.ntk.abs().max()) == 0.0
@@ -533,8 +533,8 @@ def _deferred_and_written(net, monkeypatch, *args, **kwargs):
     from infinet.engine.kernel import ChannelProducts
 
     reads, writes = [], []
-    image_pairs, write = conv_fusion._Run.image_pairs, ChannelProducts.write
-    monkeypatch.setattr(conv_fusion._Run, "image_pairs", lambda self, *a: reads.append(1) or image_pairs(self, *a))
+    image_pairs, write = conv_steps.Run.image_pairs, ChannelProducts.write
+    monkeypatch.setattr(conv_steps.Run, "image_pairs", lambda self, *a: reads.append(1) or image_pairs(self, *a))
     monkeypatch.setattr(ChannelProducts, "write", lambda self: writes.append(1) or write(self))
     got = net.kernel(*args, **kwargs)
     counts = (len(reads), len(writes))
@@ -578,7 +578,7 @@ def test_a_deferred_input_kernel_is_written_wherever_anything_else_reads_it(monk
     g = torch.Generator().manual_seed(8)
     x = torch.randn(4, 2, 6, 6, generator=g, dtype=torch.float64)
     # the deferred kernel itself, then written: input_kernel's bits, its diagonal pinned
-    out = conv_fusion.bordered_input(4, 4, (6, 6), 1, torch.float64)
+    out = conv_steps.bordered_input(4, 4, (6, 6), 1, torch.float64)
     k = input_kernel(x, None, True, full=True, out=out, ntk_unread=True, border=1, deferred=True)
     assert channel_products(k.nngp) is not None and set(k.nngp.stride()) == {0}
     plain = input_kernel(x, None, True, full=True)
@@ -595,7 +595,7 @@ def test_a_deferred_input_kernel_is_written_wherever_anything_else_reads_it(monk
     # identical inputs in a tile: never deferred (they take the pinning of identical pairs; compute_kernel computes
     # repeated rows once, so only a tile computed on its own meets them)
     twins = torch.cat([x, x[:1]])
-    out = conv_fusion.bordered_input(5, 5, (6, 6), 1, torch.float64)
+    out = conv_steps.bordered_input(5, 5, (6, 6), 1, torch.float64)
     k = input_kernel(twins, None, True, full=True, out=out, ntk_unread=True, border=1, deferred=True)
     assert channel_products(k.nngp) is None and k.nngp is out
     assert torch.equal(k.nngp, input_kernel(twins, None, True, full=True).nngp)
@@ -615,7 +615,7 @@ def test_steps_written_over_their_own_input_give_the_same_bits(size, b_std, get,
     x1 = torch.randn(4, 2, 9, 8, generator=g, dtype=torch.float64)
     x2 = torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64)
     net = _net(b_std=b_std, size=size)
-    run = conv_fusion._Run.run
+    run = conv_steps.Run.run
     for args in ((x1,), (x1, x2)):
         calls = []
 
@@ -623,9 +623,9 @@ def test_steps_written_over_their_own_input_give_the_same_bits(size, b_std, get,
             calls.append(inplace)
             return run(self, kin, tin, ntk, n1, n2, inplace)
 
-        monkeypatch.setattr(conv_fusion._Run, "run", counted)
+        monkeypatch.setattr(conv_steps.Run, "run", counted)
         got = net.kernel(*args, get=get, tile_size=2)
-        monkeypatch.setattr(conv_fusion._Run, "run", lambda self, kin, tin, ntk, n1, n2, inplace=False: run(
+        monkeypatch.setattr(conv_steps.Run, "run", lambda self, kin, tin, ntk, n1, n2, inplace=False: run(
             self, kin, tin, ntk, n1, n2, False))
         want = net.kernel(*args, get=get, tile_size=2)
         monkeypatch.undo()

@@ -191,10 +191,10 @@ def test_the_compiled_arc_cosine_and_sine_share_one_root_and_keep_their_ends():
 def test_the_compiled_conv_relu_loops_write_their_zero_borders_into_uninitialized_buffers():
     """The fused Conv + ReLU loops (full and diagonal layout) are given buffers holding NaN, as new memory may:
     every border entry the next step reads as padding comes out exactly zero, every interior entry finite."""
-    from infinet.engine import conv_fusion
+    from infinet.engine import conv_steps
 
     g = torch.Generator().manual_seed(3)
-    run = conv_fusion._Run(3, 2.0 / 9.0, 0.1, 0.2, 1.0, (7, 5), torch.float64)
+    run = conv_steps.Run(3, 2.0 / 9.0, 0.1, 0.2, 1.0, (7, 5), torch.float64)
     pair = torch.rand(2, 3, 7, 5, 7, 5, generator=g, dtype=torch.float64) + 1.0
     n1 = torch.rand(2, 7, 5, generator=g, dtype=torch.float64) + 1.0
     n2 = torch.rand(3, 7, 5, generator=g, dtype=torch.float64) + 1.0
@@ -374,16 +374,16 @@ def test_compiled_convolution_alone_reads_bordered_and_plain_inputs(monkeypatch)
     kernel into a zero-bordered buffer), reads that buffer as it is; given an unbordered kernel it borders each pair
     itself: both match the TorchScript loops (and the second's bordered copies) to rounding, with biases, an input
     NTK of zeros at the first layer and a 5x5 filter."""
-    from infinet.engine import conv_fusion
+    from infinet.engine import conv_fusion, conv_steps
 
     seen = []
-    original = conv_fusion._Run.compiled_sums
+    original = conv_steps.Run.compiled_sums
 
     def watched(self, nngp, ntk, need_ntk):
         seen.append(self._own_border(nngp) is not None)
         return original(self, nngp, ntk, need_ntk)
 
-    monkeypatch.setattr(conv_fusion._Run, "compiled_sums", watched)
+    monkeypatch.setattr(conv_steps.Run, "compiled_sums", watched)
     x = torch.randn(4, 2, 6, 7, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     net = inf.serial(inf.Conv(3, 5, b_std=0.2, padding="SAME"), inf.Erf(), inf.Conv(3, 3, padding="SAME"), inf.Relu(),
                      inf.Conv(3, 3, b_std=0.1, padding="SAME"), inf.Gelu(), inf.GlobalAvgPool(), inf.Dense(1))

@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import conv_fusion, fused, laws, native_pairs, sampling
+from . import conv_fusion, conv_steps, fused, laws, native_pairs, sampling
 from .tiles import (  # noqa: F401  (NonFiniteKernelError and tile_ranges: importable from here, as before)
     MemorySink, NonFiniteKernelError, TilePlan, check_tile_size, finish_tile, local_results, progress_bar,
     tile_part, tile_ranges,
@@ -107,8 +107,8 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
                 shape = (len(x1), len(x1 if x2 is None else x2), tuple(x1.shape[2:]), border, x1.dtype)
                 # the first convolution's step reads the images: the buffer is made only if anything else reads it
                 deferred = conv_fusion.reads_images(layer, x1.dtype)
-                out = functools.partial(conv_fusion.bordered_input, *shape) if deferred else \
-                    conv_fusion.bordered_input(*shape)
+                out = functools.partial(conv_steps.bordered_input, *shape) if deferred else \
+                    conv_steps.bordered_input(*shape)
         k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
                          positions_only=trace is not None and trace.replaying and replicates is None,
                          distinct=distinct, out=out, ntk_unread=border > 0, border=border, deferred=deferred)

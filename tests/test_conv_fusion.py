@@ -569,6 +569,28 @@ def test_first_step_from_the_images_never_writes_the_input_kernel(channels, size
 
 
 @pytest.mark.skipif(native.library() is None, reason="needs the compiled library (a C compiler)")
+@pytest.mark.parametrize("channels, size, b_std", [(1, 3, None), (3, 3, 0.2), (2, 5, 0.1)])
+def test_diagonal_chain_from_the_images_gives_the_written_paths_bits(channels, size, b_std, monkeypatch):
+    """Networks that flatten: the diagonal chain makes each pair's input plane from its two images in L1
+    (conv_relu_diagonal_images; pairs (i, i) of a symmetric tile take the input's self-covariances, as the written
+    input kernel pins them): the input kernel is never written, and the kernel has the written path's bits (on the
+    development machine; 1e-14 relative asserted), symmetric and not, one tile and tiles of 3."""
+    g = torch.Generator().manual_seed(channels * size)
+    x1 = torch.randn(7, channels, 8, 9, generator=g, dtype=torch.float64)
+    x2 = torch.randn(4, channels, 8, 9, generator=g, dtype=torch.float64)
+    net = _net(b_std=b_std, size=size, tail=False, head=inf.Flatten)
+    steps = conv_steps.Run.diagonal_steps
+    for args in ((x1,), (x1, x2)):
+        for tile_size in (None, 3):
+            images = []
+            monkeypatch.setattr(conv_steps.Run, "diagonal_steps", lambda self, *a, **kw: images.append(
+                kw.get("images") is not None) or steps(self, *a, **kw))
+            got, want, reads, writes = _deferred_and_written(net, monkeypatch, *args, tile_size=tile_size)
+            assert True in images and writes == 0  # no tile wrote its input kernel
+            _close(got, want, 1e-14)
+
+
+@pytest.mark.skipif(native.library() is None, reason="needs the compiled library (a C compiler)")
 def test_a_deferred_input_kernel_is_written_wherever_anything_else_reads_it(monkeypatch):
     """Where the first step does not take the images (an all-zero image: a zero position variance, so the layers
     apply one by one; a first layer that is not a serial composition's; identical inputs), the input kernel is

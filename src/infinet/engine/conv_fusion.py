@@ -16,7 +16,8 @@ blocks of a few rows of h1 (tens of thousands of entries, which stay in the core
 
 The first such step of a network reads the images instead of the input kernel (:func:`reads_images`): each tap
 sum of the input kernel is a sum of products of two zero-padded images, which stay in L1, so the input kernel is
-never written (Myrtle-5 on 20 28 x 28 images 1.39 -> 1.18 s). The outputs are views of zero-bordered buffers, so
+never written (Myrtle-5 on 20 28 x 28 images 1.39 -> 1.18 s); so does the diagonal chain, each pair's input
+plane made in L1. The outputs are views of zero-bordered buffers, so
 that the next fused layer reads them without padding again; where that layer's input is the previous step's
 output in the same serial composition (nothing else holds it), it writes over it, keeping the rows it still
 needs in a ring (peak memory of Myrtle-5 482 -> 362 MiB, of CNN-GAP 961 -> 597 MiB; 2-5% faster). Only the two outputs are written to memory and only the two inputs read. On CPUs with a C compiler the
@@ -302,9 +303,14 @@ def diagonal_chain(run: list[tuple[object, object]], k: Kernel,
     sd1 = torch.stack(pv1s).sqrt_()
     sd2 = sd1 if all(b is a for a, b in zip(pv1s, pv2s)) else torch.stack(pv2s).sqrt_()
     mean = flatten is not None and stages == len(run)
+    products = channel_products(k.nngp)
+    if products is not None and not geometry.reads(products):
+        k, products = realized(k), None
+    # pairs (i, i) of a symmetric tile read the input's self-covariances, as a written input kernel pins them
+    input_pins = k._position_variances(k.var1) if products is not None and k.symmetric else None
     nngp, ntk = geometry.diagonal_steps(k.nngp, None if k.ntk is None or known_zero(k.ntk) else k.ntk,
                                         k.ntk is not None, sd1, sd2, torch.stack(pins) if k.symmetric else None,
-                                        params, mean=mean)
+                                        params, mean=mean, images=products, input_pins=input_pins)
     if mean:
         after = k.replace(nngp=None, ntk=None, var1=var1, var2=var2, shape=shape)
         return after, 2 * stages, flatten.of_means(after, nngp, ntk)

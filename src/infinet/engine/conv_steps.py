@@ -138,9 +138,10 @@ class Run:
         return self._interior(kout), None if tout is None else self._interior(tout)
 
     def reads(self, products) -> bool:
-        """Whether :meth:`image_pairs` takes these :class:`~infinet.engine.kernel.ChannelProducts`: float64
-        images padded by this filter's border, the compiled library had."""
-        spatial = (self.hp, self.wp)
+        """Whether :meth:`image_pairs` (all pairs) or :meth:`diagonal_steps` (same-position products) takes these
+        :class:`~infinet.engine.kernel.ChannelProducts`: float64 images (of all pairs: padded by this filter's
+        border), the compiled library had."""
+        spatial = (self.h, self.w) if products.same_position else (self.hp, self.wp)
         return (self.dtype == torch.float64 and self.size <= native.MAX_TAPS and tuple(products.shape) == spatial
                 and all(x.dtype == torch.float64 and x.is_contiguous() for x in (products.x1, products.x2))
                 and native.library() is not None)
@@ -227,7 +228,8 @@ class Run:
 
     def diagonal_steps(self, nngp: Tensor, ntk: Tensor | None, need_ntk: bool, sd1: Tensor, sd2: Tensor,
                        pins: Tensor | None, params: list[tuple[float, ...]],
-                       mean: bool = False) -> tuple[Tensor, Tensor | None]:
+                       mean: bool = False, images=None, input_pins: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor | None]:
         """(nngp, ntk) in the diagonal layout (N1, N2, H, W) after the fused steps of ``params`` ((alpha, bias, a,
         b, scale = -1 / (alpha (1 + 4 eps))) each), given per step sd1 (steps, N1, H, W) = sqrt(var1) and sd2
         (steps, N2, H, W) = sqrt(var2) after its convolution, and the self-covariances after it (steps, N1, H, W)
@@ -235,9 +237,30 @@ class Run:
         ``need_ntk``. Interior views of new zero-bordered buffers (N1, N2, Hp, Wp), which the next such call reads
         in place. ``mean``: (N1, N2) means over the positions instead (the kernel a Flatten next gives; compiled, no
         (N1, N2, H, W) output is written). Compiled: one call for every step; else the TorchScript loop step by
-        step."""
+        step. ``images``: ``nngp`` is the same-position products of these
+        :class:`~infinet.engine.kernel.ChannelProducts` (``ntk`` zero), which the compiled call reads instead (each
+        pair's input plane made in L1 from its two images; :meth:`reads` must hold), and ``input_pins`` (N1, H, W)
+        the input self-covariances that pairs (i, i) of a symmetric tile take (else None)."""
         lead = nngp.shape[:2]
         lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
+        if images is not None:
+            padded = [torch.nn.functional.pad(x.reshape(len(x), x.shape[1], self.h, self.w), (self.p,) * 4)
+                      for x in (images.x1, images.x2)]
+            kout = torch.empty(lead, dtype=self.dtype) if mean else self._bordered_positions(lead)
+            tout = (torch.empty(lead, dtype=self.dtype) if mean else self._bordered_positions(lead)) \
+                if need_ntk else None
+            tables = [None if t is None else t.contiguous() for t in (sd1, sd2, pins)]
+            constants = torch.tensor(params, dtype=torch.float64)
+            a = native.address
+            input_pins = None if input_pins is None else input_pins.contiguous()
+            if lib.conv_relu_diagonal_images(len(params), lead[0], lead[1], self.h, self.w, self.size, a(padded[0]),
+                                             a(padded[1]), images.channels, a(input_pins), a(kout), a(tout),
+                                             *map(a, tables), a(self.valid), a(constants),
+                                             torch.finfo(torch.float64).eps, int(mean)):
+                raise MemoryError("the compiled conv_relu_diagonal_images could not allocate its buffers")
+            if mean:
+                return kout, tout
+            return self._positions(kout), None if tout is None else self._positions(tout)
         if lib is not None:
             given = [t for t in (nngp, ntk) if t is not None]
             bases = [self._own_positions(t) for t in given]

@@ -371,10 +371,10 @@ def input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: bool = Fal
     border))), which is then written whole in the same passes, as the products of the images zero-padded by
     ``border`` (the border comes out zero: no separate fills). ``ntk_unread``: the first layer never reads the
     input NTK of feature maps without masks (a convolution that :mod:`~infinet.engine.conv_fusion` computes), which
-    is then one zero expanded (:func:`zero_ntk`). ``deferred`` (with ``border``, where no two inputs are identical):
-    ``out`` is not written; the NNGP is a placeholder carrying the padded images (:class:`ChannelProducts`), which
-    the first convolution's compiled step reads instead, and which :func:`realized` writes wherever anything else
-    would read it."""
+    is then one zero expanded (:func:`zero_ntk`). ``deferred`` (with ``border``, or for same-position pairs; where no two
+    inputs are identical): ``out`` is not written; the NNGP is a placeholder carrying the images
+    (:class:`ChannelProducts`), which the first convolution's compiled step reads instead, and which
+    :func:`realized` writes wherever anything else would read it."""
     spatial = masks is None and x1.ndim > 2
     direct = spatial and full and x1.shape[1] <= 16
     k = _input_kernel(x1, x2, need_ntk, full, masks, positions_only, distinct, out if direct else None,
@@ -480,10 +480,12 @@ def _spatial_input_kernel(x1: Tensor, x2: Tensor | None, need_ntk: bool, full: b
     elif full:  # (N1, 1, P, C) @ (1, N2, C, P) -> (N1, N2, P, P)
         nngp = torch.matmul(a.transpose(1, 2)[:, None], b[None]).div_(c).reshape(len(a), len(b), *s, *s)
     elif c <= 16:  # few channels: broadcast products beat a batched matmul with a tiny inner dimension
-        nngp = a[:, None, 0] * b[None, :, 0]
-        for ch in range(1, c):
-            nngp.addcmul_(a[:, None, ch], b[None, :, ch])
-        nngp = _channel_mean(nngp, c).reshape(len(a), len(b), *s)
+        products = ChannelProducts(a, b, s, None, same_position=True)
+        if deferred and pairs is None:
+            nngp = a.new_zeros(()).expand(len(a), len(b), *s)
+            nngp._infinet_products = products
+        else:
+            nngp = products.write()
     else:  # per position: (P, N1, C) @ (P, C, N2) -> (N1, N2, P)
         gram = a.permute(2, 0, 1) @ b.permute(2, 1, 0)
         nngp = gram.permute(1, 2, 0).reshape(len(a), len(b), *s) / c
@@ -504,14 +506,16 @@ def _channel_mean(t: Tensor, c: int) -> Tensor:
 
 
 class ChannelProducts:
-    """A full-layout input kernel of feature maps with few channels as the images it is made of: nngp[i, j, p, q] =
-    sum over c of x1[i, c, p] x2[j, c, q] / C, from ``x1`` (N1, C, P) and ``x2`` (N2, C, P) (zero-padded to
-    ``shape`` where the kernel is written into a zero-bordered buffer). :meth:`write` writes it into ``target``
-    ((N1, N2, *shape, *shape); None: a new tensor) and returns ``interior`` (``target`` itself when None); both
-    may be a :meth:`later` (a buffer made when first written)."""
+    """An input kernel of feature maps with few channels as the images it is made of: nngp[i, j, p, q] = sum over c
+    of x1[i, c, p] x2[j, c, q] / C, from ``x1`` (N1, C, P) and ``x2`` (N2, C, P) (zero-padded to ``shape`` where
+    the kernel is written into a zero-bordered buffer); ``same_position``: only q = p, (N1, N2, *shape).
+    :meth:`write` writes it into ``target`` ((N1, N2, *shape, *shape); None: a new tensor) and returns
+    ``interior`` (``target`` itself when None); both may be a :meth:`later` (a buffer made when first written)."""
 
-    def __init__(self, x1: Tensor, x2: Tensor, shape: tuple[int, ...], target, interior=None):
+    def __init__(self, x1: Tensor, x2: Tensor, shape: tuple[int, ...], target, interior=None,
+                 same_position: bool = False):
         self.x1, self.x2, self.shape, self.target, self.interior = x1, x2, shape, target, interior
+        self.same_position = same_position
 
     class later:
         """The interior view that ``make()`` returns, and its base, made on first use."""
@@ -529,6 +533,11 @@ class ChannelProducts:
         return self.x1.shape[1]
 
     def write(self) -> Tensor:
+        if self.same_position:
+            nngp = self.x1[:, None, 0] * self.x2[None, :, 0]
+            for ch in range(1, self.channels):
+                nngp.addcmul_(self.x1[:, None, ch], self.x2[None, :, ch])
+            return _channel_mean(nngp, self.channels).reshape(len(self.x1), len(self.x2), *self.shape)
         if isinstance(self.interior, ChannelProducts.later):
             self.interior = self.interior()
             self.target = self.interior._base

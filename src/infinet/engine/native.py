@@ -191,6 +191,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.conv_relu_images.argtypes = [i64] * 5 + [ptr] * 2 + [i64] + [ptr] * 6 + [f64] * 5
     lib.conv_relu_diagonal.restype = ctypes.c_int
     lib.conv_relu_diagonal.argtypes = [i64] * 6 + [ptr] * 2 + [i64] + [ptr] * 7 + [f64] + [i64]
+    lib.conv_relu_diagonal_images.restype = ctypes.c_int
+    lib.conv_relu_diagonal_images.argtypes = [i64] * 6 + [ptr] * 2 + [i64] + [ptr] * 8 + [f64] + [i64]
     return lib
 
 

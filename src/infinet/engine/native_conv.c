@@ -419,10 +419,10 @@ static double *inner_table(int64_t stages, int64_t n, int64_t h, int64_t w, int6
  * Flatten next), kout and tout are (n_1, n_2) instead: each pair's last step is written into a scratch plane and
  * only the mean over its h x w positions (their sum in row-major order, / (h w)) is stored. Returns -1 when its
  * buffers cannot be allocated. */
-int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
-                       const double *kin, const double *tin, int64_t bordered, double *kout, double *tout,
-                       const double *sd1, const double *sd2, const double *pins, const double *valid,
-                       const double *params, double eps, int64_t mean)
+static int diagonal_run(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
+                        const double *kin, const double *tin, int64_t bordered, double *kout, double *tout,
+                        const double *sd1, const double *sd2, const double *pins, const double *valid,
+                        const double *params, double eps, int64_t mean, const image_pairs *img)
 {
     const int64_t p = size / 2, hp = h + 2 * p, wp = w + 2 * p;
     const int64_t pair = hp * wp, flat = h * wp, inner = h * wp - (size - 1), out_offset = p * wp + p;
@@ -453,7 +453,19 @@ int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int6
         if (pin != NULL && j < i) continue;  /* copied from pair (j, i) below */
         const int64_t base = (i * n_2 + j) * pair;
         const double *src_k = kin + base, *src_t = tin != NULL ? tin + base : NULL;
-        if (!bordered) {  /* the pair's positions into the interior of the scratch planes 2 (border: zero) */
+        if (img != NULL) {  /* the input plane from the two zero-padded images (its border comes out zero) */
+            const double *a = img->x1 + i * img->channels * pair, *b = img->x2 + j * img->channels * pair;
+            double *plane = plane_k[2];
+            for (int64_t q = 0; q < pair; q++) plane[q] = a[q] * b[q];
+            for (int64_t ch = 1; ch < img->channels; ch++)
+                for (int64_t q = 0; q < pair; q++) plane[q] += a[ch * pair + q] * b[ch * pair + q];
+            if (img->channels > 1)
+                for (int64_t q = 0; q < pair; q++) plane[q] /= (double)img->channels;
+            if (img->pins != NULL && i == j)  /* pair (i, i) of a symmetric tile: its self-covariances */
+                for (int64_t r = 0; r < h; r++)
+                    memcpy(plane + (r + p) * wp + p, img->pins + (i * h + r) * w, (size_t)w * sizeof(double));
+            src_k = plane;
+        } else if (!bordered) {  /* the pair's positions into the interior of the scratch planes 2 (border: zero) */
             const int64_t at = (i * n_2 + j) * h * w;
             for (int64_t r = 0; r < h; r++) {
                 memcpy(plane_k[2] + (r + p) * wp + p, kin + at + r * w, (size_t)w * sizeof(double));
@@ -503,6 +515,29 @@ int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int6
                 }
     free(work); free(planes); free(norm1); free(inv1); free(norm2); free(inv2); free(pin);
     return 0;
+}
+
+int conv_relu_diagonal(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
+                       const double *kin, const double *tin, int64_t bordered, double *kout, double *tout,
+                       const double *sd1, const double *sd2, const double *pins, const double *valid,
+                       const double *params, double eps, int64_t mean)
+{
+    return diagonal_run(stages, n_1, n_2, h, w, size, kin, tin, bordered, kout, tout, sd1, sd2, pins, valid, params,
+                        eps, mean, NULL);
+}
+
+/* conv_relu_diagonal on the same-position input kernel of images x1 (n_1, channels, hp, wp) and x2 (n_2,
+ * channels, hp, wp), zero-padded and contiguous, without an input NTK: each pair's input plane is the channel mean
+ * of the products of its two images (one channel: the products), made in L1 and never stored; input (n_1, h, w)
+ * or NULL: the self-covariances that pair (i, i) of a symmetric tile takes instead (as the input kernel pins). */
+int conv_relu_diagonal_images(int64_t stages, int64_t n_1, int64_t n_2, int64_t h, int64_t w, int64_t size,
+                              const double *x1, const double *x2, int64_t channels, const double *input,
+                              double *kout, double *tout, const double *sd1, const double *sd2, const double *pins,
+                              const double *valid, const double *params, double eps, int64_t mean)
+{
+    const image_pairs img = {x1, x2, input, channels};
+    return diagonal_run(stages, n_1, n_2, h, w, size, NULL, NULL, 1, kout, tout, sd1, sd2, pins, valid, params, eps,
+                        mean, &img);
 }
 
 /* Non-overlapping pooling in the full layout (window kh x kw = stride, no padding; AvgPool and SumPool of

@@ -109,6 +109,8 @@ def kernel_tile(layer, x1: Tensor, x2: Tensor | None, need_ntk: bool,
                 deferred = conv_fusion.reads_images(layer, x1.dtype)
                 out = functools.partial(conv_steps.bordered_input, *shape) if deferred else \
                     conv_steps.bordered_input(*shape)
+            elif border and not full and x1.shape[1] <= 16:  # same-position pairs: the chain reads the images
+                deferred = conv_fusion.reads_images(layer, x1.dtype)
         k = input_kernel(x1, x2, need_ntk, full=full, masks=masks, patterns=patterns,
                          positions_only=trace is not None and trace.replaying and replicates is None,
                          distinct=distinct, out=out, ntk_unread=border > 0, border=border, deferred=deferred)

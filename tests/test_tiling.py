@@ -87,3 +87,48 @@ def test_kernel_tile_does_not_depend_on_memory_alignment():
     assert moved.data_ptr() % 64 == 8
     tile = tiling.kernel_tile(net, moved[:20], moved[20:], True)
     assert torch.equal(tile.nngp, reference.nngp) and torch.equal(tile.ntk, reference.ntk)
+
+
+def test_the_tile_pool_is_kept_between_calls_and_made_again_after_fork():
+    """The tile pool's threads serve every call of the process (their malloc arenas stay warm), each call's tasks
+    finish before it returns, even when one fails, and a forked child gets a pool of its own."""
+    import os
+    import threading
+
+    from infinet.engine import tiles
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("the tile pool needs two or more threads")
+    names = []
+
+    def work(task):
+        names.append(threading.current_thread().name)
+        return task * 2
+
+    for _ in range(2):
+        assert [r for _, r in tiles.local_results(work, list(range(6)), torch.device("cpu"))] == \
+            [2 * t for t in range(6)]
+    assert len(set(names)) <= torch.get_num_threads() and all(n.startswith("infinet-tile") for n in names)
+    started, done = [], []
+
+    def failing(task):
+        started.append(task)
+        if task == 1:
+            raise ValueError("tile 1")
+        threading.Event().wait(0.05)
+        done.append(task)
+        return task
+
+    with pytest.raises(ValueError, match="tile 1"):
+        list(tiles.local_results(failing, list(range(8)), torch.device("cpu")))
+    assert sorted(done) == sorted(t for t in started if t != 1)  # nothing of that call runs on
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own pool, the same results
+        try:
+            ok = [r for _, r in tiles.local_results(work, list(range(4)), torch.device("cpu"))] == [0, 2, 4, 6]
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"

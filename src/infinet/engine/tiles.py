@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterable, Iterator
@@ -176,7 +178,9 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
     so on a shared machine each pass waited for a thread the other process had descheduled (24x slower
     beside a 2-thread torch job; see benchmarks/under_load.py). Independent tiles share the cores with no
     barriers (torch releases the GIL inside each operation). At most 2T tasks are in flight; an error or an
-    abandoned generator starts no further task."""
+    abandoned generator starts no further task. The pool's threads are kept for the next call (:func:`_pool`):
+    new threads each call got fresh malloc arenas, whose memory every tile then faulted in again (40,000-80,000
+    page faults per CNN-GAP kernel)."""
     threads = torch.get_num_threads()
     pooled = os.environ.get("INFINET_TILE_POOL", "1") != "0"  # 0: the old way, for benchmarks/under_load.py
     # compiled steps (infinet.engine.fused) hold the GIL for their whole loop, so tiles on a pool would wait
@@ -190,28 +194,63 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
     _POOL_WIDTH = threads
     pending: deque = deque()
 
+    own = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile-inner") \
+        if getattr(_IN_POOL, "worker", False) else None  # inside a kept pool's task: a pool of its own
+    pool = own or _pool(threads)
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile") as pool:
-            queue = iter(tasks)
-            for task in queue:
-                pending.append((task, pool.submit(work, task)))
-                if len(pending) >= 2 * threads:
-                    break
-            while pending:
-                task, future = pending.popleft()
-                result = future.result()
-                for nxt in queue:
-                    pending.append((nxt, pool.submit(work, nxt)))
-                    break
-                yield task, result
-    finally:
+        queue = iter(tasks)
+        for task in queue:
+            pending.append((task, pool.submit(work, task)))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            task, future = pending.popleft()
+            result = future.result()
+            for nxt in queue:
+                pending.append((nxt, pool.submit(work, nxt)))
+                break
+            yield task, result
+    finally:  # no task of this call runs on after it (an error or an abandoned generator)
         for _, future in pending:
             future.cancel()
+        futures_wait([future for _, future in pending])
+        if own is not None:
+            own.shutdown(wait=True)
         _POOL_WIDTH = 0
         torch.set_num_threads(threads)
 
 
 _POOL_WIDTH = 0  # the threads of the running tile pool (0: none)
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # width -> the kept tile pool of this process
+_POOL_LOCK = threading.Lock()
+_IN_POOL = threading.local()  # .worker: this thread is one of a kept pool's workers
+
+
+def _mark_worker() -> None:
+    _IN_POOL.worker = True
+
+
+def _pool(width: int) -> ThreadPoolExecutor:
+    """The tile pool of ``width`` threads, made once per process and kept (its threads, and the malloc arenas they
+    hold, serve every later call; :func:`local_results` gives a call from one of its own workers a pool of its
+    own, which cannot wait on itself)."""
+    with _POOL_LOCK:
+        pool = _POOLS.get(width)
+        if pool is None:
+            pool = _POOLS[width] = ThreadPoolExecutor(max_workers=width, thread_name_prefix="infinet-tile",
+                                                      initializer=_mark_worker)
+        return pool
+
+
+def _forget_pools() -> None:
+    """In a forked child the kept pools' threads do not exist: make new ones there."""
+    global _POOL_LOCK
+    _POOLS.clear()
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def idle_threads_map(fn: Callable, items: list) -> list:

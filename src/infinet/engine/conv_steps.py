@@ -243,39 +243,32 @@ class Run:
         the input self-covariances that pairs (i, i) of a symmetric tile take (else None)."""
         lead = nngp.shape[:2]
         lib = native.library() if self.dtype == torch.float64 and self.size <= native.MAX_TAPS else None
-        if images is not None:
-            padded = [torch.nn.functional.pad(x.reshape(len(x), x.shape[1], self.h, self.w), (self.p,) * 4)
-                      for x in (images.x1, images.x2)]
-            kout = torch.empty(lead, dtype=self.dtype) if mean else self._bordered_positions(lead)
-            tout = (torch.empty(lead, dtype=self.dtype) if mean else self._bordered_positions(lead)) \
-                if need_ntk else None
-            tables = [None if t is None else t.contiguous() for t in (sd1, sd2, pins)]
-            constants = torch.tensor(params, dtype=torch.float64)
-            a = native.address
-            input_pins = None if input_pins is None else input_pins.contiguous()
-            if lib.conv_relu_diagonal_images(len(params), lead[0], lead[1], self.h, self.w, self.size, a(padded[0]),
-                                             a(padded[1]), images.channels, a(input_pins), a(kout), a(tout),
-                                             *map(a, tables), a(self.valid), a(constants),
-                                             torch.finfo(torch.float64).eps, int(mean)):
-                raise MemoryError("the compiled conv_relu_diagonal_images could not allocate its buffers")
-            if mean:
-                return kout, tout
-            return self._positions(kout), None if tout is None else self._positions(tout)
         if lib is not None:
-            given = [t for t in (nngp, ntk) if t is not None]
-            bases = [self._own_positions(t) for t in given]
-            bordered = all(base is not None for base in bases)  # else one layout for both: the unpadded one
-            kin, tin = (bases if bordered else [t.contiguous() for t in given]) + [None] * (2 - len(given))
             new = (lambda: torch.empty(lead, dtype=self.dtype)) if mean else (lambda: self._bordered_positions(lead))
             kout = new()
             tout = new() if need_ntk else None
             tables = [None if t is None else t.contiguous() for t in (sd1, sd2, pins)]
-            constants = torch.tensor(params, dtype=torch.float64)
+            constants = torch.tensor(params, dtype=torch.float64)  # held until the call returns
             a = native.address
-            if lib.conv_relu_diagonal(len(params), lead[0], lead[1], self.h, self.w, self.size, a(kin), a(tin),
-                                      int(bordered), a(kout), a(tout), *map(a, tables), a(self.valid),
-                                      a(constants), torch.finfo(torch.float64).eps, int(mean)):
-                raise MemoryError("the compiled conv_relu_diagonal could not allocate its buffers")
+            # the arguments after the input: outputs, per-step tables, constants
+            rest = (a(kout), a(tout), *map(a, tables), a(self.valid), a(constants), torch.finfo(torch.float64).eps,
+                    int(mean))
+            shape = (len(params), lead[0], lead[1], self.h, self.w, self.size)
+            if images is not None:
+                padded = [torch.nn.functional.pad(x.reshape(len(x), x.shape[1], self.h, self.w), (self.p,) * 4)
+                          for x in (images.x1, images.x2)]
+                input_pins = None if input_pins is None else input_pins.contiguous()
+                name, failed = "conv_relu_diagonal_images", lib.conv_relu_diagonal_images(
+                    *shape, a(padded[0]), a(padded[1]), images.channels, a(input_pins), *rest)
+            else:
+                given = [t for t in (nngp, ntk) if t is not None]
+                bases = [self._own_positions(t) for t in given]
+                bordered = all(base is not None for base in bases)  # else one layout for both: the unpadded one
+                kin, tin = (bases if bordered else [t.contiguous() for t in given]) + [None] * (2 - len(given))
+                name, failed = "conv_relu_diagonal", lib.conv_relu_diagonal(*shape, a(kin), a(tin), int(bordered),
+                                                                            *rest)
+            if failed:
+                raise MemoryError(f"the compiled {name} could not allocate its buffers")
             if mean:
                 return kout, tout
             return self._positions(kout), None if tout is None else self._positions(tout)

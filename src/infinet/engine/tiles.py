@@ -194,9 +194,7 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
     _POOL_WIDTH = threads
     pending: deque = deque()
 
-    own = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infinet-tile-inner") \
-        if getattr(_IN_POOL, "worker", False) else None  # inside a kept pool's task: a pool of its own
-    pool = own or _pool(threads)
+    pool = _pool(threads)  # a call from inside a task sees one intra-op thread (set above) and runs inline
     try:
         queue = iter(tasks)
         for task in queue:
@@ -214,8 +212,6 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
         for _, future in pending:
             future.cancel()
         futures_wait([future for _, future in pending])
-        if own is not None:
-            own.shutdown(wait=True)
         _POOL_WIDTH = 0
         torch.set_num_threads(threads)
 
@@ -223,22 +219,14 @@ def local_results(work: Callable, tasks: list, device: torch.device) -> Iterator
 _POOL_WIDTH = 0  # the threads of the running tile pool (0: none)
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # width -> the kept tile pool of this process
 _POOL_LOCK = threading.Lock()
-_IN_POOL = threading.local()  # .worker: this thread is one of a kept pool's workers
-
-
-def _mark_worker() -> None:
-    _IN_POOL.worker = True
-
 
 def _pool(width: int) -> ThreadPoolExecutor:
     """The tile pool of ``width`` threads, made once per process and kept (its threads, and the malloc arenas they
-    hold, serve every later call; :func:`local_results` gives a call from one of its own workers a pool of its
-    own, which cannot wait on itself)."""
+    hold, serve every later call)."""
     with _POOL_LOCK:
         pool = _POOLS.get(width)
         if pool is None:
-            pool = _POOLS[width] = ThreadPoolExecutor(max_workers=width, thread_name_prefix="infinet-tile",
-                                                      initializer=_mark_worker)
+            pool = _POOLS[width] = ThreadPoolExecutor(max_workers=width, thread_name_prefix="infinet-tile")
         return pool
 
 
